@@ -1,0 +1,63 @@
+"""timmy: a swarm of persona agents that win work in sealed-bid auctions.
+
+``import timmy`` is cheap: names are loaded on first use, nothing starts at import.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "PERSONAS": "personas",
+    "Persona": "personas",
+    "load_personas": "personas",
+    "compute_bid": "bidding",
+    "BidStats": "bidding",
+    "Auction": "auction",
+    "Bid": "auction",
+    "Clearing": "auction",
+    "TimmyError": "errors",
+    "PersonaError": "errors",
+    "ConfigError": "errors",
+    "StoreError": "errors",
+    "ProtocolError": "errors",
+    "RunnerError": "errors",
+    "TaskNotFound": "errors",
+    "SwarmClosed": "errors",
+    "ExecutorUnavailable": "errors",
+    "VoiceUnavailable": "errors",
+    "Swarm": "swarm",
+    "AsyncSwarm": "swarm",
+    "Task": "models",
+    "AgentInfo": "models",
+    "Event": "models",
+}
+
+__all__ = sorted(_EXPORTS)
+
+if TYPE_CHECKING:
+    from .auction import Auction, Bid, Clearing
+    from .bidding import BidStats, compute_bid
+    from .errors import (
+        ConfigError, ExecutorUnavailable, PersonaError, ProtocolError, RunnerError,
+        StoreError, SwarmClosed, TaskNotFound, TimmyError, VoiceUnavailable,
+    )
+    from .models import AgentInfo, Event, Task
+    from .personas import PERSONAS, Persona, load_personas
+    from .swarm import AsyncSwarm, Swarm
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'timmy' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + __all__)

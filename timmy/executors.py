@@ -1,0 +1,96 @@
+"""What a runner does with a task it won: `SimulatedExecutor`, `EchoExecutor`.
+
+An executor's ``run`` returns an `Outcome`. The simulated one is seeded by
+(swarm seed, agent_id, task_id, attempt), like bids, so a seeded run repeats:
+it takes an exponential time with mean ``task_seconds`` (capped at 5x) and
+succeeds with probability `ON_SPEC_SUCCESS` on its speciality and
+`OFF_SPEC_SUCCESS` off it. Heavy or networked executors (Ollama) import their
+client lazily.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+from .bidding import STREAM_EXEC, bid_rng
+from .errors import ConfigError, ExecutorUnavailable
+
+EXECUTORS = ("simulated", "echo", "ollama", "auto")
+ON_SPEC_SUCCESS = 0.95
+OFF_SPEC_SUCCESS = 0.6
+
+
+def check_executor(name: str) -> str:
+    """Return ``name`` if it names an executor, else raise `ConfigError`."""
+    if name not in EXECUTORS:
+        raise ConfigError(f"unknown executor {name!r}", hint=f"use one of: {', '.join(EXECUTORS)}")
+    return name
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    ok: bool
+    output: str
+    elapsed_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """What a simulated execution will do: decided up front from the keyed draws."""
+
+    ok: bool
+    seconds: float
+
+
+def simulated_plan(
+    seed: int, agent_id: str, task_id: int, attempt: int, on_spec: bool, task_seconds: float
+) -> Plan:
+    """The seeded duration and success of one simulated execution (shared with the simulator)."""
+    rng = bid_rng(seed, agent_id, task_id, attempt, STREAM_EXEC)
+    ok = rng.random() < (ON_SPEC_SUCCESS if on_spec else OFF_SPEC_SUCCESS)
+    u = rng.random()
+    seconds = 0.0 if task_seconds <= 0 else min(5 * task_seconds, -task_seconds * math.log1p(-u))
+    return Plan(ok, seconds)
+
+
+class SimulatedExecutor:
+    """Pretends to work: sleeps a seeded time, succeeds with a seeded chance."""
+
+    def __init__(self, seed: int, agent_id: str, task_seconds: float) -> None:
+        self.seed, self.agent_id, self.task_seconds = seed, agent_id, task_seconds
+        self.instant = task_seconds <= 0
+
+    def run(self, task_id: int, description: str, attempt: int, on_spec: bool) -> Outcome:
+        plan = simulated_plan(
+            self.seed, self.agent_id, task_id, attempt, on_spec, self.task_seconds
+        )
+        if plan.seconds:
+            time.sleep(plan.seconds)
+        if plan.ok:
+            return Outcome(True, f"{self.agent_id} did: {description[:200]}", plan.seconds)
+        spec = "on" if on_spec else "off"
+        return Outcome(False, f"simulated failure ({spec}-spec task)", plan.seconds)
+
+
+class EchoExecutor:
+    """Returns the description: the smallest real executor, for wiring tests."""
+
+    instant = True
+
+    def run(self, task_id: int, description: str, attempt: int, on_spec: bool) -> Outcome:
+        return Outcome(True, description, 0.0)
+
+
+def make_executor(name: str, *, seed: int, agent_id: str, task_seconds: float):
+    """Build the executor a runner uses."""
+    check_executor(name)
+    if name in ("simulated", "auto"):
+        return SimulatedExecutor(seed, agent_id, task_seconds)
+    if name == "echo":
+        return EchoExecutor()
+    raise ExecutorUnavailable(
+        "the ollama executor is not available in this release yet",
+        hint='use executor="simulated" or "echo"',
+    )

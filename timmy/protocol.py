@@ -1,0 +1,130 @@
+"""The wire between coordinator and runners: one JSON object per line, typed.
+
+Every message carries ``"v": 1`` and a ``"type"`` tag. `decode_runner` and
+`decode_coordinator` turn a line into a typed struct or raise `ProtocolError`;
+nothing downstream looks at raw dicts. Validation (ranges, lengths) lives in
+the types.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import msgspec
+from msgspec import Meta
+
+from .errors import ProtocolError
+
+VERSION = 1
+MAX_DESCRIPTION = 8_000          # characters in a task description
+MAX_OUTPUT = 256 * 1024          # characters in a task result
+MAX_LINE = 1024 * 1024           # bytes in one line; longer lines are dropped as garbage
+
+TaskId = Annotated[int, Meta(ge=1, le=2**62)]
+AgentId = Annotated[str, Meta(min_length=1, max_length=64)]
+Sats = Annotated[int, Meta(ge=1, le=10_000)]
+Text = Annotated[str, Meta(max_length=MAX_DESCRIPTION)]
+
+
+class Message(
+    msgspec.Struct, frozen=True, kw_only=True, tag_field="type", forbid_unknown_fields=True
+):
+    v: Literal[1] = 1
+
+
+# coordinator -> runner
+class Announce(Message, tag="announce"):
+    task_id: TaskId
+    description: Text
+    attempt: Annotated[int, Meta(ge=1, le=1000)] = 1
+
+
+class Assign(Message, tag="assign"):
+    task_id: TaskId
+    description: Text
+    attempt: Annotated[int, Meta(ge=1, le=1000)] = 1
+
+
+class AuctionClosed(Message, tag="auction_closed"):
+    task_id: TaskId
+    winner: str | None
+    price_sats: int | None
+
+
+class Ping(Message, tag="ping"):
+    seq: int
+
+
+class Shutdown(Message, tag="shutdown"):
+    pass
+
+
+# runner -> coordinator
+class Hello(Message, tag="hello"):
+    agent_id: AgentId
+    persona: AgentId
+    pid: int
+
+
+class Bid(Message, tag="bid"):
+    task_id: TaskId
+    sats: Sats
+    on_spec: bool
+
+
+class Decline(Message, tag="decline"):
+    task_id: TaskId
+    reason: Annotated[str, Meta(max_length=200)] = ""
+
+
+class Started(Message, tag="started"):
+    task_id: TaskId
+
+
+class Result(Message, tag="result"):
+    task_id: TaskId
+    ok: bool
+    output: Annotated[str, Meta(max_length=MAX_OUTPUT)] = ""
+    elapsed_s: Annotated[float, Meta(ge=0)] = 0.0
+
+
+class Pong(Message, tag="pong"):
+    seq: int
+
+
+ToRunner = Announce | Assign | AuctionClosed | Ping | Shutdown
+FromRunner = Hello | Bid | Decline | Started | Result | Pong
+
+_encoder = msgspec.json.Encoder()
+_from_runner = msgspec.json.Decoder(FromRunner)
+_to_runner = msgspec.json.Decoder(ToRunner)
+
+
+def encode(msg: Message) -> bytes:
+    """One message as one line (with the newline)."""
+    return _encoder.encode(msg) + b"\n"
+
+
+def _decode(decoder: msgspec.json.Decoder, line: bytes | str):
+    if len(line) > MAX_LINE:
+        raise ProtocolError(
+            f"line of {len(line)} bytes exceeds the {MAX_LINE}-byte limit",
+            hint="send one JSON message per line, under 1 MiB",
+        )
+    try:
+        return decoder.decode(line)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise ProtocolError(
+            f"bad message: {exc}",
+            hint='each line must be one JSON object with "v": 1 and a known "type"',
+        ) from None
+
+
+def decode_runner(line: bytes | str) -> FromRunner:
+    """Decode a runner's line into a typed message, or raise `ProtocolError`."""
+    return _decode(_from_runner, line)
+
+
+def decode_coordinator(line: bytes | str) -> ToRunner:
+    """Decode a coordinator's line into a typed message, or raise `ProtocolError`."""
+    return _decode(_to_runner, line)

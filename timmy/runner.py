@@ -1,0 +1,163 @@
+"""``python -m timmy.runner``: one persona agent in one OS process.
+
+Reads coordinator messages as JSON lines on stdin and answers on stdout. It
+bids on announced tasks, executes the tasks it wins and learns from every
+clearing price. It exits by itself when stdin closes (the coordinator or the
+notebook kernel died), so a crash never leaves it orphaned. It imports nothing
+heavy: the persona catalog, the bidding rules, the protocol and the executors.
+
+Replies are batched: everything read in one ``os.read`` is answered with one
+``os.write``, which is what lets a swarm clear thousands of auctions a second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import queue
+import signal
+import sys
+import threading
+
+from . import protocol as p
+from .bidding import BidStats, bid_rng, quote
+from .executors import make_executor
+from .personas import get_persona, persona_from_dict
+
+READ_SIZE = 1 << 16
+
+
+class Runner:
+    def __init__(self, persona, agent_id: str, seed: int, executor, out_fd: int = 1) -> None:
+        self.persona, self.agent_id, self.seed = persona, agent_id, seed
+        self.executor = executor
+        self.stats = BidStats()
+        self.quotes: dict[int, tuple[bool, tuple[str, ...]]] = {}  # task -> (on_spec, keywords)
+        self.busy: int | None = None
+        self._out_fd = out_fd
+        self._lock = threading.Lock()
+        self._work: queue.SimpleQueue = queue.SimpleQueue()
+        if not executor.instant:
+            threading.Thread(target=self._worker, daemon=True).start()
+
+    # -- output -------------------------------------------------------------
+    def write(self, data: bytes) -> None:
+        with self._lock:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self._out_fd, view):]
+
+    # -- handling -----------------------------------------------------------
+    def handle(self, msg, out: list[bytes]) -> bool:
+        """Handle one message, appending replies to ``out``. False means: exit."""
+        match msg:
+            case p.Announce(task_id=tid, description=desc, attempt=attempt):
+                if self.busy is not None:
+                    out.append(p.encode(p.Decline(task_id=tid, reason="busy")))
+                    return True
+                rng = bid_rng(self.seed, self.agent_id, tid, attempt)
+                q = quote(self.persona, desc, rng, self.stats)
+                if len(self.quotes) > 10_000:  # forget auctions whose close never came
+                    self.quotes.clear()
+                self.quotes[tid] = (q.on_spec, q.keywords)
+                out.append(p.encode(p.Bid(task_id=tid, sats=q.sats, on_spec=q.on_spec)))
+            case p.AuctionClosed(task_id=tid, winner=winner):
+                won = winner == self.agent_id
+                self.stats.record_auction(won)
+                if not won:
+                    self.quotes.pop(tid, None)
+            case p.Assign(task_id=tid, description=desc, attempt=attempt):
+                self.busy = tid
+                out.append(p.encode(p.Started(task_id=tid)))
+                if self.executor.instant:
+                    out.append(self._execute(tid, desc, attempt))
+                else:
+                    self._work.put((tid, desc, attempt))
+            case p.Ping(seq=seq):
+                out.append(p.encode(p.Pong(seq=seq)))
+            case p.Shutdown():
+                return False
+        return True
+
+    def _execute(self, tid: int, desc: str, attempt: int) -> bytes:
+        on_spec, keywords = self.quotes.pop(tid, (None, ()))
+        if on_spec is None:  # assigned without our bid in memory (e.g. after a restart)
+            on_spec = self.persona.is_on_spec(desc)
+            keywords = tuple(self.persona.matched_keywords(desc))
+        try:
+            outcome = self.executor.run(tid, desc, attempt, on_spec)
+            ok, output, elapsed = outcome.ok, outcome.output, outcome.elapsed_s
+        except Exception as exc:  # an executor bug fails the task, never the runner
+            ok, output, elapsed = False, f"executor error: {type(exc).__name__}: {exc}", 0.0
+        self.stats.record_result(ok, keywords)
+        self.busy = None
+        output = output[: p.MAX_OUTPUT]
+        return p.encode(p.Result(task_id=tid, ok=ok, output=output, elapsed_s=elapsed))
+
+    def _worker(self) -> None:
+        while True:
+            tid, desc, attempt = self._work.get()
+            self.write(self._execute(tid, desc, attempt))
+
+    # -- main loop ----------------------------------------------------------
+    def serve(self, in_fd: int = 0) -> int:
+        self.write(p.encode(p.Hello(agent_id=self.agent_id, persona=self.persona.id,
+                                    pid=os.getpid())))
+        pending = b""
+        while True:
+            chunk = os.read(in_fd, READ_SIZE)
+            if not chunk:
+                return 0  # stdin closed: our coordinator is gone
+            lines = (pending + chunk).split(b"\n")
+            pending = lines.pop()
+            if len(pending) > p.MAX_LINE:
+                pending = b""
+            out: list[bytes] = []
+            for line in lines:
+                if not line.strip():
+                    continue
+                try:
+                    msg = p.decode_coordinator(line)
+                except p.ProtocolError as exc:
+                    print(f"timmy.runner {self.agent_id}: {exc.message}", file=sys.stderr)
+                    continue
+                if not self.handle(msg, out):
+                    if out:
+                        self.write(b"".join(out))
+                    return 0
+            if out:
+                self.write(b"".join(out))
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="python -m timmy.runner", description=__doc__.split("\n")[0])
+    ap.add_argument("--agent-id", required=True)
+    ap.add_argument("--persona", required=True, help="a built-in persona id, or JSON of one")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--executor", default="simulated")
+    ap.add_argument("--task-seconds", type=float, default=0.05)
+    return ap.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    # Ctrl-C in a terminal reaches the whole process group; the coordinator stops us cleanly.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if args.persona.startswith("{"):
+        persona = persona_from_dict(json.loads(args.persona), where="--persona")
+    else:
+        persona = get_persona(args.persona)
+    executor = make_executor(
+        args.executor, seed=args.seed, agent_id=args.agent_id, task_seconds=args.task_seconds
+    )
+    try:
+        return Runner(persona, args.agent_id, args.seed, executor).serve()
+    except (BrokenPipeError, KeyboardInterrupt):
+        return 0
+
+
+if __name__ == "__main__":
+    code = main()
+    sys.stdout.flush = lambda: None  # stdout may be a closed pipe; nothing is buffered there
+    os._exit(code)
