@@ -42,8 +42,16 @@ if TYPE_CHECKING:
     from .auction import Auction, Bid, Clearing
     from .bidding import BidStats, compute_bid
     from .errors import (
-        ConfigError, ExecutorUnavailable, PersonaError, ProtocolError, RunnerError,
-        StoreError, SwarmClosed, TaskNotFound, TimmyError, VoiceUnavailable,
+        ConfigError,
+        ExecutorUnavailable,
+        PersonaError,
+        ProtocolError,
+        RunnerError,
+        StoreError,
+        SwarmClosed,
+        TaskNotFound,
+        TimmyError,
+        VoiceUnavailable,
     )
     from .models import AgentInfo, Event, Task
     from .personas import PERSONAS, Persona, load_personas

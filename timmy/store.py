@@ -1,0 +1,415 @@
+"""Storage: SQLAlchemy Core tables, one pooled engine per URL per process, recovery.
+
+SQLite by default (WAL, ``synchronous=NORMAL`` and a busy timeout on every
+connection); any SQLAlchemy URL works, so PostgreSQL can be the shared store.
+Writes go through a few functions that each run one transaction:
+`Store.insert_tasks` (a post) and `Store.apply` (a batch of state transitions:
+task rows, bids, events, agents; an auction close is always inside one batch).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from .errors import StoreError, TaskNotFound
+from .models import ACTIVE_STATES, QUEUED, AgentInfo, Event, Task
+
+SCHEMA_VERSION = 1
+
+metadata = sa.MetaData()
+
+meta_table = sa.Table(
+    "timmy_meta", metadata,
+    sa.Column("key", sa.String(64), primary_key=True),
+    sa.Column("value", sa.String(256), nullable=False),
+)
+agents_table = sa.Table(
+    "agents", metadata,
+    sa.Column("agent_id", sa.String(64), primary_key=True),
+    sa.Column("persona", sa.String(64), nullable=False, index=True),
+    sa.Column("name", sa.String(128), nullable=False),
+    sa.Column("pid", sa.Integer),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("restarts", sa.Integer, nullable=False, default=0),
+    sa.Column("tasks_won", sa.Integer, nullable=False, default=0),
+    sa.Column("earned_sats", sa.BigInteger, nullable=False, default=0),
+    sa.Column("joined_at", sa.Float),
+)
+tasks_table = sa.Table(
+    "tasks", metadata,
+    sa.Column("task_id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("description", sa.Text, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False, index=True),
+    sa.Column("assigned_agent", sa.String(64)),
+    sa.Column("price_sats", sa.Integer),
+    sa.Column("attempts", sa.Integer, nullable=False, default=0),
+    sa.Column("result", sa.Text),
+    sa.Column("reason", sa.Text),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("assigned_at", sa.Float),
+    sa.Column("completed_at", sa.Float),
+)
+bids_table = sa.Table(
+    "bids", metadata,
+    sa.Column("bid_id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("task_id", sa.Integer, nullable=False, index=True),
+    sa.Column("attempt", sa.Integer, nullable=False),
+    sa.Column("agent_id", sa.String(64), nullable=False),
+    sa.Column("sats", sa.Integer, nullable=False),
+    sa.Column("on_spec", sa.Boolean, nullable=False),
+    sa.Column("won", sa.Boolean, nullable=False),
+    sa.Column("rule", sa.String(32), nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+)
+events_table = sa.Table(
+    "events", metadata,
+    sa.Column("event_id", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("ts", sa.Float, nullable=False),
+    sa.Column("kind", sa.String(32), nullable=False),
+    sa.Column("task_id", sa.Integer),
+    sa.Column("agent_id", sa.String(64)),
+    sa.Column("data", sa.Text, nullable=False),
+)
+
+TASK_COLUMNS = [c.name for c in tasks_table.columns]
+AGENT_COLUMNS = [c.name for c in agents_table.columns]
+
+_engines: dict[str, Engine] = {}
+_engines_lock = threading.Lock()
+
+
+def _sqlite_pragmas(busy_timeout_ms: int):
+    def on_connect(dbapi_conn, _record) -> None:
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.execute(f"PRAGMA busy_timeout={busy_timeout_ms}")
+        cur.close()
+
+    return on_connect
+
+
+def get_engine(url: str, busy_timeout: float = 5.0) -> Engine:
+    """The one pooled engine for ``url`` in this process (created on first use)."""
+    key = f"{url}#{busy_timeout}"
+    with _engines_lock:
+        engine = _engines.get(key)
+        if engine is not None:
+            return engine
+        try:
+            parsed = sa.engine.make_url(url)
+        except sa.exc.ArgumentError as exc:
+            raise StoreError(
+                f"bad database URL {url!r}",
+                hint="use an SQLAlchemy URL such as sqlite:///data/timmy.db or "
+                "postgresql+psycopg://user@host/db",
+            ) from exc
+        kwargs: dict[str, Any] = {}
+        if parsed.get_backend_name() == "sqlite":
+            db = parsed.database
+            if db and db != ":memory:" and not db.startswith("file:"):
+                parent = os.path.dirname(os.path.abspath(db))
+                try:
+                    os.makedirs(parent, exist_ok=True)
+                except OSError as exc:
+                    raise StoreError(
+                        f"cannot create the directory {parent} for {url}: {exc.strerror}",
+                        hint="pass --db with a path you can write to",
+                    ) from exc
+            kwargs["connect_args"] = {"check_same_thread": False, "timeout": busy_timeout}
+        try:
+            engine = sa.create_engine(url, **kwargs)
+        except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError, ImportError) as exc:
+            raise StoreError(
+                f"cannot use database URL {url!r}: {exc}",
+                hint="check the dialect name; PostgreSQL needs pip install 'timmy[postgres]'",
+            ) from exc
+        if parsed.get_backend_name() == "sqlite":
+            sa.event.listen(engine, "connect", _sqlite_pragmas(int(busy_timeout * 1000)))
+        _engines[key] = engine
+        return engine
+
+
+def explain(url: str, exc: Exception) -> StoreError:
+    """Turn a database exception into a `StoreError` that says what to do."""
+    text = str(getattr(exc, "orig", None) or exc)
+    low = text.lower()
+    if "locked" in low or "busy" in low:
+        hint = "another process holds a write lock: stop the other writer or use another --db"
+        what = "the database is locked by another writer"
+    elif "not a database" in low or "malformed" in low or "file is encrypted" in low:
+        hint = "the file is not a timmy database (or is corrupt): move it aside or use another --db"
+        what = "the file is not a valid database"
+    elif "readonly" in low or "read-only" in low or "permission" in low:
+        hint = "make the file and its directory writable, or use another --db"
+        what = "the database is read-only"
+    elif "unable to open" in low:
+        hint = "check that the path exists, is a file and is readable and writable"
+        what = "the database file cannot be opened"
+    elif "disk" in low and "full" in low:
+        hint = "free disk space; work in flight is kept in memory and retried"
+        what = "the disk is full"
+    else:
+        hint = "check the database URL and that the server is running"
+        what = "database error"
+    return StoreError(f"{url}: {what} ({text.splitlines()[0][:300]})", hint=hint)
+
+
+@dataclass
+class Batch:
+    """State transitions to write in one transaction."""
+
+    tasks: dict[int, dict[str, Any]] = field(default_factory=dict)
+    bids: list[dict[str, Any]] = field(default_factory=list)
+    events: list[dict[str, Any]] = field(default_factory=list)
+    agents: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def __bool__(self) -> bool:
+        return bool(self.tasks or self.bids or self.events or self.agents)
+
+    def merge_into(self, older: Batch) -> Batch:
+        """Put this batch's changes on top of ``older`` (used to retry a failed write)."""
+        older.tasks.update(self.tasks)
+        older.bids.extend(self.bids)
+        older.events.extend(self.events)
+        older.agents.update(self.agents)
+        return older
+
+
+def task_row(task: Task) -> dict[str, Any]:
+    return msgspec.structs.asdict(task)
+
+
+def _task(row) -> Task:
+    return Task(**dict(row._mapping))
+
+
+class Store:
+    """A timmy database: schema, transactions, reads. Thread-safe (one pooled engine)."""
+
+    def __init__(self, url: str, busy_timeout: float = 5.0) -> None:
+        self.url = url
+        self.engine = get_engine(url, busy_timeout)
+        self._guard(self._migrate)
+
+    def _guard(self, fn, *args):
+        try:
+            return fn(*args)
+        except sa.exc.DBAPIError as exc:
+            raise explain(self.url, exc) from exc
+        except sa.exc.SQLAlchemyError as exc:
+            raise StoreError(f"{self.url}: {exc}", hint="check the database URL") from exc
+
+    def _migrate(self) -> None:
+        with self.engine.begin() as conn:
+            metadata.create_all(conn)
+            row = conn.execute(
+                sa.select(meta_table.c.value).where(meta_table.c.key == "schema_version")
+            ).first()
+            if row is None:
+                conn.execute(meta_table.insert().values(key="schema_version",
+                                                        value=str(SCHEMA_VERSION)))
+            elif int(row[0]) > SCHEMA_VERSION:
+                raise StoreError(
+                    f"{self.url} has schema version {row[0]}, newer than this timmy "
+                    f"({SCHEMA_VERSION})",
+                    hint="upgrade timmy (pip install -U timmy) or use another --db",
+                )
+
+    # -- writes: one transaction each --------------------------------------
+    def insert_tasks(self, descriptions: Sequence[str], created_at: float) -> list[Task]:
+        """Persist new queued tasks; returns them with their ids (in order)."""
+        rows = [{"description": d, "status": QUEUED, "attempts": 0, "created_at": created_at}
+                for d in descriptions]
+
+        def run() -> list[int]:
+            with self.engine.begin() as conn:
+                if len(rows) == 1:
+                    return [conn.execute(tasks_table.insert().values(rows[0])).inserted_primary_key[0]]
+                stmt = tasks_table.insert().returning(
+                    tasks_table.c.task_id, sort_by_parameter_order=True
+                )
+                return [r[0] for r in conn.execute(stmt, rows)]
+
+        ids = self._guard(run)
+        return [Task(task_id=i, description=d, created_at=created_at)
+                for i, d in zip(ids, descriptions, strict=True)]
+
+    def apply(self, batch: Batch) -> None:
+        """Write a batch of transitions in one transaction (all of it or none of it)."""
+        self._guard(self._apply, batch)
+
+    def _apply(self, batch: Batch) -> None:
+        with self.engine.begin() as conn:
+            if batch.tasks:
+                params = [{"b_task_id": tid, **{f"b_{k}": v for k, v in row.items()
+                                                 if k != "task_id"}}
+                          for tid, row in batch.tasks.items()]
+                cols = [c for c in TASK_COLUMNS if c not in ("task_id", "description",
+                                                             "created_at")]
+                stmt = (tasks_table.update()
+                        .where(tasks_table.c.task_id == sa.bindparam("b_task_id"))
+                        .values({c: sa.bindparam(f"b_{c}") for c in cols}))
+                conn.execute(stmt, params)
+            if batch.agents:
+                existing = {r[0] for r in conn.execute(
+                    sa.select(agents_table.c.agent_id).where(
+                        agents_table.c.agent_id.in_(list(batch.agents))))}
+                new = [r for a, r in batch.agents.items() if a not in existing]
+                old = [{"b_agent_id": a, **{f"b_{k}": v for k, v in r.items() if k != "agent_id"}}
+                       for a, r in batch.agents.items() if a in existing]
+                if new:
+                    conn.execute(agents_table.insert(), new)
+                if old:
+                    cols = [c for c in AGENT_COLUMNS if c not in ("agent_id", "joined_at")]
+                    conn.execute(
+                        agents_table.update()
+                        .where(agents_table.c.agent_id == sa.bindparam("b_agent_id"))
+                        .values({c: sa.bindparam(f"b_{c}") for c in cols}),
+                        old,
+                    )
+            if batch.bids:
+                conn.execute(bids_table.insert(), batch.bids)
+            if batch.events:
+                conn.execute(events_table.insert(), batch.events)
+
+    def recover(self, max_attempts: int, now: float) -> tuple[list[Task], list[Task]]:
+        """Re-queue the tasks a previous coordinator left in flight.
+
+        Returns (requeued, failed): tasks whose attempts are used up fail with a reason.
+        """
+        def run():
+            with self.engine.begin() as conn:
+                inflight = [_task(r) for r in conn.execute(
+                    sa.select(tasks_table).where(tasks_table.c.status.in_(ACTIVE_STATES))
+                    .order_by(tasks_table.c.task_id))]
+                requeued, failed = [], []
+                for t in inflight:
+                    if t.status in ("assigned", "running") and t.attempts >= max_attempts:
+                        t.status, t.completed_at = "failed", now
+                        t.reason = (f"coordinator stopped during attempt {t.attempts} "
+                                    f"of {max_attempts}")
+                        failed.append(t)
+                    else:
+                        if t.status != QUEUED:
+                            t.reason = "re-queued after a coordinator restart"
+                        t.status, t.assigned_agent, t.price_sats = QUEUED, None, None
+                        t.assigned_at = None
+                        requeued.append(t)
+                changed = [t for t in inflight if t.reason]
+                if changed:
+                    conn.execute(
+                        tasks_table.update()
+                        .where(tasks_table.c.task_id == sa.bindparam("b_id"))
+                        .values(status=sa.bindparam("b_status"), reason=sa.bindparam("b_reason"),
+                                assigned_agent=None, price_sats=None,
+                                completed_at=sa.bindparam("b_done")),
+                        [{"b_id": t.task_id, "b_status": t.status, "b_reason": t.reason,
+                          "b_done": t.completed_at} for t in changed],
+                    )
+                conn.execute(
+                    agents_table.update()
+                    .where(agents_table.c.status.notin_(("stopped", "failed", "lost")))
+                    .values(status="lost", pid=None)
+                )
+                return requeued, failed
+
+        return self._guard(run)
+
+    # -- reads --------------------------------------------------------------
+    def next_event_id(self) -> int:
+        return self._guard(lambda: self._scalar(
+            sa.select(sa.func.coalesce(sa.func.max(events_table.c.event_id), 0)))) + 1
+
+    def _scalar(self, stmt):
+        with self.engine.connect() as conn:
+            return conn.execute(stmt).scalar()
+
+    def agent_counts(self) -> dict[str, int]:
+        """How many agents of each persona the store has seen (for deterministic ids)."""
+        def run():
+            with self.engine.connect() as conn:
+                return dict(conn.execute(
+                    sa.select(agents_table.c.persona, sa.func.count())
+                    .group_by(agents_table.c.persona)).all())
+        return self._guard(run)
+
+    def task(self, task_id: int) -> Task:
+        def run():
+            with self.engine.connect() as conn:
+                return conn.execute(
+                    sa.select(tasks_table).where(tasks_table.c.task_id == task_id)).first()
+        row = self._guard(run)
+        if row is None:
+            raise TaskNotFound(f"no task with id {task_id}",
+                               hint="list tasks with swarm.tasks() or `timmy status`")
+        return _task(row)
+
+    def tasks(self, status: str | Iterable[str] | None = None, limit: int | None = None,
+              ids: Sequence[int] | None = None) -> list[Task]:
+        stmt = sa.select(tasks_table).order_by(tasks_table.c.task_id)
+        if isinstance(status, str):
+            stmt = stmt.where(tasks_table.c.status == status)
+        elif status is not None:
+            stmt = stmt.where(tasks_table.c.status.in_(list(status)))
+        if ids is not None:
+            stmt = stmt.where(tasks_table.c.task_id.in_(list(ids)))
+        if limit is not None:
+            stmt = stmt.order_by(None).order_by(tasks_table.c.task_id.desc()).limit(limit)
+
+        def run():
+            with self.engine.connect() as conn:
+                return [_task(r) for r in conn.execute(stmt)]
+        rows = self._guard(run)
+        return sorted(rows, key=lambda t: t.task_id) if limit is not None else rows
+
+    def status_counts(self) -> dict[str, int]:
+        def run():
+            with self.engine.connect() as conn:
+                return dict(conn.execute(
+                    sa.select(tasks_table.c.status, sa.func.count())
+                    .group_by(tasks_table.c.status)).all())
+        return self._guard(run)
+
+    def bids(self, task_id: int | None = None) -> list[dict[str, Any]]:
+        stmt = sa.select(bids_table).order_by(bids_table.c.bid_id)
+        if task_id is not None:
+            stmt = stmt.where(bids_table.c.task_id == task_id)
+
+        def run():
+            with self.engine.connect() as conn:
+                return [dict(r._mapping) for r in conn.execute(stmt)]
+        return self._guard(run)
+
+    def agents(self) -> list[AgentInfo]:
+        def run():
+            with self.engine.connect() as conn:
+                return [AgentInfo(**{k: v for k, v in r._mapping.items() if k != "joined_at"})
+                        for r in conn.execute(sa.select(agents_table)
+                                              .order_by(agents_table.c.agent_id))]
+        return self._guard(run)
+
+    def events(self, after: int = 0, limit: int | None = None) -> list[Event]:
+        stmt = (sa.select(events_table).where(events_table.c.event_id > after)
+                .order_by(events_table.c.event_id))
+        if limit is not None:
+            stmt = stmt.limit(limit)
+
+        def run():
+            with self.engine.connect() as conn:
+                return [Event(event_id=r.event_id, ts=r.ts, kind=r.kind, task_id=r.task_id,
+                              agent_id=r.agent_id, data=msgspec.json.decode(r.data))
+                        for r in conn.execute(stmt)]
+        return self._guard(run)
+
+    def dispose(self) -> None:
+        """Return pooled connections (the engine stays cached for reuse in this process)."""
+        self.engine.dispose()

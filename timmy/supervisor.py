@@ -1,0 +1,248 @@
+"""Runner processes: start, watch, restart with backoff, stop. Nothing more.
+
+Each agent gets one `Slot` that outlives its processes: the supervisor starts
+``python -m timmy.runner`` with `anyio.open_process`, reads its stdout as JSON
+lines (decoded into typed messages), batches what the coordinator sends to it
+into as few writes as possible, and when the process dies restarts it with
+exponential backoff, at most ``max_restarts`` times in ``restart_window``
+seconds. A runner that keeps sending garbage is killed and so restarted.
+The coordinator hears about all of it through four callbacks.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from subprocess import PIPE
+
+import anyio
+from anyio.abc import Process, TaskGroup
+
+from . import protocol as p
+from .errors import RunnerError
+
+log = logging.getLogger("timmy.supervisor")
+
+
+@dataclass
+class RestartPolicy:
+    max_restarts: int = 5          # in any restart_window seconds; then the agent is "failed"
+    restart_window: float = 60.0
+    backoff_start: float = 0.05
+    backoff_max: float = 5.0
+    garbage_limit: int = 20        # bad lines from one process before a forced restart
+    stop_timeout: float = 2.0      # grace after shutdown before SIGTERM, then SIGKILL
+
+
+@dataclass(eq=False)
+class Slot:
+    agent_id: str
+    argv: list[str]
+    process: Process | None = None
+    stopping: bool = False
+    restarts: int = 0
+    garbage: int = 0
+    restart_times: deque = field(default_factory=deque)
+    outbox: list[bytes] = field(default_factory=list)
+    wake: anyio.Event = field(default_factory=anyio.Event)
+    exited: anyio.Event = field(default_factory=anyio.Event)
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process else None
+
+
+class Supervisor:
+    """Owns the runner processes of one swarm, inside the swarm's task group."""
+
+    def __init__(
+        self,
+        tg: TaskGroup,
+        *,
+        on_message: Callable[[str, object], None],
+        on_exit: Callable[[str, int | None, str], None],
+        on_garbage: Callable[[str, p.ProtocolError], None],
+        policy: RestartPolicy | None = None,
+    ) -> None:
+        self._tg = tg
+        self._on_message, self._on_exit, self._on_garbage = on_message, on_exit, on_garbage
+        self.policy = policy or RestartPolicy()
+        self.slots: dict[str, Slot] = {}
+
+    # -- public -------------------------------------------------------------
+    async def start(self, agent_id: str, argv: list[str]) -> Slot:
+        """Start a runner and keep it running until `stop`."""
+        slot = Slot(agent_id, argv)
+        self.slots[agent_id] = slot
+        await self._launch(slot)
+        self._tg.start_soon(self._supervise, slot)
+        return slot
+
+    def send(self, agent_id: str, data: bytes) -> bool:
+        """Queue bytes for a runner; written at the next turn of its writer. False if gone."""
+        slot = self.slots.get(agent_id)
+        if slot is None or slot.process is None or slot.stopping:
+            return False
+        slot.outbox.append(data)
+        slot.wake.set()
+        return True
+
+    async def stop(self, agent_id: str) -> None:
+        """Ask a runner to shut down, then terminate, then kill; never restart it."""
+        slot = self.slots.get(agent_id)
+        if slot is None:
+            return
+        slot.stopping = True
+        proc = slot.process
+        if proc is not None and proc.returncode is None:
+            try:
+                await proc.stdin.send(p.encode(p.Shutdown()))
+                await proc.stdin.aclose()
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+                pass
+            with anyio.move_on_after(self.policy.stop_timeout):
+                await proc.wait()
+            if proc.returncode is None:
+                proc.terminate()
+                with anyio.move_on_after(self.policy.stop_timeout):
+                    await proc.wait()
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+        slot.wake.set()
+        with anyio.move_on_after(self.policy.stop_timeout):
+            await slot.exited.wait()
+
+    async def stop_all(self) -> None:
+        async with anyio.create_task_group() as tg:
+            for agent_id in list(self.slots):
+                tg.start_soon(self.stop, agent_id)
+
+    def kill(self, agent_id: str) -> None:
+        """SIGKILL a runner's process (it will be restarted by the policy)."""
+        slot = self.slots.get(agent_id)
+        if slot and slot.process and slot.process.returncode is None:
+            slot.process.kill()
+
+    # -- internals ----------------------------------------------------------
+    async def _launch(self, slot: Slot) -> None:
+        try:
+            slot.process = await anyio.open_process(slot.argv, stdin=PIPE, stdout=PIPE,
+                                                    stderr=None)
+        except OSError as exc:
+            raise RunnerError(
+                f"cannot start runner {slot.agent_id}: {exc}",
+                hint="check that this Python can run `python -m timmy.runner --help`",
+            ) from exc
+        slot.garbage = 0
+        slot.outbox.clear()
+
+    async def _supervise(self, slot: Slot) -> None:
+        while True:
+            proc = slot.process
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._write_loop, slot, proc)
+                await self._read_loop(slot, proc)
+                if proc.returncode is None:
+                    with anyio.move_on_after(self.policy.stop_timeout):
+                        await proc.wait()
+                    if proc.returncode is None:
+                        proc.kill()
+                        await proc.wait()
+                tg.cancel_scope.cancel()
+            with anyio.CancelScope(shield=True):
+                await self._close_pipes(proc)
+            verdict = self._verdict(slot)
+            self._on_exit(slot.agent_id, proc.returncode, verdict)
+            if verdict != "restart":
+                slot.process = None
+                slot.exited.set()
+                return
+            delay = min(self.policy.backoff_max,
+                        self.policy.backoff_start * math.pow(2, len(slot.restart_times) - 1))
+            await anyio.sleep(delay)
+            if slot.stopping:
+                slot.process = None
+                slot.exited.set()
+                return
+            slot.restarts += 1
+            try:
+                await self._launch(slot)
+            except RunnerError as exc:
+                log.error("%s", exc)
+                slot.process = None
+                self._on_exit(slot.agent_id, None, "failed")
+                slot.exited.set()
+                return
+
+    def _verdict(self, slot: Slot) -> str:
+        if slot.stopping:
+            return "stopped"
+        now = time.monotonic()
+        window = slot.restart_times
+        while window and now - window[0] > self.policy.restart_window:
+            window.popleft()
+        if len(window) >= self.policy.max_restarts:
+            return "failed"
+        window.append(now)
+        return "restart"
+
+    async def _close_pipes(self, proc: Process) -> None:
+        for stream in (proc.stdin, proc.stdout):
+            if stream is not None:
+                try:
+                    await stream.aclose()
+                except Exception:  # already closed or broken: nothing left to release
+                    pass
+
+    async def _write_loop(self, slot: Slot, proc: Process) -> None:
+        while True:
+            await slot.wake.wait()
+            slot.wake = anyio.Event()
+            if not slot.outbox:
+                continue
+            data = b"".join(slot.outbox)
+            slot.outbox.clear()
+            try:
+                await proc.stdin.send(data)
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+                return
+
+    async def _read_loop(self, slot: Slot, proc: Process) -> None:
+        pending = b""
+        agent_id = slot.agent_id
+        on_message = self._on_message
+        while True:
+            try:
+                chunk = await proc.stdout.receive(1 << 16)
+            except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):
+                return
+            lines = (pending + chunk).split(b"\n")
+            pending = lines.pop()
+            if len(pending) > p.MAX_LINE:
+                self._garbage(slot, p.ProtocolError(
+                    f"line longer than {p.MAX_LINE} bytes", hint="one message per line"))
+                pending = b""
+            for line in lines:
+                if not line:
+                    continue
+                try:
+                    msg = p.decode_runner(line)
+                except p.ProtocolError as exc:
+                    self._garbage(slot, exc)
+                    continue
+                on_message(agent_id, msg)
+
+    def _garbage(self, slot: Slot, exc: p.ProtocolError) -> None:
+        slot.garbage += 1
+        self._on_garbage(slot.agent_id, exc)
+        if slot.garbage >= self.policy.garbage_limit:
+            log.warning("runner %s sent %d bad lines: restarting it",
+                        slot.agent_id, slot.garbage)
+            slot.garbage = 0
+            if slot.process is not None and slot.process.returncode is None:
+                slot.process.kill()

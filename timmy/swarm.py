@@ -1,0 +1,331 @@
+"""`AsyncSwarm` (the engine's face for ``async with``) and `Swarm` (the same, synchronous).
+
+`Swarm` runs an `AsyncSwarm` on an anyio `BlockingPortal` thread, so it works
+from a plain script and inside a Jupyter kernel that already runs an event
+loop. Each of its methods is one line: logic belongs in the engine.
+
+Leaving a ``with`` block stops every runner. A swarm used without ``with``
+starts on first use and stops at `Swarm.close` or at interpreter exit; runners
+also exit by themselves if the process that started them dies.
+"""
+
+from __future__ import annotations
+
+import atexit
+import weakref
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from .coordinator import Config, Coordinator, WaitTimeout
+from .errors import SwarmClosed
+from .models import AgentInfo, Event, Task
+from .personas import Persona
+from .store import Store
+from .supervisor import RestartPolicy
+
+DEFAULT_DB = "sqlite:///data/timmy.db"
+
+__all__ = ["DEFAULT_DB", "AsyncSwarm", "Swarm", "WaitTimeout"]
+
+
+class AsyncSwarm:
+    """A swarm of runner processes and the coordinator that auctions tasks to them.
+
+    ``async with AsyncSwarm(db, seed=1) as swarm: await swarm.spawn_all(); ...``
+    """
+
+    def __init__(
+        self,
+        db: str = DEFAULT_DB,
+        *,
+        executor: str = "simulated",
+        seed: int = 0,
+        task_seconds: float = 0.05,
+        auction_window: float = 2.0,
+        rule: str = "specialist_first",
+        max_attempts: int = 3,
+        personas: dict[str, Persona] | None = None,
+        db_timeout: float = 5.0,
+        restart: RestartPolicy | None = None,
+        runner_command: Sequence[str] | None = None,
+    ) -> None:
+        kwargs: dict[str, Any] = {}
+        if personas is not None:
+            kwargs["personas"] = dict(personas)
+        if restart is not None:
+            kwargs["restart"] = restart
+        self.config = Config(seed=seed, executor=executor, task_seconds=task_seconds,
+                             auction_window=auction_window, rule=rule,
+                             max_attempts=max_attempts, runner_command=runner_command, **kwargs)
+        self.db = db
+        self._db_timeout = db_timeout
+        self._engine: Coordinator | None = None
+        self._tg = None
+        self.store: Store | None = None
+
+    # -- lifecycle ----------------------------------------------------------
+    async def __aenter__(self) -> AsyncSwarm:
+        self.store = await anyio.to_thread.run_sync(Store, self.db, self._db_timeout)
+        self._engine = Coordinator(self.store, self.config)
+        self._tg = anyio.create_task_group()
+        await self._tg.__aenter__()
+        try:
+            await self._engine.start(self._tg)
+        except BaseException:
+            self._tg.cancel_scope.cancel()
+            await self._tg.__aexit__(None, None, None)
+            raise
+        return self
+
+    async def __aexit__(self, *exc_info) -> None:
+        try:
+            with anyio.CancelScope(shield=True):
+                await self._engine.close()
+        finally:
+            self._tg.cancel_scope.cancel()
+            await self._tg.__aexit__(None, None, None)
+
+    @property
+    def engine(self) -> Coordinator:
+        if self._engine is None:
+            raise SwarmClosed("this swarm is not running",
+                              hint="use it inside `async with AsyncSwarm(...) as swarm:`")
+        return self._engine
+
+    # -- agents -------------------------------------------------------------
+    async def spawn(self, persona: str) -> AgentInfo:
+        """Start a runner process for ``persona`` (an id from the catalog)."""
+        return await self.engine.spawn(persona)
+
+    async def spawn_all(self, personas: Iterable[str] | None = None) -> list[AgentInfo]:
+        """One runner per persona in the catalog (or per id in ``personas``)."""
+        return await self.engine.spawn_all(personas)
+
+    async def stop(self, agent_id: str) -> AgentInfo:
+        """Stop one runner for good; its task, if any, is auctioned again."""
+        return await self.engine.stop_agent(agent_id)
+
+    async def kill(self, agent_id: str) -> None:
+        """SIGKILL one runner, as a crash would: it is restarted, its task re-auctioned."""
+        self.engine.kill_agent(agent_id)
+
+    async def agents(self) -> list[AgentInfo]:
+        """Every agent of this swarm with its status, pid, restarts and earnings."""
+        return self.engine.agent_infos()
+
+    # -- tasks --------------------------------------------------------------
+    async def post(self, description: str) -> Task:
+        """Persist a task and start its auction; returns it as "queued"."""
+        return (await self.engine.post_many([description]))[0]
+
+    async def post_many(self, descriptions: Sequence[str]) -> list[Task]:
+        """Post several tasks in one transaction."""
+        return await self.engine.post_many(descriptions)
+
+    async def wait(self, task_id: int, timeout: float | None = None) -> Task:
+        """Wait until a task is completed, failed or cancelled; `WaitTimeout` after ``timeout``."""
+        self.engine.require_task(task_id)
+        return await self.engine.wait(task_id, timeout)
+
+    async def run(self, descriptions: Sequence[str], timeout: float | None = None,
+                  progress: bool = False) -> list[Task]:
+        """Post many tasks and wait for all; ``progress=True`` shows a tqdm bar."""
+        return await self.engine.run(descriptions, timeout, progress)
+
+    async def cancel(self, task_id: int) -> Task:
+        """Cancel a task that has not finished (a finished one is returned unchanged)."""
+        self.engine.require_task(task_id)
+        task = self.engine.cancel(task_id)
+        if task is None:
+            await self.engine.flush()
+            task = await anyio.to_thread.run_sync(self.store.task, task_id)
+        return task
+
+    async def tasks(self, status: str | None = None, limit: int | None = None) -> list[Task]:
+        """Tasks from the store (all, or those in ``status``), oldest first."""
+        await self.engine.flush()
+        return await anyio.to_thread.run_sync(self.store.tasks, status, limit)
+
+    async def task(self, task_id: int) -> Task:
+        """One task as it stands now."""
+        self.engine.require_task(task_id)
+        task = self.engine.task(task_id)
+        if task is None:
+            await self.engine.flush()
+            task = await anyio.to_thread.run_sync(self.store.task, task_id)
+        return task
+
+    async def bids(self, task_id: int | None = None) -> list[dict]:
+        """Every bid (or one task's), with its attempt, on-spec flag and whether it won."""
+        await self.engine.flush()
+        return await anyio.to_thread.run_sync(self.store.bids, task_id)
+
+    async def events(self, after: int = 0, limit: int | None = None) -> list[Event]:
+        """Stored events with ``event_id`` greater than ``after``."""
+        await self.engine.flush()
+        return await anyio.to_thread.run_sync(self.store.events, after, limit)
+
+    def subscribe(self, callback: Callable[[Event], None]) -> Callable[[], None]:
+        """Call ``callback(event)`` for every event from now on; returns unsubscribe().
+
+        Callbacks run on the engine's thread: keep them quick (queue slow work).
+        """
+        return self.engine.subscribe(callback)
+
+    async def status(self) -> dict:
+        """Task counts by state, live and free runners, open auctions."""
+        await self.engine.flush()
+        counts = await anyio.to_thread.run_sync(self.store.status_counts)
+        return self.engine.status(counts)
+
+    async def export(self, out_dir: str | Path, fmt: str = "parquet") -> dict[str, Path]:
+        """Write tasks, bids, agents and events as Parquet (or CSV) files into ``out_dir``."""
+        from .export import export_store
+
+        await self.engine.flush()
+        return await anyio.to_thread.run_sync(export_store, self.store, out_dir, fmt)
+
+
+class Swarm:
+    """The synchronous swarm: the same methods as `AsyncSwarm`, for scripts and notebooks.
+
+    ``with timmy.Swarm(seed=1) as swarm: swarm.spawn_all(); swarm.run([...])``
+    """
+
+    def __init__(self, db: str = DEFAULT_DB, **kwargs: Any) -> None:
+        self._async = AsyncSwarm(db, **kwargs)
+        self._portal_cm = None
+        self._portal = None
+        self._stop: anyio.Event | None = None
+        self._future = None
+        self._closed = False
+
+    @property
+    def config(self) -> Config:
+        return self._async.config
+
+    @property
+    def db(self) -> str:
+        return self._async.db
+
+    def start(self) -> Swarm:
+        """Open the store and start the engine (done for you by ``with`` or first use)."""
+        if self._closed:
+            raise SwarmClosed("this swarm was closed", hint="create a new timmy.Swarm(...)")
+        if self._portal is not None:
+            return self
+        cm = anyio.from_thread.start_blocking_portal()
+        portal = cm.__enter__()
+        try:
+            self._future, _ = portal.start_task(self._serve)
+        except BaseException:
+            cm.__exit__(None, None, None)
+            raise
+        self._portal_cm, self._portal = cm, portal
+        ref = weakref.ref(self)
+        atexit.register(_close_at_exit, ref)
+        return self
+
+    async def _serve(self, *, task_status=anyio.TASK_STATUS_IGNORED) -> None:
+        self._stop = anyio.Event()
+        async with self._async:
+            task_status.started()
+            await self._stop.wait()
+
+    def close(self) -> None:
+        """Stop every runner and persist everything. Safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._portal is None:
+            return
+        try:
+            self._portal.call(self._stop.set)
+            self._future.result()
+        finally:
+            self._portal_cm.__exit__(None, None, None)
+            self._portal = self._portal_cm = None
+
+    def __enter__(self) -> Swarm:
+        return self.start()
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # interpreter shutdown: runners exit on their own (stdin closes)
+            pass
+
+    def _call(self, fn, *args):
+        if self._portal is None:
+            self.start()
+        return self._portal.call(fn, *args)
+
+    # -- the API, one line each ---------------------------------------------
+    def spawn(self, persona: str) -> AgentInfo:
+        return self._call(self._async.spawn, persona)
+
+    def spawn_all(self, personas: Iterable[str] | None = None) -> list[AgentInfo]:
+        return self._call(self._async.spawn_all, personas)
+
+    def stop(self, agent_id: str) -> AgentInfo:
+        return self._call(self._async.stop, agent_id)
+
+    def kill(self, agent_id: str) -> None:
+        return self._call(self._async.kill, agent_id)
+
+    def agents(self) -> list[AgentInfo]:
+        return self._call(self._async.agents)
+
+    def post(self, description: str) -> Task:
+        return self._call(self._async.post, description)
+
+    def post_many(self, descriptions: Sequence[str]) -> list[Task]:
+        return self._call(self._async.post_many, descriptions)
+
+    def wait(self, task_id: int, timeout: float | None = None) -> Task:
+        return self._call(self._async.wait, task_id, timeout)
+
+    def run(self, descriptions: Sequence[str], timeout: float | None = None,
+            progress: bool = False) -> list[Task]:
+        return self._call(self._async.run, descriptions, timeout, progress)
+
+    def cancel(self, task_id: int) -> Task:
+        return self._call(self._async.cancel, task_id)
+
+    def tasks(self, status: str | None = None, limit: int | None = None) -> list[Task]:
+        return self._call(self._async.tasks, status, limit)
+
+    def task(self, task_id: int) -> Task:
+        return self._call(self._async.task, task_id)
+
+    def bids(self, task_id: int | None = None) -> list[dict]:
+        return self._call(self._async.bids, task_id)
+
+    def events(self, after: int = 0, limit: int | None = None) -> list[Event]:
+        return self._call(self._async.events, after, limit)
+
+    def subscribe(self, callback: Callable[[Event], None]) -> Callable[[], None]:
+        if self._portal is None:
+            self.start()
+        return self._async.subscribe(callback)
+
+    def status(self) -> dict:
+        return self._call(self._async.status)
+
+    def export(self, out_dir: str | Path, fmt: str = "parquet") -> dict[str, Path]:
+        return self._call(self._async.export, out_dir, fmt)
+
+
+def _close_at_exit(ref: weakref.ref) -> None:
+    swarm = ref()
+    if swarm is not None:
+        try:
+            swarm.close()
+        except Exception:  # interpreter shutdown: runners exit on their own (stdin closes)
+            pass
