@@ -198,6 +198,21 @@ class Store:
     def __init__(self, url: str, busy_timeout: float = 5.0) -> None:
         self.url = url
         self.engine = get_engine(url, busy_timeout)
+        self._compiled: dict[int, tuple[str, list[str] | None, Any]] = {}
+        task_cols = [c for c in TASK_COLUMNS if c not in ("task_id", "description", "created_at")]
+        self._task_update = (tasks_table.update()
+                             .where(tasks_table.c.task_id == sa.bindparam("b_task_id"))
+                             .values({c: sa.bindparam(f"b_{c}") for c in task_cols}))
+        agent_cols = [c for c in AGENT_COLUMNS if c not in ("agent_id", "joined_at")]
+        self._agent_update = (agents_table.update()
+                              .where(agents_table.c.agent_id == sa.bindparam("b_agent_id"))
+                              .values({c: sa.bindparam(f"b_{c}") for c in agent_cols}))
+        self._agent_insert = agents_table.insert().values(
+            {c: sa.bindparam(c) for c in AGENT_COLUMNS})
+        self._bid_insert = bids_table.insert().values(
+            {c.name: sa.bindparam(c.name) for c in bids_table.columns if c.name != "bid_id"})
+        self._event_insert = events_table.insert().values(
+            {c.name: sa.bindparam(c.name) for c in events_table.columns})
         self._guard(self._migrate)
 
     def _guard(self, fn, *args):
@@ -247,39 +262,46 @@ class Store:
         """Write a batch of transitions in one transaction (all of it or none of it)."""
         self._guard(self._apply, batch)
 
+    def _executemany(self, conn, stmt, rows: list[dict[str, Any]]) -> None:
+        """executemany straight to the driver with SQL compiled once per statement.
+
+        SQLAlchemy's per-row parameter processing is most of the cost of a big
+        batch; our column types need none, so rows go to the DBAPI as they are.
+        """
+        key = id(stmt)
+        cached = self._compiled.get(key)
+        if cached is None:
+            compiled = stmt.compile(dialect=self.engine.dialect)
+            names = list(compiled.positiontup) if compiled.positional else None
+            cached = self._compiled[key] = (str(compiled), names, stmt)
+        sql, names, _ = cached
+        if names is not None:
+            params = [tuple(r[n] for n in names) for r in rows]
+        else:
+            params = rows
+        conn.exec_driver_sql(sql, params)
+
     def _apply(self, batch: Batch) -> None:
         with self.engine.begin() as conn:
             if batch.tasks:
-                params = [{"b_task_id": tid, **{f"b_{k}": v for k, v in row.items()
-                                                 if k != "task_id"}}
+                params = [{"b_task_id": tid, **{f"b_{k}": v for k, v in row.items()}}
                           for tid, row in batch.tasks.items()]
-                cols = [c for c in TASK_COLUMNS if c not in ("task_id", "description",
-                                                             "created_at")]
-                stmt = (tasks_table.update()
-                        .where(tasks_table.c.task_id == sa.bindparam("b_task_id"))
-                        .values({c: sa.bindparam(f"b_{c}") for c in cols}))
-                conn.execute(stmt, params)
+                self._executemany(conn, self._task_update, params)
             if batch.agents:
                 existing = {r[0] for r in conn.execute(
                     sa.select(agents_table.c.agent_id).where(
                         agents_table.c.agent_id.in_(list(batch.agents))))}
                 new = [r for a, r in batch.agents.items() if a not in existing]
-                old = [{"b_agent_id": a, **{f"b_{k}": v for k, v in r.items() if k != "agent_id"}}
+                old = [{"b_agent_id": a, **{f"b_{k}": v for k, v in r.items()}}
                        for a, r in batch.agents.items() if a in existing]
                 if new:
-                    conn.execute(agents_table.insert(), new)
+                    self._executemany(conn, self._agent_insert, new)
                 if old:
-                    cols = [c for c in AGENT_COLUMNS if c not in ("agent_id", "joined_at")]
-                    conn.execute(
-                        agents_table.update()
-                        .where(agents_table.c.agent_id == sa.bindparam("b_agent_id"))
-                        .values({c: sa.bindparam(f"b_{c}") for c in cols}),
-                        old,
-                    )
+                    self._executemany(conn, self._agent_update, old)
             if batch.bids:
-                conn.execute(bids_table.insert(), batch.bids)
+                self._executemany(conn, self._bid_insert, batch.bids)
             if batch.events:
-                conn.execute(events_table.insert(), batch.events)
+                self._executemany(conn, self._event_insert, batch.events)
 
     def recover(self, max_attempts: int, now: float) -> tuple[list[Task], list[Task]]:
         """Re-queue the tasks a previous coordinator left in flight.
