@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 from pathlib import Path
 
 import pytest
@@ -12,57 +13,29 @@ import pytest
 from timmy.errors import PersonaError, TimmyError
 from timmy.personas import PERSONAS, Persona, get_persona, load_personas, persona_from_dict
 
-# id -> (role, rate_sats, bid_base, bid_jitter, preferred keywords)
-BUILTINS = {
-    "echo": (
-        "Research Analyst", 50, 35, 15,
-        "research find search summarise summarize analyse analyze fact source read".split(),
-    ),
-    "mace": (
-        "Security Sentinel", 75, 55, 20,
-        "security threat vulnerability audit monitor harden firewall scan intrusion patch".split(),
-    ),
-    "helm": (
-        "System Navigator", 60, 40, 20,
-        (
-            "deploy infrastructure config docker kubernetes server automation pipeline ci cd git "
-            "push pull clone devops"
-        ).split(),
-    ),
-    "seer": (
-        "Data Oracle", 65, 45, 20,
-        "data analyse analyze predict pattern chart graph report insight metric".split(),
-    ),
-    "forge": (
-        "Code Smith", 55, 38, 17,
-        (
-            "code function bug fix refactor test implement class api script commit branch merge git"
-        ).split()
-        + ["pull request"],
-    ),
-    "quill": (
-        "Content Scribe", 45, 30, 15,
-        "write draft document readme blog copy edit proofread content article".split(),
-    ),
-    "pixel": (
-        "Visual Architect", 80, 60, 20,
-        "image picture photo draw illustration storyboard frame visual design".split()
-        + ["generate image"]
-        + "portrait landscape scene artwork".split(),
-    ),
-    "lyra": (
-        "Sound Weaver", 90, 70, 20,
-        (
-            "music song sing vocal instrumental melody beat track compose lyrics audio sound album "
-            "remix"
-        ).split(),
-    ),
-    "reel": (
-        "Motion Director", 100, 80, 20,
-        "video clip animate motion film scene cinematic footage render timelapse".split(),
-    ),
-}  # fmt: skip
+# The catalog table: id | role | rate_sats | bid_base | bid_jitter | keywords ("..." = a phrase).
+TABLE = """
+echo  | Research Analyst  | 50  | 35 | 15 | research find search summarise summarize analyse analyze fact source read
+mace  | Security Sentinel | 75  | 55 | 20 | security threat vulnerability audit monitor harden firewall scan intrusion patch
+helm  | System Navigator  | 60  | 40 | 20 | deploy infrastructure config docker kubernetes server automation pipeline ci cd git push pull clone devops
+seer  | Data Oracle       | 65  | 45 | 20 | data analyse analyze predict pattern chart graph report insight metric
+forge | Code Smith        | 55  | 38 | 17 | code function bug fix refactor test implement class api script commit branch merge git "pull request"
+quill | Content Scribe    | 45  | 30 | 15 | write draft document readme blog copy edit proofread content article
+pixel | Visual Architect  | 80  | 60 | 20 | image picture photo draw illustration storyboard frame visual design "generate image" portrait landscape scene artwork
+lyra  | Sound Weaver      | 90  | 70 | 20 | music song sing vocal instrumental melody beat track compose lyrics audio sound album remix
+reel  | Motion Director   | 100 | 80 | 20 | video clip animate motion film scene cinematic footage render timelapse
+"""  # noqa: E501
 
+
+def parse_table(table: str) -> dict[str, tuple[str, int, int, int, list[str]]]:
+    rows = {}
+    for line in table.strip().splitlines():
+        pid, role, rate, base, jitter, keywords = (cell.strip() for cell in line.split("|"))
+        rows[pid] = (role, int(rate), int(base), int(jitter), shlex.split(keywords))
+    return rows
+
+
+BUILTINS = parse_table(TABLE)
 ALL_KEYWORDS = sorted({(pid, kw) for pid, row in BUILTINS.items() for kw in row[4]})
 
 
@@ -74,7 +47,8 @@ def on_spec_ids(description: str) -> set[str]:
 
 
 def test_builtin_catalog_holds_exactly_the_nine_personas_in_catalog_order():
-    assert list(PERSONAS) == ["echo", "mace", "helm", "seer", "forge", "quill", "pixel", "lyra", "reel"]
+    assert list(PERSONAS) == list(BUILTINS)  # the table above is in catalog order
+    assert len(PERSONAS) == 9
 
 
 @pytest.mark.parametrize("pid", list(BUILTINS))
@@ -318,7 +292,7 @@ def test_load_personas_may_reuse_a_builtin_id(tmp_path):
 
 def test_load_personas_accepts_boundary_values(tmp_path):
     low = dict(MINIMAL, id="low", bid_base=2, bid_jitter=0, rate_sats=1)
-    high = dict(MINIMAL, id="high", bid_base=200, bid_jitter=200, rate_sats=10_000)
+    high = dict(MINIMAL, id="high", bid_base=199, bid_jitter=200, rate_sats=10_000)
     loaded = load_personas(write(tmp_path, "p.json", json.dumps([low, high])))
     assert loaded["low"].bid_base == 2
     assert loaded["high"].rate_sats == 10_000
@@ -394,6 +368,19 @@ def test_bad_persona_field_raises_persona_error_naming_file_and_field(tmp_path, 
         load_personas(path)
     assert_names(info.value, path, field_name)
     assert "#2" in info.value.message, "the message should say which persona in the file"
+
+
+@pytest.mark.parametrize("bid_base", [0, -3, "35", 2.5, None])
+def test_bad_bid_base_is_named_even_when_rate_sats_defaults_to_it(tmp_path, bid_base):
+    record = dict(MINIMAL, bid_base=bid_base)  # no rate_sats: it defaults to bid_base
+    path = write(tmp_path, "team.json", json.dumps([record]))
+    with pytest.raises(PersonaError) as info:
+        load_personas(path)
+    assert "'bid_base'" in info.value.message, (
+        "BUG timmy.personas.persona_from_dict: rate_sats (defaulting to bid_base) is checked "
+        "before bid_base, so the error blames 'rate_sats', a field the file does not have: "
+        f"{info.value.message}"
+    )
 
 
 @pytest.mark.parametrize("fmt", ["toml", "json"])

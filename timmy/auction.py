@@ -13,6 +13,8 @@ Clearing rules:
     specialist_first's winner, paid the second-lowest price among the bids
     that could have won (the on-spec bids when there are any); when no other
     bid is in that pool, the lowest other bid; with a single bid, its own price.
+    The winner is never paid less than it bid (a cheaper off-spec bid that lost
+    to a specialist does not lower the price).
 
 Ties go to the lower ``agent_id`` so a seeded run is reproducible.
 """
@@ -70,6 +72,7 @@ class Clearing:
 
 def clear(task_id: int, bids: Iterable[Bid], rule: str = SPECIALIST_FIRST) -> Clearing:
     """Apply ``rule`` to ``bids``: the winner, the price and a one-line reason."""
+    check_rule(rule)
     bids = tuple(sorted(bids, key=Bid.order))
     if not bids:
         return Clearing(task_id, rule, None, None, (), "no bids")
@@ -87,9 +90,8 @@ def clear(task_id: int, bids: Iterable[Bid], rule: str = SPECIALIST_FIRST) -> Cl
         return Clearing(
             task_id, rule, best.agent_id, best.sats, bids, f"{what} under specialist_first"
         )
-    check_rule(rule)
     others = [b for b in pool if b is not best] or [b for b in bids if b is not best]
-    price = others[0].sats if others else best.sats
+    price = max(best.sats, others[0].sats) if others else best.sats
     return Clearing(
         task_id, rule, best.agent_id, price, bids, f"{what} under second_price; 2nd price {price}"
     )

@@ -76,6 +76,8 @@ class Config:
     personas: dict[str, Persona] = field(default_factory=lambda: dict(PERSONAS))
     restart: RestartPolicy = field(default_factory=RestartPolicy)
     runner_command: Sequence[str] | None = None   # replaces `python -m timmy.runner` (tests)
+    ping_interval: float = 5.0     # seconds between pings to each runner
+    ping_timeout: float = 30.0     # a runner silent this long is deemed hung and restarted
 
     def __post_init__(self) -> None:
         check_rule(self.rule)
@@ -101,6 +103,7 @@ class Agent:
     ready: anyio.Event = field(default_factory=anyio.Event)
     alive: bool = False
     task_id: int | None = None
+    last_seen: float = 0.0
 
     @property
     def free(self) -> bool:
@@ -176,6 +179,7 @@ class Coordinator:
             self._emit("task_failed", task.task_id, reason=task.reason)
         tg.start_soon(self._flush_loop)
         tg.start_soon(self._deadline_loop)
+        tg.start_soon(self._heartbeat_loop)
 
     async def close(self) -> None:
         """Stop every runner, persist everything, release the store."""
@@ -577,10 +581,31 @@ class Coordinator:
         return True
 
     # -- runner messages ----------------------------------------------------
+    async def _heartbeat_loop(self) -> None:
+        """Ping every live runner; one that stays silent past ping_timeout is restarted."""
+        seq = 0
+        while True:
+            await anyio.sleep(self.cfg.ping_interval)
+            seq += 1
+            now = time.monotonic()
+            data = p.encode(p.Ping(seq=seq))
+            for agent_id, agent in self.agents.items():
+                if not agent.alive:
+                    continue
+                if now - agent.last_seen > self.cfg.ping_timeout:
+                    log.warning("runner %s silent for %.0fs: restarting it", agent_id,
+                                now - agent.last_seen)
+                    self._emit("agent_hung", None, agent_id, silent_s=round(now - agent.last_seen))
+                    agent.last_seen = now
+                    self.supervisor.kill(agent_id)
+                else:
+                    self.supervisor.send(agent_id, data)
+
     def _on_message(self, agent_id: str, msg) -> None:
         agent = self.agents.get(agent_id)
         if agent is None:
             return
+        agent.last_seen = time.monotonic()
         match msg:
             case p.Bid(task_id=tid, sats=sats, on_spec=on_spec):
                 open_ = self.auctions.get(tid)

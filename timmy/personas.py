@@ -123,7 +123,7 @@ _BUILTIN = (
 #: The nine built-in personas, by id, in catalog order.
 PERSONAS: dict[str, Persona] = {p.id: p for p in _BUILTIN}
 
-_LIMITS = {"rate_sats": (1, 10_000), "bid_base": (1, 200), "bid_jitter": (0, 200)}
+_LIMITS = {"bid_base": (1, 199), "bid_jitter": (0, 200), "rate_sats": (1, 10_000)}
 
 
 def get_persona(persona_id: str, catalog: dict[str, Persona] | None = None) -> Persona:
@@ -199,8 +199,15 @@ def load_personas(path: str | Path) -> dict[str, Persona]:
     Raises `PersonaError` naming the file and the bad field.
     """
     path = Path(path)
+    if path.suffix.lower() not in (".toml", ".json"):
+        raise PersonaError(
+            f"{path}: unknown persona file type {path.suffix or '(none)'!r}",
+            hint="name the file .toml or .json",
+        )
     try:
         text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise PersonaError(f"{path}: not UTF-8: {exc}", hint="save the file as UTF-8") from exc
     except OSError as exc:
         raise PersonaError(
             f"cannot read persona file {path}: {exc.strerror or exc}",
@@ -211,15 +218,10 @@ def load_personas(path: str | Path) -> dict[str, Persona]:
             import tomllib
 
             records = tomllib.loads(text).get("persona")
-        elif path.suffix.lower() == ".json":
+        else:
             loaded = json.loads(text)
             records = loaded.get("persona") if isinstance(loaded, dict) else loaded
-        else:
-            raise PersonaError(
-                f"{path}: unknown persona file type {path.suffix or '(none)'!r}",
-                hint="name the file .toml or .json",
-            )
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:
         raise PersonaError(
             f"{path}: not valid {path.suffix.lstrip('.').upper()}: {exc}",
             hint="fix the syntax error at the position shown",

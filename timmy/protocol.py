@@ -17,12 +17,13 @@ from .errors import ProtocolError
 
 VERSION = 1
 MAX_DESCRIPTION = 8_000          # characters in a task description
-MAX_OUTPUT = 256 * 1024          # characters in a task result
+MAX_OUTPUT = 128 * 1024          # characters in a task result
 MAX_LINE = 1024 * 1024           # bytes in one line; longer lines are dropped as garbage
 
 TaskId = Annotated[int, Meta(ge=1, le=2**62)]
 AgentId = Annotated[str, Meta(min_length=1, max_length=64)]
 Sats = Annotated[int, Meta(ge=1, le=10_000)]
+Seq = Annotated[int, Meta(ge=0, le=2**63 - 1)]
 Text = Annotated[str, Meta(max_length=MAX_DESCRIPTION)]
 
 
@@ -47,12 +48,12 @@ class Assign(Message, tag="assign"):
 
 class AuctionClosed(Message, tag="auction_closed"):
     task_id: TaskId
-    winner: str | None
-    price_sats: int | None
+    winner: AgentId | None
+    price_sats: Sats | None
 
 
 class Ping(Message, tag="ping"):
-    seq: int
+    seq: Seq
 
 
 class Shutdown(Message, tag="shutdown"):
@@ -63,7 +64,7 @@ class Shutdown(Message, tag="shutdown"):
 class Hello(Message, tag="hello"):
     agent_id: AgentId
     persona: AgentId
-    pid: int
+    pid: Annotated[int, Meta(ge=0, le=2**32)]
 
 
 class Bid(Message, tag="bid"):
@@ -89,7 +90,7 @@ class Result(Message, tag="result"):
 
 
 class Pong(Message, tag="pong"):
-    seq: int
+    seq: Seq
 
 
 ToRunner = Announce | Assign | AuctionClosed | Ping | Shutdown
@@ -113,7 +114,7 @@ def _decode(decoder: msgspec.json.Decoder, line: bytes | str):
         )
     try:
         return decoder.decode(line)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeError, RecursionError) as exc:
         raise ProtocolError(
             f"bad message: {exc}",
             hint='each line must be one JSON object with "v": 1 and a known "type"',

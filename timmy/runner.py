@@ -23,6 +23,7 @@ import threading
 from . import protocol as p
 from .bidding import BidStats, bid_rng, quote
 from .executors import make_executor
+from .errors import PersonaError, TimmyError
 from .personas import get_persona, persona_from_dict
 
 READ_SIZE = 1 << 16
@@ -105,14 +106,19 @@ class Runner:
         self.write(p.encode(p.Hello(agent_id=self.agent_id, persona=self.persona.id,
                                     pid=os.getpid())))
         pending = b""
+        discarding = False  # inside a line longer than MAX_LINE: drop up to its newline
         while True:
             chunk = os.read(in_fd, READ_SIZE)
             if not chunk:
                 return 0  # stdin closed: our coordinator is gone
             lines = (pending + chunk).split(b"\n")
             pending = lines.pop()
+            if discarding and lines:
+                lines[0] = b""
+                discarding = False
             if len(pending) > p.MAX_LINE:
                 pending = b""
+                discarding = True
             out: list[bytes] = []
             for line in lines:
                 if not line.strip():
@@ -144,13 +150,22 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     # Ctrl-C in a terminal reaches the whole process group; the coordinator stops us cleanly.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    if args.persona.startswith("{"):
-        persona = persona_from_dict(json.loads(args.persona), where="--persona")
-    else:
-        persona = get_persona(args.persona)
-    executor = make_executor(
-        args.executor, seed=args.seed, agent_id=args.agent_id, task_seconds=args.task_seconds
-    )
+    try:
+        if args.persona.startswith("{"):
+            try:
+                data = json.loads(args.persona)
+            except ValueError as exc:
+                raise PersonaError(f"--persona is not valid JSON: {exc}",
+                                   hint="pass a persona id or a JSON object") from None
+            persona = persona_from_dict(data, where="--persona")
+        else:
+            persona = get_persona(args.persona)
+        executor = make_executor(
+            args.executor, seed=args.seed, agent_id=args.agent_id, task_seconds=args.task_seconds
+        )
+    except TimmyError as exc:
+        print(f"timmy.runner: {exc}", file=sys.stderr)
+        return 2
     try:
         return Runner(persona, args.agent_id, args.seed, executor).serve()
     except (BrokenPipeError, KeyboardInterrupt):

@@ -229,6 +229,7 @@ class Supervisor:
 
     async def _read_loop(self, slot: Slot, proc: asyncio.subprocess.Process) -> None:
         pending = b""
+        discarding = False  # inside a line longer than MAX_LINE: drop up to its newline
         agent_id = slot.agent_id
         on_message = self._on_message
         while True:
@@ -240,9 +241,15 @@ class Supervisor:
                 return
             lines = (pending + chunk).split(b"\n")
             pending = lines.pop()
-            if len(pending) > p.MAX_LINE:
+            if discarding and lines:
+                lines[0] = b""
+                discarding = False
+            if len(pending) > p.MAX_LINE and not discarding:
                 self._garbage(slot, p.ProtocolError(
                     f"line longer than {p.MAX_LINE} bytes", hint="one message per line"))
+                pending = b""
+                discarding = True
+            elif discarding:
                 pending = b""
             for line in lines:
                 if not line:

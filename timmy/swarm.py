@@ -11,6 +11,7 @@ also exit by themselves if the process that started them dies.
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import weakref
 from collections.abc import Callable, Iterable, Sequence
@@ -20,7 +21,7 @@ from typing import Any
 import anyio
 
 from .coordinator import Config, Coordinator, WaitTimeout
-from .errors import SwarmClosed
+from .errors import ConfigError, SwarmClosed
 from .models import AgentInfo, Event, Task
 from .personas import Persona
 from .store import Store
@@ -68,6 +69,14 @@ class AsyncSwarm:
 
     # -- lifecycle ----------------------------------------------------------
     async def __aenter__(self) -> AsyncSwarm:
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            raise ConfigError(
+                "AsyncSwarm runs on asyncio (its runner pipes are asyncio subprocesses)",
+                hint="run it under asyncio (anyio.run(main) or asyncio.run(main)), or use the "
+                "synchronous timmy.Swarm, which brings its own event loop",
+            ) from None
         self.store = await anyio.to_thread.run_sync(Store, self.db, self._db_timeout)
         self._engine = Coordinator(self.store, self.config)
         self._tg = anyio.create_task_group()
