@@ -96,7 +96,8 @@ def main() -> None:
             rate = throughput(url, args.tasks, copies=max(1, runners // 9))
             print(f"{runners:>3} runners: {rate:,.0f} tasks/s")
         startup, rss, uss = runner_footprint(f"sqlite:///{Path(tmp) / 'foot.db'}")
-        print(f"runner start-up (spawn -> hello): median {statistics.median(startup) * 1000:.0f} ms,"
+        med = statistics.median(startup) * 1000
+        print(f"runner start-up (spawn -> hello): median {med:.0f} ms,"
               f" max {max(startup) * 1000:.0f} ms")
         print(f"runner memory: RSS median {statistics.median(rss):.1f} MB (max {max(rss):.1f}),"
               f" USS median {statistics.median(uss):.1f} MB")

@@ -149,7 +149,7 @@ def test_any_valid_field_values_round_trip(task_id, text, attempt, sats, flag, s
     for msg in (
         p.Announce(task_id=task_id, description=text, attempt=attempt),
         p.Assign(task_id=task_id, description=text, attempt=attempt),
-        p.AuctionClosed(task_id=task_id, winner=text or None, price_sats=sats),
+        p.AuctionClosed(task_id=task_id, winner=text[:64] or None, price_sats=sats),
     ):
         assert p.decode_coordinator(p.encode(msg)) == msg
     for msg in (

@@ -216,7 +216,7 @@ def long_task(task_seconds: float, at_least: float) -> int:
     return next(t for t in range(1, 10_000) if plan(t).seconds >= at_least)
 
 
-def test_busy_runner_declines_announcements(start_runner):
+def test_busy_runner_still_bids_and_runs_its_tasks_one_after_another(start_runner):
     # Find a task whose simulated run lasts long enough to announce another task meanwhile.
     task_id = long_task(task_seconds=1, at_least=2)
     runner = start_runner(forge_args(task_seconds=1))
@@ -224,8 +224,14 @@ def test_busy_runner_declines_announcements(start_runner):
     runner.send(p.Assign(task_id=task_id, description="fix the bug"))
     assert runner.recv() == p.Started(task_id=task_id)
     runner.send(p.Announce(task_id=task_id + 1, description="fix another bug"))
-    decline = runner.recv(timeout=1.0)
-    assert decline == p.Decline(task_id=task_id + 1, reason="busy")
+    bid = runner.recv(timeout=1.0)
+    assert isinstance(bid, p.Bid) and bid.task_id == task_id + 1 and bid.on_spec
+    runner.send(p.Assign(task_id=task_id + 1, description="fix another bug"))
+    first = runner.recv(timeout=10)
+    assert isinstance(first, p.Result) and first.task_id == task_id, "queued task ran first"
+    assert runner.recv(timeout=10) == p.Started(task_id=task_id + 1)
+    second = runner.recv(timeout=10)
+    assert isinstance(second, p.Result) and second.task_id == task_id + 1
 
 
 # -- liveness -------------------------------------------------------------------------------

@@ -43,6 +43,18 @@ class _TimmyGroup(click.Group):
         except TimmyError as exc:
             report_error(exc)
             ctx.exit(EXIT_TIMMY_ERROR)
+        except BaseExceptionGroup as group:
+            # Concurrent work (spawn_all starts runners together) fails as a group.
+            timmy_errors, others = group.split(TimmyError)
+            if timmy_errors is None or others is not None:
+                raise
+            report_error(_first_leaf(timmy_errors))
+            ctx.exit(EXIT_TIMMY_ERROR)
+
+
+def _first_leaf(group: BaseExceptionGroup) -> BaseException:
+    first = group.exceptions[0]
+    return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
 
 
 def report_error(exc: TimmyError) -> None:
@@ -226,19 +238,31 @@ def _status_line(status: dict) -> str:
             f"executor {status.get('executor')} · seed {status.get('seed')}")
 
 
-def _run_tasks(swarm, descriptions: Sequence[str], timeout: float | None,
-               sequential: bool) -> list:
-    """Run the tasks with a progress bar: all at once, or one after another."""
-    if not sequential:
-        return swarm.run(descriptions, timeout=timeout, progress=True)
+def _run_tasks(swarm, descriptions: Sequence[str], timeout: float, sequential: bool) -> list:
+    """Run the tasks with a progress bar, all at once or one after another, within ``timeout``."""
+    import time
+
     from tqdm.auto import tqdm
 
-    results = []
-    with tqdm(total=len(descriptions), desc="tasks", unit="task") as bar:
-        for description in descriptions:
-            results.extend(swarm.run([description], timeout=timeout))
-            bar.update(1)
-    return results
+    from .swarm import WaitTimeout
+
+    results: list = []
+    deadline = time.monotonic() + timeout
+    try:
+        if not sequential:
+            return swarm.run(descriptions, timeout=timeout, progress=True)
+        with tqdm(total=len(descriptions), desc="tasks", unit="task") as bar:
+            for description in descriptions:
+                left = max(deadline - time.monotonic(), 0.001)
+                results.extend(swarm.run([description], timeout=left))
+                bar.update(1)
+        return results
+    except WaitTimeout as exc:
+        message = exc.message if not sequential else (
+            f"{len(descriptions) - len(results)} of {len(descriptions)} tasks unfinished "
+            f"after the {timeout:g}s timeout")
+        raise WaitTimeout(message, hint="pass a longer --timeout (what was done is kept in "
+                                        "the database)") from exc
 
 
 def _report_run(swarm, results: Sequence, catalog: dict, title: str) -> None:

@@ -10,13 +10,16 @@ close always inside one) by a background flusher, so the hot path never waits
 for the disk except where it must: a posted task is persisted before `post`
 returns.
 
-Concurrency: as many auctions stay open as there are free runners, each
-announced to every free runner. When an auction closes, the best bid from a
-runner that is still free wins (bids from runners that won another auction in
-the meantime are withdrawn); with no such bid the task goes back to the front
-of the queue without using an attempt. Posting tasks one at a time therefore
-gives every auction all free runners, which is what makes a live run and a
-simulation of the same work pick the same winners.
+Concurrency: every live runner bids in every auction, busy or not. A runner may
+hold up to ``runner_queue`` tasks (one running, the rest waiting in its own
+queue); the rule picks the winner among the bids of runners that still have
+room, so under a backlog specialists keep their own work until their queues
+fill and only the overflow goes to the next-best bidder. As many auctions stay
+open as there is room in all queues. With no bid from a runner with room, the
+task goes back to the front of the queue without using an attempt. Posting
+tasks one at a time gives every auction every runner with empty queues, which
+is what makes a live run and a simulation of the same work pick the same
+winners.
 """
 
 from __future__ import annotations
@@ -34,7 +37,14 @@ from anyio.abc import TaskGroup
 
 from . import protocol as p
 from .auction import Auction, Bid, check_rule
-from .errors import ConfigError, PersonaError, StoreError, TaskNotFound, TimmyError
+from .errors import (
+    ConfigError,
+    PersonaError,
+    RunnerError,
+    StoreError,
+    TaskNotFound,
+    TimmyError,
+)
 from .executors import check_executor
 from .models import (
     ASSIGNED,
@@ -76,38 +86,45 @@ class Config:
     personas: dict[str, Persona] = field(default_factory=lambda: dict(PERSONAS))
     restart: RestartPolicy = field(default_factory=RestartPolicy)
     runner_command: Sequence[str] | None = None   # replaces `python -m timmy.runner` (tests)
+    runner_queue: int = 32         # tasks a runner may hold (running + waiting): past that its
+                                   # bids are passed over. 1 = a runner works only when idle
     ping_interval: float = 5.0     # seconds between pings to each runner
     ping_timeout: float = 30.0     # a runner silent this long is deemed hung and restarted
 
     def __post_init__(self) -> None:
         check_rule(self.rule)
         check_executor(self.executor)
-        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
-            raise ConfigError(f"seed must be an integer, got {self.seed!r}",
-                              hint="pass seed=1 (any integer)")
-        if not 0 < self.auction_window <= 3600:
-            raise ConfigError(f"auction_window must be in (0, 3600] seconds, got "
-                              f"{self.auction_window!r}", hint="the default is 2.0")
-        if not 0 <= self.task_seconds <= 3600:
-            raise ConfigError(f"task_seconds must be in [0, 3600], got {self.task_seconds!r}",
-                              hint="0 makes simulated tasks instant; the default is 0.05")
-        if not 1 <= self.max_attempts <= 100:
-            raise ConfigError(f"max_attempts must be in [1, 100], got {self.max_attempts!r}",
-                              hint="the default is 3")
+        _check_number("seed", self.seed, -(2**63), 2**63 - 1, "pass seed=1 (any integer)",
+                      integer=True)
+        _check_number("auction_window", self.auction_window, 1e-3, 3600, "the default is 2.0")
+        _check_number("task_seconds", self.task_seconds, 0, 3600,
+                      "0 makes simulated tasks instant; the default is 0.05")
+        _check_number("runner_queue", self.runner_queue, 1, 1000, "the default is 32",
+                      integer=True)
+        _check_number("max_attempts", self.max_attempts, 1, 100, "the default is 3",
+                      integer=True)
+        _check_number("ping_interval", self.ping_interval, 0.01, 3600, "the default is 5.0")
+        _check_number("ping_timeout", self.ping_timeout, 0.1, 86400, "the default is 30.0")
+
+
+def _check_number(name: str, value: object, lo: float, hi: float, hint: str,
+                  integer: bool = False) -> None:
+    kind = int if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kind) or not lo <= value <= hi:
+        what = "an integer" if integer else "a number"
+        raise ConfigError(f"{name} must be {what} in [{lo:g}, {hi:g}], got {value!r}", hint=hint)
 
 
 @dataclass(eq=False)
 class Agent:
     info: AgentInfo
     persona: Persona
-    ready: anyio.Event = field(default_factory=anyio.Event)
+    ready: anyio.Event = field(default_factory=anyio.Event)     # said hello at least once
+    settled: anyio.Event = field(default_factory=anyio.Event)   # said hello, or gave up
+    exit_code: int | None = None
     alive: bool = False
-    task_id: int | None = None
+    tasks: dict[int, None] = field(default_factory=dict)   # held tasks, in assignment order
     last_seen: float = 0.0
-
-    @property
-    def free(self) -> bool:
-        return self.alive and self.task_id is None
 
 
 @dataclass(eq=False)
@@ -118,6 +135,13 @@ class OpenAuction:
     deadline: float
 
 
+def progress_bar(total: int):
+    """A tqdm bar for ``total`` tasks: a widget in Jupyter, a text bar in a terminal."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="tasks", unit="task")
+
+
 def check_description(description: object) -> str:
     if not isinstance(description, str):
         raise ConfigError(f"a task description must be a string, got "
@@ -125,6 +149,11 @@ def check_description(description: object) -> str:
     if not description.strip():
         raise ConfigError("a task description is empty",
                           hint="describe the work, e.g. 'fix the bug in the api client'")
+    try:
+        description.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ConfigError(f"a task description is not valid text: {exc.reason} at position "
+                          f"{exc.start}", hint="remove the stray surrogate characters") from None
     if len(description) > p.MAX_DESCRIPTION:
         raise ConfigError(
             f"a task description is {len(description)} characters long, over the "
@@ -281,9 +310,8 @@ class Coordinator:
             fields = ("id", "name", "role", "description", "capabilities", "rate_sats",
                       "bid_base", "bid_jitter", "preferred_keywords")
             spec = msgspec.json.encode({f: getattr(persona, f) for f in fields}).decode()
-        return base + ["--agent-id", agent_id, "--persona", spec, "--seed", str(self.cfg.seed),
-                       "--executor", self.cfg.executor,
-                       "--task-seconds", repr(self.cfg.task_seconds)]
+        return [*base, "--agent-id", agent_id, "--persona", spec, "--seed", str(self.cfg.seed),
+                "--executor", self.cfg.executor, "--task-seconds", repr(self.cfg.task_seconds)]
 
     async def spawn(self, persona_id: str, timeout: float = 15.0) -> AgentInfo:
         """Start one runner for ``persona_id`` and wait until it says hello."""
@@ -300,11 +328,18 @@ class Coordinator:
         agent.info.pid = slot.pid
         self._dirty_agent(agent)
         with anyio.move_on_after(timeout):
-            await agent.ready.wait()
+            await agent.settled.wait()
         if not agent.ready.is_set():
             await self.supervisor.stop(agent_id)
-            raise TimmyError(f"runner {agent_id} did not say hello within {timeout:.0f}s",
-                             hint="run `python -m timmy.runner --help` to check the install")
+            if agent.settled.is_set():
+                raise RunnerError(
+                    f"runner {agent_id} ended with exit code {agent.exit_code} before saying "
+                    f"hello (started {agent.info.restarts + 1} times)",
+                    hint="run the runner by hand to see its error: "
+                    + " ".join(self._runner_argv(agent_id, persona)[1:]),
+                )
+            raise RunnerError(f"runner {agent_id} did not say hello within {timeout:.0f}s",
+                              hint="run `python -m timmy.runner --help` to check the install")
         return copy(agent.info)
 
     @staticmethod
@@ -357,6 +392,9 @@ class Coordinator:
     async def post_many(self, descriptions: Sequence[str]) -> list[Task]:
         """Persist new tasks (one transaction), queue them and start auctions."""
         self._check_open()
+        if isinstance(descriptions, str):
+            raise ConfigError("post_many() takes a list of descriptions, got one string",
+                              hint="use post(description) for one task, or pass [description]")
         descriptions = [check_description(d) for d in descriptions]
         if not descriptions:
             return []
@@ -396,14 +434,20 @@ class Coordinator:
         return copy(task)
 
     async def run(self, descriptions: Sequence[str], timeout: float | None = None,
-                  progress: bool = False) -> list[Task]:
-        """Post many tasks and wait for all of them; optionally show a tqdm progress bar."""
+                  progress=False) -> list[Task]:
+        """Post many tasks and wait for all of them.
+
+        ``progress``: True shows a tqdm bar (a widget in Jupyter, text in a terminal); a tqdm
+        object is updated instead (the sync `Swarm` creates it in the caller's thread, so
+        Jupyter shows it under the cell that asked).
+        """
         remaining: set[int] = set()
         done = anyio.Event()
-        bar = None
-        if progress:
-            from tqdm.auto import tqdm
-            bar = tqdm(total=len(descriptions), desc="tasks", unit="task")
+        bar = own_bar = None
+        if progress is True:
+            bar = own_bar = progress_bar(len(descriptions))
+        elif progress:
+            bar = progress
 
         def watch(task: Task) -> None:
             if task.task_id in remaining:
@@ -430,8 +474,8 @@ class Coordinator:
                 )
         finally:
             self._watchers.remove(watch)
-            if bar is not None:
-                bar.close()
+            if own_bar is not None:
+                own_bar.close()
         return [copy(self.active.get(i) or self.finished[i]) for i in ids]
 
     def cancel(self, task_id: int) -> Task | None:
@@ -479,6 +523,10 @@ class Coordinator:
             task.reason = f"{reason}; gave up after {task.attempts} attempts"
             self._finish(task, FAILED)
             return
+        self._requeue(task, reason)
+
+    def _requeue(self, task: Task, reason: str) -> None:
+        task.reason = reason
         task.status, task.assigned_agent, task.price_sats, task.assigned_at = QUEUED, None, \
             None, None
         self._dirty(task)
@@ -490,18 +538,20 @@ class Coordinator:
         """Open auctions for queued tasks while there are free runners to give them to."""
         if not self.queue:
             return
-        free = [a.info.agent_id for a in self.agents.values() if a.free]
-        if len(self.auctions) >= len(free):
+        cap = self.cfg.runner_queue
+        live = [a.info.agent_id for a in self.agents.values() if a.alive]
+        room = sum(max(0, cap - len(self.agents[a].tasks)) for a in live)
+        if len(self.auctions) >= room:
             return
         now = time.time()
         deadline = time.monotonic() + self.cfg.auction_window
         opened: list[OpenAuction] = []
-        while self.queue and len(self.auctions) < len(free):
+        while self.queue and len(self.auctions) < room:
             task = self.active.get(self.queue.popleft())
             if task is None or task.status != QUEUED:
                 continue
             attempt = task.attempts + 1
-            auction = Auction(task.task_id, free, self.cfg.rule)
+            auction = Auction(task.task_id, live, self.cfg.rule)
             open_ = OpenAuction(auction, task, attempt, deadline)
             self.auctions[task.task_id] = open_
             self._deadlines.append(open_)
@@ -513,7 +563,7 @@ class Coordinator:
         self._deadline_wake.set()
         data = b"".join(p.encode(p.Announce(task_id=o.task.task_id, description=o.task.description,
                                             attempt=o.attempt)) for o in opened)
-        for aid in free:
+        for aid in live:
             self.supervisor.send(aid, data)
         for o in opened:
             self._emit("auction_opened", o.task.task_id, attempt=o.attempt,
@@ -542,7 +592,9 @@ class Coordinator:
         task, auction = open_.task, open_.auction
         tid = task.task_id
         del self.auctions[tid]
-        unavailable = [a for a in auction.bids if not self.agents[a].free]
+        cap = self.cfg.runner_queue
+        unavailable = [a for a in auction.bids
+                       if not self.agents[a].alive or len(self.agents[a].tasks) >= cap]
         clearing = auction.close(unavailable=unavailable)
         now = time.time()
         rule = self.cfg.rule
@@ -567,7 +619,7 @@ class Coordinator:
             self.queue.appendleft(tid)
             return False
         agent = self.agents[winner]
-        agent.task_id = tid
+        agent.tasks[tid] = None
         agent.info.status = "busy"
         agent.info.tasks_won += 1
         self._dirty_agent(agent)
@@ -633,22 +685,25 @@ class Coordinator:
                         f"hello from {said!r} on {agent_id}'s pipe", hint=""))
                     return
                 first = not agent.ready.is_set()
-                agent.alive, agent.task_id = True, None
+                agent.alive = True
+                agent.tasks.clear()
                 agent.info.pid, agent.info.status = pid, "idle"
                 agent.info.restarts = self.supervisor.slots[agent_id].restarts
                 self._dirty_agent(agent)
                 self._emit("agent_joined" if first else "agent_restarted", None, agent_id,
                            persona=agent.persona.id, pid=pid, restarts=agent.info.restarts)
                 agent.ready.set()
+                agent.settled.set()
                 self._pump()
             case p.Pong():
                 pass
 
     def _on_result(self, agent: Agent, tid: int, ok: bool, output: str, elapsed: float) -> None:
-        if agent.task_id != tid:
+        if tid not in agent.tasks:
             return
-        agent.task_id = None
-        agent.info.status = "idle"
+        del agent.tasks[tid]
+        if not agent.tasks:
+            agent.info.status = "idle"
         task = self.active.get(tid)
         if task is not None and task.status in (ASSIGNED, RUNNING) \
                 and task.assigned_agent == agent.info.agent_id:
@@ -673,20 +728,33 @@ class Coordinator:
         if agent is None:
             return
         agent.alive = False
+        agent.exit_code = returncode
+        agent.info.restarts = self.supervisor.slots[agent_id].restarts
         agent.info.status = {"restart": "restarting", "stopped": "stopped"}.get(verdict, "failed")
+        if verdict != "restart":
+            agent.settled.set()
         agent.info.pid = None if verdict != "restart" else agent.info.pid
         for open_ in list(self.auctions.values()):
             if agent_id in open_.auction.eligible:
                 open_.auction.withdraw(agent_id)
                 if open_.auction.complete:
                     self._close_auction(open_)
-        tid, agent.task_id = agent.task_id, None
-        if tid is not None:
-            task = self.active.get(tid)
-            if task is not None and task.status in (ASSIGNED, RUNNING):
-                how = "stopped" if verdict == "stopped" else f"died (exit code {returncode})"
+        held = list(agent.tasks)
+        agent.tasks.clear()
+        how = "stopped" if verdict == "stopped" else f"died (exit code {returncode})"
+        # The runner works its queue in order: the first task it held was (about to be)
+        # running and uses up its attempt, even if "started" never arrived (a task that kills
+        # its runner must not loop forever); the tasks waiting behind it keep theirs.
+        for i in reversed(range(len(held))):  # requeue at the front, keeping their order
+            task = self.active.get(held[i])
+            if task is None or task.status not in (ASSIGNED, RUNNING):
+                continue
+            if i == 0 or task.status == RUNNING:
                 self._requeue_or_fail(task, f"runner {agent_id} {how} during attempt "
                                             f"{task.attempts}")
+            else:
+                task.attempts -= 1
+                self._requeue(task, f"runner {agent_id} {how} before starting it")
         self._dirty_agent(agent)
         kind = {"restart": "agent_crashed", "stopped": "agent_left"}.get(verdict, "agent_failed")
         self._emit(kind, None, agent_id, returncode=returncode)
@@ -705,7 +773,7 @@ class Coordinator:
             "queued_in_memory": len(self.queue),
             "open_auctions": len(self.auctions),
             "runners_live": sum(a.alive for a in self.agents.values()),
-            "runners_free": sum(a.free for a in self.agents.values()),
+            "runners_free": sum(a.alive and not a.tasks for a in self.agents.values()),
             "agents": by_state,
             "protocol_errors": self.garbage_lines,
             "rule": self.cfg.rule,
@@ -717,3 +785,6 @@ class Coordinator:
         if not isinstance(task_id, int) or isinstance(task_id, bool):
             raise TaskNotFound(f"task ids are integers, got {task_id!r}",
                                hint="use the task_id of a Task returned by post()")
+        if not 1 <= task_id <= 2**62:
+            raise TaskNotFound(f"no task with id {task_id}",
+                               hint="task ids start at 1; use the task_id returned by post()")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -76,46 +77,50 @@ def _p(pid, role, rate, base, jitter, keywords, capabilities, description):
         rate_sats=rate,
         bid_base=base,
         bid_jitter=jitter,
-        preferred_keywords=tuple(keywords),
+        preferred_keywords=tuple(shlex.split(keywords)),  # "quoted phrases" stay whole
     )
 
 
+# The catalog of the system timmy grows out of, one persona a row.
 _BUILTIN = (
     _p("echo", "Research Analyst", 50, 35, 15,
-       ["research", "find", "search", "summarise", "summarize", "analyse", "analyze", "fact", "source", "read"],
+       "research find search summarise summarize analyse analyze fact source read",
        "research summarisation fact-checking",
        "Finds sources, reads them and summarises what they say."),
     _p("mace", "Security Sentinel", 75, 55, 20,
-       ["security", "threat", "vulnerability", "audit", "monitor", "harden", "firewall", "scan", "intrusion", "patch"],
+       "security threat vulnerability audit monitor harden firewall scan intrusion patch",
        "security auditing monitoring",
        "Audits systems for threats and hardens them."),
     _p("helm", "System Navigator", 60, 40, 20,
-       ["deploy", "infrastructure", "config", "docker", "kubernetes", "server", "automation", "pipeline", "ci", "cd", "git", "push", "pull", "clone", "devops"],
+       "deploy infrastructure config docker kubernetes server automation pipeline ci cd git "
+       "push pull clone devops",
        "devops deployment infrastructure",
        "Deploys, configures and automates infrastructure."),
     _p("seer", "Data Oracle", 65, 45, 20,
-       ["data", "analyse", "analyze", "predict", "pattern", "chart", "graph", "report", "insight", "metric"],
+       "data analyse analyze predict pattern chart graph report insight metric",
        "analytics forecasting reporting",
        "Finds patterns in data and reports what they mean."),
     _p("forge", "Code Smith", 55, 38, 17,
-       ["code", "function", "bug", "fix", "refactor", "test", "implement", "class", "api", "script", "commit", "branch", "merge", "git"] + ["pull request"],
+       'code function bug fix refactor test implement class api script commit branch merge git '
+       '"pull request"',
        "coding testing refactoring",
        "Writes, fixes and tests code."),
     _p("quill", "Content Scribe", 45, 30, 15,
-       ["write", "draft", "document", "readme", "blog", "copy", "edit", "proofread", "content", "article"],
+       "write draft document readme blog copy edit proofread content article",
        "writing editing documentation",
        "Writes and edits prose: docs, posts, articles."),
     _p("pixel", "Visual Architect", 80, 60, 20,
-       ["image", "picture", "photo", "draw", "illustration", "storyboard", "frame", "visual", "design"]
-       + ["generate image"] + ["portrait", "landscape", "scene", "artwork"],
+       'image picture photo draw illustration storyboard frame visual design "generate image" '
+       "portrait landscape scene artwork",
        "illustration design imagery",
        "Designs and draws images, storyboards and artwork."),
     _p("lyra", "Sound Weaver", 90, 70, 20,
-       ["music", "song", "sing", "vocal", "instrumental", "melody", "beat", "track", "compose", "lyrics", "audio", "sound", "album", "remix"],
+       "music song sing vocal instrumental melody beat track compose lyrics audio sound album "
+       "remix",
        "music composition audio",
        "Composes music, writes lyrics and shapes sound."),
     _p("reel", "Motion Director", 100, 80, 20,
-       ["video", "clip", "animate", "motion", "film", "scene", "cinematic", "footage", "render", "timelapse"],
+       "video clip animate motion film scene cinematic footage render timelapse",
        "video animation editing",
        "Directs, animates and renders video."),
 )

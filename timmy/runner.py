@@ -1,8 +1,9 @@
 """``python -m timmy.runner``: one persona agent in one OS process.
 
 Reads coordinator messages as JSON lines on stdin and answers on stdout. It
-bids on announced tasks, executes the tasks it wins and learns from every
-clearing price. It exits by itself when stdin closes (the coordinator or the
+bids on every announced task, executes the tasks it wins one after another
+(the coordinator decides how many it may hold) and learns from every clearing
+price. It exits by itself when stdin closes (the coordinator or the
 notebook kernel died), so a crash never leaves it orphaned. It imports nothing
 heavy: the persona catalog, the bidding rules, the protocol and the executors.
 
@@ -22,8 +23,8 @@ import threading
 
 from . import protocol as p
 from .bidding import BidStats, bid_rng, quote
-from .executors import make_executor
 from .errors import PersonaError, TimmyError
+from .executors import make_executor
 from .personas import get_persona, persona_from_dict
 
 READ_SIZE = 1 << 16
@@ -35,7 +36,6 @@ class Runner:
         self.executor = executor
         self.stats = BidStats()
         self.quotes: dict[int, tuple[bool, tuple[str, ...]]] = {}  # task -> (on_spec, keywords)
-        self.busy: int | None = None
         self._out_fd = out_fd
         self._lock = threading.Lock()
         self._work: queue.SimpleQueue = queue.SimpleQueue()
@@ -54,9 +54,6 @@ class Runner:
         """Handle one message, appending replies to ``out``. False means: exit."""
         match msg:
             case p.Announce(task_id=tid, description=desc, attempt=attempt):
-                if self.busy is not None:
-                    out.append(p.encode(p.Decline(task_id=tid, reason="busy")))
-                    return True
                 rng = bid_rng(self.seed, self.agent_id, tid, attempt)
                 q = quote(self.persona, desc, rng, self.stats)
                 if len(self.quotes) > 10_000:  # forget auctions whose close never came
@@ -69,9 +66,8 @@ class Runner:
                 if not won:
                     self.quotes.pop(tid, None)
             case p.Assign(task_id=tid, description=desc, attempt=attempt):
-                self.busy = tid
-                out.append(p.encode(p.Started(task_id=tid)))
                 if self.executor.instant:
+                    out.append(p.encode(p.Started(task_id=tid)))
                     out.append(self._execute(tid, desc, attempt))
                 else:
                     self._work.put((tid, desc, attempt))
@@ -92,13 +88,13 @@ class Runner:
         except Exception as exc:  # an executor bug fails the task, never the runner
             ok, output, elapsed = False, f"executor error: {type(exc).__name__}: {exc}", 0.0
         self.stats.record_result(ok, keywords)
-        self.busy = None
         output = output[: p.MAX_OUTPUT]
         return p.encode(p.Result(task_id=tid, ok=ok, output=output, elapsed_s=elapsed))
 
     def _worker(self) -> None:
         while True:
             tid, desc, attempt = self._work.get()
+            self.write(p.encode(p.Started(task_id=tid)))
             self.write(self._execute(tid, desc, attempt))
 
     # -- main loop ----------------------------------------------------------

@@ -248,7 +248,8 @@ class Store:
         def run() -> list[int]:
             with self.engine.begin() as conn:
                 if len(rows) == 1:
-                    return [conn.execute(tasks_table.insert().values(rows[0])).inserted_primary_key[0]]
+                    result = conn.execute(tasks_table.insert().values(rows[0]))
+                    return [result.inserted_primary_key[0]]
                 stmt = tasks_table.insert().returning(
                     tasks_table.c.task_id, sort_by_parameter_order=True
                 )
@@ -275,10 +276,7 @@ class Store:
             names = list(compiled.positiontup) if compiled.positional else None
             cached = self._compiled[key] = (str(compiled), names, stmt)
         sql, names, _ = cached
-        if names is not None:
-            params = [tuple(r[n] for n in names) for r in rows]
-        else:
-            params = rows
+        params = rows if names is None else [tuple(r[n] for n in names) for r in rows]
         conn.exec_driver_sql(sql, params)
 
     def _apply(self, batch: Batch) -> None:

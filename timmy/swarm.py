@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import weakref
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -20,9 +21,10 @@ from typing import Any
 
 import anyio
 
-from .coordinator import Config, Coordinator, WaitTimeout
+from .coordinator import Config, Coordinator, WaitTimeout, progress_bar
 from .errors import ConfigError, SwarmClosed
-from .models import AgentInfo, Event, Task
+from .models import TASK_STATES, AgentInfo, Event, Task
+from .ownership import claim
 from .personas import Persona
 from .store import Store
 from .supervisor import RestartPolicy
@@ -48,6 +50,7 @@ class AsyncSwarm:
         auction_window: float = 2.0,
         rule: str = "specialist_first",
         max_attempts: int = 3,
+        runner_queue: int = 32,
         personas: dict[str, Persona] | None = None,
         db_timeout: float = 5.0,
         restart: RestartPolicy | None = None,
@@ -60,11 +63,13 @@ class AsyncSwarm:
             kwargs["restart"] = restart
         self.config = Config(seed=seed, executor=executor, task_seconds=task_seconds,
                              auction_window=auction_window, rule=rule,
-                             max_attempts=max_attempts, runner_command=runner_command, **kwargs)
+                             max_attempts=max_attempts, runner_queue=runner_queue,
+                             runner_command=runner_command, **kwargs)
         self.db = db
         self._db_timeout = db_timeout
         self._engine: Coordinator | None = None
         self._tg = None
+        self._release = lambda: None
         self.store: Store | None = None
 
     # -- lifecycle ----------------------------------------------------------
@@ -78,6 +83,7 @@ class AsyncSwarm:
                 "synchronous timmy.Swarm, which brings its own event loop",
             ) from None
         self.store = await anyio.to_thread.run_sync(Store, self.db, self._db_timeout)
+        self._release = claim(self.db)
         self._engine = Coordinator(self.store, self.config)
         self._tg = anyio.create_task_group()
         await self._tg.__aenter__()
@@ -86,6 +92,7 @@ class AsyncSwarm:
         except BaseException:
             self._tg.cancel_scope.cancel()
             await self._tg.__aexit__(None, None, None)
+            self._release()
             raise
         return self
 
@@ -96,6 +103,7 @@ class AsyncSwarm:
         finally:
             self._tg.cancel_scope.cancel()
             await self._tg.__aexit__(None, None, None)
+            self._release()
 
     @property
     def engine(self) -> Coordinator:
@@ -140,7 +148,7 @@ class AsyncSwarm:
         return await self.engine.wait(task_id, timeout)
 
     async def run(self, descriptions: Sequence[str], timeout: float | None = None,
-                  progress: bool = False) -> list[Task]:
+                  progress: Any = False) -> list[Task]:
         """Post many tasks and wait for all; ``progress=True`` shows a tqdm bar."""
         return await self.engine.run(descriptions, timeout, progress)
 
@@ -155,6 +163,9 @@ class AsyncSwarm:
 
     async def tasks(self, status: str | None = None, limit: int | None = None) -> list[Task]:
         """Tasks from the store (all, or those in ``status``), oldest first."""
+        if status is not None and status not in TASK_STATES:
+            raise ConfigError(f"unknown task status {status!r}",
+                              hint=f"use one of: {', '.join(TASK_STATES)}")
         await self.engine.flush()
         return await anyio.to_thread.run_sync(self.store.tasks, status, limit)
 
@@ -265,10 +276,9 @@ class Swarm:
         self.close()
 
     def __del__(self) -> None:
-        try:
+        # At interpreter shutdown this may fail; runners then exit on their own (stdin closes).
+        with contextlib.suppress(Exception):
             self.close()
-        except Exception:  # interpreter shutdown: runners exit on their own (stdin closes)
-            pass
 
     def _call(self, fn, *args):
         if self._portal is None:
@@ -302,7 +312,13 @@ class Swarm:
 
     def run(self, descriptions: Sequence[str], timeout: float | None = None,
             progress: bool = False) -> list[Task]:
-        return self._call(self._async.run, descriptions, timeout, progress)
+        # The bar is made here, in the caller's thread, so Jupyter shows it under this cell.
+        bar = progress_bar(len(descriptions)) if progress is True else progress
+        try:
+            return self._call(self._async.run, descriptions, timeout, bar)
+        finally:
+            if progress is True:
+                bar.close()
 
     def cancel(self, task_id: int) -> Task:
         return self._call(self._async.cancel, task_id)
@@ -334,7 +350,5 @@ class Swarm:
 def _close_at_exit(ref: weakref.ref) -> None:
     swarm = ref()
     if swarm is not None:
-        try:
+        with contextlib.suppress(Exception):
             swarm.close()
-        except Exception:  # interpreter shutdown: runners exit on their own (stdin closes)
-            pass
