@@ -535,7 +535,7 @@ class Coordinator:
 
     # -- auctions -----------------------------------------------------------
     def _pump(self) -> None:
-        """Open auctions for queued tasks while there are free runners to give them to."""
+        """Open auctions for queued tasks while runners have room in their queues."""
         if not self.queue:
             return
         cap = self.cfg.runner_queue

@@ -1,0 +1,73 @@
+# timmy: `make demo` runs the main job, `make test` runs every test. Both set themselves up.
+#
+#   make venv          .venv with timmy installed editable with every extra (fast when done)
+#   make system-deps   the Debian packages in DEBIAN_PACKAGES (apt-get, as root, if missing)
+#   make test          ruff, then pytest (everything but tests marked slow)
+#   make demo          a seeded 200-task swarm run: table by persona, SQLite file, Parquet export
+#   make bench         every benchmarks/*.py (they print figures, they assert nothing)
+#   make lint          ruff only
+#   make clean         caches, build output and the demo's files (keeps .venv and data/timmy.db)
+#   make distclean     clean, and remove .venv too
+
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+# Debian packages timmy needs on the machine. None yet: the core is pure Python.
+# Later issues add e.g. chromium (dashboard screenshots), espeak-ng (voice), postgresql.
+DEBIAN_PACKAGES ?=
+
+DEMO_ARGS ?=
+PYTEST_ARGS ?=
+
+.PHONY: venv system-deps test demo bench lint clean distclean
+
+venv: system-deps $(STAMP)
+
+# Re-installs only when pyproject.toml changed since the last successful install.
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[all]'
+	@touch $@
+
+system-deps:
+	@missing=""; \
+	for pkg in $(DEBIAN_PACKAGES); do \
+	  dpkg -s "$$pkg" >/dev/null 2>&1 || missing="$$missing $$pkg"; \
+	done; \
+	if [ -z "$$missing" ]; then \
+	  exit 0; \
+	elif [ "$$(id -u)" != 0 ]; then \
+	  echo "system-deps: not root, skipping apt-get; please install:$$missing" >&2; \
+	elif ! command -v apt-get >/dev/null; then \
+	  echo "system-deps: no apt-get here; please install:$$missing" >&2; \
+	else \
+	  echo "system-deps: installing$$missing"; \
+	  apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+test: venv
+	$(BIN)/ruff check .
+	$(BIN)/pytest -q -m "not slow" $(PYTEST_ARGS)
+
+demo: venv
+	$(BIN)/timmy demo $(DEMO_ARGS)
+
+bench: venv
+	@set -e; for script in benchmarks/*.py; do \
+	  echo "== $$script"; $(BIN)/python "$$script"; \
+	done
+
+lint: venv
+	$(BIN)/ruff check .
+
+clean:
+	rm -rf build dist *.egg-info .pytest_cache .ruff_cache .hypothesis test-artifacts
+	rm -rf data/demo.db data/demo.db-wal data/demo.db-shm data/demo-export
+	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
+
+distclean: clean
+	rm -rf $(VENV)
