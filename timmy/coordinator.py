@@ -67,6 +67,8 @@ from .supervisor import RestartPolicy, Supervisor
 log = logging.getLogger("timmy")
 
 FINISHED_CACHE = 50_000
+FLUSH_DELAY = 0.002   # seconds a change may wait to join a batch
+CHECKPOINT_EVERY = 1.0  # seconds between SQLite WAL checkpoints while writing
 
 
 class WaitTimeout(TimmyError, TimeoutError):
@@ -181,6 +183,8 @@ class Coordinator:
         self._batch = Batch()
         self._flush_wake = anyio.Event()
         self._flush_lock = anyio.Lock()
+        self._writer = anyio.CapacityLimiter(1)
+        self._last_checkpoint = time.monotonic()
         self._next_event = 1
         self._agent_counts: dict[str, int] = {}
         self.garbage_lines = 0
@@ -272,6 +276,21 @@ class Coordinator:
         }
         self._flush_wake.set()
 
+    async def _checkpoint(self) -> None:
+        try:
+            await anyio.to_thread.run_sync(self.store.checkpoint)
+        except StoreError as exc:
+            log.warning("checkpoint failed: %s", exc)
+
+    async def _write(self, fn, *args):
+        """Run a write transaction in a worker thread, one at a time.
+
+        Our writes never overlap, so none waits in SQLite's busy handler (which sleeps
+        in steps of milliseconds) for another of ours: a post waits at most for the
+        batch being written.
+        """
+        return await anyio.to_thread.run_sync(fn, *args, limiter=self._writer)
+
     async def flush(self) -> None:
         """Write every change made so far in one transaction."""
         async with self._flush_lock:
@@ -279,7 +298,7 @@ class Coordinator:
                 return
             batch, self._batch = self._batch, Batch()
             try:
-                await anyio.to_thread.run_sync(self.store.apply, batch)
+                await self._write(self.store.apply, batch)
             except StoreError:
                 self._batch = self._batch.merge_into(batch)
                 raise
@@ -288,10 +307,16 @@ class Coordinator:
         delay = 0.05
         while True:
             await self._flush_wake.wait()
+            # Gather a few milliseconds of changes into one transaction, and leave the
+            # writer free for a post that follows a completion (posts wait for no flush).
+            await anyio.sleep(FLUSH_DELAY)
             self._flush_wake = anyio.Event()
             try:
                 await self.flush()
                 delay = 0.05
+                if time.monotonic() - self._last_checkpoint > CHECKPOINT_EVERY:
+                    self._last_checkpoint = time.monotonic()
+                    self._tg.start_soon(self._checkpoint)
             except StoreError as exc:
                 log.error("%s (kept in memory, retrying in %.1fs)", exc, delay)
                 await anyio.sleep(delay)
@@ -398,7 +423,7 @@ class Coordinator:
         descriptions = [check_description(d) for d in descriptions]
         if not descriptions:
             return []
-        tasks = await anyio.to_thread.run_sync(self.store.insert_tasks, descriptions, time.time())
+        tasks = await self._write(self.store.insert_tasks, descriptions, time.time())
         for task in tasks:
             self.active[task.task_id] = task
             self.queue.append(task.task_id)
