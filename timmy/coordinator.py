@@ -92,6 +92,7 @@ class Config:
                                    # bids are passed over. 1 = a runner works only when idle
     ping_interval: float = 5.0     # seconds between pings to each runner
     ping_timeout: float = 30.0     # a runner silent this long is deemed hung and restarted
+    close_timeout: float = 10.0    # how long closing keeps trying to save the last changes
 
     def __post_init__(self) -> None:
         check_rule(self.rule)
@@ -107,6 +108,14 @@ class Config:
                       integer=True)
         _check_number("ping_interval", self.ping_interval, 0.01, 3600, "the default is 5.0")
         _check_number("ping_timeout", self.ping_timeout, 0.1, 86400, "the default is 30.0")
+        _check_number("close_timeout", self.close_timeout, 0, 3600, "the default is 10.0")
+        if self.runner_command is not None and (
+            isinstance(self.runner_command, str)
+            or not all(isinstance(a, str) for a in self.runner_command)
+        ):
+            raise ConfigError(f"runner_command must be a list of strings, got "
+                              f"{self.runner_command!r}",
+                              hint='e.g. runner_command=["python", "my_runner.py"]')
 
 
 def _check_number(name: str, value: object, lo: float, hi: float, hint: str,
@@ -135,6 +144,13 @@ class OpenAuction:
     task: Task
     attempt: int
     deadline: float
+
+
+def check_timeout(timeout: object) -> None:
+    if timeout is not None and (isinstance(timeout, bool)
+                                or not isinstance(timeout, int | float) or timeout < 0):
+        raise ConfigError(f"timeout must be a number of seconds or None, got {timeout!r}",
+                          hint="e.g. timeout=10, or None to wait as long as it takes")
 
 
 def progress_bar(total: int):
@@ -222,12 +238,21 @@ class Coordinator:
         if self.supervisor is not None:
             await self.supervisor.stop_all()
         with anyio.CancelScope(shield=True):
-            for _ in range(3):
+            deadline = time.monotonic() + self.cfg.close_timeout
+            while True:
                 try:
                     await self.flush()
-                    break
+                    return
                 except StoreError as exc:
-                    log.error("could not persist the last changes: %s", exc)
+                    if time.monotonic() >= deadline:
+                        b = self._batch
+                        raise StoreError(
+                            f"the last changes could not be saved ({len(b.tasks)} task updates, "
+                            f"{len(b.bids)} bids, {len(b.events)} events): {exc.message}",
+                            hint="tasks whose completion was not saved are re-queued and run "
+                            "again when a swarm next opens this database; " + exc.hint,
+                        ) from exc
+                    log.error("could not persist the last changes, retrying: %s", exc)
                     await anyio.sleep(0.2)
 
     # -- events and persistence ---------------------------------------------
@@ -374,6 +399,9 @@ class Coordinator:
 
     async def spawn_all(self, personas: Iterable[str] | None = None) -> list[AgentInfo]:
         """One runner per persona (all of the swarm's catalog by default), started together."""
+        if isinstance(personas, str):
+            raise PersonaError("spawn_all() takes a list of persona ids, got one string",
+                               hint=f"use spawn({personas!r}) or spawn_all([{personas!r}])")
         ids = list(self.cfg.personas if personas is None else personas)
         for pid in ids:
             get_persona(pid, self.cfg.personas)
@@ -437,6 +465,7 @@ class Coordinator:
         return copy(t) if t is not None else None
 
     async def wait(self, task_id: int, timeout: float | None = None) -> Task:
+        check_timeout(timeout)
         task = self.active.get(task_id) or self.finished.get(task_id)
         if task is None:
             await self.flush()
@@ -466,6 +495,7 @@ class Coordinator:
         object is updated instead (the sync `Swarm` creates it in the caller's thread, so
         Jupyter shows it under the cell that asked).
         """
+        check_timeout(timeout)
         remaining: set[int] = set()
         done = anyio.Event()
         bar = own_bar = None

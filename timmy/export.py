@@ -34,8 +34,6 @@ def export_store(store: Store, out_dir: str | Path, fmt: str = "parquet") -> dic
     if fmt not in ("parquet", "csv"):
         raise ConfigError(f"unknown export format {fmt!r}", hint="use 'parquet' or 'csv'")
     pa = require("pyarrow", "analysis")
-    import pyarrow.csv as pacsv
-    import pyarrow.parquet as pq
 
     out = Path(out_dir)
     try:
@@ -44,36 +42,32 @@ def export_store(store: Store, out_dir: str | Path, fmt: str = "parquet") -> dic
         raise ConfigError(f"cannot create export directory {out}: {exc.strerror}",
                           hint="choose a directory you can write to") from exc
     written: dict[str, Path] = {}
-    for name, table in TABLES.items():
-        schema = pa.schema([(c.name, _arrow_type(pa, c)) for c in table.columns])
-        path = out / f"{name}.{fmt}"
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        key = next(iter(table.primary_key.columns))
-        stmt = sa.select(table).order_by(key)
-        writer = pq.ParquetWriter(tmp, schema) if fmt == "parquet" else None
-        csv_writer = None
-        try:
-            with store.engine.connect() as conn:
-                result = conn.execution_options(yield_per=CHUNK).execute(stmt)
-                for rows in _with_empty(result.partitions()):
-                    cols = list(zip(*rows, strict=True)) if rows else [[] for _ in schema]
-                    batch = pa.table({f.name: pa.array(list(col), f.type)
-                                      for f, col in zip(schema, cols, strict=True)},
-                                     schema=schema)
-                    if writer is not None:
-                        writer.write_table(batch)
-                    else:
-                        if csv_writer is None:
-                            csv_writer = pacsv.CSVWriter(tmp, schema)
-                        csv_writer.write_table(batch)
-        finally:
-            if writer is not None:
-                writer.close()
-            if csv_writer is not None:
-                csv_writer.close()
-        tmp.replace(path)
-        written[name] = path
+    # One read transaction for all four tables: a consistent snapshot of a running swarm.
+    with store.engine.connect() as conn, conn.begin():
+        for name, table in TABLES.items():
+            written[name] = _export_table(pa, conn, table, out / f"{name}.{fmt}", fmt)
     return written
+
+
+def _export_table(pa, conn, table: sa.Table, path: Path, fmt: str) -> Path:
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    schema = pa.schema([(c.name, _arrow_type(pa, c)) for c in table.columns])
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    key = next(iter(table.primary_key.columns))
+    result = conn.execution_options(yield_per=CHUNK).execute(sa.select(table).order_by(key))
+    writer = pq.ParquetWriter(tmp, schema) if fmt == "parquet" else pacsv.CSVWriter(tmp, schema)
+    try:
+        for rows in _with_empty(result.partitions()):
+            cols = list(zip(*rows, strict=True)) if rows else [[] for _ in schema]
+            writer.write_table(pa.table(
+                {f.name: pa.array(list(col), f.type) for f, col in zip(schema, cols, strict=True)},
+                schema=schema))
+    finally:
+        writer.close()
+    tmp.replace(path)
+    return path
 
 
 def _with_empty(chunks):

@@ -145,7 +145,10 @@ def explain(url: str, exc: Exception) -> StoreError:
     """Turn a database exception into a `StoreError` that says what to do."""
     text = str(getattr(exc, "orig", None) or exc)
     low = text.lower()
-    if "locked" in low or "busy" in low:
+    if "unique" in low or "integrity" in low or "duplicate key" in low:
+        hint = "run one swarm per database: another coordinator may be writing to it"
+        what = "a row with the same key already exists"
+    elif "locked" in low or "busy" in low:
         hint = "another process holds a write lock: stop the other writer or use another --db"
         what = "the database is locked by another writer"
     elif "not a database" in low or "malformed" in low or "file is encrypted" in low:

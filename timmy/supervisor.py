@@ -19,8 +19,11 @@ its asyncio backend.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
+import os
+import signal
 import time
 from collections import deque
 from collections.abc import Callable
@@ -121,11 +124,11 @@ class Supervisor:
             with anyio.move_on_after(self.policy.stop_timeout):
                 await proc.wait()
             if proc.returncode is None:
-                proc.terminate()
+                _signal_group(proc, signal.SIGTERM)
                 with anyio.move_on_after(self.policy.stop_timeout):
                     await proc.wait()
             if proc.returncode is None:
-                proc.kill()
+                _signal_group(proc, signal.SIGKILL)
                 await proc.wait()
         with anyio.move_on_after(self.policy.stop_timeout):
             await slot.exited.wait()
@@ -139,13 +142,16 @@ class Supervisor:
         """SIGKILL a runner's process (it will be restarted by the policy)."""
         slot = self.slots.get(agent_id)
         if slot and slot.process and slot.process.returncode is None:
-            slot.process.kill()
+            _signal_group(slot.process, signal.SIGKILL)
 
     # -- internals ----------------------------------------------------------
     async def _launch(self, slot: Slot) -> None:
         try:
+            # A session of its own: a kill reaches the runner and anything it started (a
+            # wrapper script's child), and a terminal's Ctrl-C reaches only the coordinator,
+            # which then stops runners cleanly.
             slot.process = await asyncio.create_subprocess_exec(
-                *slot.argv, stdin=PIPE, stdout=PIPE, stderr=None)
+                *slot.argv, stdin=PIPE, stdout=PIPE, stderr=None, start_new_session=True)
         except OSError as exc:
             raise RunnerError(
                 f"cannot start runner {slot.agent_id}: {exc}",
@@ -162,7 +168,7 @@ class Supervisor:
                 with anyio.move_on_after(self.policy.stop_timeout):
                     await proc.wait()
                 if proc.returncode is None:
-                    proc.kill()
+                    _signal_group(proc, signal.SIGKILL)
                     await proc.wait()
             slot.outbox.clear()
             self._dirty.pop(slot.agent_id, None)
@@ -269,4 +275,13 @@ class Supervisor:
                         slot.agent_id, slot.garbage)
             slot.garbage = 0
             if slot.process is not None and slot.process.returncode is None:
-                slot.process.kill()
+                _signal_group(slot.process, signal.SIGKILL)
+
+
+def _signal_group(proc: asyncio.subprocess.Process, sig: int) -> None:
+    """Signal a runner's whole process group (it leads its own session)."""
+    try:
+        os.killpg(proc.pid, sig)
+    except (ProcessLookupError, PermissionError):
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(sig)

@@ -51,6 +51,9 @@ class AsyncSwarm:
         rule: str = "specialist_first",
         max_attempts: int = 3,
         runner_queue: int = 32,
+        ping_interval: float = 5.0,
+        ping_timeout: float = 30.0,
+        close_timeout: float = 10.0,
         personas: dict[str, Persona] | None = None,
         db_timeout: float = 5.0,
         restart: RestartPolicy | None = None,
@@ -64,6 +67,8 @@ class AsyncSwarm:
         self.config = Config(seed=seed, executor=executor, task_seconds=task_seconds,
                              auction_window=auction_window, rule=rule,
                              max_attempts=max_attempts, runner_queue=runner_queue,
+                             ping_interval=ping_interval, ping_timeout=ping_timeout,
+                             close_timeout=close_timeout,
                              runner_command=runner_command, **kwargs)
         self.db = db
         self._db_timeout = db_timeout
@@ -283,7 +288,14 @@ class Swarm:
     def _call(self, fn, *args):
         if self._portal is None:
             self.start()
-        return self._portal.call(fn, *args)
+        future = self._portal.start_task_soon(fn, *args)
+        try:
+            return future.result()
+        except BaseException:
+            # Ctrl-C (KeyboardInterrupt) lands here while the call still runs in the engine:
+            # cancel it, or closing would wait for it (forever with timeout=None).
+            future.cancel()
+            raise
 
     # -- the API, one line each ---------------------------------------------
     def spawn(self, persona: str) -> AgentInfo:

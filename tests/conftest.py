@@ -1,0 +1,188 @@
+"""Shared fixtures for the end-to-end tests: real SQLite files, real runner processes.
+
+Nothing here is a mock. A swarm is a `timmy.Swarm` on a SQLite file in
+``tmp_path`` with real ``python -m timmy.runner`` children. Where a test needs a
+runner that misbehaves (never bids, crashes, sends garbage), `scripted_runner`
+writes a small real program that speaks the JSON-lines wire protocol of
+DESIGN.md and hands it to the swarm as its ``runner_command``; a script can
+also `become_real_runner()` (exec the real runner) for the personas that
+should behave, so one swarm can mix both.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+
+import pytest
+
+from timmy import Swarm
+
+# The first lines of every scripted runner: arguments, and small helpers to speak the protocol.
+RUNNER_PREAMBLE = '''\
+import argparse, json, os, sys, time
+
+ap = argparse.ArgumentParser()
+for flag in ("--agent-id", "--persona", "--seed", "--executor", "--task-seconds"):
+    ap.add_argument(flag)
+args = ap.parse_args()
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+def send(line):
+    """Write one raw line (valid or not) to the coordinator."""
+    sys.stdout.write(line + "\\n")
+    sys.stdout.flush()
+
+def say(kind, **fields):
+    send(json.dumps({"v": 1, "type": kind, **fields}))
+
+def hello():
+    say("hello", agent_id=args.agent_id, persona=args.persona, pid=os.getpid())
+
+def become_real_runner():
+    """Replace this process with the real runner (same pid, same arguments)."""
+    os.execv(sys.executable, [sys.executable, "-m", "timmy.runner", *sys.argv[1:]])
+
+def messages():
+    """Coordinator messages until shutdown or until stdin closes (pings are answered)."""
+    for line in iter(sys.stdin.readline, ""):
+        msg = json.loads(line)
+        if msg["type"] == "shutdown":
+            return
+        if msg["type"] == "ping":
+            say("pong", seq=msg["seq"])
+            continue
+        yield msg
+'''
+
+# A program that owns a swarm, reports on stdout, then idles (or waits on its first task)
+# inside the `with` block until it is killed or interrupted.
+OWNER_SCRIPT = '''\
+import json, sys, time
+from timmy import Swarm
+
+plan = json.loads(sys.argv[1])
+with Swarm(**plan["swarm"]) as swarm:
+    swarm.spawn_all(plan["personas"])
+    posted = swarm.post_many(plan["descriptions"]) if plan["descriptions"] else []
+    deadline = time.monotonic() + 20
+    settled = None
+    while time.monotonic() < deadline:   # until enough tasks run and nothing changes any more
+        statuses = [t.status for t in swarm.tasks()]
+        if statuses.count("running") >= plan["running"] and statuses == settled:
+            break
+        settled = statuses
+        time.sleep(0.1)
+    print(json.dumps({
+        "pids": [a.pid for a in swarm.agents()],
+        "tasks": {t.task_id: t.status for t in swarm.tasks()},
+        "posted": [t.task_id for t in posted],
+    }), flush=True)
+    if plan["then"] == "wait":
+        swarm.wait(posted[0].task_id)
+    else:
+        time.sleep(600)
+'''
+
+
+@pytest.fixture(name="eventually")
+def eventually_fixture() -> Callable[..., object]:
+    """`eventually(predicate, timeout=5.0, what=...)`: poll until the predicate holds."""
+    return eventually
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "timmy.db"
+
+
+@pytest.fixture
+def db_url(db_path: Path) -> str:
+    return f"sqlite:///{db_path}"
+
+
+@pytest.fixture
+def make_swarm(db_url: str) -> Iterable[Callable[..., Swarm]]:
+    """Start swarms on this test's database (fast defaults); every one is closed at teardown."""
+    started: list[Swarm] = []
+
+    def make(**overrides) -> Swarm:
+        kwargs = {"db": db_url, "seed": 1, "task_seconds": 0.0, "auction_window": 1.0}
+        kwargs.update(overrides)
+        swarm = Swarm(**kwargs).start()
+        started.append(swarm)
+        return swarm
+
+    yield make
+    for swarm in started:
+        swarm.close()
+
+
+@pytest.fixture
+def scripted_runner(tmp_path: Path) -> Callable[[str, str], list[str]]:
+    """Write a runner program (preamble + ``body``); returns the ``runner_command`` for it."""
+
+    def write(name: str, body: str) -> list[str]:
+        path = tmp_path / f"{name}.py"
+        path.write_text(RUNNER_PREAMBLE + "\n" + textwrap.dedent(body))
+        return [sys.executable, str(path)]
+
+    return write
+
+
+@pytest.fixture
+def start_owner(tmp_path: Path):
+    """Run a swarm in a separate Python process, to kill or interrupt it.
+
+    Returns (process, report): the report has the runner ``pids``, the ``tasks`` by status,
+    the ``posted`` task ids, and ``stderr``, the file the process writes its errors to.
+    """
+    procs: list[subprocess.Popen] = []
+
+    def start(swarm: dict, personas: list[str], descriptions: Sequence[str] = (),
+              running: int = 0, then: str = "sleep") -> tuple[subprocess.Popen, dict]:
+        script = tmp_path / "owner.py"
+        script.write_text(OWNER_SCRIPT)
+        plan = {"swarm": swarm, "personas": personas, "descriptions": list(descriptions),
+                "running": running, "then": then}
+        stderr = tmp_path / f"owner-{len(procs) + 1}.err"
+        # Its own session, like a program started from a terminal: Ctrl-C can reach the group.
+        with stderr.open("w") as err:
+            proc = subprocess.Popen([sys.executable, str(script), json.dumps(plan)],
+                                    stdout=subprocess.PIPE, stderr=err, text=True,
+                                    start_new_session=True)
+        procs.append(proc)
+        line = proc.stdout.readline()
+        assert line, f"the owner died before reporting: {stderr.read_text()[-2000:]}"
+        report = json.loads(line)
+        report["tasks"] = {int(k): v for k, v in report["tasks"].items()}
+        report["stderr"] = stderr
+        return proc, report
+
+    yield start
+    for proc in procs:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)   # the owner and anything left in its group
+        proc.wait()
+        proc.stdout.close()
+
+
+def eventually(predicate: Callable[[], object], timeout: float = 5.0,
+               interval: float = 0.02, what: str = "condition"):
+    """Poll ``predicate`` until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what} not reached within {timeout}s (last value: {value!r})")
+        time.sleep(interval)
