@@ -43,11 +43,10 @@ def prefill(url: str, n_bids: int) -> None:
         base = store.next_event_id()
         for i in range(n):
             tid = tasks[i // 9 % len(tasks)].task_id
-            batch.bids.append({"task_id": tid, "attempt": 1, "agent_id": f"old-{i % 9}",
-                               "sats": 30 + i % 50, "on_spec": i % 2 == 0, "won": i % 9 == 0,
-                               "rule": "specialist_first", "created_at": now})
-            batch.events.append({"event_id": base + i, "ts": now, "kind": "bid", "task_id": tid,
-                                 "agent_id": f"old-{i % 9}", "data": '{"sats":30}'})
+            agent = f"old-{i % 9}"
+            batch.bids.append((tid, 1, agent, 30 + i % 50, i % 2 == 0, i % 9 == 0,
+                               "specialist_first", now))
+            batch.events.append((base + i, now, "bid", tid, agent, '{"sats":30}'))
         store.apply(batch)
         written += n
 

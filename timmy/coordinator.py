@@ -67,6 +67,7 @@ from .supervisor import RestartPolicy, Supervisor
 log = logging.getLogger("timmy")
 
 FINISHED_CACHE = 50_000
+_json = msgspec.json.Encoder().encode
 FLUSH_DELAY = 0.002   # seconds a change may wait to join a batch
 CHECKPOINT_EVERY = 1.0  # seconds between SQLite WAL checkpoints while writing
 
@@ -270,10 +271,8 @@ class Coordinator:
         event_id = self._next_event
         self._next_event += 1
         ts = time.time()
-        self._batch.events.append({
-            "event_id": event_id, "ts": ts, "kind": kind, "task_id": task_id,
-            "agent_id": agent_id, "data": msgspec.json.encode(data).decode(),
-        })
+        self._batch.events.append(
+            (event_id, ts, kind, task_id, agent_id, _json(data).decode()))
         if self._subscribers:
             event = Event(event_id=event_id, ts=ts, kind=kind, task_id=task_id,
                           agent_id=agent_id, data=data)
@@ -655,11 +654,8 @@ class Coordinator:
         rule = self.cfg.rule
         winner = clearing.winner
         for bid in auction.bids.values():
-            self._batch.bids.append({
-                "task_id": tid, "attempt": open_.attempt, "agent_id": bid.agent_id,
-                "sats": bid.sats, "on_spec": bid.on_spec, "won": bid.agent_id == winner,
-                "rule": rule, "created_at": now,
-            })
+            self._batch.bids.append((tid, open_.attempt, bid.agent_id, bid.sats, bid.on_spec,
+                                     bid.agent_id == winner, rule, now))
         self._emit("auction_closed", tid, winner, price_sats=clearing.price_sats, rule=rule,
                    why=clearing.reason, bids=len(auction.bids), closed_by=reason,
                    attempt=open_.attempt)
