@@ -406,90 +406,66 @@ class Store:
         return self._guard(run)
 
     # -- reads --------------------------------------------------------------
-    def next_event_id(self) -> int:
-        return self._guard(lambda: self._scalar(
-            sa.select(sa.func.coalesce(sa.func.max(events_table.c.event_id), 0)))) + 1
+    def _read(self, stmt) -> list:
+        """All rows of a SELECT, on a pooled connection; errors become `StoreError`."""
+        def run():
+            with self.engine.connect() as conn:
+                return conn.execute(stmt).all()
+        return self._guard(run)
 
-    def _scalar(self, stmt):
-        with self.engine.connect() as conn:
-            return conn.execute(stmt).scalar()
+    def next_event_id(self) -> int:
+        return (self._read(sa.select(sa.func.max(events_table.c.event_id)))[0][0] or 0) + 1
 
     def agent_counts(self) -> dict[str, int]:
         """How many agents of each persona the store has seen (for deterministic ids)."""
-        def run():
-            with self.engine.connect() as conn:
-                return dict(conn.execute(
-                    sa.select(agents_table.c.persona, sa.func.count())
-                    .group_by(agents_table.c.persona)).all())
-        return self._guard(run)
+        return dict(self._read(sa.select(agents_table.c.persona, sa.func.count())
+                               .group_by(agents_table.c.persona)))
+
+    def status_counts(self) -> dict[str, int]:
+        return dict(self._read(sa.select(tasks_table.c.status, sa.func.count())
+                               .group_by(tasks_table.c.status)))
 
     def task(self, task_id: int) -> Task:
-        def run():
-            with self.engine.connect() as conn:
-                return conn.execute(
-                    sa.select(tasks_table).where(tasks_table.c.task_id == task_id)).first()
-        row = self._guard(run)
-        if row is None:
+        rows = self._read(sa.select(tasks_table).where(tasks_table.c.task_id == task_id))
+        if not rows:
             raise TaskNotFound(f"no task with id {task_id}",
                                hint="list tasks with swarm.tasks() or `timmy status`")
-        return _task(row)
+        return _task(rows[0])
 
     def tasks(self, status: str | Iterable[str] | None = None, limit: int | None = None,
               ids: Sequence[int] | None = None) -> list[Task]:
-        stmt = sa.select(tasks_table).order_by(tasks_table.c.task_id)
+        """Tasks oldest first: all, by status, by id, or the newest ``limit``."""
+        stmt = sa.select(tasks_table)
         if isinstance(status, str):
             stmt = stmt.where(tasks_table.c.status == status)
         elif status is not None:
             stmt = stmt.where(tasks_table.c.status.in_(list(status)))
         if ids is not None:
             stmt = stmt.where(tasks_table.c.task_id.in_(list(ids)))
-        if limit is not None:
-            stmt = stmt.order_by(None).order_by(tasks_table.c.task_id.desc()).limit(limit)
-
-        def run():
-            with self.engine.connect() as conn:
-                return [_task(r) for r in conn.execute(stmt)]
-        rows = self._guard(run)
-        return sorted(rows, key=lambda t: t.task_id) if limit is not None else rows
-
-    def status_counts(self) -> dict[str, int]:
-        def run():
-            with self.engine.connect() as conn:
-                return dict(conn.execute(
-                    sa.select(tasks_table.c.status, sa.func.count())
-                    .group_by(tasks_table.c.status)).all())
-        return self._guard(run)
+        if limit is None:
+            return [_task(r) for r in self._read(stmt.order_by(tasks_table.c.task_id))]
+        newest = self._read(stmt.order_by(tasks_table.c.task_id.desc()).limit(limit))
+        return [_task(r) for r in reversed(newest)]
 
     def bids(self, task_id: int | None = None) -> list[dict[str, Any]]:
         stmt = sa.select(bids_table).order_by(bids_table.c.bid_id)
         if task_id is not None:
             stmt = stmt.where(bids_table.c.task_id == task_id)
-
-        def run():
-            with self.engine.connect() as conn:
-                return [dict(r._mapping) for r in conn.execute(stmt)]
-        return self._guard(run)
+        return [dict(r._mapping) for r in self._read(stmt)]
 
     def agents(self) -> list[AgentInfo]:
-        def run():
-            with self.engine.connect() as conn:
-                return [AgentInfo(**{k: v for k, v in r._mapping.items() if k != "joined_at"})
-                        for r in conn.execute(sa.select(agents_table)
-                                              .order_by(agents_table.c.agent_id))]
-        return self._guard(run)
+        rows = self._read(sa.select(agents_table).order_by(agents_table.c.agent_id))
+        return [AgentInfo(**{k: v for k, v in r._mapping.items() if k != "joined_at"})
+                for r in rows]
 
     def events(self, after: int = 0, limit: int | None = None) -> list[Event]:
         stmt = (sa.select(events_table).where(events_table.c.event_id > after)
                 .order_by(events_table.c.event_id))
         if limit is not None:
             stmt = stmt.limit(limit)
-
-        def run():
-            with self.engine.connect() as conn:
-                return [Event(event_id=r.event_id, ts=r.ts, kind=r.kind, task_id=r.task_id,
-                              agent_id=r.agent_id, data=msgspec.json.decode(r.data))
-                        for r in conn.execute(stmt)]
-        return self._guard(run)
+        return [Event(event_id=r.event_id, ts=r.ts, kind=r.kind, task_id=r.task_id,
+                      agent_id=r.agent_id, data=msgspec.json.decode(r.data))
+                for r in self._read(stmt)]
 
     def dispose(self) -> None:
         """Return pooled connections (the engine stays cached for reuse in this process)."""
