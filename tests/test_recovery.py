@@ -200,7 +200,11 @@ def test_stopping_a_busy_runner_reauctions_its_task_and_never_restarts_it(
 
     assert (stopped.status, stopped.pid) == ("stopped", None)
     assert wait_gone([forge]) == []
-    assert (done.status, done.attempts, done.assigned_agent) == ("completed", 2, "quill-1")
+    # Stopping a runner on purpose is not the task's fault: it costs the task no attempt.
+    assert (done.status, done.attempts, done.assigned_agent) == ("completed", 1, "quill-1")
+    requeued = [e for e in swarm.events() if e.kind == "task_requeued"]
+    assert [e.task_id for e in requeued] == [task.task_id]
+    assert "forge-1 stopped" in requeued[0].data["reason"]
     later = swarm.wait(swarm.post("fix the next bug").task_id, timeout=10)
     assert later.assigned_agent == "quill-1"
     after = {a.agent_id: a for a in swarm.agents()}["forge-1"]

@@ -278,10 +278,10 @@ def _report_run(swarm, results: Sequence, catalog: dict, title: str) -> None:
 
 _SEQUENTIAL_HELP = (
     "--sequential posts one task at a time and waits for it: every auction hears every "
-    "runner, so specialists win their work and the same seed gives exactly the same table. "
-    "--concurrent posts all tasks at once (fastest): as many auctions run as there are free "
-    "runners and busy runners do not bid, so under a backlog a task often goes to whoever "
-    "frees up first, and winners vary from run to run."
+    "runner with the same history, so the same seed gives exactly the same table. "
+    "--concurrent posts all tasks at once (fastest): every runner still bids and holds a "
+    "queue of won tasks, so specialists keep their work until their queues fill, but the "
+    "order in which outcomes reach the runners (and so what they learn) varies from run to run."
 )
 
 
@@ -427,7 +427,7 @@ def export(db: str, out_dir: Path, fmt: str) -> None:
         raise StoreError(f"no database file at {path}",
                          hint="pass the path of a timmy SQLite file (e.g. data/timmy.db) or "
                               "an SQLAlchemy URL")
-    store = Store(url)
+    store = Store(url, create=False)
     try:
         written = export_store(store, out_dir, fmt)
     finally:

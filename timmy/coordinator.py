@@ -25,6 +25,7 @@ winners.
 from __future__ import annotations
 
 import logging
+import shlex
 import sys
 import time
 from collections import OrderedDict, deque
@@ -39,9 +40,11 @@ from . import protocol as p
 from .auction import Auction, Bid, check_rule
 from .errors import (
     ConfigError,
+    ExecutorUnavailable,
     PersonaError,
     RunnerError,
     StoreError,
+    SwarmClosed,
     TaskNotFound,
     TimmyError,
 )
@@ -110,6 +113,15 @@ class Config:
         _check_number("ping_interval", self.ping_interval, 0.01, 3600, "the default is 5.0")
         _check_number("ping_timeout", self.ping_timeout, 0.1, 86400, "the default is 30.0")
         _check_number("close_timeout", self.close_timeout, 0, 3600, "the default is 10.0")
+        if self.ping_timeout <= self.ping_interval:
+            raise ConfigError(
+                f"ping_timeout ({self.ping_timeout}s) must be longer than ping_interval "
+                f"({self.ping_interval}s), or every runner would be restarted at every ping",
+                hint="keep ping_timeout several times ping_interval (defaults: 30 and 5)")
+        if self.executor == "ollama":
+            raise ExecutorUnavailable(
+                "the ollama executor is not available in this release yet",
+                hint='use executor="simulated" or "echo" ("auto" picks simulated for now)')
         if self.runner_command is not None and (
             isinstance(self.runner_command, str)
             or not all(isinstance(a, str) for a in self.runner_command)
@@ -137,6 +149,7 @@ class Agent:
     alive: bool = False
     tasks: dict[int, None] = field(default_factory=dict)   # held tasks, in assignment order
     last_seen: float = 0.0
+    joined_at: float = field(default_factory=time.time)
 
 
 @dataclass(eq=False)
@@ -145,6 +158,7 @@ class OpenAuction:
     task: Task
     attempt: int
     deadline: float
+    auction_id: int = 0    # the event_id of its auction_opened event: unique per auction
 
 
 def check_timeout(timeout: object) -> None:
@@ -194,8 +208,7 @@ class Coordinator:
         self.auctions: dict[int, OpenAuction] = {}
         self._deadlines: deque[OpenAuction] = deque()
         self._deadline_wake = anyio.Event()
-        self._waiters: dict[int, list[anyio.Event]] = {}
-        self._watchers: list[Callable[[Task], None]] = []
+        self._watchers: dict[int, list[Callable[[Task], None]]] = {}  # task -> when it ends
         self._subscribers: list[Callable[[Event], None]] = []
         self._batch = Batch()
         self._flush_wake = anyio.Event()
@@ -215,15 +228,15 @@ class Coordinator:
         self.supervisor = Supervisor(tg, on_message=self._on_message, on_exit=self._on_exit,
                                      on_garbage=self._on_garbage, policy=self.cfg.restart)
         now = time.time()
-        requeued, failed = await anyio.to_thread.run_sync(
+        waiting, requeued, failed = await anyio.to_thread.run_sync(
             self.store.recover, self.cfg.max_attempts, now)
         self._next_event = await anyio.to_thread.run_sync(self.store.next_event_id)
         self._agent_counts = await anyio.to_thread.run_sync(self.store.agent_counts)
-        for task in requeued:
+        for task in sorted(waiting + requeued, key=lambda t: t.task_id):
             self.active[task.task_id] = task
             self.queue.append(task.task_id)
-            if task.reason:
-                self._emit("task_requeued", task.task_id, reason=task.reason)
+        for task in requeued:
+            self._emit("task_requeued", task.task_id, reason=task.reason)
         for task in failed:
             self._remember(task)
             self._emit("task_failed", task.task_id, reason=task.reason)
@@ -267,7 +280,8 @@ class Coordinator:
         return unsubscribe
 
     def _emit(self, kind: str, task_id: int | None = None, agent_id: str | None = None,
-              **data) -> None:
+              **data) -> int:
+        """Record an event, tell the subscribers; returns its event_id."""
         event_id = self._next_event
         self._next_event += 1
         ts = time.time()
@@ -282,6 +296,7 @@ class Coordinator:
                 except Exception:
                     log.exception("subscriber %r failed on %s", callback, kind)
         self._flush_wake.set()
+        return event_id
 
     def _dirty(self, task: Task) -> None:
         self._batch.tasks[task.task_id] = {
@@ -296,7 +311,7 @@ class Coordinator:
         self._batch.agents[i.agent_id] = {
             "agent_id": i.agent_id, "persona": i.persona, "name": i.name, "pid": i.pid,
             "status": i.status, "restarts": i.restarts, "tasks_won": i.tasks_won,
-            "earned_sats": i.earned_sats, "joined_at": time.time(),
+            "earned_sats": i.earned_sats, "joined_at": agent.joined_at,
         }
         self._flush_wake.set()
 
@@ -372,8 +387,13 @@ class Coordinator:
         agent_id = f"{persona.id}-{n}"
         agent = Agent(AgentInfo(agent_id=agent_id, persona=persona.id, name=persona.name),
                       persona)
+        argv = self._runner_argv(agent_id, persona)
         self.agents[agent_id] = agent
-        slot = await self.supervisor.start(agent_id, self._runner_argv(agent_id, persona))
+        try:
+            slot = await self.supervisor.start(agent_id, argv)
+        except RunnerError:
+            del self.agents[agent_id]
+            raise
         agent.info.pid = slot.pid
         self._dirty_agent(agent)
         with anyio.move_on_after(timeout):
@@ -381,14 +401,12 @@ class Coordinator:
         if not agent.ready.is_set():
             await self.supervisor.stop(agent_id)
             if agent.settled.is_set():
-                raise RunnerError(
-                    f"runner {agent_id} ended with exit code {agent.exit_code} before saying "
-                    f"hello (started {agent.info.restarts + 1} times)",
-                    hint="run the runner by hand to see its error: "
-                    + " ".join(self._runner_argv(agent_id, persona)[1:]),
-                )
-            raise RunnerError(f"runner {agent_id} did not say hello within {timeout:.0f}s",
-                              hint="run `python -m timmy.runner --help` to check the install")
+                what = (f"ended with exit code {agent.exit_code} before saying hello "
+                        f"(started {agent.info.restarts + 1} times)")
+            else:
+                what = f"did not say hello within {timeout:.0f}s"
+            raise RunnerError(f"runner {agent_id} {what}",
+                              hint=f"run it by hand to see its error: {shlex.join(argv)}")
         return copy(agent.info)
 
     @staticmethod
@@ -437,7 +455,6 @@ class Coordinator:
     # -- tasks --------------------------------------------------------------
     def _check_open(self) -> None:
         if self.closed:
-            from .errors import SwarmClosed
             raise SwarmClosed("this swarm has stopped",
                               hint="start a new one: with timmy.Swarm(...) as swarm: ...")
 
@@ -459,32 +476,20 @@ class Coordinator:
         self._pump()
         return out
 
-    def task(self, task_id: int) -> Task | None:
-        t = self.active.get(task_id) or self.finished.get(task_id)
-        return copy(t) if t is not None else None
+    def _lookup(self, task_id: int) -> Task | None:
+        return self.active.get(task_id) or self.finished.get(task_id)
+
+    async def task(self, task_id: int) -> Task:
+        """One task as it stands: from memory, else from the store."""
+        t = self._lookup(task_id)
+        if t is not None:
+            return copy(t)
+        await self.flush()
+        return await anyio.to_thread.run_sync(self.store.task, task_id)
 
     async def wait(self, task_id: int, timeout: float | None = None) -> Task:
-        check_timeout(timeout)
-        task = self.active.get(task_id) or self.finished.get(task_id)
-        if task is None:
-            await self.flush()
-            task = await anyio.to_thread.run_sync(self.store.task, task_id)
-            return task
-        if task.status not in TERMINAL_STATES:
-            event = anyio.Event()
-            self._waiters.setdefault(task_id, []).append(event)
-            with anyio.move_on_after(timeout):
-                await event.wait()
-            task = self.active.get(task_id) or self.finished.get(task_id)
-            if task.status not in TERMINAL_STATES:
-                waiters = self._waiters.get(task_id, [])
-                if event in waiters:
-                    waiters.remove(event)
-                raise WaitTimeout(
-                    f"task {task_id} is still {task.status} after {timeout}s",
-                    hint="wait longer, check swarm.status(), or spawn runners if there are none",
-                )
-        return copy(task)
+        """Wait until a task is completed, failed or cancelled."""
+        return (await self._wait_for([task_id], timeout, single=True))[0]
 
     async def run(self, descriptions: Sequence[str], timeout: float | None = None,
                   progress=False) -> list[Task]:
@@ -495,54 +500,87 @@ class Coordinator:
         Jupyter shows it under the cell that asked).
         """
         check_timeout(timeout)
-        remaining: set[int] = set()
-        done = anyio.Event()
-        bar = own_bar = None
-        if progress is True:
-            bar = own_bar = progress_bar(len(descriptions))
-        elif progress:
-            bar = progress
-
-        def watch(task: Task) -> None:
-            if task.task_id in remaining:
-                remaining.discard(task.task_id)
-                if bar is not None:
-                    bar.update(1)
-                if not remaining:
-                    done.set()
-
-        self._watchers.append(watch)
+        bar = progress_bar(len(descriptions)) if progress is True else (progress or None)
         try:
             tasks = await self.post_many(descriptions)
-            ids = [t.task_id for t in tasks]
-            remaining.update(i for i in ids if i in self.active)
+            return await self._wait_for([t.task_id for t in tasks], timeout, bar)
+        finally:
+            if progress is True:
+                bar.close()
+
+    async def _wait_for(self, ids: Sequence[int], timeout: float | None, bar=None,
+                        single: bool = False) -> list[Task]:
+        """The tasks ``ids`` once all are finished, in order; `WaitTimeout` after ``timeout``."""
+        check_timeout(timeout)
+        done: dict[int, Task] = {}
+        remaining: set[int] = set()
+        unknown: list[int] = []
+        for i in ids:
+            t = self._lookup(i)
+            if t is None:
+                unknown.append(i)
+            elif t.status in TERMINAL_STATES:
+                done[i] = copy(t)
+            else:
+                remaining.add(i)
+        if unknown:  # finished long ago (or never existed): the store knows
+            await self.flush()
+            for t in await anyio.to_thread.run_sync(self.store.tasks, None, None, unknown):
+                done[t.task_id] = t
+            for i in unknown:
+                if i not in done:
+                    raise TaskNotFound(f"no task with id {i}",
+                                       hint="use the task_id of a Task returned by post()")
+        if bar is not None:
+            bar.update(len(done))
+        all_done = anyio.Event()
+
+        def watch(task: Task) -> None:
+            remaining.discard(task.task_id)
+            done[task.task_id] = copy(task)
             if bar is not None:
-                bar.update(len(ids) - len(remaining))
+                bar.update(1)
+            if not remaining:
+                all_done.set()
+
+        for i in remaining:
+            self._watchers.setdefault(i, []).append(watch)
+        try:
             if remaining:
                 with anyio.move_on_after(timeout):
-                    await done.wait()
+                    await all_done.wait()
             if remaining:
+                states = ", ".join(sorted({self._lookup(i).status for i in remaining}))
+                what = (f"task {ids[0]} is still {states}" if single
+                        else f"{len(remaining)} of {len(ids)} tasks unfinished (still {states})")
                 raise WaitTimeout(
-                    f"{len(remaining)} of {len(ids)} tasks unfinished after {timeout}s",
-                    hint="pass a longer timeout, or check swarm.status() for live runners",
+                    f"{what} after {timeout}s",
+                    hint="wait longer, check swarm.status(), or spawn runners if there are none",
                 )
         finally:
-            self._watchers.remove(watch)
-            if own_bar is not None:
-                own_bar.close()
-        return [copy(self.active.get(i) or self.finished[i]) for i in ids]
+            for i in remaining:
+                watchers = self._watchers.get(i, [])
+                if watch in watchers:
+                    watchers.remove(watch)
+                if not watchers:
+                    self._watchers.pop(i, None)
+        return [done[i] for i in ids]
 
-    def cancel(self, task_id: int) -> Task | None:
-        """Cancel an unfinished task. Returns None when it is not in memory (see store)."""
+    async def cancel(self, task_id: int) -> Task:
+        """Cancel an unfinished task; a finished one is returned as it is.
+
+        A task already assigned stays in its runner's queue until the runner reports
+        (the protocol has no message to take it back); its result is then ignored.
+        """
         task = self.active.get(task_id)
         if task is None:
-            return None
+            return await self.task(task_id)
         if task.status == BIDDING:
-            open_ = self.auctions.pop(task_id, None)
-            if open_ is not None:
-                data = p.encode(p.AuctionClosed(task_id=task_id, winner=None, price_sats=None))
-                for aid in open_.auction.bids:
-                    self.supervisor.send(aid, data)
+            open_ = self.auctions.pop(task_id)
+            self._record_bids(open_, open_.auction.bids.values(), None)
+            data = p.encode(p.AuctionClosed(task_id=task_id, winner=None, price_sats=None))
+            for aid in open_.auction.bids:
+                self.supervisor.send(aid, data)
         task.reason = "cancelled"
         self._finish(task, CANCELLED)
         self._pump()
@@ -565,9 +603,7 @@ class Coordinator:
                 CANCELLED: "task_cancelled"}[status]
         self._emit(kind, task.task_id, task.assigned_agent, price_sats=task.price_sats,
                    attempts=task.attempts, reason=task.reason if status != COMPLETED else None)
-        for event in self._waiters.pop(task.task_id, ()):
-            event.set()
-        for watch in list(self._watchers):
+        for watch in self._watchers.pop(task.task_id, ()):
             watch(task)
 
     def _requeue_or_fail(self, task: Task, reason: str) -> None:
@@ -590,14 +626,13 @@ class Coordinator:
     # -- auctions -----------------------------------------------------------
     def _pump(self) -> None:
         """Open auctions for queued tasks while runners have room in their queues."""
-        if not self.queue:
+        if not self.queue or self.closed:
             return
         cap = self.cfg.runner_queue
         live = [a.info.agent_id for a in self.agents.values() if a.alive]
         room = sum(max(0, cap - len(self.agents[a].tasks)) for a in live)
         if len(self.auctions) >= room:
             return
-        now = time.time()
         deadline = time.monotonic() + self.cfg.auction_window
         opened: list[OpenAuction] = []
         while self.queue and len(self.auctions) < room:
@@ -611,6 +646,8 @@ class Coordinator:
             self._deadlines.append(open_)
             task.status = BIDDING
             self._dirty(task)
+            open_.auction_id = self._emit("auction_opened", task.task_id, attempt=attempt,
+                                          eligible=len(live))
             opened.append(open_)
         if not opened:
             return
@@ -619,9 +656,6 @@ class Coordinator:
                                             attempt=o.attempt)) for o in opened)
         for aid in live:
             self.supervisor.send(aid, data)
-        for o in opened:
-            self._emit("auction_opened", o.task.task_id, attempt=o.attempt,
-                       eligible=len(o.auction.eligible), ts_post=now)
 
     async def _deadline_loop(self) -> None:
         while True:
@@ -641,6 +675,13 @@ class Coordinator:
             self._close_auction(open_, reason="window")
             self._pump()
 
+    def _record_bids(self, open_: OpenAuction, bids: Iterable[Bid], winner: str | None) -> None:
+        """Write an auction's bids: at its close, or when a bidder or the auction went away."""
+        now = time.time()
+        tid, attempt, aid, rule = open_.task.task_id, open_.attempt, open_.auction_id, self.cfg.rule
+        self._batch.bids.extend((tid, attempt, aid, b.agent_id, b.sats, b.on_spec,
+                                 b.agent_id == winner, rule, now) for b in bids)
+
     def _close_auction(self, open_: OpenAuction, reason: str = "complete") -> bool:
         """Clear an auction; True when it found a winner."""
         task, auction = open_.task, open_.auction
@@ -653,9 +694,7 @@ class Coordinator:
         now = time.time()
         rule = self.cfg.rule
         winner = clearing.winner
-        for bid in auction.bids.values():
-            self._batch.bids.append((tid, open_.attempt, bid.agent_id, bid.sats, bid.on_spec,
-                                     bid.agent_id == winner, rule, now))
+        self._record_bids(open_, auction.bids.values(), winner)
         self._emit("auction_closed", tid, winner, price_sats=clearing.price_sats, rule=rule,
                    why=clearing.reason, bids=len(auction.bids), closed_by=reason,
                    attempt=open_.attempt)
@@ -735,9 +774,12 @@ class Coordinator:
                     self._on_garbage(agent_id, p.ProtocolError(
                         f"hello from {said!r} on {agent_id}'s pipe", hint=""))
                     return
+                if agent.alive:
+                    self._on_garbage(agent_id, p.ProtocolError(
+                        f"a second hello from live runner {agent_id}", hint=""))
+                    return
                 first = not agent.ready.is_set()
                 agent.alive = True
-                agent.tasks.clear()
                 agent.info.pid, agent.info.status = pid, "idle"
                 agent.info.restarts = self.supervisor.slots[agent_id].restarts
                 self._dirty_agent(agent)
@@ -787,6 +829,9 @@ class Coordinator:
         agent.info.pid = None if verdict != "restart" else agent.info.pid
         for open_ in list(self.auctions.values()):
             if agent_id in open_.auction.eligible:
+                gone = open_.auction.bids.get(agent_id)
+                if gone is not None:
+                    self._record_bids(open_, [gone], None)
                 open_.auction.withdraw(agent_id)
                 if open_.auction.complete:
                     self._close_auction(open_)
@@ -795,17 +840,20 @@ class Coordinator:
         how = "stopped" if verdict == "stopped" else f"died (exit code {returncode})"
         # The runner works its queue in order: the first task it held was (about to be)
         # running and uses up its attempt, even if "started" never arrived (a task that kills
-        # its runner must not loop forever); the tasks waiting behind it keep theirs.
+        # its runner must not loop forever); the tasks waiting behind it keep theirs. A runner
+        # stopped on purpose (stop(), or the swarm closing) costs no task an attempt.
+        crashed = verdict != "stopped"
         for i in reversed(range(len(held))):  # requeue at the front, keeping their order
             task = self.active.get(held[i])
             if task is None or task.status not in (ASSIGNED, RUNNING):
                 continue
-            if i == 0 or task.status == RUNNING:
+            if crashed and (i == 0 or task.status == RUNNING):
                 self._requeue_or_fail(task, f"runner {agent_id} {how} during attempt "
                                             f"{task.attempts}")
             else:
+                when = "before finishing" if task.status == RUNNING else "before starting"
                 task.attempts -= 1
-                self._requeue(task, f"runner {agent_id} {how} before starting it")
+                self._requeue(task, f"runner {agent_id} {how} {when} it")
         self._dirty_agent(agent)
         kind = {"restart": "agent_crashed", "stopped": "agent_left"}.get(verdict, "agent_failed")
         self._emit(kind, None, agent_id, returncode=returncode)

@@ -41,12 +41,13 @@ def export_store(store: Store, out_dir: str | Path, fmt: str = "parquet") -> dic
     except OSError as exc:
         raise ConfigError(f"cannot create export directory {out}: {exc.strerror}",
                           hint="choose a directory you can write to") from exc
-    written: dict[str, Path] = {}
-    # One read transaction for all four tables: a consistent snapshot of a running swarm.
-    with store.engine.connect() as conn, conn.begin():
-        for name, table in TABLES.items():
-            written[name] = _export_table(pa, conn, table, out / f"{name}.{fmt}", fmt)
-    return written
+    def run() -> dict[str, Path]:
+        # One read transaction for all four tables: a consistent snapshot of a running swarm.
+        with store.engine.connect() as conn, conn.begin():
+            return {name: _export_table(pa, conn, table, out / f"{name}.{fmt}", fmt)
+                    for name, table in TABLES.items()}
+
+    return store.guard(run)
 
 
 def _export_table(pa, conn, table: sa.Table, path: Path, fmt: str) -> Path:

@@ -22,7 +22,10 @@ from .errors import StoreError
 
 def lock_path(url: str) -> Path | None:
     """The lock file for an SQLite file URL; None for memory databases and other URLs."""
-    parsed = sa.engine.make_url(url)
+    try:
+        parsed = sa.engine.make_url(url)
+    except sa.exc.ArgumentError:
+        return None  # not a URL: opening the store says so, with a hint
     db = parsed.database
     if parsed.get_backend_name() != "sqlite" or db in (None, "", ":memory:"):
         return None
@@ -41,7 +44,14 @@ def claim(url: str) -> Callable[[], None]:
         return lambda: None
     import fcntl
 
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise StoreError(
+            f"cannot open {url}: cannot create its lock file {path}: {exc.strerror}",
+            hint="pass a database in a directory you can write to (db=... / --db)",
+        ) from exc
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -49,8 +59,8 @@ def claim(url: str) -> Callable[[], None]:
         os.close(fd)
         raise StoreError(
             f"cannot open {url}: it is in use by another swarm ({owner})",
-            hint="stop the other swarm or `timmy serve` using it, or pass another database "
-            "(db=... / --db)",
+            hint="close the other swarm using it (swarm.close(), or end its process), or "
+            "pass another database (db=... / --db)",
         ) from None
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)

@@ -92,10 +92,13 @@ class Runner:
         return p.encode(p.Result(task_id=tid, ok=ok, output=output, elapsed_s=elapsed))
 
     def _worker(self) -> None:
-        while True:
-            tid, desc, attempt = self._work.get()
-            self.write(p.encode(p.Started(task_id=tid)))
-            self.write(self._execute(tid, desc, attempt))
+        try:
+            while True:
+                tid, desc, attempt = self._work.get()
+                self.write(p.encode(p.Started(task_id=tid)))
+                self.write(self._execute(tid, desc, attempt))
+        finally:  # a dead worker would leave every queued task hanging: die loudly instead
+            os._exit(1)
 
     # -- main loop ----------------------------------------------------------
     def serve(self, in_fd: int = 0) -> int:

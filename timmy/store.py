@@ -62,6 +62,10 @@ bids_table = sa.Table(
     sa.Column("bid_id", sa.Integer, primary_key=True, autoincrement=True),
     sa.Column("task_id", sa.Integer, nullable=False, index=True),
     sa.Column("attempt", sa.Integer, nullable=False),
+    # The event_id of the auction's auction_opened event. A task re-auctioned without
+    # using an attempt (no bidder with room, its runner died before starting it) has
+    # several auctions with the same attempt number: one winner per auction_id.
+    sa.Column("auction_id", sa.BigInteger, nullable=False),
     sa.Column("agent_id", sa.String(64), nullable=False),
     sa.Column("sats", sa.Integer, nullable=False),
     sa.Column("on_spec", sa.Boolean, nullable=False),
@@ -79,12 +83,18 @@ events_table = sa.Table(
     sa.Column("data", sa.Text, nullable=False),
 )
 
-TASK_COLUMNS = [c.name for c in tasks_table.columns]
+TASK_COLUMNS = tuple(c.name for c in tasks_table.columns)
+AGENT_COLUMNS = tuple(c.name for c in agents_table.columns)
+TASK_UPDATE_COLUMNS = tuple(c for c in TASK_COLUMNS
+                            if c not in ("task_id", "description", "created_at"))
+AGENT_UPDATE_COLUMNS = tuple(c for c in AGENT_COLUMNS if c not in ("agent_id", "joined_at"))
+_TASK_UPDATE_BINDS = ("b_task_id", *(f"b_{c}" for c in TASK_UPDATE_COLUMNS))
+_AGENT_UPDATE_BINDS = ("b_agent_id", *(f"b_{c}" for c in AGENT_UPDATE_COLUMNS))
 #: Column order of the tuples in `Batch.bids` and `Batch.events` (tuples, not dicts: at
 #: thousands of rows a second, building dicts was a visible share of the engine's time).
-BID_COLUMNS = ("task_id", "attempt", "agent_id", "sats", "on_spec", "won", "rule", "created_at")
+BID_COLUMNS = ("task_id", "attempt", "auction_id", "agent_id", "sats", "on_spec", "won", "rule",
+               "created_at")
 EVENT_COLUMNS = ("event_id", "ts", "kind", "task_id", "agent_id", "data")
-AGENT_COLUMNS = [c.name for c in agents_table.columns]
 
 _engines: dict[str, Engine] = {}
 _engines_lock = threading.Lock()
@@ -131,7 +141,7 @@ def get_engine(url: str, busy_timeout: float = 5.0) -> Engine:
                         f"cannot create the directory {parent} for {url}: {exc.strerror}",
                         hint="pass --db with a path you can write to",
                     ) from exc
-            kwargs["connect_args"] = {"check_same_thread": False, "timeout": busy_timeout}
+            kwargs["connect_args"] = {"check_same_thread": False}
         try:
             engine = sa.create_engine(url, **kwargs)
         except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError, ImportError) as exc:
@@ -168,7 +178,8 @@ def explain(url: str, exc: Exception) -> StoreError:
         hint = "free disk space; work in flight is kept in memory and retried"
         what = "the disk is full"
     else:
-        hint = "check the database URL and that the server is running"
+        hint = ("check that the database server is running and the URL's host, port, "
+                "database name and credentials are right")
         what = "database error"
     return StoreError(f"{url}: {what} ({text.splitlines()[0][:300]})", hint=hint)
 
@@ -198,10 +209,6 @@ class Batch:
         return older
 
 
-def task_row(task: Task) -> dict[str, Any]:
-    return msgspec.structs.asdict(task)
-
-
 def _task(row) -> Task:
     return Task(**dict(row._mapping))
 
@@ -209,18 +216,22 @@ def _task(row) -> Task:
 class Store:
     """A timmy database: schema, transactions, reads. Thread-safe (one pooled engine)."""
 
-    def __init__(self, url: str, busy_timeout: float = 5.0) -> None:
+    def __init__(self, url: str, busy_timeout: float = 5.0, create: bool = True) -> None:
+        """Open (``create=True``: and set up or migrate) the timmy database at ``url``.
+
+        ``create=False`` only reads: a database without timmy's tables is refused.
+        """
         self.url = url
+        self.create = create
         self.engine = get_engine(url, busy_timeout)
         self._compiled: dict[int, tuple[str, list[str] | None, Any]] = {}
-        task_cols = [c for c in TASK_COLUMNS if c not in ("task_id", "description", "created_at")]
+        self._known_agents: set[str] = set()   # agent rows known to exist
         self._task_update = (tasks_table.update()
                              .where(tasks_table.c.task_id == sa.bindparam("b_task_id"))
-                             .values({c: sa.bindparam(f"b_{c}") for c in task_cols}))
-        agent_cols = [c for c in AGENT_COLUMNS if c not in ("agent_id", "joined_at")]
+                             .values({c: sa.bindparam(f"b_{c}") for c in TASK_UPDATE_COLUMNS}))
         self._agent_update = (agents_table.update()
                               .where(agents_table.c.agent_id == sa.bindparam("b_agent_id"))
-                              .values({c: sa.bindparam(f"b_{c}") for c in agent_cols}))
+                              .values({c: sa.bindparam(f"b_{c}") for c in AGENT_UPDATE_COLUMNS}))
         self._agent_insert = agents_table.insert().values(
             {c: sa.bindparam(c) for c in AGENT_COLUMNS})
         self._bid_insert = bids_table.insert().values(
@@ -230,9 +241,10 @@ class Store:
         ).returning(tasks_table.c.task_id)
         self._event_insert = events_table.insert().values(
             {c: sa.bindparam(c) for c in EVENT_COLUMNS})
-        self._guard(self._migrate)
+        self.guard(self._migrate)
 
-    def _guard(self, fn, *args):
+    def guard(self, fn, *args):
+        """Run ``fn(*args)``; database errors become a `StoreError` that says what to do."""
         try:
             return fn(*args)
         except sa.exc.DBAPIError as exc:
@@ -240,10 +252,17 @@ class Store:
         except self.engine.dialect.loaded_dbapi.Error as exc:  # from the raw DBAPI fast paths
             raise explain(self.url, exc) from exc
         except sa.exc.SQLAlchemyError as exc:
-            raise StoreError(f"{self.url}: {exc}", hint="check the database URL") from exc
+            raise StoreError(f"{self.url}: {exc}",
+                             hint="check the URL's driver, database name and credentials") from exc
 
     def _migrate(self) -> None:
         with self.engine.begin() as conn:
+            if not self.create:
+                missing = [t for t in metadata.tables if not sa.inspect(conn).has_table(t)]
+                if missing:
+                    raise StoreError(
+                        f"{self.url} is not a timmy database (no table {missing[0]!r})",
+                        hint="pass the database a swarm wrote (default data/timmy.db)")
             metadata.create_all(conn)
             row = conn.execute(
                 sa.select(meta_table.c.value).where(meta_table.c.key == "schema_version")
@@ -273,7 +292,7 @@ class Store:
                 )
                 return [r[0] for r in conn.execute(stmt, rows)]
 
-        ids = self._guard(run)
+        ids = self.guard(run)
         return [Task(task_id=i, description=d, created_at=created_at)
                 for i, d in zip(ids, descriptions, strict=True)]
 
@@ -298,7 +317,7 @@ class Store:
 
     def apply(self, batch: Batch) -> None:
         """Write a batch of transitions in one transaction (all of it or none of it)."""
-        self._guard(self._apply, batch)
+        self.guard(self._apply, batch)
 
     def _sql(self, stmt) -> tuple[str, list[str] | None, Any]:
         """A statement compiled once for this engine's dialect: (sql, positional names)."""
@@ -309,10 +328,17 @@ class Store:
             cached = self._compiled[id(stmt)] = (str(compiled), names, stmt)
         return cached
 
-    def _insert_tuples(self, conn, stmt, columns: tuple[str, ...], rows: list[tuple]) -> None:
-        """executemany of tuples in ``columns`` order, reordered only if the dialect needs."""
+    def _executemany(self, conn, stmt, columns: Sequence[str], rows: list) -> None:
+        """executemany straight to the driver with SQL compiled once per statement.
+
+        ``rows`` are tuples in ``columns`` order. SQLAlchemy's per-row parameter
+        processing was most of the cost of a big batch, and our column types need none.
+        """
+        if not rows:
+            return
         sql, names, _ = self._sql(stmt)
-        if names is None:
+        columns = tuple(columns)
+        if names is None:  # a named paramstyle (psycopg): dicts
             params = [dict(zip(columns, r, strict=True)) for r in rows]
         elif tuple(names) == columns:
             params = rows
@@ -321,37 +347,29 @@ class Store:
             params = [tuple(r[i] for i in order) for r in rows]
         conn.exec_driver_sql(sql, params)
 
-    def _executemany(self, conn, stmt, rows: list[dict[str, Any]]) -> None:
-        """executemany straight to the driver with SQL compiled once per statement.
-
-        SQLAlchemy's per-row parameter processing is most of the cost of a big
-        batch; our column types need none, so rows go to the DBAPI as they are.
-        """
-        sql, names, _ = self._sql(stmt)
-        params = rows if names is None else [tuple(r[n] for n in names) for r in rows]
-        conn.exec_driver_sql(sql, params)
-
     def _apply(self, batch: Batch) -> None:
         with self.engine.begin() as conn:
             if batch.tasks:
-                params = [{"b_task_id": tid, **{f"b_{k}": v for k, v in row.items()}}
-                          for tid, row in batch.tasks.items()]
-                self._executemany(conn, self._task_update, params)
+                self._executemany(conn, self._task_update, _TASK_UPDATE_BINDS,
+                                  [(tid, *(row[c] for c in TASK_UPDATE_COLUMNS))
+                                   for tid, row in batch.tasks.items()])
             if batch.agents:
-                existing = {r[0] for r in conn.execute(
-                    sa.select(agents_table.c.agent_id).where(
-                        agents_table.c.agent_id.in_(list(batch.agents))))}
-                new = [r for a, r in batch.agents.items() if a not in existing]
-                old = [{"b_agent_id": a, **{f"b_{k}": v for k, v in r.items()}}
-                       for a, r in batch.agents.items() if a in existing]
-                if new:
-                    self._executemany(conn, self._agent_insert, new)
-                if old:
-                    self._executemany(conn, self._agent_update, old)
+                new = {a for a in batch.agents if a not in self._known_agents}
+                if new:  # usually only at spawn: afterwards every agent change is an update
+                    new -= {r[0] for r in conn.execute(
+                        sa.select(agents_table.c.agent_id)
+                        .where(agents_table.c.agent_id.in_(new)))}
+                self._executemany(conn, self._agent_insert, AGENT_COLUMNS,
+                                  [tuple(r[c] for c in AGENT_COLUMNS)
+                                   for a, r in batch.agents.items() if a in new])
+                self._executemany(conn, self._agent_update, _AGENT_UPDATE_BINDS,
+                                  [(a, *(r[c] for c in AGENT_UPDATE_COLUMNS))
+                                   for a, r in batch.agents.items() if a not in new])
             if batch.bids:
-                self._insert_tuples(conn, self._bid_insert, BID_COLUMNS, batch.bids)
+                self._executemany(conn, self._bid_insert, BID_COLUMNS, batch.bids)
             if batch.events:
-                self._insert_tuples(conn, self._event_insert, EVENT_COLUMNS, batch.events)
+                self._executemany(conn, self._event_insert, EVENT_COLUMNS, batch.events)
+        self._known_agents.update(batch.agents)
 
     def checkpoint(self) -> None:
         """Copy the SQLite write-ahead log back into the database without blocking writers."""
@@ -360,50 +378,53 @@ class Store:
         def run():
             with self.engine.connect() as conn:
                 conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
-        self._guard(run)
+        self.guard(run)
 
-    def recover(self, max_attempts: int, now: float) -> tuple[list[Task], list[Task]]:
-        """Re-queue the tasks a previous coordinator left in flight.
+    def recover(self, max_attempts: int, now: float) -> tuple[list[Task], list[Task], list[Task]]:
+        """Take over what a previous coordinator left unfinished, in one transaction.
 
-        Returns (requeued, failed): tasks whose attempts are used up fail with a reason.
+        Returns (waiting, requeued, failed): tasks still queued; tasks it left bidding,
+        assigned or running, now queued again; and those whose attempts were used up,
+        now failed with a reason. Agents it left alive are marked "lost".
         """
         def run():
             with self.engine.begin() as conn:
-                inflight = [_task(r) for r in conn.execute(
+                unfinished = [_task(r) for r in conn.execute(
                     sa.select(tasks_table).where(tasks_table.c.status.in_(ACTIVE_STATES))
                     .order_by(tasks_table.c.task_id))]
+                waiting = [t for t in unfinished if t.status == QUEUED]
                 requeued, failed = [], []
-                for t in inflight:
+                for t in unfinished:
+                    if t.status == QUEUED:
+                        continue
                     if t.status in ("assigned", "running") and t.attempts >= max_attempts:
                         t.status, t.completed_at = "failed", now
                         t.reason = (f"coordinator stopped during attempt {t.attempts} "
                                     f"of {max_attempts}")
                         failed.append(t)
                     else:
-                        if t.status != QUEUED:
-                            t.reason = "re-queued after a coordinator restart"
-                        t.status, t.assigned_agent, t.price_sats = QUEUED, None, None
-                        t.assigned_at = None
+                        t.status, t.assigned_agent, t.price_sats, t.assigned_at = (
+                            QUEUED, None, None, None)
+                        t.reason = "re-queued after a coordinator restart"
                         requeued.append(t)
-                changed = [t for t in inflight if t.reason]
-                if changed:
+                if requeued or failed:
                     conn.execute(
                         tasks_table.update()
                         .where(tasks_table.c.task_id == sa.bindparam("b_id"))
                         .values(status=sa.bindparam("b_status"), reason=sa.bindparam("b_reason"),
-                                assigned_agent=None, price_sats=None,
+                                assigned_agent=None, price_sats=None, assigned_at=None,
                                 completed_at=sa.bindparam("b_done")),
                         [{"b_id": t.task_id, "b_status": t.status, "b_reason": t.reason,
-                          "b_done": t.completed_at} for t in changed],
+                          "b_done": t.completed_at} for t in requeued + failed],
                     )
                 conn.execute(
                     agents_table.update()
                     .where(agents_table.c.status.notin_(("stopped", "failed", "lost")))
                     .values(status="lost", pid=None)
                 )
-                return requeued, failed
+                return waiting, requeued, failed
 
-        return self._guard(run)
+        return self.guard(run)
 
     # -- reads --------------------------------------------------------------
     def _read(self, stmt) -> list:
@@ -411,7 +432,7 @@ class Store:
         def run():
             with self.engine.connect() as conn:
                 return conn.execute(stmt).all()
-        return self._guard(run)
+        return self.guard(run)
 
     def next_event_id(self) -> int:
         return (self._read(sa.select(sa.func.max(events_table.c.event_id)))[0][0] or 0) + 1
@@ -429,7 +450,7 @@ class Store:
         rows = self._read(sa.select(tasks_table).where(tasks_table.c.task_id == task_id))
         if not rows:
             raise TaskNotFound(f"no task with id {task_id}",
-                               hint="list tasks with swarm.tasks() or `timmy status`")
+                               hint="list the tasks with swarm.tasks()")
         return _task(rows[0])
 
     def tasks(self, status: str | Iterable[str] | None = None, limit: int | None = None,

@@ -61,6 +61,7 @@ class Slot:
     restart_times: deque = field(default_factory=deque)
     outbox: list[bytes] = field(default_factory=list)
     exited: anyio.Event = field(default_factory=anyio.Event)
+    stop_asked: anyio.Event = field(default_factory=anyio.Event)  # cuts a restart backoff short
 
     @property
     def pid(self) -> int | None:
@@ -114,6 +115,7 @@ class Supervisor:
         if slot is None:
             return
         slot.stopping = True
+        slot.stop_asked.set()
         proc = slot.process
         if proc is not None and proc.returncode is None:
             try:
@@ -172,8 +174,7 @@ class Supervisor:
                     await proc.wait()
             slot.outbox.clear()
             self._dirty.pop(slot.agent_id, None)
-            with anyio.CancelScope(shield=True):
-                await self._close_pipes(proc)
+            proc.stdin.close()
             verdict = self._verdict(slot)
             self._on_exit(slot.agent_id, proc.returncode, verdict)
             if verdict != "restart":
@@ -182,9 +183,11 @@ class Supervisor:
                 return
             delay = min(self.policy.backoff_max,
                         self.policy.backoff_start * math.pow(2, len(slot.restart_times) - 1))
-            await anyio.sleep(delay)
-            if slot.stopping:
+            with anyio.move_on_after(delay):
+                await slot.stop_asked.wait()
+            if slot.stopping:  # stopped while waiting to restart
                 slot.process = None
+                self._on_exit(slot.agent_id, None, "stopped")
                 slot.exited.set()
                 return
             slot.restarts += 1
@@ -208,10 +211,6 @@ class Supervisor:
             return "failed"
         window.append(now)
         return "restart"
-
-    async def _close_pipes(self, proc: asyncio.subprocess.Process) -> None:
-        if proc.stdin is not None:
-            proc.stdin.close()
 
     def _write_all(self) -> None:
         """Write everything queued this loop turn: one write per runner."""

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import atexit
-import contextlib
-import weakref
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -87,8 +85,12 @@ class AsyncSwarm:
                 hint="run it under asyncio (anyio.run(main) or asyncio.run(main)), or use the "
                 "synchronous timmy.Swarm, which brings its own event loop",
             ) from None
-        self.store = await anyio.to_thread.run_sync(Store, self.db, self._db_timeout)
-        self._release = claim(self.db)
+        self._release = claim(self.db)   # before opening: never migrate a database in use
+        try:
+            self.store = await anyio.to_thread.run_sync(Store, self.db, self._db_timeout)
+        except BaseException:
+            self._release()
+            raise
         self._engine = Coordinator(self.store, self.config)
         self._tg = anyio.create_task_group()
         await self._tg.__aenter__()
@@ -97,7 +99,7 @@ class AsyncSwarm:
         except BaseException:
             self._tg.cancel_scope.cancel()
             await self._tg.__aexit__(None, None, None)
-            self._release()
+            self._let_go()
             raise
         return self
 
@@ -108,7 +110,12 @@ class AsyncSwarm:
         finally:
             self._tg.cancel_scope.cancel()
             await self._tg.__aexit__(None, None, None)
-            self._release()
+            self._let_go()
+
+    def _let_go(self) -> None:
+        """Close the pooled connections and give the database back."""
+        self.store.dispose()
+        self._release()
 
     @property
     def engine(self) -> Coordinator:
@@ -160,11 +167,7 @@ class AsyncSwarm:
     async def cancel(self, task_id: int) -> Task:
         """Cancel a task that has not finished (a finished one is returned unchanged)."""
         self.engine.require_task(task_id)
-        task = self.engine.cancel(task_id)
-        if task is None:
-            await self.engine.flush()
-            task = await anyio.to_thread.run_sync(self.store.task, task_id)
-        return task
+        return await self.engine.cancel(task_id)
 
     async def tasks(self, status: str | None = None, limit: int | None = None) -> list[Task]:
         """Tasks from the store (all, or those in ``status``), oldest first."""
@@ -177,11 +180,7 @@ class AsyncSwarm:
     async def task(self, task_id: int) -> Task:
         """One task as it stands now."""
         self.engine.require_task(task_id)
-        task = self.engine.task(task_id)
-        if task is None:
-            await self.engine.flush()
-            task = await anyio.to_thread.run_sync(self.store.task, task_id)
-        return task
+        return await self.engine.task(task_id)
 
     async def bids(self, task_id: int | None = None) -> list[dict]:
         """Every bid (or one task's), with its attempt, on-spec flag and whether it won."""
@@ -250,8 +249,8 @@ class Swarm:
             cm.__exit__(None, None, None)
             raise
         self._portal_cm, self._portal = cm, portal
-        ref = weakref.ref(self)
-        atexit.register(_close_at_exit, ref)
+        # A swarm left open (a notebook, a script without `with`) is closed at exit.
+        atexit.register(self.close)
         return self
 
     async def _serve(self, *, task_status=anyio.TASK_STATUS_IGNORED) -> None:
@@ -267,6 +266,7 @@ class Swarm:
         self._closed = True
         if self._portal is None:
             return
+        atexit.unregister(self.close)
         try:
             self._portal.call(self._stop.set)
             self._future.result()
@@ -279,11 +279,6 @@ class Swarm:
 
     def __exit__(self, *exc_info) -> None:
         self.close()
-
-    def __del__(self) -> None:
-        # At interpreter shutdown this may fail; runners then exit on their own (stdin closes).
-        with contextlib.suppress(Exception):
-            self.close()
 
     def _call(self, fn, *args):
         if self._portal is None:
@@ -357,10 +352,3 @@ class Swarm:
 
     def export(self, out_dir: str | Path, fmt: str = "parquet") -> dict[str, Path]:
         return self._call(self._async.export, out_dir, fmt)
-
-
-def _close_at_exit(ref: weakref.ref) -> None:
-    swarm = ref()
-    if swarm is not None:
-        with contextlib.suppress(Exception):
-            swarm.close()
