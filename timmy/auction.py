@@ -154,7 +154,7 @@ class Auction:
         return True
 
     def withdraw(self, agent_id: str) -> None:
-        """Forget a bidder that can no longer work (its runner died or became busy)."""
+        """Forget a bidder whose runner is gone (it died or was stopped)."""
         self.eligible.discard(agent_id)
         self.bids.pop(agent_id, None)
         self.declined.discard(agent_id)

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Protocol
 
-from .personas import Persona, words
+from .personas import Persona
 
 MIN_BID = 1
 MAX_BID = 200
@@ -136,7 +136,7 @@ class BidStats:
         if self.auctions < MIN_OUTCOMES:
             return 1.0
         m = 1.0
-        rate = self.wins / self.auctions
+        rate = self.win_rate
         if rate > 0.8:
             m *= 1.15
         elif rate < 0.2:
@@ -198,5 +198,4 @@ __all__ = [
     "bid_rng",
     "compute_bid",
     "quote",
-    "words",
 ]

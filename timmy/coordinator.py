@@ -1,7 +1,8 @@
 """The engine: the task state machine, auctions, assignment, re-queueing, events.
 
     queued -> bidding -> assigned -> running -> completed | failed | cancelled
-       ^________|___________|__________|   (no free bidder, runner died, attempt failed)
+       ^________|___________|__________|   (no bid from a runner with room, its runner
+                                            stopped or died, the attempt failed)
 
 One coordinator per swarm, on one event loop. Runner messages arrive through the
 `Supervisor`; each is handled at once and synchronously, so there are no locks.

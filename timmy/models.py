@@ -12,8 +12,6 @@ TASK_STATES = (QUEUED, BIDDING, ASSIGNED, RUNNING, COMPLETED, FAILED, CANCELLED)
 ACTIVE_STATES = (QUEUED, BIDDING, ASSIGNED, RUNNING)
 TERMINAL_STATES = (COMPLETED, FAILED, CANCELLED)
 
-AGENT_STATES = ("starting", "idle", "busy", "restarting", "stopped", "failed", "lost")
-
 
 class Task(msgspec.Struct, kw_only=True):
     """A unit of work and where it stands. ``reason`` says why a task failed or was re-queued."""
@@ -36,7 +34,12 @@ class Task(msgspec.Struct, kw_only=True):
 
 
 class AgentInfo(msgspec.Struct, kw_only=True):
-    """A persona agent and its runner process (``pid`` changes when the runner is replaced)."""
+    """A persona agent and its runner process (``pid`` changes when the runner is replaced).
+
+    ``status``: starting, idle, busy (holds tasks), restarting (its process died and is
+    being replaced), stopped (on purpose), failed (died too often), lost (its coordinator
+    ended without stopping it).
+    """
 
     agent_id: str
     persona: str

@@ -58,13 +58,7 @@ class Persona:
 
     def is_on_spec(self, description: str) -> bool:
         """True when any preferred keyword occurs in ``description`` as a whole word."""
-        toks = words(description)
-        if not self._single.isdisjoint(toks):
-            return True
-        if self._phrases:
-            padded = " " + " ".join(toks) + " "
-            return any(" " + " ".join(p) + " " in padded for p in self._phrases)
-        return False
+        return bool(self.matched_keywords(description))
 
 
 def _p(pid, role, rate, base, jitter, keywords, capabilities, description):

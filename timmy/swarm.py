@@ -134,11 +134,12 @@ class AsyncSwarm:
         return await self.engine.spawn_all(personas)
 
     async def stop(self, agent_id: str) -> AgentInfo:
-        """Stop one runner for good; its task, if any, is auctioned again."""
+        """Stop one runner for good; the tasks it held are auctioned again (no attempt used)."""
         return await self.engine.stop_agent(agent_id)
 
     async def kill(self, agent_id: str) -> None:
-        """SIGKILL one runner, as a crash would: it is restarted, its task re-auctioned."""
+        """SIGKILL one runner, as a crash would: it is restarted and the tasks it held are
+        auctioned again (the one it was running uses up an attempt)."""
         self.engine.kill_agent(agent_id)
 
     async def agents(self) -> list[AgentInfo]:
