@@ -9,6 +9,7 @@ task rows, bids, events, agents; an auction close is always inside one batch).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from collections.abc import Iterable, Sequence
@@ -209,6 +210,31 @@ class Batch:
         return older
 
 
+def _refuse_foreign_sqlite(url: str) -> None:
+    """Refuse an SQLite file without timmy's tables, looking through a read-only handle.
+
+    Our engine switches a file to WAL as it connects, which would change someone
+    else's database just by looking at it.
+    """
+    from .ownership import lock_path  # the same URL -> file rule
+
+    lock = lock_path(url)
+    if lock is None or not os.path.exists(str(lock)[: -len(".lock")]):
+        return
+    path = str(lock)[: -len(".lock")]
+    import sqlite3
+
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as conn:
+            names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
+    except sqlite3.Error as exc:
+        raise explain(url, exc) from exc
+    missing = [t for t in metadata.tables if t not in names]
+    if missing:
+        raise StoreError(f"{url} is not a timmy database (no table {missing[0]!r})",
+                         hint="pass the database a swarm wrote (default data/timmy.db)")
+
+
 def _task(row) -> Task:
     return Task(**dict(row._mapping))
 
@@ -223,6 +249,8 @@ class Store:
         """
         self.url = url
         self.create = create
+        if not create:
+            _refuse_foreign_sqlite(url)  # before our engine's connect-time settings touch it
         self.engine = get_engine(url, busy_timeout)
         self._compiled: dict[int, tuple[str, list[str] | None, Any]] = {}
         self._known_agents: set[str] = set()   # agent rows known to exist
