@@ -44,8 +44,8 @@ def prefill(url: str, n_bids: int) -> None:
         for i in range(n):
             tid = tasks[i // 9 % len(tasks)].task_id
             agent = f"old-{i % 9}"
-            batch.bids.append((tid, 1, agent, 30 + i % 50, i % 2 == 0, i % 9 == 0,
-                               "specialist_first", now))
+            batch.bids.append((tid, 1, base + i - i % 9, agent, 30 + i % 50, i % 2 == 0,
+                               i % 9 == 0, "specialist_first", now))
             batch.events.append((base + i, now, "bid", tid, agent, '{"sats":30}'))
         store.apply(batch)
         written += n

@@ -1,0 +1,31 @@
+"""The benchmark scripts still run (tiny sizes; their figures are not checked here)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def run(script: str, *args: str) -> str:
+    out = subprocess.run([sys.executable, str(BENCH / script), *args], capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return out.stdout
+
+
+@pytest.mark.timeout(150)
+def test_throughput_benchmark_prints_its_figures():
+    out = run("throughput.py", "--tasks", "60", "--runs", "1", "--latency-tasks", "20")
+    assert "tasks/s" in out and "post->assign latency" in out and "p99" in out
+
+
+@pytest.mark.timeout(150)
+def test_scale_benchmark_prints_its_figures():
+    out = run("scale.py", "--tasks", "60", "--history", "0,2000", "--runners", "9")
+    assert "history     2,000 bids" in out
+    assert "runner start-up" in out and "RSS" in out
