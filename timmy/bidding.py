@@ -169,7 +169,14 @@ class Quote:
 
 def quote(persona: Persona, description: str, rng: Rng, stats: BidStats | None = None) -> Quote:
     """Price ``description`` for ``persona``: `compute_bid` with the on-spec flag and keywords."""
-    keywords = tuple(persona.matched_keywords(description))
+    return quote_matched(persona, tuple(persona.matched_keywords(description)), rng, stats)
+
+
+def quote_matched(
+    persona: Persona, keywords: tuple[str, ...], rng: Rng, stats: BidStats | None = None
+) -> Quote:
+    """`quote` for a description whose matched keywords are already known (the simulator
+    matches each description once, not once per bid)."""
     jitter = rng.randint(0, persona.bid_jitter)
     if keywords:
         raw = max(MIN_BID, persona.bid_base - jitter)
@@ -198,4 +205,5 @@ __all__ = [
     "bid_rng",
     "compute_bid",
     "quote",
+    "quote_matched",
 ]

@@ -10,6 +10,7 @@ the same list: draws come from one ``random.Random(seed)`` and nothing else.
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
 
 #: Task templates per built-in persona; ``{x}`` is filled with a neutral subject.
 PHRASES: dict[str, tuple[str, ...]] = {
@@ -124,3 +125,54 @@ def demo_workload(n: int, seed: int) -> list[tuple[str, str | None]]:
 def demo_descriptions(n: int, seed: int) -> list[str]:
     """``n`` seeded task descriptions (see `demo_workload`)."""
     return [text for text, _ in demo_workload(n, seed)]
+
+
+def keyword_mix(n: int, seed: int, weights: dict[str, float]) -> list[str]:
+    """``n`` seeded descriptions with the given share per persona (key "generic": none).
+
+    ``keyword_mix(1000, 1, {"forge": 3, "quill": 1})`` is three code tasks to one writing task.
+    """
+    from .errors import ConfigError
+
+    unknown = sorted(set(weights) - set(PHRASES) - {"generic"})
+    if unknown or not weights or any(w < 0 for w in weights.values()) \
+            or sum(weights.values()) <= 0:
+        raise ConfigError(
+            f"bad keyword mix {weights!r}" + (f": unknown {unknown[0]!r}" if unknown else ""),
+            hint=f"weights >= 0, not all 0, for: {', '.join([*PHRASES, 'generic'])}")
+    rng = random.Random(seed)
+    kinds, w = list(weights), list(weights.values())
+    out = []
+    for kind in rng.choices(kinds, weights=w, k=n):
+        if kind == "generic":
+            out.append(rng.choice(GENERIC))
+        else:
+            out.append(rng.choice(PHRASES[kind]).format(x=rng.choice(SUBJECTS)))
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class Arrival:
+    """A task that arrives ``at`` seconds into a simulated run."""
+
+    at: float
+    description: str
+
+
+def poisson_arrivals(n: int, rate: float, seed: int,
+                     descriptions: list[str] | None = None) -> list[Arrival]:
+    """``n`` tasks arriving as a Poisson process of ``rate`` tasks per second."""
+    rng = random.Random(seed)
+    texts = descriptions if descriptions is not None else demo_descriptions(n, seed)
+    t, out = 0.0, []
+    for text in texts[:n]:
+        t += rng.expovariate(rate)
+        out.append(Arrival(t, text))
+    return out
+
+
+def bursts(n: int, seed: int, size: int = 50, every: float = 5.0,
+           descriptions: list[str] | None = None) -> list[Arrival]:
+    """``n`` tasks in bursts of ``size`` arriving together every ``every`` seconds."""
+    texts = descriptions if descriptions is not None else demo_descriptions(n, seed)
+    return [Arrival((i // size) * every, text) for i, text in enumerate(texts[:n])]

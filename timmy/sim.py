@@ -1,0 +1,340 @@
+"""Simulate a swarm in-process on a virtual clock, with the live engine's own rules.
+
+`simulate` runs the same `personas`, `bidding` and `auction` code as a live
+swarm: the same keyed draws (seed, agent_id, task_id, attempt), the same
+learned counters per runner, the same clearing rules, the same seeded
+executions (`executors.simulated_plan`), the same ids. Two modes:
+
+* a list of descriptions: posted one at a time, each when the previous one has
+  finished, exactly like ``for d in descs: swarm.wait(swarm.post(d).task_id)``
+  on a fresh live swarm, so both pick the same winner at the same price for
+  every task (the parity the tests check);
+* a list of `workload.Arrival` (`poisson_arrivals`, `bursts`): tasks arrive on
+  the virtual clock and queue up, and runners hold up to ``runner_queue`` tasks
+  each, as in the live engine.
+
+The result, `SimRun`, has ``tasks``, ``bids``, ``agents`` and ``events`` as
+pandas DataFrames with the columns of a live export, and `SimRun.export`
+writes the same Parquet files, so every analytics query works on both. The
+simulator writes no per-bid events (the ``bids`` table has every bid); its
+events are the task and auction ones.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import deque
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .auction import Bid, check_rule, clear
+from .bidding import BidStats, bid_rng, quote_matched
+from .errors import ConfigError, require
+from .executors import simulated_plan
+from .personas import PERSONAS, Persona
+from .workload import Arrival
+
+TABLES = ("tasks", "bids", "agents", "events")
+
+
+@dataclass(eq=False)
+class _Agent:
+    agent_id: str
+    persona: Persona
+    stats: BidStats = field(default_factory=BidStats)
+    queue: deque = field(default_factory=deque)   # task ids held, the first one running
+    won: int = 0
+    earned: int = 0
+
+
+@dataclass(eq=False)
+class _Task:
+    task_id: int
+    description: str
+    created_at: float
+    status: str = "queued"
+    attempts: int = 0
+    agent: str | None = None
+    price: int | None = None
+    assigned_at: float | None = None
+    completed_at: float | None = None
+    reason: str | None = None
+    result: str | None = None
+    on_spec: bool = False
+    keywords: tuple[str, ...] = ()
+
+
+class _Rows:
+    """Column lists per table, in the live export's column order."""
+
+    def __init__(self) -> None:
+        from .export import TABLES as LIVE
+
+        self.columns = {name: [c.name for c in LIVE[name].columns] for name in TABLES}
+        self.data: dict[str, list[list]] = {name: [[] for _ in cols]
+                                            for name, cols in self.columns.items()}
+
+    def add(self, table: str, *values) -> None:
+        for col, v in zip(self.data[table], values, strict=True):
+            col.append(v)
+
+
+def agent_ids(runners: dict[str, int] | int | None, catalog: dict[str, Persona]) -> list[str]:
+    """The agent ids a fresh live swarm gives, in spawn order (spawn_all, repeated)."""
+    if runners is None:
+        runners = 1
+    if isinstance(runners, int):
+        runners = {pid: runners for pid in catalog}
+    unknown = sorted(set(runners) - set(catalog))
+    if unknown:
+        raise ConfigError(f"runners names unknown persona {unknown[0]!r}",
+                          hint=f"use persona ids from: {', '.join(catalog)}")
+    most = max(runners.values(), default=0)
+    return [f"{pid}-{n}" for n in range(1, most + 1) for pid in catalog
+            if runners.get(pid, 0) >= n]
+
+
+class Simulator:
+    """One simulated swarm. Use `simulate`; this class holds its state."""
+
+    def __init__(self, *, personas: dict[str, Persona] | None = None, seed: int = 0,
+                 rule: str = "specialist_first", runners: dict[str, int] | int | None = None,
+                 task_seconds: float = 0.05, max_attempts: int = 3,
+                 runner_queue: int = 32, start: float = 0.0) -> None:
+        self.catalog = dict(PERSONAS if personas is None else personas)
+        self.seed, self.rule = seed, check_rule(rule)
+        self.task_seconds, self.max_attempts = task_seconds, max_attempts
+        self.runner_queue, self.now = runner_queue, start
+        self.agents = [_Agent(aid, self.catalog[aid.rsplit("-", 1)[0]])
+                       for aid in agent_ids(runners, self.catalog)]
+        self.by_id = {a.agent_id: a for a in self.agents}
+        self.tasks: list[_Task] = []
+        self.waiting: deque[int] = deque()        # tasks queued with no room anywhere
+        self.clock: list[tuple[float, int, int, str]] = []   # (time, seq, task_id, agent_id)
+        self._seq = 0
+        self._event_id = 0
+        self._matches: dict[str, dict[str, tuple[str, ...]]] = {}
+        self.rows = _Rows()
+        for a in self.agents:
+            self._event("agent_joined", None, a.agent_id)
+
+    # -- records ------------------------------------------------------------
+    def _event(self, kind: str, task_id: int | None, agent_id: str | None = None,
+               data: str = "{}") -> int:
+        self._event_id += 1
+        self.rows.add("events", self._event_id, self.now, kind, task_id, agent_id, data)
+        return self._event_id
+
+    def _matched(self, description: str) -> dict[str, tuple[str, ...]]:
+        m = self._matches.get(description)
+        if m is None:
+            m = {pid: tuple(p.matched_keywords(description)) for pid, p in self.catalog.items()}
+            if len(self._matches) < 100_000:
+                self._matches[description] = m
+        return m
+
+    # -- the rules ----------------------------------------------------------
+    def post(self, description: str) -> _Task:
+        task = _Task(len(self.tasks) + 1, description, self.now)
+        self.tasks.append(task)
+        self._event("task_posted", task.task_id)
+        self._auction(task)
+        return task
+
+    def _auction(self, task: _Task) -> None:
+        room = [a for a in self.agents if len(a.queue) < self.runner_queue]
+        if not room:
+            task.status = "queued"
+            self.waiting.append(task.task_id)
+            return
+        attempt = task.attempts + 1
+        auction_id = self._event("auction_opened", task.task_id)
+        matched = self._matched(task.description)
+        bids, quotes = [], {}
+        for a in self.agents:
+            rng = bid_rng(self.seed, a.agent_id, task.task_id, attempt)
+            q = quote_matched(a.persona, matched[a.persona.id], rng, a.stats)
+            bids.append(Bid(a.agent_id, q.sats, q.on_spec))
+            quotes[a.agent_id] = q
+        full = {a.agent_id for a in self.agents if len(a.queue) >= self.runner_queue}
+        clearing = clear(task.task_id, [b for b in bids if b.agent_id not in full], self.rule)
+        winner = clearing.winner
+        for b in bids:
+            self.rows.add("bids", None, task.task_id, attempt, auction_id, b.agent_id, b.sats,
+                          b.on_spec, b.agent_id == winner, self.rule, self.now)
+            self.by_id[b.agent_id].stats.record_auction(b.agent_id == winner)
+        self._event("auction_closed", task.task_id, winner)
+        agent = self.by_id[winner]
+        q = quotes[winner]
+        task.status, task.agent, task.price = "assigned", winner, clearing.price_sats
+        task.attempts, task.assigned_at = attempt, self.now
+        task.on_spec, task.keywords = q.on_spec, q.keywords
+        agent.won += 1
+        agent.queue.append(task.task_id)
+        self._event("task_assigned", task.task_id, winner)
+        if len(agent.queue) == 1:
+            self._start(agent)
+
+    def _start(self, agent: _Agent) -> None:
+        task = self.tasks[agent.queue[0] - 1]
+        task.status = "running"
+        plan = simulated_plan(self.seed, agent.agent_id, task.task_id, task.attempts,
+                              task.on_spec, self.task_seconds)
+        self._seq += 1
+        heapq.heappush(self.clock, (self.now + plan.seconds, self._seq, task.task_id,
+                                    agent.agent_id))
+        task.result = "ok" if plan.ok else None
+
+    def _finish(self, task_id: int, agent_id: str) -> _Task:
+        agent, task = self.by_id[agent_id], self.tasks[task_id - 1]
+        agent.queue.popleft()
+        ok = task.result == "ok"
+        agent.stats.record_result(ok, task.keywords)
+        if agent.queue:  # the runner goes straight on to the next task it holds
+            self._start(agent)
+        if ok:
+            task.status, task.completed_at, task.reason = "completed", self.now, None
+            task.result = f"{agent_id} did: {task.description[:200]}"
+            agent.earned += task.price or 0
+            self._event("task_completed", task.task_id, agent_id)
+        else:
+            spec = "on" if task.on_spec else "off"
+            reason = (f"attempt {task.attempts} by {agent_id} failed: simulated failure "
+                      f"({spec}-spec task)")
+            task.result = f"simulated failure ({spec}-spec task)"
+            if task.attempts >= self.max_attempts:
+                task.status, task.completed_at = "failed", self.now
+                task.reason = f"{reason}; gave up after {task.attempts} attempts"
+                self._event("task_failed", task.task_id, agent_id)
+            else:
+                task.reason, task.agent, task.price, task.assigned_at = reason, None, None, None
+                self._event("task_requeued", task.task_id)
+                self._auction(task)
+        while self.waiting and any(len(a.queue) < self.runner_queue for a in self.agents):
+            self._auction(self.tasks[self.waiting.popleft() - 1])
+        return task
+
+    def _step(self) -> _Task:
+        self.now, _, task_id, agent_id = heapq.heappop(self.clock)
+        return self._finish(task_id, agent_id)
+
+    # -- drivers ------------------------------------------------------------
+    def run_sequential(self, descriptions: Iterable[str], progress=None) -> None:
+        """Post each description when the previous one has finished (live: post, wait)."""
+        for description in descriptions:
+            task = self.post(description)
+            while task.status not in ("completed", "failed"):
+                self._step()
+            if progress is not None:
+                progress.update(1)
+
+    def run_arrivals(self, arrivals: Sequence[Arrival], progress=None) -> None:
+        """Tasks arrive on the virtual clock; runners queue what they win."""
+        for arrival in sorted(arrivals, key=lambda a: a.at):
+            while self.clock and self.clock[0][0] <= arrival.at:
+                if self._step().status in ("completed", "failed") and progress is not None:
+                    progress.update(1)
+            self.now = max(self.now, arrival.at)
+            self.post(arrival.description)
+        while self.clock:
+            if self._step().status in ("completed", "failed") and progress is not None:
+                progress.update(1)
+
+    def result(self) -> SimRun:
+        rows = self.rows
+        for t in self.tasks:
+            rows.add("tasks", t.task_id, t.description, t.status, t.agent, t.price, t.attempts,
+                     t.result, t.reason, t.created_at, t.assigned_at, t.completed_at)
+        for a in self.agents:
+            rows.add("agents", a.agent_id, a.persona.id, a.persona.name, None, "stopped", 0,
+                     a.won, a.earned, 0.0)
+        bid_ids = rows.data["bids"][0]
+        bid_ids[:] = range(1, len(bid_ids) + 1)
+        return SimRun(rows.columns, rows.data)
+
+
+class SimRun:
+    """The outcome of `simulate`: the four tables of a live export, and `export`."""
+
+    def __init__(self, columns: dict[str, list[str]], data: dict[str, list[list]]) -> None:
+        self._columns, self._data = columns, data
+        self._frames: dict = {}
+
+    def _arrow(self, name: str):
+        pa = require("pyarrow", "analysis")
+        from .export import TABLES as LIVE
+        from .export import _arrow_type
+
+        schema = pa.schema([(c.name, _arrow_type(pa, c)) for c in LIVE[name].columns])
+        return pa.table({f.name: pa.array(col, f.type)
+                         for f, col in zip(schema, self._data[name], strict=True)}, schema=schema)
+
+    def _frame(self, name: str):
+        if name not in self._frames:
+            require("pandas", "analysis")
+            self._frames[name] = self._arrow(name).to_pandas()
+        return self._frames[name]
+
+    @property
+    def tasks(self):
+        return self._frame("tasks")
+
+    @property
+    def bids(self):
+        return self._frame("bids")
+
+    @property
+    def agents(self):
+        return self._frame("agents")
+
+    @property
+    def events(self):
+        return self._frame("events")
+
+    def export(self, out_dir: str | Path) -> dict[str, Path]:
+        """Write tasks, bids, agents and events as Parquet files, like `Swarm.export`."""
+        import pyarrow.parquet as pq
+
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        written = {}
+        for name in TABLES:
+            path = out / f"{name}.parquet"
+            pq.write_table(self._arrow(name), path)
+            written[name] = path
+        return written
+
+
+def simulate(workload: Sequence[str] | Sequence[Arrival], *, personas=None, seed: int = 0,
+             rule: str = "specialist_first", runners: dict[str, int] | int | None = None,
+             task_seconds: float = 0.05, max_attempts: int = 3, runner_queue: int = 32,
+             progress: bool = False) -> SimRun:
+    """Run ``workload`` through a simulated swarm; see the module docstring.
+
+    ``workload``: descriptions (posted one at a time, as a live ``post``/``wait`` loop)
+    or `Arrival` items (open loop on the virtual clock). ``runners``: runners per persona
+    (an int for all, or {persona: count}); one each by default.
+    """
+    items = list(workload)
+    sim = Simulator(personas=personas, seed=seed, rule=rule, runners=runners,
+                    task_seconds=task_seconds, max_attempts=max_attempts,
+                    runner_queue=runner_queue)
+    bar = None
+    if progress:
+        from .coordinator import progress_bar
+
+        bar = progress_bar(len(items))
+    try:
+        if items and all(isinstance(i, Arrival) for i in items):
+            sim.run_arrivals(items, bar)
+        elif all(isinstance(i, str) for i in items):
+            sim.run_sequential(items, bar)
+        else:
+            raise ConfigError("a workload is a list of descriptions or of Arrival items",
+                              hint="use timmy.workload.demo_descriptions(n, seed) or "
+                              "poisson_arrivals(n, rate, seed)")
+    finally:
+        if bar is not None:
+            bar.close()
+    return sim.result()
