@@ -79,6 +79,56 @@ class _Rows:
         for col, v in zip(self.data[table], values, strict=True):
             col.append(v)
 
+    def send(self, sink: Sink) -> None:
+        for name in TABLES:
+            sink(name, dict(zip(self.columns[name], self.data[name], strict=True)))
+
+
+def _column(pa, values, type_):
+    if isinstance(values, pa.Array | pa.ChunkedArray):
+        return values if values.type == type_ else values.cast(type_)
+    return pa.array(values, type_)
+
+
+class Sink:
+    """Where simulated rows go: Arrow tables in memory, or Parquet files written as they come
+    (memory then stays flat however many tasks are simulated)."""
+
+    def __init__(self, out_dir: str | Path | None = None) -> None:
+        self.pa = require("pyarrow", "analysis")
+        from .export import TABLES as LIVE
+        from .export import _arrow_type
+
+        self.schemas = {name: self.pa.schema([(c.name, _arrow_type(self.pa, c))
+                                              for c in LIVE[name].columns]) for name in TABLES}
+        self.out = None if out_dir is None else Path(out_dir)
+        self.chunks: dict[str, list] = {name: [] for name in TABLES}
+        self.writers: dict = {}
+        if self.out is not None:
+            import pyarrow.parquet as pq
+
+            self.out.mkdir(parents=True, exist_ok=True)
+            self.writers = {name: pq.ParquetWriter(self.out / f"{name}.parquet",
+                                                   self.schemas[name]) for name in TABLES}
+
+    def __call__(self, name: str, columns: dict) -> None:
+        pa, schema = self.pa, self.schemas[name]
+        table = pa.table({f.name: _column(pa, columns[f.name], f.type) for f in schema},
+                         schema=schema)
+        if self.writers:
+            self.writers[name].write_table(table)
+        else:
+            self.chunks[name].append(table)
+
+    def close(self) -> SimRun:
+        for w in self.writers.values():
+            w.close()
+        if self.out is not None:
+            return SimRun(paths={name: self.out / f"{name}.parquet" for name in TABLES})
+        return SimRun(tables={name: self.pa.concat_tables(c) if c else
+                              self.schemas[name].empty_table()
+                              for name, c in self.chunks.items()})
+
 
 def agent_ids(runners: dict[str, int] | int | None, catalog: dict[str, Persona]) -> list[str]:
     """The agent ids a fresh live swarm gives, in spawn order (spawn_all, repeated)."""
@@ -241,7 +291,8 @@ class Simulator:
             if self._step().status in ("completed", "failed") and progress is not None:
                 progress.update(1)
 
-    def result(self) -> SimRun:
+    def result(self, sink: Sink) -> None:
+        """Send every table's rows to ``sink``."""
         rows = self.rows
         for t in self.tasks:
             rows.add("tasks", t.task_id, t.description, t.status, t.agent, t.price, t.attempts,
@@ -251,29 +302,28 @@ class Simulator:
                      a.won, a.earned, 0.0)
         bid_ids = rows.data["bids"][0]
         bid_ids[:] = range(1, len(bid_ids) + 1)
-        return SimRun(rows.columns, rows.data)
+        rows.send(sink)
 
 
 class SimRun:
     """The outcome of `simulate`: the four tables of a live export, and `export`."""
 
-    def __init__(self, columns: dict[str, list[str]], data: dict[str, list[list]]) -> None:
-        self._columns, self._data = columns, data
+    def __init__(self, tables: dict | None = None, paths: dict[str, Path] | None = None) -> None:
+        self._tables, self.paths = tables or {}, paths or {}
         self._frames: dict = {}
 
-    def _arrow(self, name: str):
-        pa = require("pyarrow", "analysis")
-        from .export import TABLES as LIVE
-        from .export import _arrow_type
+    def table(self, name: str):
+        """One table as a pyarrow Table."""
+        if name not in self._tables:
+            import pyarrow.parquet as pq
 
-        schema = pa.schema([(c.name, _arrow_type(pa, c)) for c in LIVE[name].columns])
-        return pa.table({f.name: pa.array(col, f.type)
-                         for f, col in zip(schema, self._data[name], strict=True)}, schema=schema)
+            return pq.read_table(self.paths[name])
+        return self._tables[name]
 
     def _frame(self, name: str):
         if name not in self._frames:
             require("pandas", "analysis")
-            self._frames[name] = self._arrow(name).to_pandas()
+            self._frames[name] = self.table(name).to_pandas()
         return self._frames[name]
 
     @property
@@ -301,7 +351,7 @@ class SimRun:
         written = {}
         for name in TABLES:
             path = out / f"{name}.parquet"
-            pq.write_table(self._arrow(name), path)
+            pq.write_table(self.table(name), path)
             written[name] = path
         return written
 
@@ -309,32 +359,62 @@ class SimRun:
 def simulate(workload: Sequence[str] | Sequence[Arrival], *, personas=None, seed: int = 0,
              rule: str = "specialist_first", runners: dict[str, int] | int | None = None,
              task_seconds: float = 0.05, max_attempts: int = 3, runner_queue: int = 32,
-             progress: bool = False) -> SimRun:
+             progress: bool = False, out: str | Path | None = None,
+             engine: str = "auto") -> SimRun:
     """Run ``workload`` through a simulated swarm; see the module docstring.
 
     ``workload``: descriptions (posted one at a time, as a live ``post``/``wait`` loop)
     or `Arrival` items (open loop on the virtual clock). ``runners``: runners per persona
-    (an int for all, or {persona: count}); one each by default.
+    (an int for all, or {persona: count}); one each by default. ``out``: stream the
+    tables to Parquet files in that directory as they are made. ``engine``: "python"
+    (the reference), "compiled" (numba; descriptions only) or "auto" (compiled for
+    descriptions when numba is installed).
     """
     items = list(workload)
+    sequential = all(isinstance(i, str) for i in items)
+    if not sequential and not all(isinstance(i, Arrival) for i in items):
+        raise ConfigError("a workload is a list of descriptions or of Arrival items",
+                          hint="use timmy.workload.demo_descriptions(n, seed) or "
+                          "poisson_arrivals(n, rate, seed)")
+    if engine not in ("auto", "python", "compiled"):
+        raise ConfigError(f"unknown simulation engine {engine!r}",
+                          hint='use "auto", "python" or "compiled"')
     sim = Simulator(personas=personas, seed=seed, rule=rule, runners=runners,
                     task_seconds=task_seconds, max_attempts=max_attempts,
                     runner_queue=runner_queue)
+    compiled = sequential and engine != "python" and _numba_available(engine)
+    sink = Sink(out)
     bar = None
     if progress:
         from .coordinator import progress_bar
 
         bar = progress_bar(len(items))
     try:
-        if items and all(isinstance(i, Arrival) for i in items):
-            sim.run_arrivals(items, bar)
-        elif all(isinstance(i, str) for i in items):
-            sim.run_sequential(items, bar)
+        if compiled:
+            from .simfast import simulate_sequential
+
+            simulate_sequential(items, catalog=sim.catalog,
+                                agent_ids=[a.agent_id for a in sim.agents], seed=seed,
+                                rule=rule, task_seconds=task_seconds,
+                                max_attempts=max_attempts, sink=sink, progress=bar)
         else:
-            raise ConfigError("a workload is a list of descriptions or of Arrival items",
-                              hint="use timmy.workload.demo_descriptions(n, seed) or "
-                              "poisson_arrivals(n, rate, seed)")
+            if sequential:
+                sim.run_sequential(items, bar)
+            else:
+                sim.run_arrivals(items, bar)
+            sim.result(sink)
     finally:
         if bar is not None:
             bar.close()
-    return sim.result()
+    return sink.close()
+
+
+def _numba_available(engine: str) -> bool:
+    try:
+        import numba  # noqa: F401
+    except ImportError:
+        if engine == "compiled":
+            raise ConfigError("the compiled simulation engine needs numba",
+                              hint='pip install "timmy[analysis]"') from None
+        return False
+    return True
