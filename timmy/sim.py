@@ -418,3 +418,20 @@ def _numba_available(engine: str) -> bool:
                               hint='pip install "timmy[analysis]"') from None
         return False
     return True
+
+
+def replay(source, rule: str):
+    """Re-clear the recorded auctions of an export (or a SimRun) under ``rule``.
+
+    See `timmy.replay.replay`: one row per auction, who would have won and at what price.
+    """
+    from .replay import replay as run
+
+    return run(source, rule)
+
+
+def sweep(grid, **kwargs):
+    """Run a parameter grid of simulations in parallel on Dask; see `timmy.sweep.sweep`."""
+    from .sweep import sweep as run
+
+    return run(grid, **kwargs)
