@@ -29,3 +29,13 @@ def test_scale_benchmark_prints_its_figures():
     out = run("scale.py", "--tasks", "60", "--history", "0,2000", "--runners", "9")
     assert "history     2,000 bids" in out
     assert "runner start-up" in out and "RSS" in out
+
+
+@pytest.mark.timeout(150)
+def test_analytics_benchmark_prints_its_figures():
+    out = run("analytics.py", "--tasks", "2000", "--runs", "1", "--sqlite")
+    assert "2,000 tasks" in out and "connect()" in out and "slowest query" in out
+    assert "connect(sqlite file)" in out
+    for name in ("win_rate_by_persona", "price_by_keyword", "latency_percentiles",
+                 "price_over_time"):
+        assert name in out

@@ -6,7 +6,7 @@ import pytest
 
 import timmy
 from timmy.auction import Bid, clear
-from timmy.errors import ConfigError
+from timmy.errors import ConfigError, ExportError
 from timmy.sim import replay, simulate
 from timmy.workload import demo_descriptions, keyword_mix
 
@@ -65,7 +65,7 @@ def test_replay_works_on_a_simulated_run_and_on_its_export(tmp_path):
 
 
 def test_a_directory_that_is_not_an_export_is_refused_with_a_hint(tmp_path):
-    with pytest.raises(ConfigError) as info:
+    with pytest.raises(ExportError) as info:
         replay(tmp_path, "lowest")
     assert str(tmp_path) in info.value.message and info.value.hint
 

@@ -29,6 +29,7 @@ _EXPORTS = {
     "SwarmClosed": "errors",
     "ExecutorUnavailable": "errors",
     "VoiceUnavailable": "errors",
+    "ExportError": "errors",
     "Swarm": "swarm",
     "AsyncSwarm": "swarm",
     "Task": "models",
@@ -44,6 +45,7 @@ if TYPE_CHECKING:
     from .errors import (
         ConfigError,
         ExecutorUnavailable,
+        ExportError,
         PersonaError,
         ProtocolError,
         RunnerError,

@@ -472,6 +472,86 @@ def personas(file: Path | None) -> None:
     _console().print(table)
 
 
+@cli.command(context_settings=CONTEXT_SETTINGS,
+             short_help="Print the canned analytics tables of an export or a database.")
+@click.argument("source", metavar="DIR", required=False)
+@click.option("--db", default=None, metavar="URL",
+              help="Read this database (SQLAlchemy URL or SQLite path) on the fly instead "
+                   "of DIR.")
+def report(source: str | None, db: str | None) -> None:
+    """Print the canned analytics tables of an export directory or a database.
+
+    DIR is an export directory (written by `timmy export`, swarm.export or
+    SimRun.export) or a timmy SQLite file, which is read on the fly. The
+    tables are those of timmy.analytics: win rate and earnings by persona,
+    price by keyword and on/off-spec, latency percentiles, re-auctions and
+    failures, bids per auction, price over time.
+    """
+    from rich.text import Text
+
+    from . import analytics
+
+    if (source is None) == (db is None):
+        raise ConfigError("pass an export directory or SQLite file as DIR, or --db URL "
+                          "(not both)" if source else "nothing to report on",
+                          hint="e.g. `timmy report data/demo-export` or "
+                               "`timmy report --db sqlite:///data/timmy.db`")
+    con = analytics.connect(db_url(db) if db is not None else source)
+    try:
+        tasks, bids, auctions, agents = con.execute(
+            "SELECT (SELECT count(*) FROM tasks), (SELECT count(*) FROM bids), "
+            "(SELECT count(DISTINCT auction_id) FROM bids), (SELECT count(*) FROM agents)"
+        ).fetchone()
+        console = _console()
+        where = describe_db(db_url(db)) if db is not None else str(Path(source).resolve())
+        console.print(Text(f"report on {where}: {tasks:,} tasks, {auctions:,} auctions, "
+                           f"{bids:,} bids, {agents:,} agents"))
+        for name, query in analytics.REPORTS.items():
+            # The title above the table, not in it: rich would wrap it to the table's width.
+            console.print()
+            console.print(Text(analytics.title(name), style="bold"))
+            console.print(_frame_table(query(con)))
+    finally:
+        con.close()
+
+
+def _frame_table(frame):
+    """A DataFrame as a rich table: numbers right-aligned, rates as percentages."""
+    import pandas as pd
+    from rich.table import Table
+
+    table = Table()
+    numeric = {c: pd.api.types.is_numeric_dtype(frame[c]) and not
+               pd.api.types.is_bool_dtype(frame[c]) for c in frame.columns}
+    for column in frame.columns:
+        table.add_column(column.replace("_", " "), justify="right" if numeric[column] else "left")
+    for row in frame.itertuples(index=False):
+        table.add_row(*(_cell(column, value) for column, value in zip(frame.columns, row,
+                                                                      strict=True)))
+    if frame.empty:
+        table.caption, table.caption_justify = "no rows", "left"
+    return table
+
+
+def _cell(column: str, value: Any):
+    import numbers
+
+    import pandas as pd
+    from rich.text import Text
+
+    if value is None or (not isinstance(value, str) and pd.isna(value)):
+        return "-"
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        return f"{value:,}"
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        if column.endswith(("rate", "share")):
+            return f"{value:.1%}"
+        if column.endswith("_s"):
+            return f"{value:,.3f}"
+        return f"{value:,.2f}" if column.endswith("_ms") else f"{value:,.1f}"
+    return Text(str(value))
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()
 

@@ -6,6 +6,7 @@ The hierarchy::
     ├── PersonaError           unknown persona, bad persona file or field
     ├── ConfigError            a bad argument: rule, executor, description, URL...
     ├── StoreError             the database cannot be opened, read or written
+    ├── ExportError            a directory that is not a readable export (analytics)
     ├── ProtocolError          a wire message that does not decode
     ├── RunnerError            a runner process could not start or keeps dying
     ├── TaskNotFound           no task with that id
@@ -40,6 +41,10 @@ class ConfigError(TimmyError, ValueError):
 
 class StoreError(TimmyError):
     """The database cannot be opened, read or written."""
+
+
+class ExportError(TimmyError):
+    """A directory that is not an export: a table file missing, unreadable or wrong."""
 
 
 class ProtocolError(TimmyError, ValueError):

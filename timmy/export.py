@@ -1,4 +1,5 @@
-"""Export a store's tables (tasks, bids, agents, events) to Parquet or CSV files.
+"""Export a store's tables (tasks, bids, agents, events) to Parquet or CSV files,
+or read them into Arrow tables (`read_tables`, what analytics reads a live store with).
 
 Times are epoch seconds (float64). Rows are streamed in chunks, so an export
 of millions of bids does not hold them all in memory.
@@ -7,11 +8,15 @@ of millions of bids does not hold them all in memory.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 
 from .errors import ConfigError, require
 from .store import Store, agents_table, bids_table, events_table, tasks_table
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 TABLES = {"tasks": tasks_table, "bids": bids_table, "agents": agents_table,
           "events": events_table}
@@ -50,21 +55,50 @@ def export_store(store: Store, out_dir: str | Path, fmt: str = "parquet") -> dic
     return store.guard(run)
 
 
+def read_tables(store: Store) -> dict[str, pa.Table]:
+    """The store's four tables as in-memory Arrow tables, with the export's schema.
+
+    One read transaction (a consistent snapshot of a running swarm), the same rows
+    and types `export_store` writes: what `timmy.analytics.connect` reads a live
+    database through.
+    """
+    pa = require("pyarrow", "analysis")
+
+    def run() -> dict[str, pa.Table]:
+        with store.engine.connect() as conn, conn.begin():
+            return {name: pa.concat_tables(_arrow_chunks(pa, conn, table))
+                    for name, table in TABLES.items()}
+
+    return store.guard(run)
+
+
+def _schema(pa, table: sa.Table):
+    return pa.schema([(c.name, _arrow_type(pa, c)) for c in table.columns])
+
+
+def _arrow_chunks(pa, conn, table: sa.Table):
+    """The table's rows in primary-key order, as Arrow tables of up to `CHUNK` rows
+    (one empty table when there are none, so every reader gets the schema)."""
+    schema = _schema(pa, table)
+    key = next(iter(table.primary_key.columns))
+    result = conn.execution_options(yield_per=CHUNK).execute(sa.select(table).order_by(key))
+    for rows in _with_empty(result.partitions()):
+        cols = list(zip(*rows, strict=True)) if rows else [[] for _ in schema]
+        yield pa.table(
+            {f.name: pa.array(list(col), f.type) for f, col in zip(schema, cols, strict=True)},
+            schema=schema)
+
+
 def _export_table(pa, conn, table: sa.Table, path: Path, fmt: str) -> Path:
     import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
 
-    schema = pa.schema([(c.name, _arrow_type(pa, c)) for c in table.columns])
+    schema = _schema(pa, table)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    key = next(iter(table.primary_key.columns))
-    result = conn.execution_options(yield_per=CHUNK).execute(sa.select(table).order_by(key))
     writer = pq.ParquetWriter(tmp, schema) if fmt == "parquet" else pacsv.CSVWriter(tmp, schema)
     try:
-        for rows in _with_empty(result.partitions()):
-            cols = list(zip(*rows, strict=True)) if rows else [[] for _ in schema]
-            writer.write_table(pa.table(
-                {f.name: pa.array(list(col), f.type) for f, col in zip(schema, cols, strict=True)},
-                schema=schema))
+        for chunk in _arrow_chunks(pa, conn, table):
+            writer.write_table(chunk)
     finally:
         writer.close()
     tmp.replace(path)

@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .auction import Bid, check_rule, clear
-from .errors import ConfigError, require
+from .errors import require
 
 
 def _bids_table(source):
@@ -23,14 +23,9 @@ def _bids_table(source):
         return source
     if hasattr(source, "bids") and not isinstance(source, str | Path):
         return source.bids
-    path = Path(source) / "bids.parquet"
-    if not path.is_file():
-        raise ConfigError(
-            f"{source} is not a timmy export: it has no bids.parquet",
-            hint="export one with swarm.export(dir), `timmy export DB DIR` or "
-                 "simulate(...).export(dir)",
-        )
-    return pd.read_parquet(path)
+    from .analytics import export_files
+
+    return pd.read_parquet(export_files(source)["bids"])
 
 
 def replay(source, rule: str):
