@@ -4,6 +4,9 @@
     timmy run TASKS.txt         one task per line through a live swarm
     timmy export DB DIR         a database's tables as Parquet (or CSV) files
     timmy personas              the persona catalog (built-in or from a file)
+    timmy report DIR            the canned analytics tables of an export or a database
+    timmy simulate              N seeded tasks through the simulator (the live rules)
+    timmy sweep GRID.toml       a grid of simulations in parallel on Dask
 
 Every `TimmyError` a command raises is shown as one line plus ``hint: ...`` on
 stderr, with exit code 2 (the code click uses for bad usage), never a traceback.
@@ -551,6 +554,15 @@ def _cell(column: str, value: Any):
         return f"{value:,.2f}" if column.endswith("_ms") else f"{value:,.1f}"
     return Text(str(value))
 
+
+def _register_simulator_commands() -> None:
+    from .cli_sim import simulate_cmd, sweep_cmd
+
+    cli.add_command(simulate_cmd, "simulate")
+    cli.add_command(sweep_cmd, "sweep")
+
+
+_register_simulator_commands()
 
 if __name__ == "__main__":  # pragma: no cover
     main()
