@@ -39,3 +39,10 @@ def test_analytics_benchmark_prints_its_figures():
     for name in ("win_rate_by_persona", "price_by_keyword", "latency_percentiles",
                  "price_over_time"):
         assert name in out
+
+
+@pytest.mark.timeout(150)
+def test_simulate_benchmark_prints_its_figures():
+    out = run("simulate.py", "--tasks", "5000", "--reference-tasks", "300")
+    assert "compiled: 5,000 tasks" in out and "auctions/s" in out
+    assert "peak RSS growth" in out and "python reference: 300 tasks" in out
