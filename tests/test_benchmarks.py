@@ -46,3 +46,9 @@ def test_simulate_benchmark_prints_its_figures():
     out = run("simulate.py", "--tasks", "5000", "--reference-tasks", "300")
     assert "compiled: 5,000 tasks" in out and "auctions/s" in out
     assert "peak RSS growth" in out and "python reference: 300 tasks" in out
+
+
+@pytest.mark.timeout(150)
+def test_sweep_benchmark_prints_its_figures():
+    out = run("sweep.py", "--tasks", "50", "--seeds", "1")
+    assert "serial" in out and "speed-up" in out

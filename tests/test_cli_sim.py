@@ -32,3 +32,23 @@ def test_simulate_help_names_its_options():
     assert out.returncode == 0
     for option in ("--tasks", "--rule", "--seed", "--out", "--runners"):
         assert option in out.stdout
+
+
+@pytest.mark.timeout(120)
+def test_sweep_runs_a_grid_file_and_writes_the_results(tmp_path):
+    grid = tmp_path / "grid.toml"
+    grid.write_text('[grid]\nrule = ["specialist_first", "lowest"]\nrunners = [1, 2]\n'
+                    "[settings]\ntasks = 120\n")
+    out = timmy("sweep", str(grid), "--out", str(tmp_path / "results.csv"))
+    assert out.returncode == 0, out.stderr
+    assert "specialist share" in out.stdout and "lowest" in out.stdout
+    lines = (tmp_path / "results.csv").read_text().splitlines()
+    assert len(lines) == 1 + 4 and "rule" in lines[0]
+
+
+def test_sweep_names_an_unknown_grid_parameter_and_exits_2(tmp_path):
+    grid = tmp_path / "grid.toml"
+    grid.write_text("[grid]\ncolour = [1, 2]\n")
+    out = timmy("sweep", str(grid))
+    assert out.returncode == 2
+    assert "colour" in out.stderr and "hint:" in out.stderr

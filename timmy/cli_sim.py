@@ -74,11 +74,14 @@ def sweep_cmd(grid_file: Path, scheduler: str | None, out: Path | None) -> None:
     {start, stop, step} ranges) and an optional [settings] table (tasks,
     task_seconds, max_attempts, runner_queue). See examples/grid.toml.
     """
-    from .sweep import load_grid, sweep
+    from .sweep import GRID_PARAMETERS, load_grid, sweep
 
-    grid, settings = load_grid(grid_file)
-    results = sweep(grid, scheduler=scheduler, progress=True, **settings)
-    _console().print(_frame_table(results))
+    grid = load_grid(grid_file)
+    results = sweep(grid, scheduler=scheduler, progress=True)
+    varying = [p for p in GRID_PARAMETERS if len(grid.get(p, ())) > 1]
+    shown = [*varying, "mean_price", "specialist_share", "success_rate", "latency_p95_s",
+             "makespan_s"]
+    _console().print(_frame_table(results[shown]))
     if out is not None:
         if out.suffix == ".parquet":
             results.to_parquet(out)
