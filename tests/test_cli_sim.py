@@ -41,7 +41,7 @@ def test_sweep_runs_a_grid_file_and_writes_the_results(tmp_path):
                     "[settings]\ntasks = 120\n")
     out = timmy("sweep", str(grid), "--out", str(tmp_path / "results.csv"))
     assert out.returncode == 0, out.stderr
-    assert "specialist share" in out.stdout and "lowest" in out.stdout
+    assert "specialist" in out.stdout and "lowest" in out.stdout
     lines = (tmp_path / "results.csv").read_text().splitlines()
     assert len(lines) == 1 + 4 and "rule" in lines[0]
 
