@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -10,8 +11,9 @@ import pytest
 
 
 def timmy(*args: str, cwd=None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "COLUMNS": "200"}   # wide enough that table headers do not wrap
     return subprocess.run([sys.executable, "-m", "timmy", *args], capture_output=True,
-                          text=True, timeout=120, cwd=cwd)
+                          text=True, timeout=120, cwd=cwd, env=env)
 
 
 @pytest.mark.timeout(120)
@@ -41,7 +43,7 @@ def test_sweep_runs_a_grid_file_and_writes_the_results(tmp_path):
                     "[settings]\ntasks = 120\n")
     out = timmy("sweep", str(grid), "--out", str(tmp_path / "results.csv"))
     assert out.returncode == 0, out.stderr
-    assert "specialist" in out.stdout and "lowest" in out.stdout
+    assert "specialist share" in out.stdout and "lowest" in out.stdout
     lines = (tmp_path / "results.csv").read_text().splitlines()
     assert len(lines) == 1 + 4 and "rule" in lines[0]
 
