@@ -51,7 +51,7 @@ system-deps:
 
 test: venv
 	$(BIN)/ruff check .
-	$(BIN)/pytest -q -m "not slow" $(PYTEST_ARGS)
+	$(BIN)/pytest -q -m "not slow" tests notebooks --nbval-lax $(PYTEST_ARGS)
 
 demo: venv
 	$(BIN)/timmy demo $(DEMO_ARGS)

@@ -129,3 +129,25 @@ def test_streaming_to_parquet_in_chunks_gives_the_same_tables_as_one_go(tmp_path
     for name in ("tasks", "bids", "agents", "events"):
         a, b = in_memory.table(name).to_pandas(), streamed.table(name).to_pandas()
         pd.testing.assert_frame_equal(a, b, check_exact=False, rtol=1e-12, obj=name)
+
+
+@pytest.mark.timeout(60)
+def test_run_sequential_reproduces_the_simulation(tmp_path):
+    descriptions = demo_descriptions(40, seed=8)
+    with timmy.Swarm(f"sqlite:///{tmp_path / 'seq.db'}", seed=8, task_seconds=0) as swarm:
+        swarm.spawn_all()
+        live = swarm.run(descriptions, timeout=60, sequential=True)
+    sim = simulate(descriptions, seed=8, task_seconds=0).tasks
+    assert [(t.assigned_agent, t.price_sats) for t in live] == list(
+        zip(sim.assigned_agent, sim.price_sats, strict=True))
+
+
+@pytest.mark.timeout(60)
+def test_a_sequential_run_over_its_timeout_says_how_many_are_left(tmp_path):
+    from timmy.coordinator import WaitTimeout
+
+    with timmy.Swarm(f"sqlite:///{tmp_path / 'slow.db'}", seed=1, task_seconds=0.2) as swarm:
+        swarm.spawn("forge")
+        with pytest.raises(WaitTimeout) as info:
+            swarm.run(["fix the bug"] * 20, timeout=0.5, sequential=True)
+    assert "of 20 tasks unfinished" in info.value.message and info.value.hint

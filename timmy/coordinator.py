@@ -493,18 +493,36 @@ class Coordinator:
         return (await self._wait_for([task_id], timeout, single=True))[0]
 
     async def run(self, descriptions: Sequence[str], timeout: float | None = None,
-                  progress=False) -> list[Task]:
+                  progress=False, sequential: bool = False) -> list[Task]:
         """Post many tasks and wait for all of them.
 
         ``progress``: True shows a tqdm bar (a widget in Jupyter, text in a terminal); a tqdm
         object is updated instead (the sync `Swarm` creates it in the caller's thread, so
-        Jupyter shows it under the cell that asked).
+        Jupyter shows it under the cell that asked). ``sequential``: post each task only
+        when the previous one has finished, so every auction hears every runner with the
+        same history: a seeded run then repeats exactly, and `timmy.sim.simulate` of the
+        same descriptions picks the same winners. ``timeout`` bounds the whole run.
         """
         check_timeout(timeout)
         bar = progress_bar(len(descriptions)) if progress is True else (progress or None)
         try:
-            tasks = await self.post_many(descriptions)
-            return await self._wait_for([t.task_id for t in tasks], timeout, bar)
+            if not sequential:
+                tasks = await self.post_many(descriptions)
+                return await self._wait_for([t.task_id for t in tasks], timeout, bar)
+            done: list[Task] = []
+            with anyio.fail_after(timeout):   # None: no limit
+                for description in descriptions:
+                    task = (await self.post_many([description]))[0]
+                    done += await self._wait_for([task.task_id], None, bar)
+            return done
+        except TimeoutError as exc:
+            if isinstance(exc, WaitTimeout):
+                raise
+            raise WaitTimeout(
+                f"{len(descriptions) - len(done)} of {len(descriptions)} tasks unfinished "
+                f"after {timeout}s (posted one at a time)",
+                hint="pass a longer timeout, or check swarm.status() for live runners",
+            ) from None
         finally:
             if progress is True:
                 bar.close()

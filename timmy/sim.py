@@ -342,6 +342,32 @@ class SimRun:
     def events(self):
         return self._frame("events")
 
+    def metrics(self) -> dict[str, float]:
+        """The run in figures: what a sweep records per point.
+
+        ``mean_price``: sats paid per completed task; ``specialist_share``: the share of
+        winning bids that were on-spec; ``success_rate``: completed / tasks; ``failed``:
+        tasks that gave up; ``reauction_rate``: auctions per task - 1; ``latency_p50_s``,
+        ``latency_p95_s``: post to completion of completed tasks; ``makespan_s``: first
+        post to last finish.
+        """
+        tasks, bids = self.tasks, self.bids
+        done = tasks[tasks["status"] == "completed"]
+        won = bids[bids["won"]]
+        latency = done["completed_at"] - done["created_at"]
+        n, nan = len(tasks), float("nan")
+        return {
+            "mean_price": float(done["price_sats"].mean()) if len(done) else nan,
+            "specialist_share": float(won["on_spec"].mean()) if len(won) else nan,
+            "success_rate": len(done) / n if n else nan,
+            "failed": int((tasks["status"] == "failed").sum()),
+            "reauction_rate": len(won) / n - 1 if n else nan,
+            "latency_p50_s": float(latency.quantile(0.5)) if len(done) else nan,
+            "latency_p95_s": float(latency.quantile(0.95)) if len(done) else nan,
+            "makespan_s": float(tasks["completed_at"].max() - tasks["created_at"].min())
+            if n else nan,
+        }
+
     def export(self, out_dir: str | Path) -> dict[str, Path]:
         """Write tasks, bids, agents and events as Parquet files, like `Swarm.export`."""
         import pyarrow.parquet as pq
@@ -435,3 +461,10 @@ def sweep(grid, **kwargs):
     from .sweep import sweep as run
 
     return run(grid, **kwargs)
+
+
+def replay_summary(source, rules=("specialist_first", "lowest", "second_price")):
+    """Per rule, the recorded auctions re-cleared: see `timmy.replay.replay_summary`."""
+    from .replay import replay_summary as run
+
+    return run(source, rules)

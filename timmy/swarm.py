@@ -161,9 +161,10 @@ class AsyncSwarm:
         return await self.engine.wait(task_id, timeout)
 
     async def run(self, descriptions: Sequence[str], timeout: float | None = None,
-                  progress: Any = False) -> list[Task]:
-        """Post many tasks and wait for all; ``progress=True`` shows a tqdm bar."""
-        return await self.engine.run(descriptions, timeout, progress)
+                  progress: Any = False, sequential: bool = False) -> list[Task]:
+        """Post many tasks and wait for all; ``progress=True`` shows a tqdm bar;
+        ``sequential=True`` posts each when the previous one has finished (reproducible)."""
+        return await self.engine.run(descriptions, timeout, progress, sequential)
 
     async def cancel(self, task_id: int) -> Task:
         """Cancel a task that has not finished (a finished one is returned unchanged)."""
@@ -319,11 +320,11 @@ class Swarm:
         return self._call(self._async.wait, task_id, timeout)
 
     def run(self, descriptions: Sequence[str], timeout: float | None = None,
-            progress: bool = False) -> list[Task]:
+            progress: bool = False, sequential: bool = False) -> list[Task]:
         # The bar is made here, in the caller's thread, so Jupyter shows it under this cell.
         bar = progress_bar(len(descriptions)) if progress is True else progress
         try:
-            return self._call(self._async.run, descriptions, timeout, bar)
+            return self._call(self._async.run, descriptions, timeout, bar, sequential)
         finally:
             if progress is True:
                 bar.close()

@@ -262,13 +262,9 @@ def jittered_personas(factor: float) -> dict:
 
 
 def run_point(point: Mapping[str, Any], settings: Mapping[str, Any]) -> dict[str, Any]:
-    """Simulate one grid point and measure it: the point's parameters, then `METRICS`.
+    """Simulate one grid point: its parameters, then `METRICS` (see `SimRun.metrics`).
 
-    ``mean_price``: sats paid per completed task; ``specialist_share``: the share of
-    winning bids that were on-spec; ``success_rate``: completed / tasks; ``failed``:
-    tasks that gave up; ``reauction_rate``: auctions per task - 1; ``latency_p50_s``,
-    ``latency_p95_s``: post to completion of completed tasks; ``makespan_s``: first post
-    to last finish. A plain top-level function, so Dask can send it to any worker.
+    A plain top-level function, so Dask can send it to any worker.
     """
     from .sim import simulate
     from .workload import poisson_arrivals
@@ -279,24 +275,7 @@ def run_point(point: Mapping[str, Any], settings: Mapping[str, Any]) -> dict[str
                    personas=jittered_personas(p["jitter"]), seed=p["seed"], rule=p["rule"],
                    runners=p["runners"], task_seconds=s["task_seconds"],
                    max_attempts=s["max_attempts"], runner_queue=s["runner_queue"])
-    tasks, bids = run.tasks, run.bids
-    done = tasks[tasks["status"] == "completed"]
-    won = bids[bids["won"]]
-    latency = done["completed_at"] - done["created_at"]
-    n = len(tasks)
-    nan = float("nan")
-    metrics = {
-        "mean_price": float(done["price_sats"].mean()) if len(done) else nan,
-        "specialist_share": float(won["on_spec"].mean()) if len(won) else nan,
-        "success_rate": len(done) / n if n else nan,
-        "failed": int((tasks["status"] == "failed").sum()),
-        "reauction_rate": len(won) / n - 1 if n else nan,
-        "latency_p50_s": float(latency.quantile(0.5)) if len(done) else nan,
-        "latency_p95_s": float(latency.quantile(0.95)) if len(done) else nan,
-        "makespan_s": float(tasks["completed_at"].max() - tasks["created_at"].min())
-        if n else nan,
-    }
-    return {name: p[name] for name in GRID_PARAMETERS} | metrics
+    return {name: p[name] for name in GRID_PARAMETERS} | run.metrics()
 
 
 # -- many points -------------------------------------------------------------------------
