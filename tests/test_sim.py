@@ -151,3 +151,26 @@ def test_a_sequential_run_over_its_timeout_says_how_many_are_left(tmp_path):
         with pytest.raises(WaitTimeout) as info:
             swarm.run(["fix the bug"] * 20, timeout=0.5, sequential=True)
     assert "of 20 tasks unfinished" in info.value.message and info.value.hint
+
+
+def test_crashing_runners_lose_no_task_and_come_back():
+    run = simulate(poisson_arrivals(2000, rate=300.0, seed=6), seed=6, crash_rate=0.05,
+                   max_attempts=2, runner_queue=8)
+    tasks, events = run.tasks, run.events
+    assert len(tasks) == 2000 and set(tasks.status) == {"completed", "failed"}
+    crashes = (events.kind == "agent_crashed").sum()
+    assert crashes > 10
+    assert run.agents.restarts.sum() == crashes == (events.kind == "agent_restarted").sum()
+    assert tasks.attempts.max() <= 2
+    died = tasks[tasks.reason.str.contains("died during attempt 2", na=False)]
+    assert len(died) > 0 and (died.status == "failed").all()
+    # a task waiting behind a crashed runner was auctioned again without losing an attempt
+    assert (events.kind == "task_requeued").sum() > crashes
+
+
+def test_the_compiled_engine_refuses_crashes_and_auto_falls_back_to_python():
+    work = demo_descriptions(50, seed=1)
+    with pytest.raises(ConfigError):
+        simulate(work, crash_rate=0.1, engine="compiled")
+    run = simulate(work, seed=1, crash_rate=0.2)
+    assert len(run.tasks) == 50 and run.agents.restarts.sum() > 0

@@ -13,6 +13,10 @@ executions (`executors.simulated_plan`), the same ids. Two modes:
   the virtual clock and queue up, and runners hold up to ``runner_queue`` tasks
   each, as in the live engine.
 
+Runners can crash (``crash_rate``): the task running uses its attempt, the ones
+waiting in that runner's queue are auctioned again without losing one, and the
+runner is back after ``restart_seconds`` with fresh learning counters, as live.
+
 The result, `SimRun`, has ``tasks``, ``bids``, ``agents`` and ``events`` as
 pandas DataFrames with the columns of a live export, and `SimRun.export`
 writes the same Parquet files, so every analytics query works on both. The
@@ -29,13 +33,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .auction import Bid, check_rule, clear
-from .bidding import BidStats, bid_rng, quote_matched
+from .bidding import BidStats, bid_rng, quote_matched, text_key
 from .errors import ConfigError, require
 from .executors import simulated_plan
 from .personas import PERSONAS, Persona
 from .workload import Arrival
 
 TABLES = ("tasks", "bids", "agents", "events")
+STREAM_CRASH = text_key("crash")
 
 
 @dataclass(eq=False)
@@ -46,6 +51,9 @@ class _Agent:
     queue: deque = field(default_factory=deque)   # task ids held, the first one running
     won: int = 0
     earned: int = 0
+    alive: bool = True
+    restarts: int = 0
+    life: int = 0            # bumped by a crash: clock entries of an earlier life are void
 
 
 @dataclass(eq=False)
@@ -151,17 +159,20 @@ class Simulator:
     def __init__(self, *, personas: dict[str, Persona] | None = None, seed: int = 0,
                  rule: str = "specialist_first", runners: dict[str, int] | int | None = None,
                  task_seconds: float = 0.05, max_attempts: int = 3,
-                 runner_queue: int = 32, start: float = 0.0) -> None:
+                 runner_queue: int = 32, start: float = 0.0, crash_rate: float = 0.0,
+                 restart_seconds: float = 0.5) -> None:
         self.catalog = dict(PERSONAS if personas is None else personas)
         self.seed, self.rule = seed, check_rule(rule)
         self.task_seconds, self.max_attempts = task_seconds, max_attempts
         self.runner_queue, self.now = runner_queue, start
+        self.crash_rate, self.restart_seconds = crash_rate, restart_seconds
         self.agents = [_Agent(aid, self.catalog[aid.rsplit("-", 1)[0]])
                        for aid in agent_ids(runners, self.catalog)]
         self.by_id = {a.agent_id: a for a in self.agents}
         self.tasks: list[_Task] = []
         self.waiting: deque[int] = deque()        # tasks queued with no room anywhere
-        self.clock: list[tuple[float, int, int, str]] = []   # (time, seq, task_id, agent_id)
+        # (time, seq, what, task_id, agent_id, life): what is "done", "crash" or "restart"
+        self.clock: list[tuple[float, int, str, int, str, int]] = []
         self._seq = 0
         self._event_id = 0
         self._matches: dict[str, dict[str, tuple[str, ...]]] = {}
@@ -192,9 +203,15 @@ class Simulator:
         self._auction(task)
         return task
 
+    def _has_room(self, a: _Agent) -> bool:
+        return a.alive and len(a.queue) < self.runner_queue
+
+    def _at(self, when: float, what: str, task_id: int, agent: _Agent) -> None:
+        self._seq += 1
+        heapq.heappush(self.clock, (when, self._seq, what, task_id, agent.agent_id, agent.life))
+
     def _auction(self, task: _Task) -> None:
-        room = [a for a in self.agents if len(a.queue) < self.runner_queue]
-        if not room:
+        if not any(self._has_room(a) for a in self.agents):
             task.status = "queued"
             self.waiting.append(task.task_id)
             return
@@ -203,11 +220,13 @@ class Simulator:
         matched = self._matched(task.description)
         bids, quotes = [], {}
         for a in self.agents:
+            if not a.alive:
+                continue
             rng = bid_rng(self.seed, a.agent_id, task.task_id, attempt)
             q = quote_matched(a.persona, matched[a.persona.id], rng, a.stats)
             bids.append(Bid(a.agent_id, q.sats, q.on_spec))
             quotes[a.agent_id] = q
-        full = {a.agent_id for a in self.agents if len(a.queue) >= self.runner_queue}
+        full = {a.agent_id for a in self.agents if not self._has_room(a)}
         clearing = clear(task.task_id, [b for b in bids if b.agent_id not in full], self.rule)
         winner = clearing.winner
         for b in bids:
@@ -231,10 +250,13 @@ class Simulator:
         task.status = "running"
         plan = simulated_plan(self.seed, agent.agent_id, task.task_id, task.attempts,
                               task.on_spec, self.task_seconds)
-        self._seq += 1
-        heapq.heappush(self.clock, (self.now + plan.seconds, self._seq, task.task_id,
-                                    agent.agent_id))
         task.result = "ok" if plan.ok else None
+        if self.crash_rate:
+            draw = bid_rng(self.seed, agent.agent_id, task.task_id, task.attempts, STREAM_CRASH)
+            if draw.random() < self.crash_rate:   # the runner dies part-way through
+                self._at(self.now + plan.seconds * draw.random(), "crash", task.task_id, agent)
+                return
+        self._at(self.now + plan.seconds, "done", task.task_id, agent)
 
     def _finish(self, task_id: int, agent_id: str) -> _Task:
         agent, task = self.by_id[agent_id], self.tasks[task_id - 1]
@@ -261,13 +283,58 @@ class Simulator:
                 task.reason, task.agent, task.price, task.assigned_at = reason, None, None, None
                 self._event("task_requeued", task.task_id)
                 self._auction(task)
-        while self.waiting and any(len(a.queue) < self.runner_queue for a in self.agents):
-            self._auction(self.tasks[self.waiting.popleft() - 1])
+        self._drain()
         return task
 
-    def _step(self) -> _Task:
-        self.now, _, task_id, agent_id = heapq.heappop(self.clock)
-        return self._finish(task_id, agent_id)
+    def _drain(self) -> None:
+        while self.waiting and any(self._has_room(a) for a in self.agents):
+            self._auction(self.tasks[self.waiting.popleft() - 1])
+
+    def _crash(self, agent: _Agent) -> None:
+        """As live: the running task uses its attempt, the ones waiting behind it do not;
+        the runner comes back after restart_seconds with fresh learning counters."""
+        agent.alive, agent.life = False, agent.life + 1
+        held = list(agent.queue)
+        agent.queue.clear()
+        self._event("agent_crashed", None, agent.agent_id)
+        self._at(self.now + self.restart_seconds, "restart", 0, agent)
+        for i, task_id in enumerate(held):
+            task = self.tasks[task_id - 1]
+            if i > 0:
+                task.attempts -= 1
+                why = f"runner {agent.agent_id} died before starting it"
+            else:
+                why = f"runner {agent.agent_id} died during attempt {task.attempts}"
+            if i == 0 and task.attempts >= self.max_attempts:
+                task.status, task.completed_at = "failed", self.now
+                task.reason = f"{why}; gave up after {task.attempts} attempts"
+                task.result = None
+                self._event("task_failed", task_id, agent.agent_id)
+                continue
+            task.reason, task.agent, task.price, task.assigned_at = why, None, None, None
+            self._event("task_requeued", task_id)
+            self._auction(task)
+
+    def _restart(self, agent: _Agent) -> None:
+        agent.alive, agent.stats = True, BidStats()
+        agent.restarts += 1
+        self._event("agent_restarted", None, agent.agent_id)
+        self._drain()
+
+    def _step(self) -> _Task | None:
+        """Advance the clock to its next entry; the task it finished or failed, if any."""
+        self.now, _, what, task_id, agent_id, life = heapq.heappop(self.clock)
+        agent = self.by_id[agent_id]
+        if life != agent.life:
+            return None   # the runner died since: its plans died with it
+        if what == "done":
+            return self._finish(task_id, agent_id)
+        if what == "crash":
+            self._crash(agent)
+            task = self.tasks[task_id - 1]
+            return task if task.status == "failed" else None
+        self._restart(agent)
+        return None
 
     # -- drivers ------------------------------------------------------------
     def run_sequential(self, descriptions: Iterable[str], progress=None) -> None:
@@ -281,15 +348,18 @@ class Simulator:
 
     def run_arrivals(self, arrivals: Sequence[Arrival], progress=None) -> None:
         """Tasks arrive on the virtual clock; runners queue what they win."""
+        def step() -> None:
+            task = self._step()
+            if task is not None and task.status in ("completed", "failed") and progress:
+                progress.update(1)
+
         for arrival in sorted(arrivals, key=lambda a: a.at):
             while self.clock and self.clock[0][0] <= arrival.at:
-                if self._step().status in ("completed", "failed") and progress is not None:
-                    progress.update(1)
+                step()
             self.now = max(self.now, arrival.at)
             self.post(arrival.description)
         while self.clock:
-            if self._step().status in ("completed", "failed") and progress is not None:
-                progress.update(1)
+            step()
 
     def result(self, sink: Sink) -> None:
         """Send every table's rows to ``sink``."""
@@ -298,8 +368,8 @@ class Simulator:
             rows.add("tasks", t.task_id, t.description, t.status, t.agent, t.price, t.attempts,
                      t.result, t.reason, t.created_at, t.assigned_at, t.completed_at)
         for a in self.agents:
-            rows.add("agents", a.agent_id, a.persona.id, a.persona.name, None, "stopped", 0,
-                     a.won, a.earned, 0.0)
+            rows.add("agents", a.agent_id, a.persona.id, a.persona.name, None, "stopped",
+                     a.restarts, a.won, a.earned, 0.0)
         bid_ids = rows.data["bids"][0]
         bid_ids[:] = range(1, len(bid_ids) + 1)
         rows.send(sink)
@@ -385,13 +455,16 @@ class SimRun:
 def simulate(workload: Sequence[str] | Sequence[Arrival], *, personas=None, seed: int = 0,
              rule: str = "specialist_first", runners: dict[str, int] | int | None = None,
              task_seconds: float = 0.05, max_attempts: int = 3, runner_queue: int = 32,
-             progress: bool = False, out: str | Path | None = None,
+             crash_rate: float = 0.0, restart_seconds: float = 0.5, progress: bool = False,
+             out: str | Path | None = None,
              engine: str = "auto") -> SimRun:
     """Run ``workload`` through a simulated swarm; see the module docstring.
 
     ``workload``: descriptions (posted one at a time, as a live ``post``/``wait`` loop)
     or `Arrival` items (open loop on the virtual clock). ``runners``: runners per persona
-    (an int for all, or {persona: count}); one each by default. ``out``: stream the
+    (an int for all, or {persona: count}); one each by default. ``crash_rate``: the chance
+    that a runner dies during a task (keyed like bids); it is back after
+    ``restart_seconds`` with fresh learning counters, as live. ``out``: stream the
     tables to Parquet files in that directory as they are made. ``engine``: "python"
     (the reference), "compiled" (numba; descriptions only) or "auto" (compiled for
     descriptions when numba is installed).
@@ -407,8 +480,13 @@ def simulate(workload: Sequence[str] | Sequence[Arrival], *, personas=None, seed
                           hint='use "auto", "python" or "compiled"')
     sim = Simulator(personas=personas, seed=seed, rule=rule, runners=runners,
                     task_seconds=task_seconds, max_attempts=max_attempts,
-                    runner_queue=runner_queue)
-    compiled = sequential and engine != "python" and _numba_available(engine)
+                    runner_queue=runner_queue, crash_rate=crash_rate,
+                    restart_seconds=restart_seconds)
+    if crash_rate and engine == "compiled":
+        raise ConfigError("the compiled engine does not simulate runner crashes",
+                          hint='use engine="python" (or "auto") with crash_rate')
+    compiled = (sequential and not crash_rate and engine != "python"
+                and _numba_available(engine))
     sink = Sink(out)
     bar = None
     if progress:
