@@ -31,7 +31,7 @@ RUNNER_PREAMBLE = '''\
 import argparse, json, os, sys, time
 
 ap = argparse.ArgumentParser()
-for flag in ("--agent-id", "--persona", "--seed", "--executor", "--task-seconds"):
+for flag in ("--agent-id", "--persona", "--seed", "--executor", "--task-seconds", "--stats"):
     ap.add_argument(flag)
 args = ap.parse_args()
 HERE = os.path.dirname(os.path.abspath(__file__))

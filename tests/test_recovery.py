@@ -582,3 +582,26 @@ def test_spawning_a_runner_that_cannot_start_fails_fast_with_its_exit_code(
     assert "forge-1" in caught.value.message and "exit code 2" in caught.value.message
     assert caught.value.hint
     assert [(a.agent_id, a.status) for a in swarm.agents()] == [("forge-1", "failed")]
+
+
+@pytest.mark.timeout(60)
+def test_a_replaced_runner_bids_with_what_its_predecessor_had_learned(make_swarm, eventually):
+    from timmy import PERSONAS
+    from timmy.bidding import bid_rng, quote
+
+    swarm = make_swarm(seed=3, task_seconds=0)
+    swarm.spawn_all(["forge", "quill"])
+    for i in range(12):   # forge loses every writing task: its win rate drops, bids fall
+        swarm.wait(swarm.post(f"write the blog article number {i}").task_id, timeout=10)
+    before = {a.agent_id: a.pid for a in swarm.agents()}
+    swarm.kill("forge-1")
+    eventually(lambda: {a.agent_id: a for a in swarm.agents()}["forge-1"].pid
+               not in (None, before["forge-1"]) and
+               {a.agent_id: a for a in swarm.agents()}["forge-1"].status == "idle",
+               what="forge-1 replaced")
+    task = swarm.post("write the blog article number 99")
+    swarm.wait(task.task_id, timeout=10)
+    bid = next(b for b in swarm.bids(task.task_id) if b["agent_id"] == "forge-1")
+    fresh = quote(PERSONAS["forge"], "write the blog article number 99",
+                  bid_rng(3, "forge-1", task.task_id, 1)).sats
+    assert bid["sats"] != fresh, "the replacement bid like an untrained runner"

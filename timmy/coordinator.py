@@ -39,6 +39,7 @@ from anyio.abc import TaskGroup
 
 from . import protocol as p
 from .auction import Auction, Bid, check_rule
+from .bidding import BidStats
 from .errors import (
     ConfigError,
     ExecutorUnavailable,
@@ -151,6 +152,9 @@ class Agent:
     tasks: dict[int, None] = field(default_factory=dict)   # held tasks, in assignment order
     last_seen: float = 0.0
     joined_at: float = field(default_factory=time.time)
+    # What the runner has learned, mirrored from the auctions and results it took part
+    # in, so a replacement process starts where the dead one left off.
+    stats: BidStats = field(default_factory=BidStats)
 
 
 @dataclass(eq=False)
@@ -364,7 +368,8 @@ class Coordinator:
                 self._flush_wake.set()
 
     # -- agents -------------------------------------------------------------
-    def _runner_argv(self, agent_id: str, persona: Persona) -> list[str]:
+    def _runner_argv(self, agent_id: str, persona: Persona,
+                     stats: BidStats | None = None) -> list[str]:
         if self.cfg.runner_command is not None:
             base = list(self.cfg.runner_command)
         else:
@@ -375,8 +380,11 @@ class Coordinator:
             fields = ("id", "name", "role", "description", "capabilities", "rate_sats",
                       "bid_base", "bid_jitter", "preferred_keywords")
             spec = msgspec.json.encode({f: getattr(persona, f) for f in fields}).decode()
-        return [*base, "--agent-id", agent_id, "--persona", spec, "--seed", str(self.cfg.seed),
+        argv = [*base, "--agent-id", agent_id, "--persona", spec, "--seed", str(self.cfg.seed),
                 "--executor", self.cfg.executor, "--task-seconds", repr(self.cfg.task_seconds)]
+        if stats is not None and stats.auctions:
+            argv += ["--stats", msgspec.json.encode(stats.to_dict()).decode()]
+        return argv
 
     async def spawn(self, persona_id: str, timeout: float = 15.0) -> AgentInfo:
         """Start one runner for ``persona_id`` and wait until it says hello."""
@@ -600,6 +608,7 @@ class Coordinator:
             data = p.encode(p.AuctionClosed(task_id=task_id, winner=None, price_sats=None))
             for aid in open_.auction.bids:
                 self.supervisor.send(aid, data)
+                self.agents[aid].stats.record_auction(False)
         task.reason = "cancelled"
         self._finish(task, CANCELLED)
         self._pump()
@@ -722,6 +731,7 @@ class Coordinator:
                                             price_sats=clearing.price_sats))
             for aid in auction.bids:
                 self.supervisor.send(aid, data)
+                self.agents[aid].stats.record_auction(aid == winner)
         if winner is None:
             task.status = QUEUED
             self._dirty(task)
@@ -814,6 +824,9 @@ class Coordinator:
         if tid not in agent.tasks:
             return
         del agent.tasks[tid]
+        done = self._lookup(tid)
+        if done is not None:  # as the runner did: learn from the outcome
+            agent.stats.record_result(ok, tuple(agent.persona.matched_keywords(done.description)))
         if not agent.tasks:
             agent.info.status = "idle"
         task = self.active.get(tid)
@@ -841,6 +854,9 @@ class Coordinator:
             return
         agent.alive = False
         agent.exit_code = returncode
+        if verdict == "restart":  # the replacement starts with what this one had learned
+            self.supervisor.slots[agent_id].argv = self._runner_argv(agent_id, agent.persona,
+                                                                     agent.stats)
         agent.info.restarts = self.supervisor.slots[agent_id].restarts
         agent.info.status = {"restart": "restarting", "stopped": "stopped"}.get(verdict, "failed")
         if verdict != "restart":

@@ -23,7 +23,7 @@ import threading
 
 from . import protocol as p
 from .bidding import BidStats, bid_rng, quote
-from .errors import PersonaError, TimmyError
+from .errors import ConfigError, PersonaError, TimmyError
 from .executors import make_executor
 from .personas import get_persona, persona_from_dict
 
@@ -31,10 +31,11 @@ READ_SIZE = 1 << 16
 
 
 class Runner:
-    def __init__(self, persona, agent_id: str, seed: int, executor, out_fd: int = 1) -> None:
+    def __init__(self, persona, agent_id: str, seed: int, executor, out_fd: int = 1,
+                 stats: BidStats | None = None) -> None:
         self.persona, self.agent_id, self.seed = persona, agent_id, seed
         self.executor = executor
-        self.stats = BidStats()
+        self.stats = stats or BidStats()
         self.quotes: dict[int, tuple[bool, tuple[str, ...]]] = {}  # task -> (on_spec, keywords)
         self._out_fd = out_fd
         self._lock = threading.Lock()
@@ -135,6 +136,22 @@ class Runner:
                 self.write(b"".join(out))
 
 
+def stats_from_json(text: str) -> BidStats:
+    """Learned counters from ``--stats``, or `ConfigError` saying what is wrong."""
+    try:
+        data = json.loads(text)
+        counts = {k: int(data.get(k, 0)) for k in ("auctions", "wins", "won_ok", "won_failed")}
+        keywords = {str(k): int(v) for k, v in data.get("keyword_successes", {}).items()}
+        if min([*counts.values(), *keywords.values(), 0]) < 0 or counts["wins"] > counts[
+                "auctions"]:
+            raise ValueError("counts must be >= 0 and wins <= auctions")
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise ConfigError(f"--stats is not a set of learned counters: {exc}",
+                          hint='e.g. {"auctions": 5, "wins": 1, "won_ok": 1, "won_failed": 0}'
+                          ) from None
+    return BidStats(**counts, keyword_successes=keywords)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m timmy.runner", description=__doc__.split("\n")[0])
     ap.add_argument("--agent-id", required=True)
@@ -142,6 +159,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--executor", default="simulated")
     ap.add_argument("--task-seconds", type=float, default=0.05)
+    ap.add_argument("--stats", default=None,
+                    help="learned counters to start from (JSON; given to a replacement runner)")
     return ap.parse_args(argv)
 
 
@@ -162,11 +181,12 @@ def main(argv: list[str] | None = None) -> int:
         executor = make_executor(
             args.executor, seed=args.seed, agent_id=args.agent_id, task_seconds=args.task_seconds
         )
+        stats = None if args.stats is None else stats_from_json(args.stats)
     except TimmyError as exc:
         print(f"timmy.runner: {exc}", file=sys.stderr)
         return 2
     try:
-        return Runner(persona, args.agent_id, args.seed, executor).serve()
+        return Runner(persona, args.agent_id, args.seed, executor, stats=stats).serve()
     except (BrokenPipeError, KeyboardInterrupt):
         return 0
 

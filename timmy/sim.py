@@ -15,7 +15,7 @@ executions (`executors.simulated_plan`), the same ids. Two modes:
 
 Runners can crash (``crash_rate``): the task running uses its attempt, the ones
 waiting in that runner's queue are auctioned again without losing one, and the
-runner is back after ``restart_seconds`` with fresh learning counters, as live.
+runner is back after ``restart_seconds`` with what it had learned, as live.
 
 The result, `SimRun`, has ``tasks``, ``bids``, ``agents`` and ``events`` as
 pandas DataFrames with the columns of a live export, and `SimRun.export`
@@ -292,7 +292,7 @@ class Simulator:
 
     def _crash(self, agent: _Agent) -> None:
         """As live: the running task uses its attempt, the ones waiting behind it do not;
-        the runner comes back after restart_seconds with fresh learning counters."""
+        the runner comes back after restart_seconds with what it had learned."""
         agent.alive, agent.life = False, agent.life + 1
         held = list(agent.queue)
         agent.queue.clear()
@@ -316,7 +316,7 @@ class Simulator:
             self._auction(task)
 
     def _restart(self, agent: _Agent) -> None:
-        agent.alive, agent.stats = True, BidStats()
+        agent.alive = True   # with its learned counters, which the coordinator hands over
         agent.restarts += 1
         self._event("agent_restarted", None, agent.agent_id)
         self._drain()
@@ -464,7 +464,7 @@ def simulate(workload: Sequence[str] | Sequence[Arrival], *, personas=None, seed
     or `Arrival` items (open loop on the virtual clock). ``runners``: runners per persona
     (an int for all, or {persona: count}); one each by default. ``crash_rate``: the chance
     that a runner dies during a task (keyed like bids); it is back after
-    ``restart_seconds`` with fresh learning counters, as live. ``out``: stream the
+    ``restart_seconds`` with what it had learned, as live. ``out``: stream the
     tables to Parquet files in that directory as they are made. ``engine``: "python"
     (the reference), "compiled" (numba; descriptions only) or "auto" (compiled for
     descriptions when numba is installed).
