@@ -1,0 +1,319 @@
+"""The notebook consoles (timmy.widgets) on a real local swarm: real runners, a SQLite file.
+
+Buttons are pressed with ``button.click()`` (it runs the click handlers); what the page
+would show is read from the HTML widgets' values.
+"""
+
+from __future__ import annotations
+
+import html
+import itertools
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+pytest.importorskip("ipywidgets")
+
+from timmy.auction import Bid, clear
+from timmy.models import Event
+from timmy.widgets import desktop, explain, inspect, mobile
+from timmy.widgets.throttle import Throttle
+
+SCRIPT = "<script>alert('x')</script> fix the bug in the api client"
+
+
+@pytest.fixture
+def swarm(make_swarm):
+    swarm = make_swarm()
+    swarm.spawn_all()
+    return swarm
+
+
+def html_values(widget) -> list[str]:
+    """Every HTML string a widget tree shows (HTML widgets, nested boxes and tabs)."""
+    import ipywidgets as w
+
+    found = []
+    if isinstance(widget, w.HTML):
+        found.append(widget.value)
+    for child in getattr(widget, "children", ()):
+        found += html_values(child)
+    return found
+
+
+def post_through(console, description: str) -> int:
+    before = {t.task_id for t in console.swarm.tasks()}
+    console.post_text.value = description
+    console.post_button.click()
+    (task_id,) = {t.task_id for t in console.swarm.tasks()} - before
+    return task_id
+
+
+def test_importing_widgets_loads_no_widget_library():
+    code = "import sys, timmy.widgets; print('ipywidgets' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_desktop_posted_task_completes_and_shows_in_the_task_table(swarm, eventually):
+    box = desktop(swarm)
+    console = box.console
+    assert "forge-1" in console.agents_html.value and "no agents" not in console.agents_html.value
+
+    task_id = post_through(console, "fix the bug in the api client")
+    assert f"posted task #{task_id}" in console.post_message.value
+    assert console.post_text.value == ""
+    done = swarm.wait(task_id, timeout=10)
+    assert done.status == "completed"
+
+    def shown():
+        console.redraw_now()
+        row = console.state.tasks[task_id]
+        return row.status == "completed" and "fix the bug in the api client" in \
+            console.tasks_html.value
+    eventually(shown, what="the completed task in the table")
+    row = console.state.tasks[task_id]
+    assert (row.agent, row.price_sats) == (done.assigned_agent, done.price_sats)
+    earned = {a.agent_id: a.earned_sats for a in swarm.agents()}
+    assert console.state.agents[done.assigned_agent].earned_sats == earned[done.assigned_agent]
+
+    console.status_filter.value = "failed"
+    assert "fix the bug" not in console.tasks_html.value
+    console.status_filter.value = "completed"
+    assert "fix the bug" in console.tasks_html.value
+    assert "completed 1" in console.header.value
+    box.close()
+
+
+def test_desktop_spawn_and_stop_buttons(swarm, eventually):
+    console = desktop(swarm).console
+    console.persona_pick.value = "echo"
+    console.spawn_button.click()
+    assert "spawned echo-2" in console.control_message.value
+    eventually(lambda: "echo-2" in console.agent_pick.options or console.redraw_now(),
+               what="echo-2 in the stop list")
+    console.agent_pick.value = "echo-2"
+    console.stop_button.click()
+    assert "stopped echo-2" in console.control_message.value
+    eventually(lambda: console.state.agents["echo-2"].status == "stopped",
+               what="echo-2 stopped in the console")
+    console.redraw_now()
+    assert "echo-2" not in console.agent_pick.options
+    console.detach()
+
+
+def test_posting_an_empty_description_says_so(swarm):
+    console = desktop(swarm).console
+    console.post_text.value = "   "
+    console.post_button.click()
+    assert "write a description first" in console.post_message.value
+    assert swarm.tasks() == []
+    console.detach()
+
+
+def test_a_refused_post_shows_the_error_and_its_hint(swarm):
+    from timmy.protocol import MAX_DESCRIPTION
+
+    console = mobile(swarm).console
+    console.post_text.value = "<b>" * MAX_DESCRIPTION
+    console.post_button.click()
+    assert "character limit" in console.post_message.value
+    assert "hint:" in console.post_message.value and "<b><b>" not in console.post_message.value
+    assert console.post_text.value        # kept, to be shortened
+    console.detach()
+
+
+def test_mobile_shows_the_feed_and_the_latest_result(swarm, eventually):
+    box = mobile(swarm)
+    console = box.console
+    assert console.post_button.layout.min_height == "44px"
+    assert console.post_button.layout.width == "100%"
+    task_id = post_through(console, "write the readme")
+    done = swarm.wait(task_id, timeout=10)
+
+    def shown():
+        console.redraw_now()
+        return f"#{task_id}" in console.results.value and "task_completed" in console.feed.value
+    eventually(shown, what="the result on the phone")
+    assert html.escape(done.result[:40]) in console.results.value
+    assert "auction_closed" in console.feed.value
+    box.close()
+
+
+def test_inspector_why_line_and_winner_match_recorded_bids(make_swarm, tmp_path):
+    swarm = make_swarm(rule="second_price")
+    swarm.spawn_all()
+    done = swarm.run(["fix the bug in the api client", "write the readme",
+                      "deploy to the staging server"], timeout=20, sequential=True)
+    for task in done:
+        box = inspect(swarm, task.task_id)
+        stories = box.inspector.stories
+        bids = swarm.bids(task.task_id)
+        assert sum(len(s.bids) for s in stories) == len(bids)
+        last = stories[-1]
+        recorded = [b for b in bids if b["auction_id"] == last.auction_id]
+        winner = next(b["agent_id"] for b in recorded if b["won"])
+        again = clear(task.task_id, [Bid(b["agent_id"], b["sats"], b["on_spec"])
+                                     for b in recorded], "second_price")
+        assert last.recorded_winner == last.winner == winner == task.assigned_agent
+        assert last.price_sats == again.price_sats == task.price_sats
+        assert last.why == again.reason and "under second_price; 2nd price" in last.why
+        assert last.line == f"{winner} won at {task.price_sats} sats: {again.reason}"
+        assert html.escape(last.line) in box.inspector.output.value
+        assert {b["persona"] for b in last.bids} <= {a.persona for a in swarm.agents()}
+        assert all(b["attempt"] == task.attempts for b in last.bids)
+
+
+def test_explain_says_when_a_cheaper_bidder_did_not_count():
+    bids = [
+        {"task_id": 3, "auction_id": 9, "attempt": 1, "agent_id": "forge-1", "sats": 20,
+         "on_spec": True, "won": False, "rule": "specialist_first"},
+        {"task_id": 3, "auction_id": 9, "attempt": 1, "agent_id": "quill-1", "sats": 30,
+         "on_spec": True, "won": True, "rule": "specialist_first"},
+    ]
+    (story,) = explain(bids, {"forge-1": "forge"})
+    assert (story.winner, story.recorded_winner, story.price_sats) == ("forge-1", "quill-1", 30)
+    assert not story.matches
+    assert "forge-1 would win" in story.line
+    assert [b["persona"] for b in story.bids] == ["forge", "quill"]
+
+
+def test_script_descriptions_show_as_text_in_every_widget(swarm):
+    desk, phone = desktop(swarm), mobile(swarm)
+    task = swarm.post(SCRIPT)
+    swarm.wait(task.task_id, timeout=10)
+    desk.console.redraw_now()
+    phone.console.redraw_now()
+    # the inspector is made after the task exists, so the desktop's one is refreshed first
+    desk.console.inspector.refresh(task.task_id)
+    boxes = {"desktop": desk, "mobile": phone, "inspector": inspect(swarm, task.task_id)}
+    for name, box in boxes.items():
+        values = html_values(box)
+        assert not any("<script" in v for v in values), name
+        assert any("&lt;script&gt;" in v for v in values), name
+    desk.close()
+    phone.close()
+
+
+def synthetic_events(first_task: int, tasks: int) -> list[Event]:
+    """A task's whole life, seven events each, for ``tasks`` tasks."""
+    events, eid, now = [], 10_000_000, time.time()
+    for tid in range(first_task, first_task + tasks):
+        for kind, agent, data in (
+                ("task_posted", None, {"description": f"synthetic {tid} <b>"}),
+                ("auction_opened", None, {"attempt": 1, "eligible": 9}),
+                ("bid", "forge-1", {"sats": 30, "on_spec": True, "attempt": 1}),
+                ("auction_closed", "forge-1", {"price_sats": 30, "rule": "specialist_first",
+                                               "why": "lowest on-spec bid under specialist_first",
+                                               "bids": 1, "attempt": 1}),
+                ("task_assigned", "forge-1", {"price_sats": 30, "attempt": 1}),
+                ("task_started", "forge-1", {}),
+                ("task_completed", "forge-1", {"price_sats": 30, "attempts": 1})):
+            eid += 1
+            events.append(Event(event_id=eid, ts=now, kind=kind, task_id=tid, agent_id=agent,
+                                data=data))
+    return events
+
+
+@pytest.mark.parametrize("make_console", [desktop, mobile], ids=["desktop", "mobile"])
+def test_a_flood_of_events_redraws_a_few_times_and_ends_up_right(make_swarm, eventually,
+                                                                  make_console):
+    swarm = make_swarm()          # no runners: the only events are the synthetic ones
+    swarm.spawn("forge")
+    console = make_console(swarm).console
+    earned_before = console.state.agents["forge-1"].earned_sats
+    events = synthetic_events(1_000_000, 715)     # 5,005 events
+    before = console.redraws
+    start = time.monotonic()
+    for i in range(0, len(events), 250):       # ~5,000 events/s for one second
+        for event in events[i:i + 250]:
+            console.on_event(event)
+        time.sleep(0.05)
+    elapsed = time.monotonic() - start
+    time.sleep(console.throttle.interval * 2)    # the last poke's redraw
+    redraws = console.redraws - before
+    # redraws while the flood lasts (not only at its end), never more than one per interval
+    assert 2 <= redraws <= 2 + elapsed / console.throttle.interval, (redraws, elapsed)
+    state = console.state
+    assert all(state.tasks[t].status == "completed" for t in range(1_000_000, 1_000_715))
+    assert state.counts["completed"] == 715 and not state.auctions
+    assert state.agents["forge-1"].earned_sats == earned_before + 715 * 30
+    assert len(state.prices) == min(715, state.prices.maxlen)
+    if make_console is desktop:
+        assert "synthetic 1000714 &lt;b&gt;" in console.tasks_html.value
+        assert "completed 715" in console.header.value
+    else:
+        assert "task_completed</b> #1000714" in console.feed.value
+    console.detach()
+
+
+def test_throttle_coalesces_pokes_from_many_threads():
+    drawn = []
+    throttle = Throttle(lambda: drawn.append(time.monotonic()), interval=0.1)
+
+    def poke():
+        for _ in range(5000):
+            throttle.poke()
+
+    threads = [threading.Thread(target=poke) for _ in range(4)]
+    start = time.monotonic()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.monotonic() - start
+    time.sleep(0.25)
+    assert 1 <= len(drawn) <= 3 + elapsed / 0.1
+    assert all(b - a >= 0.09 for a, b in itertools.pairwise(drawn))
+    throttle.close()
+    throttle.poke()
+    time.sleep(0.15)
+    assert len(drawn) == throttle.redraws
+
+
+def test_closing_a_console_unsubscribes(swarm):
+    box = desktop(swarm)
+    console = box.console
+    box.close()
+    seen, redraws = console.state.events_seen, console.redraws
+    swarm.wait(swarm.post("write the readme").task_id, timeout=10)
+    time.sleep(0.3)
+    assert console.state.events_seen == seen
+    assert console.redraws == redraws
+
+
+@pytest.mark.timeout(120)
+def test_consoles_update_inside_a_jupyter_kernel(tmp_path):
+    nbformat = pytest.importorskip("nbformat")
+    from nbclient import NotebookClient
+
+    code = f"""\
+import time, timmy, timmy.widgets
+swarm = timmy.Swarm('sqlite:///{tmp_path / "nb.db"}', seed=1, task_seconds=0)
+swarm.spawn_all()
+desk, phone = timmy.widgets.desktop(swarm), timmy.widgets.mobile(swarm)
+display(desk, phone)
+desk.console.post_text.value = 'write the readme'
+desk.console.post_button.click()
+(task,) = swarm.tasks()
+swarm.wait(task.task_id, timeout=10)
+time.sleep(0.6)    # the timer thread's redraw, not one asked for
+print('table', 'write the readme' in desk.console.tasks_html.value,
+      desk.console.state.tasks[task.task_id].status)
+print('phone', f'#{{task.task_id}}' in phone.console.results.value)
+desk.close(); phone.close(); swarm.close()
+"""
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(code)]
+    NotebookClient(nb, timeout=60, kernel_name="python3",
+                   resources={"metadata": {"path": str(tmp_path)}}).execute()
+    outputs = nb.cells[0].outputs
+    stdout = "".join(o.get("text", "") for o in outputs if o.get("name") == "stdout")
+    stderr = "".join(o.get("text", "") for o in outputs if o.get("name") == "stderr")
+    assert "table True completed" in stdout and "phone True" in stdout
+    assert "Traceback" not in stderr and "redraw failed" not in stderr, stderr
+    assert sum(o.output_type == "display_data" for o in outputs) == 2

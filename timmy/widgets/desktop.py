@@ -1,0 +1,112 @@
+"""The desktop console: agents, open auctions, tasks, controls, live charts, an inspector.
+
+``timmy.widgets.desktop(swarm)`` in a notebook cell; works on a local `timmy.Swarm`
+and on an attached client alike (public methods only).
+"""
+
+from __future__ import annotations
+
+from ..errors import TimmyError
+from ..models import TASK_STATES
+from . import render
+from .console import TOUCH, Console, console_box, error_html
+from .render import esc
+
+ALL = "all"
+
+
+class DesktopConsole(Console):
+    """Builds the desktop widgets; `render` fills them from the state."""
+
+    def __init__(self, swarm, interval: float = 0.25, task_rows: int = 100) -> None:
+        super().__init__(swarm, interval=interval)
+        w = self.w
+        self.task_rows = task_rows
+        self.header = w.HTML()
+        self.agents_html = w.HTML()
+        self.auctions_html = w.HTML()
+        self.tasks_html = w.HTML()
+        self.charts_html = w.HTML()
+        self.status_filter = w.Dropdown(options=[ALL, *TASK_STATES], value=ALL,
+                                        description="status", layout=w.Layout(width="220px"))
+        self.status_filter.observe(lambda _change: self.redraw_now(), names="value")
+        self.persona_pick = w.Dropdown(options=self._personas(), description="persona",
+                                       layout=w.Layout(width="220px"))
+        self.spawn_button = w.Button(description="Spawn", icon="plus", layout=w.Layout(**TOUCH))
+        self.spawn_button.on_click(self._on_spawn)
+        self.agent_pick = w.Dropdown(options=[], description="agent",
+                                     layout=w.Layout(width="220px"))
+        self.stop_button = w.Button(description="Stop", icon="stop", button_style="warning",
+                                    layout=w.Layout(**TOUCH))
+        self.stop_button.on_click(self._on_stop)
+        self.control_message = w.HTML()
+        from .inspector import Inspector
+
+        self.inspector = Inspector(swarm)
+        controls = w.VBox([self.post_box(),
+                           w.HBox([self.persona_pick, self.spawn_button,
+                                   self.agent_pick, self.stop_button]),
+                           self.control_message])
+        left = w.VBox([w.HTML("<h4>Agents</h4>"), self.agents_html,
+                       w.HTML("<h4>Open auctions</h4>"), self.auctions_html],
+                      layout=w.Layout(width="50%"))
+        right = w.VBox([w.HTML("<h4>Live</h4>"), self.charts_html, controls],
+                       layout=w.Layout(width="50%"))
+        tasks = w.VBox([self.status_filter, self.tasks_html])
+        tabs = w.Tab(children=[tasks, self.inspector.box])
+        tabs.set_title(0, "Tasks")
+        tabs.set_title(1, "Auction inspector")
+        self.box = console_box()([self.header, w.HBox([left, right]), tabs])
+        self.box.console = self
+        self.ready = True
+        self.redraw_now()
+
+    def _personas(self) -> list[str]:
+        from ..personas import PERSONAS
+
+        return sorted(PERSONAS)
+
+    def render(self):
+        s = self.state
+        status = self.status_filter.value
+        agents = list(s.agents.values())
+        live = sorted(a.agent_id for a in agents if a.status in ("idle", "busy", "starting"))
+        if list(self.agent_pick.options) != live:
+            self.agent_pick.options = live
+        charts = (render.sparkline(s.throughput(60), "completed per second (60 s)")
+                  + render.sparkline(list(s.prices), "clearing price, sats (last auctions)"))
+        return [
+            (self.header, render.status_line(s.counts, agents)
+             + f'<div style="font-size:11px;color:#888">{s.events_seen} events seen</div>'),
+            (self.agents_html, render.agents_table(agents)),
+            (self.auctions_html, render.auctions_html(list(s.auctions.values()))),
+            (self.tasks_html, render.tasks_table(
+                s.rows(None if status == ALL else status, self.task_rows))),
+            (self.charts_html, charts),
+        ]
+
+    def _on_spawn(self, _button=None) -> None:
+        self._act(lambda: self.swarm.spawn(self.persona_pick.value), "spawned")
+
+    def _on_stop(self, _button=None) -> None:
+        if not self.agent_pick.value:
+            self.control_message.value = "pick a running agent first"
+            return
+        self._act(lambda: self.swarm.stop(self.agent_pick.value), "stopped")
+
+    def _act(self, call, verb: str) -> None:
+        try:
+            agent = call()
+        except (TimmyError, OSError) as exc:   # OSError: a service out of reach
+            self.control_message.value = error_html(exc)
+            return
+        self.control_message.value = f"{verb} {esc(agent.agent_id)}"
+        self.redraw_now()
+
+
+def desktop(swarm, interval: float = 0.25):
+    """The desktop console for ``swarm``: a VBox; its close() unsubscribes.
+
+    ``box.console`` is the `DesktopConsole` behind it (its state, its redraw count).
+    """
+    return DesktopConsole(swarm, interval=interval).box

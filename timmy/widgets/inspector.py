@@ -1,0 +1,154 @@
+"""The auction inspector: every bid of a task's auctions and one line saying why the winner won.
+
+`explain` is pure: it groups recorded bids (``swarm.bids(task_id)``) by auction,
+clears them again with the engine's own `timmy.auction.clear` under the rule they
+were recorded with, and says whether that matches the recorded winner (it can
+differ when a cheaper bidder's queue was full at the close and it did not count).
+`Inspector` is the widget around it; ``inspect(swarm, task_id)`` returns one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from itertools import groupby
+
+from ..auction import Bid, clear
+from ..errors import TimmyError
+from . import render
+from .console import TOUCH, error_html, ipywidgets
+from .render import esc
+
+
+@dataclass(frozen=True, slots=True)
+class AuctionStory:
+    """One auction of a task: its bids, the rule, who won, the price and why."""
+
+    task_id: int
+    auction_id: int
+    attempt: int
+    rule: str
+    bids: tuple[dict, ...]        # agent_id, persona, sats, on_spec, attempt, won
+    recorded_winner: str | None
+    winner: str | None            # cleared again from the bids
+    price_sats: int | None
+    why: str                      # `Clearing.reason`, e.g. "lowest on-spec bid under ..."
+
+    @property
+    def matches(self) -> bool:
+        return self.winner == self.recorded_winner
+
+    @property
+    def line(self) -> str:
+        """The sentence an operator reads (plain text; escape it for HTML)."""
+        if self.recorded_winner is None:
+            return (f"no winner: {self.why}" if not self.bids else
+                    "no winner: every bidder was full or gone when the auction closed")
+        said = f"{self.recorded_winner} won at {self.price_sats} sats: {self.why}"
+        if not self.matches:
+            said += (f" (cleared again, {self.winner} would win: its queue was full or it "
+                     "was gone at the close, so its bid did not count)")
+        return said
+
+
+def explain(bids: list[dict], personas: dict[str, str] | None = None) -> list[AuctionStory]:
+    """The stories of the auctions in ``bids`` (rows of ``swarm.bids()``), oldest first."""
+    personas = personas or {}
+    key = lambda b: (b["task_id"], b["auction_id"])  # noqa: E731
+    stories = []
+    for (task_id, auction_id), group in groupby(sorted(bids, key=key), key=key):
+        rows = list(group)
+        rule = rows[0]["rule"]
+        clearing = clear(task_id, [Bid(b["agent_id"], b["sats"], bool(b["on_spec"]))
+                                   for b in rows], rule)
+        won = next((b["agent_id"] for b in rows if b["won"]), None)
+        price = clearing.price_sats
+        if won is not None and won != clearing.winner:
+            price = next(b["sats"] for b in rows if b["agent_id"] == won)
+        shown = tuple(
+            {"agent_id": b["agent_id"],
+             "persona": personas.get(b["agent_id"], b["agent_id"].rsplit("-", 1)[0]),
+             "sats": b["sats"], "on_spec": bool(b["on_spec"]), "attempt": b["attempt"],
+             "won": bool(b["won"])}
+            for b in sorted(rows, key=lambda b: (b["sats"], b["agent_id"])))
+        stories.append(AuctionStory(task_id, auction_id, rows[0]["attempt"], rule, shown,
+                                    won, clearing.winner, price, clearing.reason))
+    return stories
+
+
+def story_html(story: AuctionStory) -> str:
+    rows = [(esc(b["agent_id"]), esc(b["persona"]), esc(b["sats"]),
+             "on-spec" if b["on_spec"] else "off-spec", esc(b["attempt"]),
+             "<b>won</b>" if b["won"] else "") for b in story.bids]
+    return (f"<div style='margin:6px 0'><b>auction {esc(story.auction_id)}</b> "
+            f"(attempt {esc(story.attempt)}, rule <code>{esc(story.rule)}</code>, "
+            f"winner {esc(story.recorded_winner)}, price {esc(story.price_sats)} sats)<br>"
+            f"<span class='timmy-why'>{esc(story.line)}</span>"
+            + render.table(("agent", "persona", "sats", "spec", "attempt", ""), rows,
+                           empty="no bids") + "</div>")
+
+
+class Inspector:
+    """Pick a task, see its auctions. ``box`` is the widget; ``show(task_id)`` fills it."""
+
+    def __init__(self, swarm, task_id: int | None = None) -> None:
+        w = ipywidgets()
+        self.swarm = swarm
+        self.stories: list[AuctionStory] = []
+        self.pick = w.Dropdown(options=[], description="task", layout=w.Layout(width="460px"))
+        self.refresh_button = w.Button(description="Refresh", icon="refresh",
+                                       layout=w.Layout(**TOUCH))
+        self.output = w.HTML()
+        self.refresh_button.on_click(lambda _b: self.refresh())
+        self.pick.observe(lambda change: self.show(change["new"]), names="value")
+        self.box = w.VBox([w.HBox([self.pick, self.refresh_button]), self.output])
+        self.refresh(task_id)
+
+    def refresh(self, task_id: int | None = None) -> None:
+        """Reload the task list (newest first) and show ``task_id`` (or the current pick)."""
+        try:
+            tasks = self.swarm.tasks()
+        except (TimmyError, OSError) as exc:   # OSError: a service out of reach
+            self.output.value = error_html(exc)
+            return
+        self.descriptions = {t.task_id: t for t in tasks}
+        # Dropdown labels are text, not HTML: the browser shows them as typed
+        options = [(f"#{t.task_id} [{t.status}] {render.clip(t.description, 60)}", t.task_id)
+                   for t in reversed(tasks)]
+        keep = task_id if task_id is not None else self.pick.value
+        self.pick.options = options
+        if keep in self.descriptions:
+            if self.pick.value != keep:
+                self.pick.value = keep       # observe() calls show()
+            else:
+                self.show(keep)
+        elif options:
+            self.show(self.pick.value)
+
+    def show(self, task_id: int | None) -> None:
+        if task_id is None:
+            self.output.value = "<i>no tasks yet</i>"
+            return
+        try:
+            bids = self.swarm.bids(task_id)
+            personas = {a.agent_id: a.persona for a in self.swarm.agents()}
+        except (TimmyError, OSError) as exc:   # OSError: a service out of reach
+            self.output.value = error_html(exc)
+            return
+        self.stories = explain(bids, personas)
+        task = self.descriptions.get(task_id)
+        head = ""
+        if task is not None:
+            head = (f"<div><b>#{esc(task.task_id)}</b> {render.badge(task.status)} "
+                    f"{esc(task.description)}</div>")
+        body = "".join(story_html(s) for s in self.stories) or "<i>no auction recorded yet</i>"
+        self.output.value = head + body
+
+
+def inspect(swarm, task_id: int | None = None):
+    """The auction inspector for ``swarm`` (a VBox), showing ``task_id`` or the newest task.
+
+    ``box.inspector`` is the `Inspector` (its ``stories`` are what is shown).
+    """
+    inspector = Inspector(swarm, task_id)
+    inspector.box.inspector = inspector
+    return inspector.box

@@ -1,0 +1,131 @@
+"""HTML for the consoles: tables, the live feed, sparklines. Pure functions, strings out.
+
+Everything that came from a user or an agent (descriptions, results, reasons, agent
+ids, personas) goes through `esc`; the page must show ``<script>`` as text.
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Iterable, Sequence
+
+STATUS_COLOURS = {"completed": "#2e7d32", "failed": "#c62828", "cancelled": "#757575",
+                  "running": "#1565c0", "assigned": "#6a1b9a", "bidding": "#ef6c00",
+                  "queued": "#455a64", "idle": "#2e7d32", "busy": "#1565c0",
+                  "restarting": "#ef6c00", "stopped": "#757575"}
+TABLE = ('<table style="border-collapse:collapse;width:100%;font-size:13px">'
+         '<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>')
+
+
+def esc(value) -> str:
+    """Any value as HTML text: ``None`` as an em dash, markup as visible characters."""
+    return "—" if value is None else html.escape(str(value), quote=True)
+
+
+def clip(text: str | None, n: int = 80) -> str | None:
+    if text is None or len(text) <= n:
+        return text
+    return text[: n - 1] + "…"
+
+
+def badge(status: str) -> str:
+    colour = STATUS_COLOURS.get(status, "#455a64")
+    return (f'<span style="color:#fff;background:{colour};border-radius:3px;'
+            f'padding:0 4px">{esc(status)}</span>')
+
+
+def table(head: Sequence[str], rows: Iterable[Sequence[str]], empty: str = "nothing yet") -> str:
+    """A table of already-escaped cells (use `esc` on every value you pass in)."""
+    th = "".join(f'<th style="text-align:left;border-bottom:1px solid #ccc;padding:2px 6px">'
+                 f"{esc(h)}</th>" for h in head)
+    body = "".join("<tr>" + "".join(f'<td style="padding:2px 6px">{c}</td>' for c in row)
+                   + "</tr>" for row in rows)
+    if not body:
+        body = f'<tr><td colspan="{len(head)}" style="color:#888">{esc(empty)}</td></tr>'
+    return TABLE.format(head=th, body=body)
+
+
+def agents_table(agents) -> str:
+    rows = [(esc(a.agent_id), esc(a.persona), badge(a.status), esc(len(a.held)),
+             esc(a.tasks_won), esc(a.earned_sats), esc(a.restarts))
+            for a in sorted(agents, key=lambda a: a.agent_id)]
+    return table(("agent", "persona", "status", "holds", "won", "earned (sats)", "restarts"),
+                 rows, empty="no agents: spawn one")
+
+
+def auctions_html(auctions, limit: int = 10) -> str:
+    """Open auctions, newest first, each with the sealed bids that arrived so far."""
+    items = []
+    for a in sorted(auctions, key=lambda a: -a.task_id)[:limit]:
+        bids = ", ".join(f"{esc(agent)} {esc(sats)}{'★' if on_spec else ''}"
+                         for agent, sats, on_spec in sorted(a.bids, key=lambda b: b[1]))
+        items.append(f"<li>task {esc(a.task_id)} (attempt {esc(a.attempt)}): "
+                     f"{len(a.bids)}/{esc(a.eligible)} bids{': ' + bids if bids else ''}</li>")
+    more = len(auctions) - limit
+    if more > 0:
+        items.append(f"<li>… and {more} more</li>")
+    if not items:
+        return '<div style="color:#888">no open auctions</div>'
+    return '<ul style="margin:0;padding-left:18px;font-size:13px">' + "".join(items) + "</ul>"
+
+
+def tasks_table(rows) -> str:
+    body = [(esc(r.task_id), esc(clip(r.description)), badge(r.status), esc(r.agent),
+             esc(r.price_sats), esc(r.attempts), esc(clip(r.reason or r.why, 60)))
+            for r in rows]
+    return table(("task", "description", "status", "winner", "price", "attempt", "why / reason"),
+                 body, empty="no tasks")
+
+
+def describe_event(event) -> str:
+    """One escaped line for the feed."""
+    d = event.data or {}
+    who = f" {esc(event.agent_id)}" if event.agent_id else ""
+    task = f" #{esc(event.task_id)}" if event.task_id is not None else ""
+    extra = {
+        "task_posted": lambda: f": {esc(clip(d.get('description'), 60))}",
+        "bid": lambda: f" {esc(d.get('sats'))} sats{' on-spec' if d.get('on_spec') else ''}",
+        "auction_closed": lambda: f" → {esc(event.agent_id)} at {esc(d.get('price_sats'))}: "
+                                  f"{esc(d.get('why'))}",
+        "task_completed": lambda: f" for {esc(d.get('price_sats'))} sats",
+        "task_failed": lambda: f": {esc(clip(d.get('reason'), 60))}",
+        "task_requeued": lambda: f": {esc(clip(d.get('reason'), 60))}",
+    }.get(event.kind, lambda: "")()
+    if event.kind == "auction_closed":
+        who = ""
+    return f"<b>{esc(event.kind)}</b>{task}{who}{extra}"
+
+
+def feed_html(events, limit: int = 20) -> str:
+    lines = [describe_event(e) for e in list(events)[-limit:]][::-1]
+    if not lines:
+        return '<div style="color:#888">waiting for events…</div>'
+    return ('<div style="font-family:monospace;font-size:12px;line-height:1.5">'
+            + "<br>".join(lines) + "</div>")
+
+
+def sparkline(values: Sequence[float], title: str, width: int = 240, height: int = 40) -> str:
+    """An inline SVG line of ``values`` with its title and last value (no matplotlib)."""
+    values = list(values)
+    last = values[-1] if values else None
+    top = max(values) if values else 0
+    if len(values) >= 2 and top > 0:
+        step = width / (len(values) - 1)
+        points = " ".join(f"{i * step:.1f},{height - 2 - (v / top) * (height - 4):.1f}"
+                          for i, v in enumerate(values))
+        line = f'<polyline fill="none" stroke="#1565c0" stroke-width="1.5" points="{points}"/>'
+    else:
+        line = ""
+    return (f'<div style="display:inline-block;margin-right:16px;font-size:12px">'
+            f"{esc(title)}: <b>{esc(last)}</b> (max {esc(top)})<br>"
+            f'<svg width="{width}" height="{height}" style="background:#f5f5f5">{line}</svg></div>')
+
+
+def status_line(counts, agents) -> str:
+    """The header: tasks by state and agents by state."""
+    order = ("queued", "bidding", "assigned", "running", "completed", "failed", "cancelled")
+    tasks = " · ".join(f"{esc(k)} {counts[k]}" for k in order if counts.get(k))
+    live = sum(a.status in ("idle", "busy") for a in agents)
+    busy = sum(a.status == "busy" for a in agents)
+    return (f'<div style="font-size:14px"><b>{live} runners</b> ({busy} busy) · '
+            f"{tasks or 'no tasks yet'}</div>")

@@ -1,0 +1,193 @@
+"""What a console knows about a swarm: a snapshot at start, then every event folded in.
+
+Pure (no widgets, no I/O): `SwarmState.apply` takes one `Event` and updates agents,
+tasks, open auctions, the feed and the chart series in O(1), so a subscriber
+callback on the engine's thread stays quick. Consoles render from it on a timer.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter, OrderedDict, deque
+from dataclasses import dataclass, field
+
+from ..models import TERMINAL_STATES
+
+AGENT_STATUS = {"agent_joined": "idle", "agent_restarted": "idle",
+                "agent_crashed": "restarting", "agent_left": "stopped",
+                "agent_failed": "failed"}
+TASK_STATUS = {"task_posted": "queued", "auction_opened": "bidding",
+               "task_assigned": "assigned", "task_started": "running",
+               "task_completed": "completed", "task_failed": "failed",
+               "task_cancelled": "cancelled", "task_requeued": "queued"}
+
+
+@dataclass(slots=True)
+class TaskRow:
+    task_id: int
+    description: str = ""
+    status: str = "queued"
+    agent: str | None = None
+    price_sats: int | None = None
+    attempts: int = 0
+    why: str | None = None
+    reason: str | None = None
+    result: str | None = None
+
+
+@dataclass(slots=True)
+class AgentRow:
+    agent_id: str
+    persona: str
+    status: str = "starting"
+    tasks_won: int = 0
+    earned_sats: int = 0
+    restarts: int = 0
+    held: set[int] = field(default_factory=set)
+
+
+@dataclass(slots=True)
+class OpenAuction:
+    task_id: int
+    attempt: int
+    eligible: int
+    bids: list[tuple[str, int, bool]] = field(default_factory=list)
+
+
+class SwarmState:
+    """Agents, tasks (the newest ``max_tasks``), open auctions, the last ``feed_size`` events,
+    completions per second and recent clearing prices."""
+
+    def __init__(self, feed_size: int = 50, max_tasks: int = 5000, series: int = 120) -> None:
+        self.agents: dict[str, AgentRow] = {}
+        self.tasks: OrderedDict[int, TaskRow] = OrderedDict()
+        self.counts: Counter[str] = Counter()
+        self.auctions: dict[int, OpenAuction] = {}
+        self.feed: deque = deque(maxlen=feed_size)
+        self.prices: deque[int] = deque(maxlen=series)
+        self.completions: deque[float] = deque(maxlen=10_000)
+        self.completed_ids: deque[int] = deque(maxlen=feed_size)
+        self.events_seen = 0
+        self.last_event_id = 0
+        self.max_tasks = max_tasks
+
+    # -- the snapshot -------------------------------------------------------
+    def load(self, tasks, agents) -> None:
+        """Start from ``swarm.tasks()`` and ``swarm.agents()``."""
+        for t in tasks:
+            row = self._task(t.task_id)
+            self._set_status(row, t.status)
+            row.description, row.agent, row.price_sats = t.description, t.assigned_agent, \
+                t.price_sats
+            row.attempts, row.reason, row.result = t.attempts, t.reason, t.result
+            if t.status == "completed":
+                self.completed_ids.append(t.task_id)
+        for a in agents:
+            self.agents[a.agent_id] = AgentRow(a.agent_id, a.persona, a.status, a.tasks_won,
+                                               a.earned_sats, a.restarts)
+        for row in self.tasks.values():
+            if row.agent in self.agents and row.status in ("assigned", "running"):
+                self.agents[row.agent].held.add(row.task_id)
+
+    # -- events -------------------------------------------------------------
+    def apply(self, event) -> None:
+        """Fold one event in (any order relative to the snapshot: a finished task stays so)."""
+        self.events_seen += 1
+        self.last_event_id = max(self.last_event_id, event.event_id)
+        self.feed.append(event)
+        kind, data, tid, aid = event.kind, event.data or {}, event.task_id, event.agent_id
+        if kind in AGENT_STATUS:
+            agent = self._agent(aid, data.get("persona"))
+            agent.status = AGENT_STATUS[kind]
+            agent.restarts = data.get("restarts", agent.restarts)
+            return
+        if tid is None:
+            return
+        if kind == "bid":
+            auction = self.auctions.get(tid)
+            if auction is not None:
+                auction.bids.append((aid, data.get("sats"), bool(data.get("on_spec"))))
+            return
+        row = self._task(tid)
+        if kind == "task_posted":
+            row.description = data.get("description", row.description)
+        elif kind == "auction_opened":
+            self.auctions[tid] = OpenAuction(tid, data.get("attempt", 1), data.get("eligible", 0))
+        elif kind == "auction_closed":
+            self.auctions.pop(tid, None)
+            row.why = data.get("why")
+            if aid is not None and data.get("price_sats") is not None:
+                self.prices.append(data["price_sats"])
+            elif row.status not in TERMINAL_STATES:
+                self._set_status(row, "queued")   # nobody could take it: back in the queue
+        elif kind == "task_assigned":
+            row.agent, row.price_sats = aid, data.get("price_sats")
+            row.attempts = data.get("attempt", row.attempts)
+            agent = self._agent(aid)
+            agent.tasks_won += 1
+            agent.held.add(tid)
+            agent.status = "busy"
+        elif kind in ("task_completed", "task_failed", "task_cancelled", "task_requeued"):
+            holder = self.agents.get(row.agent or "")
+            if holder is not None:
+                holder.held.discard(tid)
+                if not holder.held and holder.status == "busy":
+                    holder.status = "idle"
+            row.reason = data.get("reason")
+            if kind == "task_completed" and row.status not in TERMINAL_STATES:
+                if holder is not None:
+                    holder.earned_sats += data.get("price_sats") or 0
+                self.completions.append(event.ts)
+                self.completed_ids.append(tid)
+            if kind == "task_requeued" and row.status not in TERMINAL_STATES:
+                row.agent, row.price_sats = None, None
+        if kind in TASK_STATUS:
+            self._set_status(row, TASK_STATUS[kind])
+
+    # -- reads for the views ------------------------------------------------
+    def throughput(self, seconds: int = 60, now: float | None = None) -> list[int]:
+        """Completions in each of the last ``seconds`` one-second buckets, oldest first."""
+        now = time.time() if now is None else now
+        buckets = [0] * seconds
+        for ts in reversed(self.completions):
+            age = int(now - ts)
+            if age >= seconds:
+                break
+            buckets[seconds - 1 - max(age, 0)] += 1
+        return buckets
+
+    def rows(self, status: str | None = None, limit: int = 100) -> list[TaskRow]:
+        """The newest ``limit`` tasks (in ``status`` if given), newest first."""
+        out = []
+        for row in reversed(self.tasks.values()):
+            if status is None or row.status == status:
+                out.append(row)
+                if len(out) >= limit:
+                    break
+        return out
+
+    # -- helpers ------------------------------------------------------------
+    def _task(self, task_id: int) -> TaskRow:
+        row = self.tasks.get(task_id)
+        if row is None:
+            row = self.tasks[task_id] = TaskRow(task_id)
+            self.counts[row.status] += 1
+            if len(self.tasks) > self.max_tasks:
+                _, old = self.tasks.popitem(last=False)
+                self.counts[old.status] -= 1
+        return row
+
+    def _set_status(self, row: TaskRow, status: str) -> None:
+        if row.status in TERMINAL_STATES or row.status == status:
+            return   # a finished task never moves again (an event older than the snapshot)
+        if row.task_id in self.tasks:
+            self.counts[row.status] -= 1
+            self.counts[status] += 1
+        row.status = status
+
+    def _agent(self, agent_id: str, persona: str | None = None) -> AgentRow:
+        agent = self.agents.get(agent_id)
+        if agent is None:
+            agent = self.agents[agent_id] = AgentRow(
+                agent_id, persona or agent_id.rsplit("-", 1)[0])
+        return agent
