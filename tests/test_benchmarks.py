@@ -52,3 +52,9 @@ def test_simulate_benchmark_prints_its_figures():
 def test_sweep_benchmark_prints_its_figures():
     out = run("sweep.py", "--tasks", "50", "--seeds", "1")
     assert "serial" in out and "speed-up" in out
+
+
+@pytest.mark.timeout(150)
+def test_service_benchmark_prints_its_figures():
+    out = run("service.py", "--posts", "40", "--tasks", "40", "--starts", "1")
+    assert "requests/s" in out and "p99" in out and "events/s" in out

@@ -562,7 +562,16 @@ def _register_simulator_commands() -> None:
     cli.add_command(sweep_cmd, "sweep")
 
 
+def _register_service_commands() -> None:
+    from .cli_service import post_cmd, serve_cmd, status_cmd
+
+    cli.add_command(serve_cmd, "serve")
+    cli.add_command(status_cmd, "status")
+    cli.add_command(post_cmd, "post")
+
+
 _register_simulator_commands()
+_register_service_commands()
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -15,7 +15,7 @@ import asyncio
 import atexit
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
@@ -26,6 +26,9 @@ from .ownership import claim
 from .personas import Persona
 from .store import Store
 from .supervisor import RestartPolicy
+
+if TYPE_CHECKING:
+    from .client import AttachedSwarm
 
 DEFAULT_DB = "sqlite:///data/timmy.db"
 
@@ -228,6 +231,17 @@ class Swarm:
         self._stop: anyio.Event | None = None
         self._future = None
         self._closed = False
+
+    @staticmethod
+    def attach(url: str = "tcp://127.0.0.1:7341", token: str | None = None,
+               **kwargs: Any) -> AttachedSwarm:
+        """The swarm hosted by a running ``timmy serve``, with the methods of `Swarm`.
+
+        ``token`` defaults to TIMMY_TOKEN, else the token file beside the default database.
+        """
+        from .client import AttachedSwarm
+
+        return AttachedSwarm(url, token, **kwargs)
 
     @property
     def config(self) -> Config:

@@ -1,0 +1,162 @@
+"""``timmy serve``, ``timmy status`` and ``timmy post``: the swarm service from a shell.
+
+Registered by `timmy.cli`. ``serve`` is `timmy.service.run_service`; ``status``
+and ``post`` are `timmy.Swarm.attach` calls.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from .auction import RULES
+from .cli import CONTEXT_SETTINGS, RUN_DB, _console, _status_line, db_url, describe_db
+from .executors import EXECUTORS
+from .service import DEFAULT_HOST, DEFAULT_PORT, DEFAULT_URL, MAX_CONNECTIONS
+
+_URL_HELP = f"The service's address. Default: TIMMY_URL, else {DEFAULT_URL}."
+_TOKEN_HELP = ("The service's token. Default: TIMMY_TOKEN, else the .token file beside the "
+               "database given by --db.")
+
+
+@click.command(context_settings=CONTEXT_SETTINGS,
+               short_help="Host one swarm as a service that dashboards and notebooks attach to.")
+@click.option("--db", default=RUN_DB, show_default=True, metavar="URL",
+              help="SQLAlchemy URL or SQLite path of the swarm's database.")
+@click.option("--host", default=DEFAULT_HOST, show_default=True,
+              help="Address to listen on; a non-loopback one needs --allow-remote.")
+@click.option("--port", default=DEFAULT_PORT, show_default=True, type=click.IntRange(0, 65535),
+              help="TCP port (0: any free port, printed on start).")
+@click.option("--token", default=None, metavar="TOKEN",
+              help="Use this token instead of the one stored beside the database (made and "
+                   "printed on first start, mode 0600).")
+@click.option("--allow-remote", is_flag=True,
+              help="Allow a non-loopback --host: anyone who reaches it with the token controls "
+                   "the swarm, and the traffic is not encrypted.")
+@click.option("--spawn/--no-spawn", default=True, show_default=True,
+              help="Start one runner per persona on start.")
+@click.option("--seed", default=1, show_default=True, type=int,
+              help="Seeds the bids and the simulated executions.")
+@click.option("--rule", type=click.Choice(RULES), default="specialist_first",
+              show_default=True, help="Clearing rule of every auction.")
+@click.option("--executor", type=click.Choice(EXECUTORS), default="simulated",
+              show_default=True, help="What a runner does with a task it won.")
+@click.option("--task-seconds", default=0.05, show_default=True,
+              type=click.FloatRange(0, 3600), help="Mean simulated task duration.")
+@click.option("--personas", "personas_file", default=None, metavar="FILE",
+              type=click.Path(dir_okay=False, path_type=Path),
+              help="Use the personas of this TOML/JSON file instead of the built-ins.")
+@click.option("--max-connections", default=MAX_CONNECTIONS, show_default=True,
+              type=click.IntRange(1, 10_000), help="Connections served at once.")
+def serve_cmd(db: str, host: str, port: int, token: str | None, allow_remote: bool,
+              spawn: bool, seed: int, rule: str, executor: str, task_seconds: float,
+              personas_file: Path | None, max_connections: int) -> None:
+    """Host one swarm until Ctrl-C or SIGTERM; `timmy.Swarm.attach(url)` talks to it.
+
+    The control endpoint speaks JSON lines on loopback and needs a token: the
+    first start makes one, stores it with mode 0600 beside the database
+    (e.g. data/timmy.db.token) and prints it once. Stopping the service stops
+    its runners; everything is kept in the database.
+    """
+    from .personas import load_personas
+    from .service import check_bind, load_or_create_token, run_service, token_path
+
+    check_bind(host, allow_remote)
+    if allow_remote and host not in ("127.0.0.1", "::1", "localhost"):
+        click.echo(f"warning: listening on {host}: anyone who reaches it with the token "
+                   "controls this swarm, and requests travel unencrypted", err=True)
+    url = db_url(db)
+    if token is None:
+        path = token_path(url)
+        token, created = load_or_create_token(path)
+        if created:
+            click.echo(f"token (shown once; stored in {path}, mode 0600): {token}")
+        else:
+            click.echo(f"token: stored in {path}")
+    options = {}
+    if personas_file is not None:
+        options["personas"] = load_personas(personas_file)
+
+    def ready(address: str, swarm) -> None:
+        n = len(swarm.engine.agents)
+        click.echo(f"timmy serve: listening on {address} · database {describe_db(url)} · "
+                   f"{n} runners · Ctrl-C stops")
+        sys.stdout.flush()
+
+    run_service(url, host=host, port=port, token=token, allow_remote=allow_remote,
+                spawn=spawn, max_connections=max_connections, on_ready=ready, seed=seed,
+                rule=rule, executor=executor, task_seconds=task_seconds, **options)
+    click.echo("timmy serve: stopped (runners stopped, everything saved)")
+
+
+def _attach(url: str | None, token: str | None, db: str | None):
+    from .client import AttachedSwarm, default_token
+
+    url = url or os.environ.get("TIMMY_URL") or DEFAULT_URL
+    if token is None:
+        token = default_token(db_url(db) if db else None)
+    return AttachedSwarm(url, token)
+
+
+_url = click.option("--url", default=None, metavar="URL", help=_URL_HELP)
+_token = click.option("--token", default=None, metavar="TOKEN", help=_TOKEN_HELP)
+_db = click.option("--db", default=None, metavar="URL",
+                   help=f"The service's database, to find its token file. Default: {RUN_DB}.")
+
+
+@click.command(context_settings=CONTEXT_SETTINGS,
+               short_help="Show the state of a running swarm service.")
+@_url
+@_token
+@_db
+def status_cmd(url: str | None, token: str | None, db: str | None) -> None:
+    """Show a running service's tasks by state, runners and agents."""
+    from rich.table import Table
+    from rich.text import Text
+
+    with _attach(url, token, db) as swarm:
+        status = swarm.status()
+        agents = swarm.agents()
+    console = _console()
+    table = Table(title=f"{len(agents)} agents at {swarm.url}", title_justify="left")
+    for name, justify in (("agent", "left"), ("status", "left"), ("pid", "right"),
+                          ("restarts", "right"), ("won", "right"), ("earned", "right")):
+        table.add_column(name, justify=justify)
+    for a in agents:
+        table.add_row(Text(a.agent_id), a.status, str(a.pid or "-"), str(a.restarts),
+                      str(a.tasks_won), str(a.earned_sats))
+    console.print(table)
+    console.print(_status_line(status))
+    service = status.get("service", {})
+    console.print(f"service: {service.get('connections', 0)} connections, "
+                  f"{service.get('subscribers', 0)} subscribers, "
+                  f"{service.get('requests', 0)} requests, {service.get('refused', 0)} refused")
+
+
+@click.command(context_settings=CONTEXT_SETTINGS,
+               short_help="Post a task to a running swarm service.")
+@click.argument("description")
+@click.option("--wait", "wait", is_flag=True, help="Wait for the task to finish; show its result.")
+@click.option("--timeout", default=60.0, show_default=True, type=click.FloatRange(min=0.001),
+              help="Seconds to wait with --wait.")
+@_url
+@_token
+@_db
+def post_cmd(description: str, wait: bool, timeout: float, url: str | None, token: str | None,
+             db: str | None) -> None:
+    """Post DESCRIPTION as a task; with --wait, print how it ended."""
+    with _attach(url, token, db) as swarm:
+        task = swarm.post(description)
+        if not wait:
+            click.echo(f"task {task.task_id} {task.status}")
+            return
+        task = swarm.wait(task.task_id, timeout)
+    price = "-" if task.price_sats is None else f"{task.price_sats} sats"
+    click.echo(f"task {task.task_id} {task.status} · winner {task.assigned_agent or '-'} · "
+               f"price {price} · attempts {task.attempts}")
+    note = task.result if task.status == "completed" else task.reason
+    if note:
+        click.echo(note)

@@ -1,0 +1,596 @@
+"""The swarm service: one swarm hosted by ``timmy serve``, many views attached over TCP.
+
+A notebook can own a swarm; dashboards and other notebooks look at the SAME one
+through this service. The control endpoint speaks JSON lines, one message per
+line, typed with msgspec like the runner wire (`timmy.protocol`)::
+
+    -> {"id": 7, "token": "...", "op": "post", "args": {"description": "fix the bug"}}
+    <- {"id": 7, "ok": true, "result": {"task_id": 12, "status": "queued", ...}}
+    <- {"id": 8, "ok": false, "error": {"type": "TaskNotFound", "message": "...", "hint": "..."}}
+
+``subscribe {"after": N}`` turns a connection into an event stream: an ``ok``
+answer saying where the stream starts, then every stored event after ``N``,
+then live ones, one `Event` per line. An event is sent only once it is stored,
+so a client that resumes from the last ``event_id`` it saw (after a service
+restart too) misses none and sees none twice.
+
+What the endpoint refuses, always with an error line that says why, while the
+service stays up: a missing or wrong token (the connection is closed), a line
+that is not a request (answered; the connection stays usable), a line over
+1 MiB (closed), more than ``max_connections`` connections at once (closed), a
+connection that sends nothing for too long (closed). A subscriber that stops
+reading is disconnected after ``SEND_TIMEOUT`` seconds instead of buffering
+without bound; one that falls behind is caught up from the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import ipaddress
+import logging
+import os
+import secrets
+import stat
+from collections import deque
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import Meta
+
+from .errors import ConfigError, ProtocolError, TimmyError
+from .models import Event
+from .protocol import MAX_LINE
+
+log = logging.getLogger(__name__)
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 7341
+DEFAULT_URL = f"tcp://{DEFAULT_HOST}:{DEFAULT_PORT}"
+MAX_CONNECTIONS = 64          # connections served at once; more are refused
+EVENT_BACKLOG = 4096          # live events held per subscriber; past it, caught up from the store
+PAGE = 1000                   # stored events read per query when catching up
+SEND_TIMEOUT = 10.0           # seconds a reader may leave its socket full before it is dropped
+FIRST_LINE_TIMEOUT = 10.0     # seconds between lines until a request carries the token
+IDLE_TIMEOUT = 3600.0         # seconds an idle control connection is kept
+MAX_STRIKES = 16              # malformed lines before a never-authenticated connection is closed
+
+
+class ServiceError(TimmyError):
+    """The swarm service refused a request or failed to answer it."""
+
+
+class ServiceUnavailable(ServiceError, ConnectionError):
+    """No swarm service answers at that address (or it closed the connection)."""
+
+
+class AuthenticationError(ServiceError, PermissionError):
+    """The request carried no token or the wrong one."""
+
+
+class ServiceBusy(ServiceError):
+    """The service already serves as many connections as it allows."""
+
+
+# -- the wire ---------------------------------------------------------------------
+
+RequestId = Annotated[int, Meta(ge=0, le=2**53)]
+Name = Annotated[str, Meta(min_length=1, max_length=64)]
+TaskId = Annotated[int, Meta(ge=1, le=2**62)]
+Seconds = Annotated[float, Meta(ge=0, le=10**7)]
+Count = Annotated[int, Meta(ge=0, le=10**9)]
+EventId = Annotated[int, Meta(ge=0, le=2**62)]
+
+
+class Request(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    id: RequestId
+    token: Annotated[str, Meta(max_length=512)]
+    op: Annotated[str, Meta(min_length=1, max_length=32)]
+    args: dict[str, Any] = {}
+
+
+class ErrorInfo(msgspec.Struct, frozen=True):
+    type: str
+    message: str
+    hint: str = ""
+
+
+class Response(msgspec.Struct, frozen=True, omit_defaults=True):
+    id: int | None
+    ok: bool
+    result: Any = None
+    error: ErrorInfo | None = None
+
+
+class Args(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Base of every op's arguments: unknown fields are refused."""
+
+
+class NoArgs(Args):
+    pass
+
+
+class PersonaArgs(Args):
+    persona: Name
+
+
+class SpawnAllArgs(Args):
+    personas: Annotated[list[Name], Meta(max_length=1000)] | None = None
+
+
+class AgentArgs(Args):
+    agent_id: Name
+
+
+class PostArgs(Args):
+    description: str             # the engine checks length and content
+
+
+class PostManyArgs(Args):
+    descriptions: Annotated[list[str], Meta(max_length=100_000)]
+
+
+class TaskArgs(Args):
+    task_id: TaskId
+
+
+class WaitArgs(Args):
+    task_id: TaskId
+    timeout: Seconds | None = None
+
+
+class RunArgs(Args):
+    descriptions: Annotated[list[str], Meta(max_length=100_000)]
+    timeout: Seconds | None = None
+    sequential: bool = False
+
+
+class TasksArgs(Args):
+    status: Name | None = None
+    limit: Count | None = None
+
+
+class BidsArgs(Args):
+    task_id: TaskId | None = None
+
+
+class EventsArgs(Args):
+    after: EventId = 0
+    limit: Count | None = None
+
+
+class ExportArgs(Args):
+    out_dir: Annotated[str, Meta(min_length=1, max_length=4096)]
+    fmt: Literal["parquet", "csv"] = "parquet"
+
+
+class SubscribeArgs(Args):
+    after: EventId | None = None   # None: from now on
+
+
+_encoder = msgspec.json.Encoder()
+_request = msgspec.json.Decoder(Request)
+
+
+def encode(msg: Any) -> bytes:
+    """One message (a Response, a Request, an Event) as one line."""
+    return _encoder.encode(msg) + b"\n"
+
+
+def decode_request(line: bytes) -> Request:
+    try:
+        return _request.decode(line)
+    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeError, RecursionError) as exc:
+        raise ProtocolError(
+            f"bad request: {exc}",
+            hint='send one JSON object per line: {"id": 1, "token": "...", "op": "status", '
+                 '"args": {}}',
+        ) from None
+
+
+def error_info(exc: TimmyError) -> ErrorInfo:
+    return ErrorInfo(type=type(exc).__name__, message=exc.message, hint=exc.hint)
+
+
+# -- the ops ----------------------------------------------------------------------
+
+Op = tuple[type[Args], Callable[[Any, Any], Awaitable[Any]]]
+
+
+async def _export(swarm, a: ExportArgs) -> dict[str, str]:
+    return {k: str(v) for k, v in (await swarm.export(a.out_dir, a.fmt)).items()}
+
+
+OPS: dict[str, Op] = {
+    "ping": (NoArgs, lambda s, a: _const("pong")),
+    "spawn": (PersonaArgs, lambda s, a: s.spawn(a.persona)),
+    "spawn_all": (SpawnAllArgs, lambda s, a: s.spawn_all(a.personas)),
+    "stop": (AgentArgs, lambda s, a: s.stop(a.agent_id)),
+    "kill": (AgentArgs, lambda s, a: s.kill(a.agent_id)),
+    "agents": (NoArgs, lambda s, a: s.agents()),
+    "post": (PostArgs, lambda s, a: s.post(a.description)),
+    "post_many": (PostManyArgs, lambda s, a: s.post_many(a.descriptions)),
+    "wait": (WaitArgs, lambda s, a: s.wait(a.task_id, a.timeout)),
+    "run": (RunArgs, lambda s, a: s.run(a.descriptions, a.timeout, False, a.sequential)),
+    "cancel": (TaskArgs, lambda s, a: s.cancel(a.task_id)),
+    "tasks": (TasksArgs, lambda s, a: s.tasks(a.status, a.limit)),
+    "task": (TaskArgs, lambda s, a: s.task(a.task_id)),
+    "bids": (BidsArgs, lambda s, a: s.bids(a.task_id)),
+    "events": (EventsArgs, lambda s, a: s.events(a.after, a.limit)),
+    "export": (ExportArgs, _export),
+}
+
+
+async def _const(value):
+    return value
+
+
+# -- the server -------------------------------------------------------------------
+
+
+class Service:
+    """Serves one `AsyncSwarm` to TCP connections (use through `serve`)."""
+
+    def __init__(self, swarm, token: str, max_connections: int = MAX_CONNECTIONS) -> None:
+        self.swarm = swarm
+        self._token = token.encode()
+        self.max_connections = max_connections
+        self.connections = 0
+        self.subscribers = 0
+        self.refused = 0
+        self.requests = 0
+        self._handlers: set[asyncio.Task] = set()
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """One connection, from accept to close; never raises."""
+        task = asyncio.current_task()
+        if self.connections >= self.max_connections:
+            self.refused += 1
+            with contextlib.suppress(Exception):
+                await self._send(writer, Response(None, False, error=error_info(ServiceBusy(
+                    f"the service already serves {self.max_connections} connections",
+                    hint="close idle clients (swarm.close()) and retry, or start the "
+                         "service with a higher --max-connections"))))
+            await _close(writer)
+            return
+        self.connections += 1
+        self._handlers.add(task)
+        try:
+            await self._serve(reader, writer)
+        except (ConnectionError, TimeoutError, asyncio.IncompleteReadError):
+            pass
+        except Exception:
+            log.exception("connection failed")
+        finally:
+            self.connections -= 1
+            self._handlers.discard(task)
+            await _close(writer)
+
+    async def close(self) -> None:
+        """End every connection (before the swarm stops)."""
+        for task in list(self._handlers):
+            task.cancel()
+        await asyncio.gather(*self._handlers, return_exceptions=True)
+
+    async def _serve(self, reader, writer) -> None:
+        timeout, strikes = FIRST_LINE_TIMEOUT, 0
+        while True:
+            try:
+                line = await asyncio.wait_for(reader.readuntil(b"\n"), timeout)
+            except asyncio.IncompleteReadError:
+                return                                  # the client left
+            except asyncio.LimitOverrunError:
+                await self._refuse(writer, ProtocolError(
+                    f"request line over the {MAX_LINE}-byte limit; closing the connection",
+                    hint="send one JSON request per line, under 1 MiB (post_many in "
+                         "smaller batches)"))
+                await _discard(reader, writer)
+                return
+            except TimeoutError:
+                await self._refuse(writer, ProtocolError(
+                    f"no request for {timeout:g}s; closing the connection",
+                    hint="send a request right after connecting"))
+                return
+            try:
+                req = decode_request(line)
+            except ProtocolError as exc:
+                await self._send(writer, Response(None, False, error=error_info(exc)))
+                strikes += 1
+                if timeout == FIRST_LINE_TIMEOUT and strikes >= MAX_STRIKES:
+                    return              # garbage only, never a token: not worth a slot
+                continue
+            if not hmac.compare_digest(req.token.encode(), self._token):
+                why = "no token" if not req.token else "a wrong token"
+                await self._refuse(writer, AuthenticationError(
+                    f"request {req.id} carries {why}; closing the connection",
+                    hint="pass the token printed by `timmy serve` (token=... / --token / "
+                         "TIMMY_TOKEN), or read it from the .token file beside the database"),
+                    req.id)
+                return
+            timeout = IDLE_TIMEOUT      # authenticated: may stay idle for longer
+            self.requests += 1
+            if req.op == "subscribe":
+                try:
+                    args = _args(SubscribeArgs, req)
+                except ProtocolError as exc:
+                    await self._send(writer, Response(req.id, False, error=error_info(exc)))
+                    continue
+                await self._stream(reader, writer, req.id, args.after)
+                return
+            await self._send(writer, await self._answer(req))
+
+    async def _answer(self, req: Request) -> Response:
+        if req.op == "status":
+            try:
+                _args(NoArgs, req)
+                status = await self.swarm.status()
+            except TimmyError as exc:
+                return Response(req.id, False, error=error_info(exc))
+            status["service"] = {"connections": self.connections,
+                                 "subscribers": self.subscribers,
+                                 "refused": self.refused, "requests": self.requests}
+            return Response(req.id, True, status)
+        op = OPS.get(req.op)
+        try:
+            if op is None:
+                known = ", ".join(sorted([*OPS, "status", "subscribe"]))
+                raise ProtocolError(f"unknown op {req.op!r}", hint=f"use one of: {known}")
+            args_type, fn = op
+            result = await fn(self.swarm, _args(args_type, req))
+        except TimmyError as exc:
+            return Response(req.id, False, error=error_info(exc))
+        except Exception as exc:
+            log.exception("op %s failed", req.op)
+            return Response(req.id, False, error=error_info(ServiceError(
+                f"{req.op} failed inside the service: {type(exc).__name__}: {exc}",
+                hint="see the service's log; the swarm is still running")))
+        return Response(req.id, True, result)
+
+    async def _stream(self, reader, writer, req_id: int, after: int | None) -> None:
+        """Stored events after ``after``, then live ones, each sent once it is stored."""
+        buf: deque[Event] = deque()
+        wake = asyncio.Event()
+        state = {"overflow": False, "eof": False}
+
+        def on_event(event: Event) -> None:
+            if len(buf) >= EVENT_BACKLOG:
+                state["overflow"] = True            # caught up from the store instead
+                buf.clear()
+            elif not state["overflow"]:
+                buf.append(event)
+            wake.set()
+
+        async def watch_eof() -> None:
+            with contextlib.suppress(Exception):
+                while await reader.read(4096):
+                    pass                                # anything sent now is ignored
+            state["eof"] = True
+            wake.set()
+
+        swarm = self.swarm
+        unsubscribe = swarm.subscribe(on_event)
+        watcher = asyncio.create_task(watch_eof())
+        self.subscribers += 1
+        try:
+            await swarm.engine.flush()
+            if after is None:
+                after = await asyncio.to_thread(swarm.store.next_event_id) - 1
+            await self._send(writer, Response(req_id, True, {"after": after}))
+            last = await self._catch_up(writer, after)
+            while not state["eof"]:
+                await wake.wait()
+                wake.clear()
+                if state["overflow"]:
+                    state["overflow"] = False
+                    last = await self._catch_up(writer, last)
+                    continue
+                if not buf:
+                    continue
+                await swarm.engine.flush()              # what we send is stored first
+                out = []
+                while buf:
+                    event = buf.popleft()
+                    if event.event_id > last:
+                        out.append(encode(event))
+                        last = event.event_id
+                if out:
+                    writer.write(b"".join(out))
+                    await self._drain(writer)
+        finally:
+            self.subscribers -= 1
+            unsubscribe()
+            watcher.cancel()
+
+    async def _catch_up(self, writer, last: int) -> int:
+        while True:
+            events = await self.swarm.events(last, PAGE)
+            if events:
+                writer.write(b"".join(encode(e) for e in events))
+                last = events[-1].event_id
+                await self._drain(writer)
+            if len(events) < PAGE:
+                return last
+
+    async def _drain(self, writer) -> None:
+        try:
+            await asyncio.wait_for(writer.drain(), SEND_TIMEOUT)
+        except TimeoutError:
+            log.warning("dropping a subscriber that read nothing for %gs", SEND_TIMEOUT)
+            raise
+
+    async def _send(self, writer, response: Response) -> None:
+        writer.write(encode(response))
+        await self._drain(writer)
+
+    async def _refuse(self, writer, exc: TimmyError, req_id: int | None = None) -> None:
+        self.refused += 1
+        with contextlib.suppress(Exception):
+            await self._send(writer, Response(req_id, False, error=error_info(exc)))
+
+
+def _args(args_type: type[Args], req: Request) -> Any:
+    try:
+        return msgspec.convert(req.args, args_type)
+    except msgspec.ValidationError as exc:
+        raise ProtocolError(f"bad arguments for {req.op}: {exc}",
+                            hint=f"see the {req.op} method of timmy.Swarm for its arguments") \
+            from None
+
+
+async def _discard(reader, writer, seconds: float = 1.0, most: int = 64 * MAX_LINE) -> None:
+    """Half-close, then read and drop what the client still sends (a while, a bounded
+    amount): closing with unread input would reset the connection and the client could
+    lose the error line just sent."""
+    with contextlib.suppress(Exception):
+        writer.write_eof()
+        async with asyncio.timeout(seconds):
+            while most > 0:
+                chunk = await reader.read(256 * 1024)
+                if not chunk:
+                    return
+                most -= len(chunk)
+
+
+async def _close(writer) -> None:
+    writer.close()
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(writer.wait_closed(), 1.0)
+
+
+# -- tokens and binding -------------------------------------------------------------
+
+
+def token_path(db: str) -> Path:
+    """Where the service's token is kept: beside an SQLite file, else under ./data."""
+    from .ownership import lock_path
+
+    lock = lock_path(db)
+    if lock is None:
+        return Path("data", "timmy-service.token").absolute()
+    return lock.with_name(lock.name.removesuffix(".lock") + ".token")
+
+
+def load_or_create_token(path: Path) -> tuple[str, bool]:
+    """The token stored at ``path``, or a new one written there with mode 0600.
+
+    Returns ``(token, created)``.
+    """
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return read_token(path), False
+    except OSError as exc:
+        raise ConfigError(f"cannot create the token file {path}: {exc.strerror}",
+                          hint="pass --token, or a --db in a directory you can write to") \
+            from exc
+    token = secrets.token_urlsafe(32)
+    with os.fdopen(fd, "w") as f:
+        f.write(token + "\n")
+    return token, True
+
+
+def read_token(path: Path) -> str:
+    try:
+        mode = path.stat().st_mode
+        token = path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        raise ConfigError(f"no token file at {path}",
+                          hint="start the service with `timmy serve` (it writes one), or pass "
+                               "the token (token=... / --token / TIMMY_TOKEN)") from None
+    except (OSError, UnicodeError) as exc:
+        raise ConfigError(f"cannot read the token file {path}: {exc}",
+                          hint="pass the token (token=... / --token / TIMMY_TOKEN)") from exc
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise ConfigError(f"the token file {path} can be read by other users "
+                          f"(mode {stat.S_IMODE(mode):o})",
+                          hint=f"chmod 600 {path}")
+    if not token:
+        raise ConfigError(f"the token file {path} is empty",
+                          hint="delete it and restart `timmy serve` to make a new token")
+    return token
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False              # a host name: it may resolve to anything
+
+
+def check_bind(host: str, allow_remote: bool) -> None:
+    """Refuse a non-loopback address unless asked for explicitly."""
+    if is_loopback(host) or allow_remote:
+        return
+    raise ConfigError(
+        f"refusing to listen on {host}: it is not a loopback address, so anyone who can reach "
+        "it could control this swarm with the token, and requests and the token travel "
+        "unencrypted",
+        hint="keep the default --host 127.0.0.1 (tunnel with `ssh -L 7341:127.0.0.1:7341`), "
+             "or pass --allow-remote on a network you trust")
+
+
+# -- running it ---------------------------------------------------------------------
+
+
+async def serve(db: str, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, token: str,
+                allow_remote: bool = False, spawn: bool = True,
+                max_connections: int = MAX_CONNECTIONS,
+                on_ready: Callable[[str, Any], None] | None = None,
+                stop: asyncio.Event | None = None, **swarm_options: Any) -> None:
+    """Host one swarm on ``db`` until SIGINT/SIGTERM (or ``stop``); stops its runners on exit.
+
+    ``on_ready(url, swarm)`` is called once the endpoint answers.
+    """
+    import signal
+
+    import anyio
+
+    from .swarm import AsyncSwarm
+
+    check_bind(host, allow_remote)
+    async with AsyncSwarm(db, **swarm_options) as swarm:
+        if spawn:
+            await swarm.spawn_all()
+        service = Service(swarm, token, max_connections)
+        try:
+            server = await asyncio.start_server(service.handle, host, port,
+                                                limit=MAX_LINE + 1, backlog=256)
+        except OSError as exc:
+            raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}",
+                              hint="another `timmy serve` may use that port: stop it or pass "
+                                   "--port") from exc
+        try:
+            sockname = server.sockets[0].getsockname()
+            if on_ready is not None:
+                on_ready(f"tcp://{_url_host(sockname[0])}:{sockname[1]}", swarm)
+            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                async with anyio.create_task_group() as tg:
+                    async def on_signal() -> None:
+                        async for _ in signals:
+                            break
+                        tg.cancel_scope.cancel()
+
+                    tg.start_soon(on_signal)
+                    if stop is not None:
+                        await stop.wait()
+                        tg.cancel_scope.cancel()
+        finally:
+            server.close()
+            await service.close()
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def run_service(db: str, **options: Any) -> None:
+    """`serve` on a fresh asyncio loop (what ``timmy serve`` calls)."""
+    import anyio
+
+    anyio.run(lambda: serve(db, **options), backend="asyncio")
