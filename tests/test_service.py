@@ -145,7 +145,8 @@ def test_subscribe_after_zero_replays_history(service):
     assert got[:len(stored)] == stored
 
 
-def test_subscriber_resumes_across_a_restart_without_gaps_or_repeats(tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
+def test_subscriber_resumes_across_a_restart_without_gaps_or_repeats(tmp_path, sig):
     db = tmp_path / "restart.db"
     svc = ServiceProcess(db)
     got: list[Event] = []
@@ -160,7 +161,7 @@ def test_subscriber_resumes_across_a_restart_without_gaps_or_repeats(tmp_path):
         watcher.subscribe(on_event, after=0)
         with svc.attach() as swarm:
             swarm.run([f"fix bug {i}" for i in range(10)], timeout=30)
-        svc.stop(signal.SIGTERM)
+        svc.stop(sig)   # SIGKILL: only what was stored was ever sent, so nothing repeats
         svc = ServiceProcess(db, svc.port)
         assert not any("shown once" in line for line in svc.lines)   # the same token
         with svc.attach() as swarm:
@@ -200,3 +201,16 @@ def test_no_service_is_a_clear_error(tmp_path):
     with pytest.raises(timmy.TimmyError, match="no swarm service answers") as err:
         timmy.Swarm.attach("tcp://127.0.0.1:1", token="x").status()
     assert "timmy serve" in err.value.hint
+
+
+def test_a_task_reported_done_survives_a_killed_service(tmp_path):
+    db = tmp_path / "durable.db"
+    svc = ServiceProcess(db)
+    try:
+        with svc.attach() as swarm:
+            done = swarm.run([f"fix bug {i}" for i in range(20)], timeout=30)
+    finally:
+        svc.stop(signal.SIGKILL)   # at once: no chance to save anything more
+    assert {t.status for t in done} <= {"completed", "failed"}
+    stored = {t.task_id: t.status for t in Store(f"sqlite:///{db}", create=False).tasks()}
+    assert [stored[t.task_id] for t in done] == [t.status for t in done]

@@ -591,6 +591,7 @@ class Coordinator:
                     watchers.remove(watch)
                 if not watchers:
                     self._watchers.pop(i, None)
+        await self.flush()   # what we report as finished is stored: a crash cannot undo it
         return [done[i] for i in ids]
 
     async def cancel(self, task_id: int) -> Task:

@@ -389,13 +389,18 @@ class Service:
                     continue
                 if not buf:
                     continue
-                await swarm.engine.flush()              # what we send is stored first
+                # Send only what is stored: a flush writes every event emitted before it was
+                # called, so events that arrive while it runs wait for the next round.
+                upto = buf[-1].event_id
+                await swarm.engine.flush()
                 out = []
-                while buf:
+                while buf and buf[0].event_id <= upto:
                     event = buf.popleft()
                     if event.event_id > last:
                         out.append(encode(event))
                         last = event.event_id
+                if buf:
+                    wake.set()
                 if out:
                     writer.write(b"".join(out))
                     await self._drain(writer)
