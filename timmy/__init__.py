@@ -60,7 +60,14 @@ if TYPE_CHECKING:
     from .swarm import AsyncSwarm, Swarm
 
 
+_SUBMODULES = ("analytics", "sim", "sweep", "replay", "widgets", "workload")
+
+
 def __getattr__(name: str):
+    if name in _SUBMODULES:  # timmy.sim, timmy.widgets ... without importing them up front
+        value = importlib.import_module(f".{name}", __name__)
+        globals()[name] = value
+        return value
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'timmy' has no attribute {name!r}")
