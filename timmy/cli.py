@@ -288,6 +288,23 @@ _SEQUENTIAL_HELP = (
 )
 
 
+def swarm_options(command):
+    """--seed, --rule, --executor, --task-seconds: how a live swarm behaves (run, serve)."""
+    options = [
+        click.option("--seed", default=1, show_default=True, type=int,
+                     help="Seeds the bids and the simulated executions."),
+        click.option("--rule", type=click.Choice(RULES), default="specialist_first",
+                     show_default=True, help="Clearing rule of every auction."),
+        click.option("--executor", type=click.Choice(EXECUTORS), default="simulated",
+                     show_default=True, help="What a runner does with a task it won."),
+        click.option("--task-seconds", default=0.05, show_default=True,
+                     type=click.FloatRange(0, 3600), help="Mean simulated task duration."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
 # -- commands -------------------------------------------------------------------
 
 
@@ -350,14 +367,7 @@ def demo(db: str | None, n_tasks: int, seed: int, out: Path, rule: str, task_sec
 @click.argument("tasks_file", metavar="TASKS.txt", type=click.Path(path_type=Path))
 @click.option("--db", default=RUN_DB, show_default=True, metavar="URL",
               help="SQLAlchemy URL or SQLite path; the tasks are added to what it holds.")
-@click.option("--seed", default=1, show_default=True, type=int,
-              help="Seeds the bids and the simulated executions.")
-@click.option("--rule", type=click.Choice(RULES), default="specialist_first",
-              show_default=True, help="Clearing rule of every auction.")
-@click.option("--executor", type=click.Choice(EXECUTORS), default="simulated",
-              show_default=True, help="What a runner does with a task it won.")
-@click.option("--task-seconds", default=0.05, show_default=True,
-              type=click.FloatRange(0, 3600), help="Mean simulated task duration.")
+@swarm_options
 @click.option("--timeout", default=600.0, show_default=True, type=click.FloatRange(min=0.001),
               help="Seconds to wait for all the tasks.")
 @click.option("--personas", "personas_file", default=None, metavar="FILE",

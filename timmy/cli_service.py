@@ -12,9 +12,15 @@ from pathlib import Path
 
 import click
 
-from .auction import RULES
-from .cli import CONTEXT_SETTINGS, RUN_DB, _console, _status_line, db_url, describe_db
-from .executors import EXECUTORS
+from .cli import (
+    CONTEXT_SETTINGS,
+    RUN_DB,
+    _console,
+    _status_line,
+    db_url,
+    describe_db,
+    swarm_options,
+)
 from .service import DEFAULT_HOST, DEFAULT_PORT, DEFAULT_URL, MAX_CONNECTIONS
 
 _URL_HELP = f"The service's address. Default: TIMMY_URL, else {DEFAULT_URL}."
@@ -38,14 +44,7 @@ _TOKEN_HELP = ("The service's token. Default: TIMMY_TOKEN, else the .token file 
                    "the swarm, and the traffic is not encrypted.")
 @click.option("--spawn/--no-spawn", default=True, show_default=True,
               help="Start one runner per persona on start.")
-@click.option("--seed", default=1, show_default=True, type=int,
-              help="Seeds the bids and the simulated executions.")
-@click.option("--rule", type=click.Choice(RULES), default="specialist_first",
-              show_default=True, help="Clearing rule of every auction.")
-@click.option("--executor", type=click.Choice(EXECUTORS), default="simulated",
-              show_default=True, help="What a runner does with a task it won.")
-@click.option("--task-seconds", default=0.05, show_default=True,
-              type=click.FloatRange(0, 3600), help="Mean simulated task duration.")
+@swarm_options
 @click.option("--personas", "personas_file", default=None, metavar="FILE",
               type=click.Path(dir_okay=False, path_type=Path),
               help="Use the personas of this TOML/JSON file instead of the built-ins.")
