@@ -539,6 +539,7 @@ class Coordinator:
                         single: bool = False) -> list[Task]:
         """The tasks ``ids`` once all are finished, in order; `WaitTimeout` after ``timeout``."""
         check_timeout(timeout)
+        started = time.monotonic()
         done: dict[int, Task] = {}
         remaining: set[int] = set()
         unknown: list[int] = []
@@ -591,8 +592,20 @@ class Coordinator:
                     watchers.remove(watch)
                 if not watchers:
                     self._watchers.pop(i, None)
-        await self.flush()   # what we report as finished is stored: a crash cannot undo it
+        # What we report as finished is stored, so a crash cannot undo it. A locked
+        # database is waited out, within the caller's timeout.
+        await self._flush_until(None if timeout is None else started + timeout)
         return [done[i] for i in ids]
+
+    async def _flush_until(self, deadline: float | None) -> None:
+        """Flush, retrying a failing store until ``deadline`` (monotonic), then raise."""
+        while True:
+            try:
+                return await self.flush()
+            except StoreError:
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise
+                await anyio.sleep(0.1)
 
     async def cancel(self, task_id: int) -> Task:
         """Cancel an unfinished task; a finished one is returned as it is.
