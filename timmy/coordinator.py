@@ -25,6 +25,7 @@ winners.
 
 from __future__ import annotations
 
+import functools
 import logging
 import shlex
 import sys
@@ -164,6 +165,13 @@ class OpenAuction:
     attempt: int
     deadline: float
     auction_id: int = 0    # the event_id of its auction_opened event: unique per auction
+
+
+@functools.lru_cache(maxsize=4096)
+def _matched(persona: Persona, description: str) -> tuple[str, ...]:
+    """A persona's keywords in a description, cached: workloads repeat descriptions, and
+    this runs for every result on the engine's hot path."""
+    return tuple(persona.matched_keywords(description))
 
 
 def check_timeout(timeout: object) -> None:
@@ -840,7 +848,7 @@ class Coordinator:
         del agent.tasks[tid]
         done = self._lookup(tid)
         if done is not None:  # as the runner did: learn from the outcome
-            agent.stats.record_result(ok, tuple(agent.persona.matched_keywords(done.description)))
+            agent.stats.record_result(ok, _matched(agent.persona, done.description))
         if not agent.tasks:
             agent.info.status = "idle"
         task = self.active.get(tid)
