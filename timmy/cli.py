@@ -573,8 +573,9 @@ def _register_simulator_commands() -> None:
 
 
 def _register_service_commands() -> None:
-    from .cli_service import post_cmd, serve_cmd, status_cmd
+    from .cli_service import dashboards_cmd, post_cmd, serve_cmd, status_cmd
 
+    cli.add_command(dashboards_cmd, "dashboards")
     cli.add_command(serve_cmd, "serve")
     cli.add_command(status_cmd, "status")
     cli.add_command(post_cmd, "post")

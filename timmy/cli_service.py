@@ -159,3 +159,55 @@ def post_cmd(description: str, wait: bool, timeout: float, url: str | None, toke
     note = task.result if task.status == "completed" else task.reason
     if note:
         click.echo(note)
+
+
+@click.command(context_settings=CONTEXT_SETTINGS,
+               short_help="Start the swarm service and the Voilà dashboards (desktop, mobile).")
+@click.option("--db", default=RUN_DB, show_default=True, metavar="URL",
+              help="SQLAlchemy URL or SQLite path of the swarm's database.")
+@click.option("--host", default=DEFAULT_HOST, show_default=True,
+              help="Address both listen on (loopback; a phone on your network needs "
+                   "--allow-remote and a --host it can reach).")
+@click.option("--port", default=DEFAULT_PORT, show_default=True, type=click.IntRange(0, 65535),
+              help="The swarm service's port (0: any free port).")
+@click.option("--voila-port", default=8866, show_default=True, type=click.IntRange(1, 65535),
+              help="Voilà's port.")
+@click.option("--notebooks", default="dashboards", show_default=True, metavar="DIR",
+              type=click.Path(file_okay=False, path_type=Path),
+              help="Folder with desktop.ipynb and mobile.ipynb.")
+@click.option("--allow-remote", is_flag=True,
+              help="Allow a non-loopback --host (see `timmy serve --help`).")
+@click.option("--stop", "stop", is_flag=True,
+              help="Stop the dashboards started for --db from another shell (`make stop`).")
+def dashboards_cmd(db: str, host: str, port: int, voila_port: int, notebooks: Path,
+                   allow_remote: bool, stop: bool) -> None:
+    """Run the swarm service on --db (spawning the nine personas) and Voilà on loopback,
+    print the desktop and mobile URLs, and keep both up until Ctrl-C, SIGTERM or
+    `timmy dashboards --stop`. Stopping stops Voilà, then the service and its runners;
+    everything is kept in the database.
+    """
+    from .launcher import Dashboards, stop_running
+    from .service import check_bind
+
+    url = db_url(db)
+    if stop:
+        was = stop_running(url)
+        click.echo("nothing to stop" if was is None else
+                   f"stopped the dashboards (service {was.service_url}, pid {was.launcher_pid})")
+        return
+    check_bind(host, allow_remote)
+    serve_args = ("--allow-remote",) if allow_remote else ()
+    dash = Dashboards(url, notebooks, host=host, port=port, voila_port=voila_port,
+                      serve_args=serve_args, echo=click.echo)
+    click.echo(f"timmy dashboards: starting the swarm service on {describe_db(url)} and Voilà…")
+    running = dash.start()
+    click.echo("")
+    click.echo(f"  desktop  {running.desktop_url}")
+    click.echo(f"  mobile   {running.mobile_url}")
+    click.echo(f"  service  {running.service_url}  (timmy status / timmy post \"...\")")
+    click.echo("")
+    click.echo("Ctrl-C (or `make stop` in another shell) stops both.")
+    sys.stdout.flush()
+    code = dash.wait()
+    click.echo("timmy dashboards: stopped (Voilà, then the service; everything saved)")
+    sys.exit(code)

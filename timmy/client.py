@@ -337,15 +337,17 @@ class AttachedSwarm:
         written = self._call("export", out_dir=str(Path(out_dir).absolute()), fmt=fmt)
         return {name: Path(p) for name, p in written.items()}
 
-    def subscribe(self, callback: Callable[[Event], None],
-                  after: int | None = None) -> Callable[[], None]:
+    def subscribe(self, callback: Callable[[Event], None], after: int | None = None,
+                  on_connection: Callable[[bool], None] | None = None) -> Callable[[], None]:
         """Call ``callback(event)`` for every event from now on (or after event ``after``:
         ``after=0`` replays the whole history first); returns unsubscribe().
 
         The callback runs on a background thread, one event at a time, in order. A lost
-        connection is retried with backoff and resumed after the last event seen.
+        connection is retried with backoff and resumed after the last event seen;
+        ``on_connection(False)`` is called when it is lost and ``on_connection(True)``
+        when it is back (a dashboard shows "reconnecting…" meanwhile).
         """
-        sub = Subscription(self, callback, after)
+        sub = Subscription(self, callback, after, on_connection)
         self._subscriptions.add(sub)
         return sub.unsubscribe
 
@@ -354,8 +356,11 @@ class Subscription:
     """A background reader of the service's event stream (see `AttachedSwarm.subscribe`)."""
 
     def __init__(self, swarm: AttachedSwarm, callback: Callable[[Event], None],
-                 after: int | None) -> None:
+                 after: int | None,
+                 on_connection: Callable[[bool], None] | None = None) -> None:
         self._swarm, self._callback = swarm, callback
+        self._on_connection = on_connection
+        self.connected = False
         self.last = after
         self.reconnects = 0
         self._stop = threading.Event()
@@ -377,7 +382,18 @@ class Subscription:
         if self.last is None:
             self.last = started["after"]
         self._conn = conn
+        self._connection(True)
         return conn
+
+    def _connection(self, up: bool) -> None:
+        if up == self.connected:
+            return
+        self.connected = up
+        if self._on_connection is not None:
+            try:
+                self._on_connection(up)
+            except Exception:
+                log.exception("on_connection callback failed")
 
     def _loop(self, conn: _Conn | None) -> None:
         delay = BACKOFF[0]
@@ -409,6 +425,7 @@ class Subscription:
             except (TimmyError, OSError, msgspec.DecodeError) as exc:
                 if not self._stop.is_set():
                     log.info("event stream lost (%s); retrying in %.2fs", exc, delay)
+                    self._connection(False)
             finally:
                 if conn is not None:
                     conn.close()

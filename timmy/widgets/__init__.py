@@ -7,6 +7,9 @@
 ``timmy.widgets.mobile(swarm)``        status header, live feed, post box, latest results
 ``timmy.widgets.inspect(swarm, id)``   every bid of a task's auctions, the rule, the
                                        winner, the price and why that bid won
+``timmy.widgets.dashboard(kind)``      a whole Voilà page ("desktop" / "mobile") attached
+                                       to the swarm service, with its CSS and a link to
+                                       the other page (``dashboards/*.ipynb``)
 =====================================  ==============================================
 
 ``swarm`` is a local `timmy.Swarm` or an attached client: only its public methods
@@ -16,7 +19,7 @@ package imports no widget library: ipywidgets is loaded when a console is built.
 
 Modules, one job each: `state` (events folded into a model), `throttle` (coalesced
 redraws), `render` (escaped HTML), `console` (what desktop and mobile share),
-`desktop`, `mobile`, `inspector`.
+`desktop`, `mobile`, `inspector`, `page` (the dashboards).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from __future__ import annotations
 from .desktop import DesktopConsole, desktop
 from .inspector import AuctionStory, Inspector, explain, inspect
 from .mobile import MobileConsole, mobile
+from .page import dashboard
 
-__all__ = ["AuctionStory", "DesktopConsole", "Inspector", "MobileConsole", "desktop",
-           "explain", "inspect", "mobile"]
+__all__ = ["AuctionStory", "DesktopConsole", "Inspector", "MobileConsole", "dashboard",
+           "desktop", "explain", "inspect", "mobile"]

@@ -52,7 +52,11 @@ class Console:
         self.throttle = Throttle(self._redraw, interval)
         self.ready = False                # set by a subclass once its widgets exist
         self._pending: list | None = []   # events that arrive before the snapshot is in
-        self._unsubscribe = swarm.subscribe(self.on_event)
+        self.connected: bool | None = None   # None: a local swarm, always there
+        if is_attached(swarm):
+            self._unsubscribe = swarm.subscribe(self.on_event, on_connection=self.on_connection)
+        else:
+            self._unsubscribe = swarm.subscribe(self.on_event)
         try:
             tasks, agents = swarm.tasks(), swarm.agents()
         except BaseException:
@@ -73,6 +77,19 @@ class Console:
                 return
             self.state.apply(event)
         self.throttle.poke()
+
+    def on_connection(self, up: bool) -> None:
+        """An attached swarm's event stream was lost (False) or is back (True)."""
+        self.connected = up
+        self.throttle.poke()
+
+    def connection_banner(self) -> str:
+        """A red line while an attached swarm's service is out of reach, else nothing."""
+        if self.connected is not False:
+            return ""
+        return ('<div class="timmy-offline" style="background:#c62828;color:#fff;'
+                'padding:4px 8px;border-radius:3px">service out of reach: reconnecting…'
+                "</div>")
 
     @property
     def redraws(self) -> int:
@@ -112,6 +129,7 @@ class Console:
         self.post_button = w.Button(description="Post task", button_style="primary",
                                     icon="paper-plane", layout=w.Layout(width=width, **TOUCH))
         self.post_message = w.HTML()
+        self.post_message.add_class("timmy-post-message")
         self.post_button.on_click(self._on_post)
         row = w.VBox if full_width else w.HBox
         return w.VBox([row([self.post_text, self.post_button]), self.post_message])
@@ -130,6 +148,13 @@ class Console:
         self.post_message.value = (f"posted task #{task.task_id}: "
                                    f"{esc(description[:80])}")
         self.redraw_now()
+
+
+def is_attached(swarm) -> bool:
+    """True for a `timmy.Swarm.attach` client (its subscribe reports the connection)."""
+    from ..client import AttachedSwarm
+
+    return isinstance(swarm, AttachedSwarm)
 
 
 def error_html(exc: Exception) -> str:

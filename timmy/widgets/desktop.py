@@ -56,6 +56,10 @@ class DesktopConsole(Console):
         tabs = w.Tab(children=[tasks, self.inspector.box])
         tabs.set_title(0, "Tasks")
         tabs.set_title(1, "Auction inspector")
+        for widget, name in ((self.header, "header"), (self.agents_html, "agents"),
+                             (self.auctions_html, "auctions"), (self.tasks_html, "tasks"),
+                             (self.charts_html, "charts")):
+            widget.add_class(f"timmy-{name}")   # stable hooks for CSS and browser tests
         self.box = console_box()([self.header, w.HBox([left, right]), tabs])
         self.box.console = self
         self.ready = True
@@ -76,7 +80,7 @@ class DesktopConsole(Console):
         charts = (render.sparkline(s.throughput(60), "completed per second (60 s)")
                   + render.sparkline(list(s.prices), "clearing price, sats (last auctions)"))
         return [
-            (self.header, render.status_line(s.counts, agents)
+            (self.header, self.connection_banner() + render.status_line(s.counts, agents)
              + f'<div style="font-size:11px;color:#888">{s.events_seen} events seen</div>'),
             (self.agents_html, render.agents_table(agents)),
             (self.auctions_html, render.auctions_html(list(s.auctions.values()))),

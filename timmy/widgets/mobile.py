@@ -24,6 +24,9 @@ class MobileConsole(Console):
         self.header = w.HTML(layout=full)
         self.feed = w.HTML(layout=w.Layout(width="100%", max_height="40vh", overflow="auto"))
         self.results = w.HTML(layout=full)
+        for widget, name in ((self.header, "header"), (self.feed, "feed"),
+                             (self.results, "results")):
+            widget.add_class(f"timmy-{name}")   # stable hooks for CSS and browser tests
         self.box = console_box()(
             [self.header, self.post_box(full_width=True),
              w.HTML("<b>Latest results</b>"), self.results,
@@ -49,7 +52,8 @@ class MobileConsole(Console):
                 + (f"<br><small>{esc(render.clip(result, 160))}</small>" if result else "")
                 + "</div>")
         return [
-            (self.header, render.status_line(s.counts, list(s.agents.values()))),
+            (self.header, self.connection_banner()
+             + render.status_line(s.counts, list(s.agents.values()))),
             (self.feed, render.feed_html(s.feed, self.feed_lines)),
             (self.results, "".join(items) or "<i>no results yet</i>"),
         ]

@@ -1,0 +1,257 @@
+"""``timmy dashboards``: the swarm service and Voilà, started together and stopped together.
+
+`Dashboards.start` runs ``timmy serve`` and ``voila dashboards/`` as child
+processes (each in its own session, so a terminal's Ctrl-C reaches only this
+launcher, which then stops them in order), waits until both answer, prints the
+desktop and mobile URLs and writes them with the pids to ``dashboards.json``
+beside the database. `Dashboards.wait` blocks until Ctrl-C, SIGTERM or a child
+dying; `Dashboards.stop` stops Voilà (and its kernels), then the service (which
+stops its runners and saves everything). `stop_running` is ``make stop``: it
+signals the launcher named in that file from another shell.
+
+Voilà gets its own random token (in the printed URLs; a cookie after the first
+visit) and the service's address and token in its environment (``TIMMY_URL``,
+``TIMMY_TOKEN``), which `timmy.widgets.dashboard` reads in the kernel.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from .errors import ConfigError, TimmyError
+
+VOILA_PORT = 8866
+READY_TIMEOUT = 90.0
+STOP_TIMEOUT = 15.0
+
+
+class LaunchError(TimmyError):
+    """The service or Voilà did not start."""
+
+
+@dataclass
+class Running:
+    """What ``dashboards.json`` records about a running launcher."""
+
+    launcher_pid: int
+    service_pid: int
+    voila_pid: int
+    service_url: str
+    desktop_url: str
+    mobile_url: str
+
+
+def state_file(db_url: str) -> Path:
+    """``dashboards.json`` beside the SQLite file (else under ./data)."""
+    from .cli import sqlite_file
+
+    path = sqlite_file(db_url)
+    folder = path.parent if path is not None else Path("data")
+    return folder.absolute() / "dashboards.json"
+
+
+class Dashboards:
+    """The service and Voilà as child processes of this one."""
+
+    def __init__(self, db_url: str, notebooks: str | Path = "dashboards", *,
+                 host: str = "127.0.0.1", port: int = 7341, voila_port: int = VOILA_PORT,
+                 serve_args: tuple[str, ...] = (), log_dir: Path | None = None,
+                 echo=print) -> None:
+        self.db_url, self.host, self.port, self.voila_port = db_url, host, port, voila_port
+        self.notebooks = Path(notebooks).absolute()
+        self.serve_args = serve_args
+        self.echo = echo
+        self.state = state_file(db_url)
+        self.log_dir = log_dir or self.state.parent
+        self.service: subprocess.Popen | None = None
+        self.voila: subprocess.Popen | None = None
+        self.running: Running | None = None
+        self._stopping = threading.Event()
+
+    # -- start ------------------------------------------------------------------
+    def start(self) -> Running:
+        for name in ("desktop.ipynb", "mobile.ipynb"):
+            if not (self.notebooks / name).is_file():
+                raise ConfigError(f"no {name} in {self.notebooks}",
+                                  hint="run from the timmy checkout, or pass --notebooks DIR")
+        self._refuse_if_running()
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            service_url = self._start_service()
+            token = self._service_token()
+            voila_token = secrets.token_urlsafe(16)
+            base = self._start_voila(service_url, token, voila_token)
+        except BaseException:
+            self.stop()
+            raise
+        page = f"{base}/voila/render/{{}}.ipynb?token={voila_token}"
+        self.running = Running(os.getpid(), self.service.pid, self.voila.pid, service_url,
+                               page.format("desktop"), page.format("mobile"))
+        self.state.write_text(json.dumps(asdict(self.running), indent=2) + "\n")
+        os.chmod(self.state, 0o600)   # the URLs carry Voilà's token
+        return self.running
+
+    def _refuse_if_running(self) -> None:
+        old = read_state(self.state)
+        if old is not None and _alive(old.launcher_pid):
+            raise ConfigError(f"dashboards already run (pid {old.launcher_pid}): "
+                              f"{old.desktop_url}",
+                              hint="open that URL, or stop them first: make stop")
+
+    def _start_service(self) -> str:
+        cmd = [sys.executable, "-m", "timmy", "serve", "--db", self.db_url,
+               "--host", self.host, "--port", str(self.port), *self.serve_args]
+        self.service = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                        stdin=subprocess.DEVNULL, text=True,
+                                        start_new_session=True)
+        ready = threading.Event()
+        found: list[str] = []
+
+        def relay() -> None:
+            for line in self.service.stdout:
+                line = line.rstrip("\n")
+                if "listening on " in line and not found:
+                    found.append(line.split("listening on ", 1)[1].split(" ", 1)[0])
+                    ready.set()
+                if not self._stopping.is_set() or "stopped" in line:
+                    self.echo(f"serve: {line}")
+            ready.set()
+
+        threading.Thread(target=relay, daemon=True, name="timmy-serve-relay").start()
+        if not ready.wait(READY_TIMEOUT) or not found:
+            raise LaunchError("the swarm service did not start",
+                              hint="see its output above; `timmy serve --db ...` alone shows "
+                                   "the same")
+        return found[0]
+
+    def _service_token(self) -> str:
+        from .service import read_token, token_path
+
+        return os.environ.get("TIMMY_TOKEN") or read_token(token_path(self.db_url))
+
+    def _start_voila(self, service_url: str, token: str, voila_token: str) -> str:
+        env = {**os.environ, "TIMMY_URL": service_url, "TIMMY_TOKEN": token,
+               "TIMMY_DB": self.db_url}
+        cmd = [sys.executable, "-m", "voila", str(self.notebooks), "--no-browser",
+               f"--port={self.voila_port}", f"--Voila.ip={self.host}",
+               "--Voila.port_retries=0", f"--token={voila_token}", "--show_tracebacks=True"]
+        log = open(self.log_dir / "voila.log", "ab")   # noqa: SIM115 (the child owns it)
+        try:
+            self.voila = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
+                                          stdin=subprocess.DEVNULL, env=env,
+                                          start_new_session=True)
+        finally:
+            log.close()
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        base = f"http://{host}:{self.voila_port}"
+        deadline = time.monotonic() + READY_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.voila.poll() is not None:
+                raise LaunchError(f"Voilà exited at start (code {self.voila.returncode})",
+                                  hint=f"see {self.log_dir / 'voila.log'}; is port "
+                                       f"{self.voila_port} taken? pass --voila-port")
+            try:
+                with urllib.request.urlopen(f"{base}/?token={voila_token}", timeout=2):
+                    return base
+            except (urllib.error.URLError, OSError):
+                time.sleep(0.1)
+        raise LaunchError(f"Voilà did not answer at {base} within {READY_TIMEOUT:.0f}s",
+                          hint=f"see {self.log_dir / 'voila.log'}")
+
+    # -- run and stop -----------------------------------------------------------
+    def wait(self) -> int:
+        """Block until SIGINT/SIGTERM (0) or a child exits on its own (1); then stop both."""
+        stop = threading.Event()
+        previous = {s: signal.signal(s, lambda *_: stop.set())
+                    for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            code = 0
+            while not stop.wait(0.2):
+                for name, proc in (("the swarm service", self.service), ("Voilà", self.voila)):
+                    if proc is not None and proc.poll() is not None:
+                        self.echo(f"{name} exited (code {proc.returncode}); stopping the rest")
+                        code = 1
+                        stop.set()
+            return code
+        finally:
+            self.stop()
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+
+    def stop(self) -> None:
+        """Voilà first (no page keeps calling), then the service; SIGKILL what lingers."""
+        self._stopping.set()
+        for proc in (self.voila, self.service):
+            if proc is not None and proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGTERM)
+        for proc in (self.voila, self.service):
+            if proc is None:
+                continue
+            try:
+                proc.wait(STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+            with contextlib.suppress(ProcessLookupError):   # kernels Voilà left behind
+                os.killpg(proc.pid, signal.SIGKILL)
+        old = read_state(self.state)
+        if old is not None and old.launcher_pid == os.getpid():
+            self.state.unlink(missing_ok=True)
+
+
+def read_state(path: Path) -> Running | None:
+    try:
+        return Running(**json.loads(path.read_text()))
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def stop_running(db_url: str, timeout: float = STOP_TIMEOUT + 10) -> Running | None:
+    """Stop the dashboards started for ``db_url`` from another shell (``make stop``).
+
+    Returns what was running, or None when nothing was.
+    """
+    path = state_file(db_url)
+    running = read_state(path)
+    if running is None:
+        return None
+    if _alive(running.launcher_pid):
+        os.kill(running.launcher_pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while _alive(running.launcher_pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+    for pid in (running.voila_pid, running.service_pid):   # a launcher that was SIGKILLed
+        if _alive(pid):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGTERM)
+    path.unlink(missing_ok=True)
+    return running
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # a zombie child of ours counts as gone
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ", 1)[1][:1] != "Z"
+    except OSError:
+        return True
