@@ -1,5 +1,8 @@
-# timmy: `make demo` runs the main job, `make test` runs every test. Both set themselves up.
+# timmy: `make dashboards` runs the main job, `make test` runs every test. Both set themselves up.
 #
+#   make dashboards    the swarm service on data/timmy.db (nine personas) and Voilà on loopback;
+#                      prints the desktop and mobile URLs; Ctrl-C or `make stop` stops both
+#   make stop          stop what `make dashboards` started (from another shell)
 #   make venv          .venv with timmy installed editable with every extra (fast when done)
 #   make system-deps   the Debian packages in DEBIAN_PACKAGES (apt-get, as root, if missing)
 #   make test          ruff, then pytest (everything but tests marked slow)
@@ -15,14 +18,15 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-# Debian packages timmy needs on the machine. None yet: the core is pure Python.
-# Later issues add e.g. chromium (dashboard screenshots), espeak-ng (voice), postgresql.
-DEBIAN_PACKAGES ?=
+# Debian packages timmy needs on the machine: chromium (the dashboards' browser tests, driven by
+# Playwright; fonts for readable screenshots) and espeak-ng (the voice pyttsx3 drives).
+DEBIAN_PACKAGES ?= chromium fonts-dejavu-core espeak-ng
 
 DEMO_ARGS ?=
+DASHBOARD_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: venv system-deps test demo bench lint clean distclean
+.PHONY: venv system-deps test demo dashboards stop bench lint clean distclean
 
 venv: system-deps $(STAMP)
 
@@ -55,6 +59,13 @@ test: venv
 
 demo: venv
 	$(BIN)/timmy demo $(DEMO_ARGS)
+
+dashboards: venv
+	$(BIN)/timmy dashboards --db data/timmy.db $(DASHBOARD_ARGS)
+
+stop:
+	@if [ -x $(BIN)/timmy ]; then $(BIN)/timmy dashboards --db data/timmy.db --stop; \
+	else echo "nothing to stop (no $(VENV) yet)"; fi
 
 bench: venv
 	@set -e; for script in benchmarks/*.py; do \
