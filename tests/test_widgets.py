@@ -25,11 +25,21 @@ from timmy.widgets.throttle import Throttle
 SCRIPT = "<script>alert('x')</script> fix the bug in the api client"
 
 
-@pytest.fixture
-def swarm(make_swarm):
-    swarm = make_swarm()
-    swarm.spawn_all()
-    return swarm
+@pytest.fixture(params=["local", "attached"])
+def swarm(request, make_swarm, tmp_path):
+    """A local `timmy.Swarm`, or the same swarm behind ``timmy serve`` (`Swarm.attach`)."""
+    if request.param == "local":
+        swarm = make_swarm()
+        swarm.spawn_all()
+        yield swarm
+        return
+    from test_service import ServiceProcess
+
+    svc = ServiceProcess(tmp_path / "served.db")
+    swarm = svc.attach()
+    yield swarm
+    swarm.close()
+    svc.stop()
 
 
 def html_values(widget) -> list[str]:
@@ -317,3 +327,32 @@ desk.close(); phone.close(); swarm.close()
     assert "table True completed" in stdout and "phone True" in stdout
     assert "Traceback" not in stderr and "redraw failed" not in stderr, stderr
     assert sum(o.output_type == "display_data" for o in outputs) == 2
+
+
+def test_an_attached_console_shows_a_lost_service_and_carries_on_after_a_restart(tmp_path,
+                                                                                 eventually):
+    from test_service import ServiceProcess
+
+    db = tmp_path / "served.db"
+    svc = ServiceProcess(db)
+    swarm = svc.attach()
+    box = desktop(swarm, interval=0.05)
+    console = box.console
+    try:
+        first = swarm.run(["fix the bug in the api client"], timeout=10)[0]
+        eventually(lambda: f">{first.task_id}<" in console.tasks_html.value)
+        assert console.connected is True
+        assert "reconnecting" not in console.header.value
+        svc.stop()
+        eventually(lambda: "reconnecting" in console.header.value)
+        assert console.connected is False
+        svc = ServiceProcess(db, svc.port)
+        eventually(lambda: "reconnecting" not in console.header.value, timeout=15)
+        task_id = post_through(console, "write the release notes")
+        eventually(lambda: swarm.task(task_id).status == "completed")
+        eventually(lambda: any("release notes" in row and ">completed<" in row
+                               for row in console.tasks_html.value.split("</tr>")))
+    finally:
+        box.close()
+        swarm.close()
+        svc.stop()

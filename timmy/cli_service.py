@@ -21,7 +21,14 @@ from .cli import (
     describe_db,
     swarm_options,
 )
-from .service import DEFAULT_HOST, DEFAULT_PORT, DEFAULT_URL, MAX_CONNECTIONS
+from .service import (
+    DEFAULT_HOST,
+    DEFAULT_PORT,
+    DEFAULT_URL,
+    FIRST_LINE_TIMEOUT,
+    MAX_CONNECTIONS,
+    SEND_TIMEOUT,
+)
 
 _URL_HELP = f"The service's address. Default: TIMMY_URL, else {DEFAULT_URL}."
 _TOKEN_HELP = ("The service's token. Default: TIMMY_TOKEN, else the .token file beside the "
@@ -50,9 +57,17 @@ _TOKEN_HELP = ("The service's token. Default: TIMMY_TOKEN, else the .token file 
               help="Use the personas of this TOML/JSON file instead of the built-ins.")
 @click.option("--max-connections", default=MAX_CONNECTIONS, show_default=True,
               type=click.IntRange(1, 10_000), help="Connections served at once.")
+@click.option("--send-timeout", default=SEND_TIMEOUT, show_default=True,
+              type=click.FloatRange(min=0.01), metavar="SECONDS",
+              help="Drop a client (a dashboard, a subscriber) that reads nothing for this long "
+                   "while the service has events for it, instead of buffering without end.")
+@click.option("--first-line-timeout", default=FIRST_LINE_TIMEOUT, show_default=True,
+              type=click.FloatRange(min=0.01), metavar="SECONDS",
+              help="Close a connection that sends no complete request for this long.")
 def serve_cmd(db: str, host: str, port: int, token: str | None, allow_remote: bool,
               spawn: bool, seed: int, rule: str, executor: str, task_seconds: float,
-              personas_file: Path | None, max_connections: int) -> None:
+              personas_file: Path | None, max_connections: int, send_timeout: float,
+              first_line_timeout: float) -> None:
     """Host one swarm until Ctrl-C or SIGTERM; `timmy.Swarm.attach(url)` talks to it.
 
     The control endpoint speaks JSON lines on loopback and needs a token: the
@@ -86,7 +101,8 @@ def serve_cmd(db: str, host: str, port: int, token: str | None, allow_remote: bo
         sys.stdout.flush()
 
     run_service(url, host=host, port=port, token=token, allow_remote=allow_remote,
-                spawn=spawn, max_connections=max_connections, on_ready=ready, seed=seed,
+                spawn=spawn, max_connections=max_connections, send_timeout=send_timeout,
+                first_line_timeout=first_line_timeout, on_ready=ready, seed=seed,
                 rule=rule, executor=executor, task_seconds=task_seconds, **options)
     click.echo("timmy serve: stopped (runners stopped, everything saved)")
 

@@ -32,6 +32,7 @@ import ipaddress
 import logging
 import os
 import secrets
+import socket
 import stat
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -52,11 +53,14 @@ DEFAULT_PORT = 7341
 DEFAULT_URL = f"tcp://{DEFAULT_HOST}:{DEFAULT_PORT}"
 MAX_CONNECTIONS = 64          # connections served at once; more are refused
 EVENT_BACKLOG = 4096          # live events held per subscriber; past it, caught up from the store
+STREAM_SNDBUF = 256 * 1024    # kernel send buffer per subscriber (fixed: no autotuning to 4 MiB)
 PAGE = 1000                   # stored events read per query when catching up
 SEND_TIMEOUT = 10.0           # seconds a reader may leave its socket full before it is dropped
 FIRST_LINE_TIMEOUT = 10.0     # seconds between lines until a request carries the token
 IDLE_TIMEOUT = 3600.0         # seconds an idle control connection is kept
 MAX_STRIKES = 16              # malformed lines before a never-authenticated connection is closed
+CLIENT_CHECK = 0.5            # seconds between checks that a client waiting on wait/run is there
+LONG_OPS = frozenset({"wait", "run"})   # ops that may block: dropped when their client leaves
 
 
 class ServiceError(TimmyError):
@@ -234,10 +238,14 @@ async def _const(value):
 class Service:
     """Serves one `AsyncSwarm` to TCP connections (use through `serve`)."""
 
-    def __init__(self, swarm, token: str, max_connections: int = MAX_CONNECTIONS) -> None:
+    def __init__(self, swarm, token: str, max_connections: int = MAX_CONNECTIONS, *,
+                 send_timeout: float = SEND_TIMEOUT,
+                 first_line_timeout: float = FIRST_LINE_TIMEOUT) -> None:
         self.swarm = swarm
         self._token = token.encode()
         self.max_connections = max_connections
+        self.send_timeout, self.first_line_timeout = send_timeout, first_line_timeout
+        self.dropped = 0              # subscribers dropped for not reading
         self.connections = 0
         self.subscribers = 0
         self.refused = 0
@@ -276,7 +284,8 @@ class Service:
         await asyncio.gather(*self._handlers, return_exceptions=True)
 
     async def _serve(self, reader, writer) -> None:
-        timeout, strikes = FIRST_LINE_TIMEOUT, 0
+        first = timeout = self.first_line_timeout
+        strikes = 0
         while True:
             try:
                 line = await asyncio.wait_for(reader.readuntil(b"\n"), timeout)
@@ -299,7 +308,7 @@ class Service:
             except ProtocolError as exc:
                 await self._send(writer, Response(None, False, error=error_info(exc)))
                 strikes += 1
-                if timeout == FIRST_LINE_TIMEOUT and strikes >= MAX_STRIKES:
+                if timeout == first and strikes >= MAX_STRIKES:
                     return              # garbage only, never a token: not worth a slot
                 continue
             if not hmac.compare_digest(req.token.encode(), self._token):
@@ -320,7 +329,26 @@ class Service:
                     continue
                 await self._stream(reader, writer, req.id, args.after)
                 return
-            await self._send(writer, await self._answer(req))
+            if req.op in LONG_OPS:
+                response = await self._answer_while_there(reader, writer, req)
+                if response is None:
+                    return                  # the client left: nobody to answer
+            else:
+                response = await self._answer(req)
+            await self._send(writer, response)
+
+    async def _answer_while_there(self, reader, writer, req: Request) -> Response | None:
+        """`_answer` for an op that may block (wait, run), given up if the client leaves."""
+        task = asyncio.ensure_future(self._answer(req))
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=CLIENT_CHECK)
+            if done:
+                return task.result()
+            if reader.at_eof() or writer.is_closing():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+                return None
 
     async def _answer(self, req: Request) -> Response:
         if req.op == "status":
@@ -331,7 +359,8 @@ class Service:
                 return Response(req.id, False, error=error_info(exc))
             status["service"] = {"connections": self.connections,
                                  "subscribers": self.subscribers,
-                                 "refused": self.refused, "requests": self.requests}
+                                 "refused": self.refused, "requests": self.requests,
+                                 "dropped": self.dropped}
             return Response(req.id, True, status)
         op = OPS.get(req.op)
         try:
@@ -370,6 +399,10 @@ class Service:
             state["eof"] = True
             wake.set()
 
+        sock = writer.get_extra_info("socket")
+        if sock is not None:     # bound what a reader that stops reading can pin in the kernel
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, STREAM_SNDBUF)
         swarm = self.swarm
         unsubscribe = swarm.subscribe(on_event)
         watcher = asyncio.create_task(watch_eof())
@@ -421,9 +454,10 @@ class Service:
 
     async def _drain(self, writer) -> None:
         try:
-            await asyncio.wait_for(writer.drain(), SEND_TIMEOUT)
+            await asyncio.wait_for(writer.drain(), self.send_timeout)
         except TimeoutError:
-            log.warning("dropping a subscriber that read nothing for %gs", SEND_TIMEOUT)
+            self.dropped += 1
+            log.warning("dropping a client that read nothing for %gs", self.send_timeout)
             raise
 
     async def _send(self, writer, response: Response) -> None:
@@ -545,7 +579,8 @@ def check_bind(host: str, allow_remote: bool) -> None:
 
 async def serve(db: str, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, token: str,
                 allow_remote: bool = False, spawn: bool = True,
-                max_connections: int = MAX_CONNECTIONS,
+                max_connections: int = MAX_CONNECTIONS, send_timeout: float = SEND_TIMEOUT,
+                first_line_timeout: float = FIRST_LINE_TIMEOUT,
                 on_ready: Callable[[str, Any], None] | None = None,
                 stop: asyncio.Event | None = None, **swarm_options: Any) -> None:
     """Host one swarm on ``db`` until SIGINT/SIGTERM (or ``stop``); stops its runners on exit.
@@ -562,7 +597,8 @@ async def serve(db: str, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, 
     async with AsyncSwarm(db, **swarm_options) as swarm:
         if spawn:
             await swarm.spawn_all()
-        service = Service(swarm, token, max_connections)
+        service = Service(swarm, token, max_connections, send_timeout=send_timeout,
+                          first_line_timeout=first_line_timeout)
         try:
             server = await asyncio.start_server(service.handle, host, port,
                                                 limit=MAX_LINE + 1, backlog=256)
