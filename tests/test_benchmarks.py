@@ -58,3 +58,10 @@ def test_sweep_benchmark_prints_its_figures():
 def test_service_benchmark_prints_its_figures():
     out = run("service.py", "--posts", "40", "--tasks", "40", "--starts", "1")
     assert "requests/s" in out and "p99" in out and "events/s" in out
+
+
+@pytest.mark.timeout(150)
+def test_dashboard_benchmark_prints_its_figures():
+    out = run("dashboard.py", "--loads", "1", "--tasks", "5")
+    assert "desktop  request -> first swarm table: median" in out
+    assert "mobile   request -> first swarm table: median" in out

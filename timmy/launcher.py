@@ -67,11 +67,11 @@ class Dashboards:
 
     def __init__(self, db_url: str, notebooks: str | Path = "dashboards", *,
                  host: str = "127.0.0.1", port: int = 7341, voila_port: int = VOILA_PORT,
-                 serve_args: tuple[str, ...] = (), log_dir: Path | None = None,
-                 echo=print) -> None:
+                 serve_args: tuple[str, ...] = (), voila_args: tuple[str, ...] = (),
+                 log_dir: Path | None = None, echo=print) -> None:
         self.db_url, self.host, self.port, self.voila_port = db_url, host, port, voila_port
         self.notebooks = Path(notebooks).absolute()
-        self.serve_args = serve_args
+        self.serve_args, self.voila_args = serve_args, voila_args
         self.echo = echo
         self.state = state_file(db_url)
         self.log_dir = log_dir or self.state.parent
@@ -146,7 +146,8 @@ class Dashboards:
                "TIMMY_DB": self.db_url}
         cmd = [sys.executable, "-m", "voila", str(self.notebooks), "--no-browser",
                f"--port={self.voila_port}", f"--Voila.ip={self.host}",
-               "--Voila.port_retries=0", f"--token={voila_token}", "--show_tracebacks=True"]
+               "--Voila.port_retries=0", f"--token={voila_token}", "--show_tracebacks=True",
+               *self.voila_args]
         log = open(self.log_dir / "voila.log", "ab")   # noqa: SIM115 (the child owns it)
         try:
             self.voila = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,

@@ -1,0 +1,103 @@
+"""The dashboards: time from a page request to the first rendered swarm table in headless
+Chromium, Voilà's kernel start included, for the desktop (1280×800) and the mobile (390×844)
+page.
+
+`timmy.launcher.Dashboards` starts a real ``timmy serve`` (nine runners, a SQLite file in a
+temporary directory, ``--tasks`` tasks run first so the tables have rows) and a real Voilà on
+free loopback ports; Playwright drives the system's Chromium. Each load is a fresh browser
+context (no cache, no cookie but the token), so each one starts a kernel, runs the notebook,
+attaches to the service and draws.
+
+- desktop: until the agents table shows a runner and the task table a task.
+- mobile: until the status header shows the runners and the latest results a task.
+- ``--preheat``: the same with Voilà's pre-heated kernels (``--preheat_kernel``), which run
+  the notebook before the request arrives.
+
+Prints the median, min and max of ``--loads`` loads per page.
+
+    python benchmarks/dashboard.py [--loads 5] [--tasks 50] [--preheat]
+"""
+
+from __future__ import annotations
+
+import argparse
+import socket
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import timmy
+from timmy.browser import launch
+from timmy.launcher import Dashboards
+from timmy.workload import demo_descriptions
+
+ROOT = Path(__file__).resolve().parent.parent
+PAGES = {
+    "desktop": ({"width": 1280, "height": 800}, False,
+                ".timmy-agents td:text-is('forge-1')", ".timmy-tasks td:text-is('1')"),
+    "mobile": ({"width": 390, "height": 844}, True,
+               ".timmy-header :text('9 runners')", ".timmy-results b:text-matches('^#[0-9]+$')"),
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def load_times(browser, url: str, kind: str, loads: int) -> list[float]:
+    viewport, mobile, first, second = PAGES[kind]
+    times = []
+    for _ in range(loads):
+        ctx = browser.new_context(viewport=viewport, is_mobile=mobile, has_touch=mobile)
+        page = ctx.new_page()
+        t0 = time.perf_counter()
+        page.goto(url)
+        page.wait_for_selector(first, timeout=120_000)
+        page.wait_for_selector(second, timeout=120_000)
+        times.append(time.perf_counter() - t0)
+        ctx.close()
+        time.sleep(0.5)   # let Voilà shut the page's kernel down before the next load
+    return times
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--loads", type=int, default=5)
+    ap.add_argument("--tasks", type=int, default=50)
+    ap.add_argument("--preheat", action="store_true")
+    args = ap.parse_args()
+    from playwright.sync_api import sync_playwright
+
+    voila_args = ("--preheat_kernel=True", "--pool_size=1") if args.preheat else ()
+    with tempfile.TemporaryDirectory() as tmp:
+        dash = Dashboards(f"sqlite:///{Path(tmp) / 'swarm.db'}", ROOT / "dashboards", port=0,
+                          voila_port=free_port(), voila_args=voila_args,
+                          serve_args=("--task-seconds", "0", "--seed", "1"),
+                          echo=lambda line: None)
+        t0 = time.perf_counter()
+        running = dash.start()
+        print(f"service + Voilà up in {time.perf_counter() - t0:.2f}s"
+              + (" (pre-heated kernels)" if args.preheat else ""))
+        try:
+            with timmy.Swarm.attach(running.service_url, token=dash._service_token()) as swarm:
+                swarm.run(demo_descriptions(args.tasks, 1), timeout=60)
+            if args.preheat:
+                time.sleep(5)   # the pool fills after start
+            with sync_playwright() as p:
+                browser = launch(p)
+                for kind in PAGES:
+                    url = running.desktop_url if kind == "desktop" else running.mobile_url
+                    times = load_times(browser, url, kind, args.loads)
+                    print(f"{kind:8} request -> first swarm table: median "
+                          f"{statistics.median(times):.2f}s (min {min(times):.2f}s, "
+                          f"max {max(times):.2f}s, {len(times)} loads)", flush=True)
+                browser.close()
+        finally:
+            dash.stop()
+
+
+if __name__ == "__main__":
+    main()
