@@ -37,7 +37,6 @@ import importlib.util
 import json
 import os
 import re
-import socket
 import time
 import urllib.error
 import urllib.request
@@ -244,7 +243,7 @@ def probe(host: str | None = None, model: str | None = None,
         return Probe(url, client_installed=installed, problem=error.message, hint=error.hint)
     except (urllib.error.URLError, OSError, ValueError) as exc:
         reason = getattr(exc, "reason", exc)
-        if isinstance(reason, TimeoutError | socket.timeout):
+        if isinstance(reason, TimeoutError):   # socket.timeout is TimeoutError
             why = f"no answer within {timeout:g}s"
         elif isinstance(reason, ConnectionRefusedError):
             why = "connection refused"
@@ -276,12 +275,13 @@ def choose_executor(host: str | None, models: Iterable[str],
     found = probe(host, timeout=timeout)
     models = list(dict.fromkeys(models))
     if not found.reachable:
-        return "simulated", f"{found.problem}; hint: {found.hint}"
+        return "simulated", f"{found.problem}; hint: {found.hint}"   # start the server
     missing = found.missing(models)
     if missing:
         error = model_missing(found.host, missing[0])
         more = f" (nor {', '.join(missing[1:])})" if len(missing) > 1 else ""
-        return "simulated", f"{error.message}{more}; hint: {error.hint}"
+        pulls = " && ".join(_ollama_command(found.host, f"pull {m}") for m in missing)
+        return "simulated", f"{error.message}{more}; hint: {pulls}"
     if not found.client_installed:
         return "simulated", one_line(client_missing())
     return "ollama", (f"the Ollama server at {found.host} (version {found.version or '?'}) "
