@@ -288,8 +288,39 @@ _SEQUENTIAL_HELP = (
 )
 
 
+def model_option(values: Sequence[str], catalog: Iterable[str]) -> str | dict[str, str] | None:
+    """``--model`` values as `timmy.Swarm`'s ``model=``: NAME for all, PERSONA=NAME for one.
+
+    ``--model llama3.2 --model forge=qwen2.5-coder``: forge asks qwen2.5-coder, every other
+    persona llama3.2. Personas left without one use TIMMY_OLLAMA_MODEL, else llama3.2.
+    """
+    catalog = list(catalog)
+    default: str | None = None
+    per_persona: dict[str, str] = {}
+    for value in values:
+        persona, sep, name = value.partition("=")
+        if not sep:
+            default = value
+        elif persona not in catalog:
+            raise ConfigError(f"--model {value}: no persona {persona!r} in this swarm",
+                              hint=f"personas: {', '.join(catalog)}")
+        else:
+            per_persona[persona] = name
+    if not per_persona:
+        return default
+    return {pid: per_persona.get(pid) or default for pid in catalog
+            if per_persona.get(pid) or default}
+
+
+def say_executor(swarm) -> None:
+    """On stderr: what "auto" chose, and why (nothing for an executor given by name)."""
+    if swarm.executor_reason:
+        click.echo(f"executor auto: {swarm.executor} ({swarm.executor_reason})", err=True)
+
+
 def swarm_options(command):
-    """--seed, --rule, --executor, --task-seconds: how a live swarm behaves (run, serve)."""
+    """--seed, --rule, --executor, --task-seconds, --model: how a live swarm behaves (run,
+    serve)."""
     options = [
         click.option("--seed", default=1, show_default=True, type=int,
                      help="Seeds the bids and the simulated executions."),
@@ -299,6 +330,11 @@ def swarm_options(command):
                      show_default=True, help="What a runner does with a task it won."),
         click.option("--task-seconds", default=0.05, show_default=True,
                      type=click.FloatRange(0, 3600), help="Mean simulated task duration."),
+        click.option("--model", "models", multiple=True, metavar="[PERSONA=]NAME",
+                     help="Ollama model (executor ollama or auto): NAME for every persona, "
+                          "PERSONA=NAME for one; repeatable. Default: TIMMY_OLLAMA_MODEL, "
+                          "else llama3.2. The server is OLLAMA_HOST (default "
+                          "http://127.0.0.1:11434)."),
     ]
     for option in reversed(options):
         command = option(command)
@@ -378,7 +414,8 @@ def demo(db: str | None, n_tasks: int, seed: int, out: Path, rule: str, task_sec
 @click.option("--sequential/--concurrent", default=False, show_default=True,
               help=_SEQUENTIAL_HELP)
 def run(tasks_file: Path, db: str, seed: int, rule: str, executor: str, task_seconds: float,
-        timeout: float, personas_file: Path | None, show: int, sequential: bool) -> None:
+        models: tuple[str, ...], timeout: float, personas_file: Path | None, show: int,
+        sequential: bool) -> None:
     """Run the tasks in TASKS.txt through a live swarm, one task per line.
 
     Empty lines and lines starting with # are skipped. One runner per persona
@@ -395,7 +432,8 @@ def run(tasks_file: Path, db: str, seed: int, rule: str, executor: str, task_sec
     catalog = load_personas(personas_file) if personas_file is not None else dict(PERSONAS)
     url = db_url(db)
     with Swarm(url, seed=seed, executor=executor, task_seconds=task_seconds, rule=rule,
-               personas=catalog) as swarm:
+               personas=catalog, model=model_option(models, catalog)) as swarm:
+        say_executor(swarm)
         swarm.spawn_all()
         results = _run_tasks(swarm, descriptions, timeout, sequential)
         table = Table(title=f"Results ({len(results)} tasks)", title_justify="left")

@@ -19,6 +19,8 @@ from .cli import (
     _status_line,
     db_url,
     describe_db,
+    model_option,
+    say_executor,
     swarm_options,
 )
 from .service import (
@@ -66,8 +68,8 @@ _TOKEN_HELP = ("The service's token. Default: TIMMY_TOKEN, else the .token file 
               help="Close a connection that sends no complete request for this long.")
 def serve_cmd(db: str, host: str, port: int, token: str | None, allow_remote: bool,
               spawn: bool, seed: int, rule: str, executor: str, task_seconds: float,
-              personas_file: Path | None, max_connections: int, send_timeout: float,
-              first_line_timeout: float) -> None:
+              models: tuple[str, ...], personas_file: Path | None, max_connections: int,
+              send_timeout: float, first_line_timeout: float) -> None:
     """Host one swarm until Ctrl-C or SIGTERM; `timmy.Swarm.attach(url)` talks to it.
 
     The control endpoint speaks JSON lines on loopback and needs a token: the
@@ -93,11 +95,16 @@ def serve_cmd(db: str, host: str, port: int, token: str | None, allow_remote: bo
     options = {}
     if personas_file is not None:
         options["personas"] = load_personas(personas_file)
+    if models:
+        from .personas import PERSONAS
+
+        options["model"] = model_option(models, options.get("personas", PERSONAS))
 
     def ready(address: str, swarm) -> None:
         n = len(swarm.engine.agents)
+        say_executor(swarm)
         click.echo(f"timmy serve: listening on {address} · database {describe_db(url)} · "
-                   f"{n} runners · Ctrl-C stops")
+                   f"{n} runners · executor {swarm.executor} · Ctrl-C stops")
         sys.stdout.flush()
 
     run_service(url, host=host, port=port, token=token, allow_remote=allow_remote,

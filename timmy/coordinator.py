@@ -26,6 +26,7 @@ winners.
 from __future__ import annotations
 
 import functools
+import importlib.util
 import logging
 import shlex
 import sys
@@ -43,7 +44,7 @@ from .auction import Auction, Bid, check_rule
 from .bidding import BidStats
 from .errors import (
     ConfigError,
-    ExecutorUnavailable,
+    MissingDependency,
     PersonaError,
     RunnerError,
     StoreError,
@@ -52,6 +53,7 @@ from .errors import (
     TimmyError,
 )
 from .executors import check_executor
+from .llm import DEFAULT_TIMEOUT, base_url, check_models, choose_executor, model_for
 from .models import (
     ASSIGNED,
     BIDDING,
@@ -100,6 +102,11 @@ class Config:
     ping_interval: float = 5.0     # seconds between pings to each runner
     ping_timeout: float = 30.0     # a runner silent this long is deemed hung and restarted
     close_timeout: float = 10.0    # how long closing keeps trying to save the last changes
+    # The Ollama executor (see timmy.llm): one model for all, or {persona id: model};
+    # the server (None: OLLAMA_HOST, else the local default); how long it may stay silent.
+    model: str | dict[str, str] | None = None
+    ollama_host: str | None = None
+    ollama_timeout: float = DEFAULT_TIMEOUT
 
     def __post_init__(self) -> None:
         check_rule(self.rule)
@@ -121,10 +128,19 @@ class Config:
                 f"ping_timeout ({self.ping_timeout}s) must be longer than ping_interval "
                 f"({self.ping_interval}s), or every runner would be restarted at every ping",
                 hint="keep ping_timeout several times ping_interval (defaults: 30 and 5)")
-        if self.executor == "ollama":
-            raise ExecutorUnavailable(
-                "the ollama executor is not available in this release yet",
-                hint='use executor="simulated" or "echo" ("auto" picks simulated for now)')
+        _check_number("ollama_timeout", self.ollama_timeout, 0.01, 86400,
+                      f"the default is {DEFAULT_TIMEOUT:g}")
+        check_models(self.model, self.personas)
+        if self.ollama_host is not None and not isinstance(self.ollama_host, str):
+            raise ConfigError(f"ollama_host must be a URL string, got {self.ollama_host!r}",
+                              hint="e.g. http://127.0.0.1:11434")
+        if self.executor in ("ollama", "auto"):
+            base_url(self.ollama_host)             # a bad address (or OLLAMA_HOST) fails here
+            for persona_id in self.personas:       # ... and a bad TIMMY_OLLAMA_MODEL
+                model_for(persona_id, self.model)
+        if self.executor == "ollama" and importlib.util.find_spec("ollama") is None:
+            raise MissingDependency("the ollama executor needs the ollama Python client",
+                                    hint='pip install "timmy[llm]"')
         if self.runner_command is not None and (
             isinstance(self.runner_command, str)
             or not all(isinstance(a, str) for a in self.runner_command)
@@ -234,6 +250,10 @@ class Coordinator:
         self.closed = False
         self._tg: TaskGroup | None = None
         self.supervisor: Supervisor | None = None
+        # What runners are told to use: the configured executor, with "auto" resolved at
+        # start (one probe of the Ollama server), and why.
+        self.executor = config.executor
+        self.executor_reason = ""
 
     # -- lifecycle ----------------------------------------------------------
     async def start(self, tg: TaskGroup) -> None:
@@ -253,9 +273,20 @@ class Coordinator:
         for task in failed:
             self._remember(task)
             self._emit("task_failed", task.task_id, reason=task.reason)
+        if self.cfg.executor == "auto":
+            await self._choose_executor()
         tg.start_soon(self._flush_loop)
         tg.start_soon(self._deadline_loop)
         tg.start_soon(self._heartbeat_loop)
+
+    async def _choose_executor(self) -> None:
+        """Resolve "auto": Ollama if its server answers with every model the personas use."""
+        models = [model_for(pid, self.cfg.model) for pid in self.cfg.personas]
+        self.executor, self.executor_reason = await anyio.to_thread.run_sync(
+            choose_executor, self.cfg.ollama_host, models)
+        log.info("executor auto: using %s (%s)", self.executor, self.executor_reason)
+        self._emit("executor_chosen", None, None, asked="auto", executor=self.executor,
+                   why=self.executor_reason)
 
     async def close(self) -> None:
         """Stop every runner, persist everything, release the store."""
@@ -389,7 +420,11 @@ class Coordinator:
                       "bid_base", "bid_jitter", "preferred_keywords")
             spec = msgspec.json.encode({f: getattr(persona, f) for f in fields}).decode()
         argv = [*base, "--agent-id", agent_id, "--persona", spec, "--seed", str(self.cfg.seed),
-                "--executor", self.cfg.executor, "--task-seconds", repr(self.cfg.task_seconds)]
+                "--executor", self.executor, "--task-seconds", repr(self.cfg.task_seconds)]
+        if self.executor == "ollama":   # resolved here, so every runner asks the same server
+            argv += ["--model", model_for(persona.id, self.cfg.model),
+                     "--ollama-host", base_url(self.cfg.ollama_host),
+                     "--ollama-timeout", repr(self.cfg.ollama_timeout)]
         if stats is not None and stats.auctions:
             argv += ["--stats", msgspec.json.encode(stats.to_dict()).decode()]
         return argv
@@ -642,7 +677,7 @@ class Coordinator:
         if len(self.finished) > FINISHED_CACHE:
             self.finished.popitem(last=False)
 
-    def _finish(self, task: Task, status: str, result: str | None = None) -> None:
+    def _finish(self, task: Task, status: str, result: str | None = None, **data) -> None:
         task.status = status
         task.completed_at = time.time()
         if result is not None:
@@ -652,26 +687,27 @@ class Coordinator:
         kind = {COMPLETED: "task_completed", FAILED: "task_failed",
                 CANCELLED: "task_cancelled"}[status]
         self._emit(kind, task.task_id, task.assigned_agent, price_sats=task.price_sats,
-                   attempts=task.attempts, reason=task.reason if status != COMPLETED else None)
+                   attempts=task.attempts, reason=task.reason if status != COMPLETED else None,
+                   **data)
         for watch in self._watchers.pop(task.task_id, ()):
             watch(task)
 
-    def _requeue_or_fail(self, task: Task, reason: str) -> None:
+    def _requeue_or_fail(self, task: Task, reason: str, **data) -> None:
         """After a lost or failed attempt: auction again, or fail once attempts are used up."""
         task.reason = reason
         if task.attempts >= self.cfg.max_attempts:
             task.reason = f"{reason}; gave up after {task.attempts} attempts"
-            self._finish(task, FAILED)
+            self._finish(task, FAILED, **data)
             return
-        self._requeue(task, reason)
+        self._requeue(task, reason, **data)
 
-    def _requeue(self, task: Task, reason: str) -> None:
+    def _requeue(self, task: Task, reason: str, **data) -> None:
         task.reason = reason
         task.status, task.assigned_agent, task.price_sats, task.assigned_at = QUEUED, None, \
             None, None
         self._dirty(task)
         self.queue.appendleft(task.task_id)
-        self._emit("task_requeued", task.task_id, reason=reason, attempts=task.attempts)
+        self._emit("task_requeued", task.task_id, reason=reason, attempts=task.attempts, **data)
 
     # -- auctions -----------------------------------------------------------
     def _pump(self) -> None:
@@ -818,8 +854,8 @@ class Coordinator:
                     task.status = RUNNING
                     self._dirty(task)
                     self._emit("task_started", tid, agent_id)
-            case p.Result(task_id=tid, ok=ok, output=output, elapsed_s=elapsed):
-                self._on_result(agent, tid, ok, output, elapsed)
+            case p.Result():
+                self._on_result(agent, msg)
             case p.Hello(agent_id=said, pid=pid):
                 if said != agent_id:
                     self._on_garbage(agent_id, p.ProtocolError(
@@ -842,7 +878,8 @@ class Coordinator:
             case p.Pong():
                 pass
 
-    def _on_result(self, agent: Agent, tid: int, ok: bool, output: str, elapsed: float) -> None:
+    def _on_result(self, agent: Agent, result: p.Result) -> None:
+        tid, ok, output = result.task_id, result.ok, result.output
         if tid not in agent.tasks:
             return
         del agent.tasks[tid]
@@ -854,14 +891,22 @@ class Coordinator:
         task = self.active.get(tid)
         if task is not None and task.status in (ASSIGNED, RUNNING) \
                 and task.assigned_agent == agent.info.agent_id:
+            # How long it took, and what a model-backed execution used: into the event.
+            measured = {"elapsed_s": round(result.elapsed_s, 6)}
+            if result.usage is not None:
+                measured["usage"] = msgspec.structs.asdict(result.usage)
             if ok:
                 agent.info.earned_sats += task.price_sats or 0
                 task.reason = None
-                self._finish(task, COMPLETED, result=output)
+                self._finish(task, COMPLETED, result=output, **measured)
             else:
                 task.result = output
-                self._requeue_or_fail(task, f"attempt {task.attempts} by "
-                                            f"{agent.info.agent_id} failed: {output[:200]}")
+                reason = f"attempt {task.attempts} by {agent.info.agent_id} failed: {output[:200]}"
+                if result.permanent:  # it would fail the same way on any runner: stop here
+                    task.reason = f"{reason} (not auctioned again: it would fail the same way)"
+                    self._finish(task, FAILED, **measured)
+                else:
+                    self._requeue_or_fail(task, reason, **measured)
         self._dirty_agent(agent)
         self._pump()
 
@@ -933,7 +978,7 @@ class Coordinator:
             "agents": by_state,
             "protocol_errors": self.garbage_lines,
             "rule": self.cfg.rule,
-            "executor": self.cfg.executor,
+            "executor": self.executor,
             "seed": self.cfg.seed,
         }
 

@@ -1,11 +1,13 @@
-"""What a runner does with a task it won: `SimulatedExecutor`, `EchoExecutor`.
+"""What a runner does with a task it won: `SimulatedExecutor`, `EchoExecutor`, Ollama.
 
 An executor's ``run`` returns an `Outcome`. The simulated one is seeded by
 (swarm seed, agent_id, task_id, attempt), like bids, so a seeded run repeats:
 it takes an exponential time with mean ``task_seconds`` (capped at 5x) and
 succeeds with probability `ON_SPEC_SUCCESS` on its speciality and
-`OFF_SPEC_SUCCESS` off it. Heavy or networked executors (Ollama) import their
-client lazily.
+`OFF_SPEC_SUCCESS` off it. The Ollama executor lives in `timmy.llm` and is
+imported only by a runner that uses it (it pulls in the ``ollama`` client).
+"auto" is resolved by the coordinator before any runner starts (one probe of
+the server), so a runner is only ever told "simulated", "echo" or "ollama".
 """
 
 from __future__ import annotations
@@ -13,9 +15,14 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from .bidding import STREAM_EXEC, bid_rng
-from .errors import ConfigError, ExecutorUnavailable
+from .errors import ConfigError
+
+if TYPE_CHECKING:
+    from .personas import Persona
+    from .protocol import Usage
 
 EXECUTORS = ("simulated", "echo", "ollama", "auto")
 ON_SPEC_SUCCESS = 0.95
@@ -31,9 +38,18 @@ def check_executor(name: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
+    """What an execution came to. ``output`` is the result, or on failure the reason.
+
+    ``usage``: tokens and timing, from executors that call a model. ``permanent``: the
+    failure would repeat on any runner (see `timmy.protocol.Result`), so re-auctioning
+    the task cannot help.
+    """
+
     ok: bool
     output: str
     elapsed_s: float
+    usage: Usage | None = None
+    permanent: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,14 +99,25 @@ class EchoExecutor:
         return Outcome(True, description, 0.0)
 
 
-def make_executor(name: str, *, seed: int, agent_id: str, task_seconds: float):
-    """Build the executor a runner uses."""
+def make_executor(name: str, *, seed: int, agent_id: str, task_seconds: float,
+                  persona: Persona | None = None, model: str | None = None,
+                  host: str | None = None, timeout: float | None = None):
+    """Build the executor a runner uses.
+
+    ``persona``, ``model``, ``host`` and ``timeout`` are for "ollama" (see
+    `timmy.llm.OllamaExecutor`; None means its defaults and environment variables).
+    "auto" reaching a runner (one started by hand) means simulated: deciding needs a probe
+    of the server, which the coordinator makes once for the whole swarm.
+    """
     check_executor(name)
     if name in ("simulated", "auto"):
         return SimulatedExecutor(seed, agent_id, task_seconds)
     if name == "echo":
         return EchoExecutor()
-    raise ExecutorUnavailable(
-        "the ollama executor is not available in this release yet",
-        hint='use executor="simulated" or "echo"',
-    )
+    from .llm import DEFAULT_TIMEOUT, OllamaExecutor
+
+    if persona is None:
+        raise ConfigError("the ollama executor needs the runner's persona",
+                          hint="pass persona= (its role and description make the prompt)")
+    return OllamaExecutor(persona, model=model, host=host,
+                          timeout=DEFAULT_TIMEOUT if timeout is None else timeout)

@@ -25,6 +25,8 @@ AgentId = Annotated[str, Meta(min_length=1, max_length=64)]
 Sats = Annotated[int, Meta(ge=1, le=10_000)]
 Seq = Annotated[int, Meta(ge=0, le=2**63 - 1)]
 Text = Annotated[str, Meta(max_length=MAX_DESCRIPTION)]
+Seconds = Annotated[float, Meta(ge=0)]
+Count = Annotated[int, Meta(ge=0, le=2**62)]
 
 
 class Message(
@@ -82,11 +84,41 @@ class Started(Message, tag="started"):
     task_id: TaskId
 
 
+class Usage(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """What a model-backed execution (Ollama) cost: the model, its tokens, where time went.
+
+    ``first_token_s`` is measured by the runner (request sent -> first piece of the answer);
+    the ``*_s`` durations after it are the server's own figures (Ollama reports them in
+    nanoseconds): ``server_s`` the whole request, ``load_s`` loading the model, ``eval_s``
+    generating the ``output_tokens``.
+    """
+
+    model: Annotated[str, Meta(min_length=1, max_length=200)]
+    prompt_tokens: Count = 0
+    output_tokens: Count = 0
+    first_token_s: Seconds | None = None
+    server_s: Seconds | None = None
+    load_s: Seconds | None = None
+    eval_s: Seconds | None = None
+
+
 class Result(Message, tag="result"):
+    """The outcome of a task a runner won.
+
+    ``usage`` and ``permanent`` came after version 1 shipped; both are optional, so a
+    runner that sends neither still speaks the same protocol. ``usage`` is set by executors
+    that call a model (tokens and timing, see `Usage`); the coordinator puts it in the
+    task's ``task_completed`` / ``task_failed`` event. ``permanent`` marks a failure that
+    would repeat on any runner (a model the server has not pulled): the coordinator then
+    fails the task at once instead of auctioning it again.
+    """
+
     task_id: TaskId
     ok: bool
     output: Annotated[str, Meta(max_length=MAX_OUTPUT)] = ""
-    elapsed_s: Annotated[float, Meta(ge=0)] = 0.0
+    elapsed_s: Seconds = 0.0
+    usage: Usage | None = None
+    permanent: bool = False
 
 
 class Pong(Message, tag="pong"):

@@ -24,7 +24,7 @@ import threading
 from . import protocol as p
 from .bidding import BidStats, bid_rng, quote
 from .errors import ConfigError, PersonaError, TimmyError
-from .executors import make_executor
+from .executors import Outcome, make_executor
 from .personas import get_persona, persona_from_dict
 
 READ_SIZE = 1 << 16
@@ -85,12 +85,12 @@ class Runner:
             keywords = tuple(self.persona.matched_keywords(desc))
         try:
             outcome = self.executor.run(tid, desc, attempt, on_spec)
-            ok, output, elapsed = outcome.ok, outcome.output, outcome.elapsed_s
         except Exception as exc:  # an executor bug fails the task, never the runner
-            ok, output, elapsed = False, f"executor error: {type(exc).__name__}: {exc}", 0.0
-        self.stats.record_result(ok, keywords)
-        output = output[: p.MAX_OUTPUT]
-        return p.encode(p.Result(task_id=tid, ok=ok, output=output, elapsed_s=elapsed))
+            outcome = Outcome(False, f"executor error: {type(exc).__name__}: {exc}", 0.0)
+        self.stats.record_result(outcome.ok, keywords)
+        return p.encode(p.Result(task_id=tid, ok=outcome.ok, output=outcome.output[: p.MAX_OUTPUT],
+                                 elapsed_s=max(outcome.elapsed_s, 0.0), usage=outcome.usage,
+                                 permanent=outcome.permanent))
 
     def _worker(self) -> None:
         try:
@@ -159,6 +159,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--executor", default="simulated")
     ap.add_argument("--task-seconds", type=float, default=0.05)
+    ap.add_argument("--model", default=None,
+                    help="ollama: the model to ask (default: TIMMY_OLLAMA_MODEL, else llama3.2)")
+    ap.add_argument("--ollama-host", default=None,
+                    help="ollama: the server (default: OLLAMA_HOST, else http://127.0.0.1:11434)")
+    ap.add_argument("--ollama-timeout", type=float, default=None,
+                    help="ollama: seconds the server may stay silent before the task fails")
     ap.add_argument("--stats", default=None,
                     help="learned counters to start from (JSON; given to a replacement runner)")
     return ap.parse_args(argv)
@@ -179,7 +185,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             persona = get_persona(args.persona)
         executor = make_executor(
-            args.executor, seed=args.seed, agent_id=args.agent_id, task_seconds=args.task_seconds
+            args.executor, seed=args.seed, agent_id=args.agent_id, task_seconds=args.task_seconds,
+            persona=persona, model=args.model, host=args.ollama_host, timeout=args.ollama_timeout,
         )
         stats = None if args.stats is None else stats_from_json(args.stats)
     except TimmyError as exc:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +21,7 @@ import anyio
 
 from .coordinator import Config, Coordinator, WaitTimeout, progress_bar
 from .errors import ConfigError, SwarmClosed
+from .llm import DEFAULT_TIMEOUT
 from .models import TASK_STATES, AgentInfo, Event, Task
 from .ownership import claim
 from .personas import Persona
@@ -39,6 +40,12 @@ class AsyncSwarm:
     """A swarm of runner processes and the coordinator that auctions tasks to them.
 
     ``async with AsyncSwarm(db, seed=1) as swarm: await swarm.spawn_all(); ...``
+
+    ``executor="ollama"`` sends each won task to an Ollama server (see `timmy.llm`):
+    ``model`` is one model for every persona or ``{persona id: model}``, ``ollama_host``
+    the server, ``ollama_timeout`` how long it may stay silent. ``executor="auto"``
+    probes the server once at start: Ollama if it answers with those models, simulated
+    otherwise; ``executor`` and ``executor_reason`` then say which, and why.
     """
 
     def __init__(
@@ -59,6 +66,9 @@ class AsyncSwarm:
         db_timeout: float = 5.0,
         restart: RestartPolicy | None = None,
         runner_command: Sequence[str] | None = None,
+        model: str | Mapping[str, str] | None = None,
+        ollama_host: str | None = None,
+        ollama_timeout: float = DEFAULT_TIMEOUT,
     ) -> None:
         kwargs: dict[str, Any] = {}
         if personas is not None:
@@ -70,7 +80,9 @@ class AsyncSwarm:
                              max_attempts=max_attempts, runner_queue=runner_queue,
                              ping_interval=ping_interval, ping_timeout=ping_timeout,
                              close_timeout=close_timeout,
-                             runner_command=runner_command, **kwargs)
+                             runner_command=runner_command,
+                             model=dict(model) if isinstance(model, Mapping) else model,
+                             ollama_host=ollama_host, ollama_timeout=ollama_timeout, **kwargs)
         self.db = db
         self._db_timeout = db_timeout
         self._engine: Coordinator | None = None
@@ -126,6 +138,16 @@ class AsyncSwarm:
             raise SwarmClosed("this swarm is not running",
                               hint="use it inside `async with AsyncSwarm(...) as swarm:`")
         return self._engine
+
+    @property
+    def executor(self) -> str:
+        """The executor runners use: as configured, with "auto" resolved once started."""
+        return self._engine.executor if self._engine is not None else self.config.executor
+
+    @property
+    def executor_reason(self) -> str:
+        """Why "auto" chose what it chose ("" for an executor given by name)."""
+        return self._engine.executor_reason if self._engine is not None else ""
 
     # -- agents -------------------------------------------------------------
     async def spawn(self, persona: str) -> AgentInfo:
@@ -250,6 +272,16 @@ class Swarm:
     @property
     def db(self) -> str:
         return self._async.db
+
+    @property
+    def executor(self) -> str:
+        """The executor runners use ("auto" is resolved when the swarm starts)."""
+        return self._async.executor
+
+    @property
+    def executor_reason(self) -> str:
+        """Why "auto" chose what it chose ("" for an executor given by name)."""
+        return self._async.executor_reason
 
     def start(self) -> Swarm:
         """Open the store and start the engine (done for you by ``with`` or first use)."""

@@ -1,0 +1,402 @@
+"""The Ollama executor: the winning runner's persona answers its task through an Ollama server.
+
+    runner wins a task -> OllamaExecutor.run -> POST /api/chat, streamed, with
+        system: system_prompt(persona)   user: the task description
+    -> Outcome(ok, the answer, elapsed_s, usage=Usage(model, tokens, timing))
+
+Where the server and the model come from (the first one set wins):
+
+- server: ``ollama_host=`` (Swarm) / ``--ollama-host`` (runner), else ``OLLAMA_HOST``,
+  else http://127.0.0.1:11434. The parent resolves it once and hands it to every runner.
+- model: the persona's entry in ``model={"forge": "qwen2.5-coder", ...}``, else
+  ``model="llama3.2"`` for everyone (``timmy run --model``), else ``TIMMY_OLLAMA_MODEL``,
+  else `DEFAULT_MODEL`.
+
+What a failure does (the reason becomes the task's reason, hint included):
+
+    server down, connection refused    re-auctioned (up to max_attempts)  hint: ollama serve
+    no answer within the timeout       re-auctioned                       hint: raise the timeout
+    HTTP 5xx, an error mid-stream      re-auctioned                       hint: the server's log
+    connection dropped mid-answer      re-auctioned                       hint: ollama serve
+    model not pulled (HTTP 404)        fails now: every runner would too  hint: ollama pull NAME
+    any other refusal (HTTP 4xx)       fails now
+
+``timeout`` is how long the server may stay silent: to connect, before its first
+byte, and between two pieces of a streamed answer. It is not a cap on a long answer
+that keeps coming.
+
+`probe` asks a server what it runs and holds (``GET /api/version``, ``/api/tags``)
+with the standard library only, so ``executor="auto"`` (and a ``timmy doctor``) can
+decide even where the ``ollama`` package is missing. Nothing here imports ``ollama``
+until an `OllamaExecutor` is built, and only a runner builds one.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from .errors import ConfigError, ExecutorUnavailable, require
+from .executors import Outcome
+from .personas import Persona
+from .protocol import Usage
+
+DEFAULT_HOST = "http://127.0.0.1:11434"
+DEFAULT_MODEL = "llama3.2"
+DEFAULT_TIMEOUT = 120.0   # seconds the server may stay silent; a first request loads the model
+PROBE_TIMEOUT = 2.0
+HOST_ENV = "OLLAMA_HOST"
+MODEL_ENV = "TIMMY_OLLAMA_MODEL"
+_MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,199}")
+_CLIP = 120   # characters of a server's error text kept in a reason
+
+
+# -- configuration ---------------------------------------------------------------------
+
+
+def base_url(host: str | None = None) -> str:
+    """The server's URL from ``host``, else OLLAMA_HOST, else `DEFAULT_HOST`.
+
+    Read like the ``ollama`` client and CLI read OLLAMA_HOST: "example.com", ":11435",
+    "10.0.0.5:11434" and "https://example.com/ollama" all work; without a scheme the
+    port defaults to 11434.
+    """
+    where = "ollama_host" if host else HOST_ENV
+    raw = (host or os.environ.get(HOST_ENV) or "").strip()
+    if not raw:
+        return DEFAULT_HOST
+    scheme, sep, rest = raw.partition("://")
+    if not sep:
+        scheme, rest, port = "http", raw, 11434
+    elif scheme in ("http", "https"):
+        port = 80 if scheme == "http" else 443
+    else:
+        raise ConfigError(f"{where} {raw!r} is not an http(s) address",
+                          hint="e.g. http://127.0.0.1:11434")
+    try:
+        split = urlsplit(f"{scheme}://{rest}")
+        port = split.port or port
+    except ValueError as exc:
+        raise ConfigError(f"{where} {raw!r} is not a valid address: {exc}",
+                          hint="e.g. http://127.0.0.1:11434") from None
+    name = split.hostname or "127.0.0.1"
+    if ":" in name:
+        name = f"[{name}]"
+    path = split.path.strip("/")
+    return f"{scheme}://{name}:{port}" + (f"/{path}" if path else "")
+
+
+def check_model(name: object, where: str = "model") -> str:
+    """Return ``name`` if it can name an Ollama model ("llama3.2", "qwen2.5-coder:7b")."""
+    if not isinstance(name, str) or not _MODEL_NAME.fullmatch(name):
+        raise ConfigError(f"{where} {name!r} is not an Ollama model name",
+                          hint="e.g. llama3.2 or qwen2.5-coder:7b (see `ollama list`)")
+    return name
+
+
+def check_models(model: object, personas: Iterable[str]) -> None:
+    """Validate a swarm's ``model``: None, one name for all, or {persona id: name}."""
+    if model is None or isinstance(model, str):
+        if model is not None:
+            check_model(model)
+        return
+    if not isinstance(model, Mapping):
+        raise ConfigError(f"model must be a name or a {{persona: name}} mapping, got "
+                          f"{type(model).__name__}",
+                          hint='e.g. model="llama3.2" or model={"forge": "qwen2.5-coder"}')
+    known = set(personas)
+    for persona_id, name in model.items():
+        if persona_id not in known:
+            raise ConfigError(f"model names a persona {persona_id!r} this swarm does not have",
+                              hint=f"personas: {', '.join(sorted(known))}")
+        check_model(name, f"model for {persona_id}")
+
+
+def model_for(persona_id: str, model: str | Mapping[str, str] | None = None) -> str:
+    """The model a persona's runner asks for (see the module docstring for the order)."""
+    if isinstance(model, Mapping):
+        model = model.get(persona_id)
+    if model:
+        return model
+    env = os.environ.get(MODEL_ENV, "").strip()
+    return check_model(env, MODEL_ENV) if env else DEFAULT_MODEL
+
+
+def system_prompt(persona: Persona, on_spec: bool = True) -> str:
+    """The system message a persona answers under: who it is, what it is good at, how to reply."""
+    lines = [f"You are {persona.name}, the {persona.role} of timmy, a swarm of agents that "
+             "win work in sealed-bid auctions."]
+    if persona.description:
+        lines.append(persona.description)
+    if persona.capabilities:
+        lines.append(f"Your strengths: {', '.join(persona.capabilities)}.")
+    lines.append("You won the task in the next message. Do it now and answer with the "
+                 "finished work itself: no preamble, no questions back.")
+    if not on_spec:
+        lines.append("The task lies outside your speciality: do what you can, and say "
+                     "plainly what you are unsure of.")
+    return "\n".join(lines)
+
+
+def _ollama_command(host: str, args: str) -> str:
+    """The exact ``ollama`` command line for ``host`` (OLLAMA_HOST set when not the default)."""
+    return f"ollama {args}" if host == DEFAULT_HOST else f"OLLAMA_HOST={host} ollama {args}"
+
+
+def _serve_hint(host: str) -> str:
+    """What to run so that a server answers at ``host``."""
+    name = urlsplit(host).hostname or ""
+    if host == DEFAULT_HOST or name in ("127.0.0.1", "localhost", "::1"):
+        return _ollama_command(host, "serve")
+    return f"start `ollama serve` on {name}, or set {HOST_ENV} to a server that runs"
+
+
+def unreachable(host: str, why: str) -> ExecutorUnavailable:
+    return ExecutorUnavailable(f"cannot reach the Ollama server at {host} ({why})",
+                               hint=_serve_hint(host))
+
+
+def model_missing(host: str, model: str) -> ExecutorUnavailable:
+    return ExecutorUnavailable(f'model "{model}" is not on the Ollama server at {host}',
+                               hint=_ollama_command(host, f"pull {model}"))
+
+
+def client_missing() -> ExecutorUnavailable:
+    return ExecutorUnavailable("the ollama Python client is not installed",
+                               hint='pip install "timmy[llm]"')
+
+
+def one_line(error: ExecutorUnavailable) -> str:
+    """An error as a task reason: message and hint on one line."""
+    return f"{error.message}; hint: {error.hint}" if error.hint else error.message
+
+
+def _has(name: str, models: Iterable[str]) -> bool:
+    """Whether ``name`` is among a server's models ("llama3.2" is "llama3.2:latest")."""
+    models = set(models)
+    return name in models or (":" not in name and f"{name}:latest" in models)
+
+
+# -- probing -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Probe:
+    """What an Ollama server said when asked (see `probe`).
+
+    ``problem`` says what stands in the way of using it ("" when nothing does) and
+    ``hint`` the command that fixes it.
+    """
+
+    host: str
+    reachable: bool = False
+    version: str | None = None
+    models: tuple[str, ...] = ()
+    model: str | None = None
+    has_model: bool = False
+    client_installed: bool = False
+    problem: str = ""
+    hint: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return not self.problem
+
+    def missing(self, names: Iterable[str]) -> list[str]:
+        """Those of ``names`` the server does not hold, in order, each once."""
+        return [n for n in dict.fromkeys(names) if not _has(n, self.models)]
+
+
+def _get_json(url: str, timeout: float) -> dict:
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        data = json.loads(response.read(1 << 20))
+    if not isinstance(data, dict):
+        raise ValueError("not a JSON object")
+    return data
+
+
+def probe(host: str | None = None, model: str | None = None,
+          timeout: float = PROBE_TIMEOUT) -> Probe:
+    """Ask the server at ``host`` (see `base_url`) for its version and models.
+
+    Never raises for a server that is down or odd: the answer says so, with a hint. With
+    ``model``, ``has_model`` says whether the server holds it (and a missing one is the
+    ``problem``).
+    """
+    url = base_url(host)
+    installed = importlib.util.find_spec("ollama") is not None
+    try:
+        version = _get_json(f"{url}/api/version", timeout).get("version")
+        tags = _get_json(f"{url}/api/tags", timeout).get("models") or []
+        models = tuple(str(m.get("name") or m.get("model")) for m in tags
+                       if isinstance(m, dict) and (m.get("name") or m.get("model")))
+    except urllib.error.HTTPError as exc:
+        error = unreachable(url, f"HTTP {exc.code} from {exc.url}: is it an Ollama server?")
+        return Probe(url, client_installed=installed, problem=error.message, hint=error.hint)
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        if isinstance(reason, TimeoutError):   # socket.timeout is TimeoutError
+            why = f"no answer within {timeout:g}s"
+        elif isinstance(reason, ConnectionRefusedError):
+            why = "connection refused"
+        elif isinstance(exc, ValueError):
+            why = f"its answer is not Ollama's: {exc}"
+        else:
+            why = str(getattr(reason, "strerror", None) or reason)
+        error = unreachable(url, why)
+        return Probe(url, client_installed=installed, problem=error.message, hint=error.hint)
+    has_model = model is not None and _has(model, models)
+    problem = hint = ""
+    if model is not None and not has_model:
+        error = model_missing(url, model)
+        problem, hint = error.message, error.hint
+    elif not installed:
+        error = client_missing()
+        problem, hint = error.message, error.hint
+    return Probe(url, reachable=True, version=version, models=models, model=model,
+                 has_model=has_model, client_installed=installed, problem=problem, hint=hint)
+
+
+def choose_executor(host: str | None, models: Iterable[str],
+                    timeout: float = PROBE_TIMEOUT) -> tuple[str, str]:
+    """What ``executor="auto"`` means here: ("ollama" or "simulated", why), from one probe.
+
+    Ollama when the server answers, holds every model in ``models`` and the client is
+    installed; simulated otherwise, and ``why`` then carries the fix.
+    """
+    found = probe(host, timeout=timeout)
+    models = list(dict.fromkeys(models))
+    if not found.reachable:
+        return "simulated", f"{found.problem}; hint: {found.hint}"   # start the server
+    missing = found.missing(models)
+    if missing:
+        error = model_missing(found.host, missing[0])
+        more = f" (nor {', '.join(missing[1:])})" if len(missing) > 1 else ""
+        pulls = " && ".join(_ollama_command(found.host, f"pull {m}") for m in missing)
+        return "simulated", f"{error.message}{more}; hint: {pulls}"
+    if not found.client_installed:
+        return "simulated", one_line(client_missing())
+    return "ollama", (f"the Ollama server at {found.host} (version {found.version or '?'}) "
+                      f"has {', '.join(models)}")
+
+
+# -- the executor --------------------------------------------------------------------------
+
+
+class OllamaExecutor:
+    """Sends a won task to an Ollama server as the persona, streams the answer back.
+
+    Runs on the runner's worker thread (``instant`` is False), so the runner keeps
+    bidding and answering pings while the model writes. Never raises for a server that
+    fails: the `Outcome` says why, with the hint, and whether another attempt can help.
+    """
+
+    instant = False
+
+    def __init__(self, persona: Persona, *, model: str | None = None, host: str | None = None,
+                 timeout: float = DEFAULT_TIMEOUT) -> None:
+        self._ollama = require("ollama", "llm")   # MissingDependency: pip install "timmy[llm]"
+        import httpx  # the client's transport, a dependency of ollama: its errors are ours
+
+        self._httpx = httpx
+        self.persona = persona
+        self.model = check_model(model) if model else model_for(persona.id)
+        self.host = base_url(host)
+        self.timeout = timeout
+        self._client = self._ollama.Client(host=self.host, timeout=timeout)
+
+    def run(self, task_id: int, description: str, attempt: int, on_spec: bool) -> Outcome:
+        messages = [{"role": "system", "content": system_prompt(self.persona, on_spec)},
+                    {"role": "user", "content": description}]
+        started = time.perf_counter()
+        first_token = None
+        parts: list[str] = []
+        final = None
+        try:
+            for chunk in self._client.chat(model=self.model, messages=messages, stream=True):
+                content = chunk.message.content if chunk.message is not None else None
+                if content:
+                    if first_token is None:
+                        first_token = time.perf_counter() - started
+                    parts.append(content)
+                if chunk.done:
+                    final = chunk
+        except Exception as exc:
+            explained = self.explain(exc)
+            if explained is None:
+                raise
+            error, permanent = explained
+            return Outcome(False, one_line(error), time.perf_counter() - started,
+                           permanent=permanent)
+        elapsed = time.perf_counter() - started
+        if final is None:
+            error = ExecutorUnavailable(
+                f"the Ollama server at {self.host} ended the answer before it was done",
+                hint=f"check that it still runs: {_serve_hint(self.host)}")
+            return Outcome(False, one_line(error), elapsed)
+        usage = Usage(model=final.model or self.model,
+                      prompt_tokens=final.prompt_eval_count or 0,
+                      output_tokens=final.eval_count or 0,
+                      first_token_s=first_token,
+                      server_s=_seconds(final.total_duration),
+                      load_s=_seconds(final.load_duration),
+                      eval_s=_seconds(final.eval_duration))
+        return Outcome(True, "".join(parts), elapsed, usage=usage)
+
+    def explain(self, exc: BaseException) -> tuple[ExecutorUnavailable, bool] | None:
+        """The error a failed request comes to, and whether it is permanent; None: a bug."""
+        httpx, host = self._httpx, self.host
+        if isinstance(exc, self._ollama.ResponseError):
+            text = " ".join(str(exc.error).split())[:_CLIP]
+            status = exc.status_code
+            if status == 404 and "not found" in text.lower():
+                return model_missing(host, self.model), True
+            if status == -1:  # an {"error": ...} line inside a streamed answer
+                return ExecutorUnavailable(
+                    f"the Ollama server at {host} failed mid-answer: {text}",
+                    hint="see the server's log; the task is auctioned again"), False
+            if status >= 500:
+                return ExecutorUnavailable(
+                    f"the Ollama server at {host} failed (HTTP {status}): {text}",
+                    hint="see the server's log; the task is auctioned again"), False
+            return ExecutorUnavailable(
+                f"the Ollama server at {host} refused the request (HTTP {status}): {text}",
+                hint=f"check the model name ({_ollama_command(host, 'list')})"), True
+        if isinstance(exc, httpx.ConnectTimeout):
+            return unreachable(host, f"no connection within {self.timeout:g}s"), False
+        if isinstance(exc, httpx.TimeoutException):
+            return ExecutorUnavailable(
+                f"the Ollama server at {host} sent nothing for {self.timeout:g}s",
+                hint="a first request loads the model and can be slow: raise ollama_timeout, "
+                     "or use a smaller model"), False
+        if isinstance(exc, ConnectionError | httpx.ConnectError):
+            # httpx says "[Errno 111] Connection refused"; the client replaces that with a
+            # generic "Failed to connect to Ollama..." in some calls (not in streamed ones).
+            text = " ".join(str(exc).split())
+            refused = isinstance(exc, ConnectionRefusedError) or "refused" in text.lower()
+            generic = "Failed to connect to Ollama" in text
+            why = "connection refused" if refused else "no connection" if generic else text
+            return unreachable(host, why[:_CLIP]), False
+        if isinstance(exc, httpx.TransportError):
+            return ExecutorUnavailable(
+                f"the connection to the Ollama server at {host} broke mid-answer "
+                f"({type(exc).__name__}: {' '.join(str(exc).split())[:_CLIP]})",
+                hint=f"check that it still runs: {_serve_hint(host)}"), False
+        if isinstance(exc, ValueError):  # a line that is not JSON, or not an answer's shape
+            return ExecutorUnavailable(
+                f"the server at {host} sent something that is not an Ollama answer: "
+                f"{' '.join(str(exc).split())[:_CLIP]}",
+                hint=f"check that {host} is an Ollama server ({HOST_ENV})"), False
+        return None
+
+
+def _seconds(nanoseconds: int | None) -> float | None:
+    return None if nanoseconds is None else max(nanoseconds, 0) / 1e9
