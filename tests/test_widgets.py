@@ -356,3 +356,21 @@ def test_an_attached_console_shows_a_lost_service_and_carries_on_after_a_restart
         box.close()
         swarm.close()
         svc.stop()
+
+
+def test_the_inspector_shows_an_llm_answer_escaped(make_swarm, monkeypatch):
+    """A task done by the Ollama executor (against the loopback Ollama look-alike): its answer
+    is shown in the inspector as typed, markup included, never as markup."""
+    from ollama_server import FakeOllama
+
+    monkeypatch.delenv("OLLAMA_HOST", raising=False)
+    with FakeOllama(models=["llama3.2:latest"]) as server:
+        swarm = make_swarm(executor="ollama", ollama_host=server.url)
+        swarm.spawn("forge")
+        task = swarm.run([SCRIPT], timeout=20)[0]
+        assert task.status == "completed" and "says:" in task.result
+        box = inspect(swarm, task.task_id)
+        shown = box.inspector.output.value
+        assert "class='timmy-outcome'" in shown
+        assert html.escape(task.result, quote=True) in shown
+        assert "<script" not in shown

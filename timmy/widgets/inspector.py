@@ -87,6 +87,18 @@ def story_html(story: AuctionStory) -> str:
                            empty="no bids") + "</div>")
 
 
+def outcome_html(task) -> str:
+    """The task's result (an LLM's answer, say) or failure reason, escaped, as typed."""
+    text, label = (task.result, "result") if task.status == "completed" else \
+        (task.reason, "reason")
+    if not text:
+        return ""
+    return (f"<div class='timmy-outcome'><b>{label}</b> ({esc(task.assigned_agent)})"
+            f"<pre style='white-space:pre-wrap;overflow-wrap:anywhere;max-height:20em;"
+            f"overflow:auto;background:#f5f5f5;padding:6px;margin:4px 0'>{esc(text)}</pre>"
+            "</div>")
+
+
 class Inspector:
     """Pick a task, see its auctions. ``box`` is the widget; ``show(task_id)`` fills it."""
 
@@ -139,7 +151,7 @@ class Inspector:
         head = ""
         if task is not None:
             head = (f"<div><b>#{esc(task.task_id)}</b> {render.badge(task.status)} "
-                    f"{esc(task.description)}</div>")
+                    f"{esc(task.description)}</div>") + outcome_html(task)
         body = "".join(story_html(s) for s in self.stories) or "<i>no auction recorded yet</i>"
         self.output.value = head + body
 
