@@ -40,6 +40,7 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:
+    from . import voice
     from .auction import Auction, Bid, Clearing
     from .bidding import BidStats, compute_bid
     from .errors import (
@@ -60,7 +61,7 @@ if TYPE_CHECKING:
     from .swarm import AsyncSwarm, Swarm
 
 
-_SUBMODULES = ("analytics", "sim", "sweep", "replay", "widgets", "workload")
+_SUBMODULES = ("analytics", "sim", "sweep", "replay", "voice", "widgets", "workload")
 
 
 def __getattr__(name: str):

@@ -39,6 +39,9 @@ class AsyncSwarm:
     """A swarm of runner processes and the coordinator that auctions tasks to them.
 
     ``async with AsyncSwarm(db, seed=1) as swarm: await swarm.spawn_all(); ...``
+
+    ``voice=True`` subscribes a `timmy.voice.announcer`: auction winners and completions
+    are spoken, rate-limited and merged, on a thread of their own (see `timmy.voice`).
     """
 
     def __init__(
@@ -59,6 +62,7 @@ class AsyncSwarm:
         db_timeout: float = 5.0,
         restart: RestartPolicy | None = None,
         runner_command: Sequence[str] | None = None,
+        voice: bool = False,
     ) -> None:
         kwargs: dict[str, Any] = {}
         if personas is not None:
@@ -72,6 +76,8 @@ class AsyncSwarm:
                              close_timeout=close_timeout,
                              runner_command=runner_command, **kwargs)
         self.db = db
+        self.voice = voice
+        self.announcer = None  # a timmy.voice.Announcer while a swarm with voice=True runs
         self._db_timeout = db_timeout
         self._engine: Coordinator | None = None
         self._tg = None
@@ -104,6 +110,11 @@ class AsyncSwarm:
             await self._tg.__aexit__(None, None, None)
             self._let_go()
             raise
+        if self.voice:  # speaks on its own thread; without speech it warns once, stays quiet
+            from .voice import announcer
+
+            self.announcer = announcer()
+            self._engine.subscribe(self.announcer)
         return self
 
     async def __aexit__(self, *exc_info) -> None:
@@ -111,6 +122,8 @@ class AsyncSwarm:
             with anyio.CancelScope(shield=True):
                 await self._engine.close()
         finally:
+            if self.announcer is not None:
+                self.announcer.close()  # what is pending is still said, off this thread
             self._tg.cancel_scope.cancel()
             await self._tg.__aexit__(None, None, None)
             self._let_go()
@@ -250,6 +263,11 @@ class Swarm:
     @property
     def db(self) -> str:
         return self._async.db
+
+    @property
+    def announcer(self):
+        """The `timmy.voice.Announcer` of a swarm started with ``voice=True`` (else None)."""
+        return self._async.announcer
 
     def start(self) -> Swarm:
         """Open the store and start the engine (done for you by ``with`` or first use)."""
