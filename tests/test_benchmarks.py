@@ -58,3 +58,10 @@ def test_sweep_benchmark_prints_its_figures():
 def test_service_benchmark_prints_its_figures():
     out = run("service.py", "--posts", "40", "--tasks", "40", "--starts", "1")
     assert "requests/s" in out and "p99" in out and "events/s" in out
+
+
+@pytest.mark.timeout(150)
+def test_voice_benchmark_prints_its_figures():
+    out = run("voice.py", "--tasks", "30", "--runs", "1", "--warmup", "10")
+    assert "speech:" in out and "voice=True" in out and "us" in out.splitlines()[-1]
+    assert "announcer run 1: heard" in out

@@ -1,0 +1,127 @@
+"""The voice announcer's effect on auction throughput (it should be nil).
+
+Nine runner processes, the simulated executor with zero task time, an SQLite
+file store, as in throughput.py: each run is a fresh database, 200 warm-up
+tasks, then 1,000 tasks posted at once and timed until all are finished. The
+same run is repeated with
+
+- ``none``:       no subscriber at all (the engine then builds no Event objects);
+- ``null``:       a subscriber that does nothing (the cost of having any subscriber);
+- ``announcer``:  ``swarm.subscribe(timmy.voice.announcer(to=DIR))``: real
+                  pyttsx3 + espeak-ng synthesis, each announcement saved as a WAV;
+- ``voice=True``: ``timmy.Swarm(..., voice=True)``: speech to the audio device (on a
+                  machine without one the announcer goes quiet with one warning and
+                  counts what it drops, and that is what is measured; it also hears
+                  the warm-up, which the other modes do not).
+
+Modes are interleaved run by run; the median of 3 runs is reported, with what
+each announcer said, merged and dropped. Last, the cost of one announcer call on
+the engine's thread, measured alone.
+
+    python benchmarks/voice.py [--tasks 1000] [--runs 3] [--warmup 200] [--min-interval 2.0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import timmy
+from timmy.models import Event
+from timmy.workload import demo_descriptions
+
+MODES = ("none", "null", "announcer", "voice=True")
+
+
+def one_run(db: str, n: int, seed: int, mode: str, out: Path, min_interval: float,
+            warmup: int) -> tuple[float, dict | None]:
+    announcer = None
+    with timmy.Swarm(db, seed=seed, task_seconds=0, voice=mode == "voice=True") as swarm:
+        swarm.spawn_all()
+        swarm.run(demo_descriptions(warmup, seed + 1000), timeout=120)
+        if mode == "null":
+            swarm.subscribe(lambda event: None)
+        elif mode == "announcer":
+            announcer = timmy.voice.announcer(out, min_interval=min_interval)
+            swarm.subscribe(announcer)
+        elif mode == "voice=True":
+            announcer = swarm.announcer
+        work = demo_descriptions(n, seed)
+        t0 = time.perf_counter()
+        done = swarm.run(work, timeout=300)
+        elapsed = time.perf_counter() - t0
+        lost = sum(t.status not in ("completed", "failed") for t in done)
+        assert lost == 0, f"{lost} tasks unfinished"
+    stats = None
+    if announcer is not None:
+        announcer.close(wait=30)   # what was pending is said: count it
+        stats = {**announcer.stats(), "said": list(announcer.said)}
+    return n / elapsed, stats
+
+
+def call_cost(n: int = 200_000) -> float:
+    """Microseconds per announcer call on the caller's thread (half news, half not)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        announcer = timmy.voice.announcer(tmp, min_interval=3600)
+        events = [Event(event_id=i, ts=0.0, kind=("task_completed", "bid")[i % 2], task_id=i,
+                        agent_id="forge-1") for i in range(n)]
+        t0 = time.perf_counter()
+        for e in events:
+            announcer(e)
+        elapsed = time.perf_counter() - t0
+        announcer.close(wait=30)
+    return elapsed / n * 1e6
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--tasks", type=int, default=1000)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--warmup", type=int, default=200, help="warm-up tasks per run")
+    ap.add_argument("--min-interval", type=float, default=2.0,
+                    help="the announcer's seconds between announcements")
+    args = ap.parse_args()
+    try:
+        print(f"speech: {timmy.voice.check()}")
+    except timmy.VoiceUnavailable as exc:
+        print(f"speech: unavailable ({exc.message}); the announcer modes measure a silent "
+              "announcer")
+    try:
+        print(f"audio output: {timmy.voice.audio_output()}")
+    except timmy.VoiceUnavailable as exc:
+        print(f"audio output: none ({exc.message})")
+    rates: dict[str, list[float]] = {m: [] for m in MODES}
+    stats: dict[str, list[dict]] = {m: [] for m in MODES}
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(args.runs):
+            for mode in MODES:
+                db = f"sqlite:///{Path(tmp) / f'run{i}-{MODES.index(mode)}.db'}"
+                rate, st = one_run(db, args.tasks, seed=i + 1, mode=mode,
+                                   out=Path(tmp) / f"said-{i}", min_interval=args.min_interval,
+                                   warmup=args.warmup)
+                rates[mode].append(rate)
+                if st is not None:
+                    stats[mode].append(st)
+            print(f"run {i + 1}: " + ", ".join(f"{m} {rates[m][-1]:,.0f}" for m in MODES)
+                  + " tasks/s")
+    base = statistics.median(rates["none"])
+    print(f"\nthroughput, median of {args.runs} runs of {args.tasks} tasks (9 runners):")
+    for mode in MODES:
+        med = statistics.median(rates[mode])
+        print(f"  {mode:<11} {med:>7,.0f} tasks/s  ({med / base - 1:+.1%} vs none; "
+              f"min {min(rates[mode]):,.0f}, max {max(rates[mode]):,.0f})")
+    for mode in ("announcer", "voice=True"):
+        for i, st in enumerate(stats[mode], 1):
+            said = "; ".join(st["said"][:3]) + (" ..." if len(st["said"]) > 3 else "")
+            print(f"  {mode} run {i}: heard {st['heard']:,} events, spoke {st['spoken']} "
+                  f"times covering {st['announced']:,}, dropped {st['dropped']:,}"
+                  + (f" (silenced: {st['silenced']})" if st["silenced"] else "")
+                  + (f": {said}" if said else ""))
+    print(f"\nan announcer call on the engine's thread: {call_cost():.2f} us")
+
+
+if __name__ == "__main__":
+    main()
