@@ -190,6 +190,19 @@ def test_speak_reports_an_audio_device_that_fails(tmp_path, monkeypatch, speech)
     assert "timmy.voice.save" in info.value.hint
 
 
+def test_audio_output_plays_silence_to_find_a_working_device(tmp_path, monkeypatch):
+    fake_aplay(tmp_path / "works", "exit 0\n")
+    fake_aplay(tmp_path / "fails", """\
+        echo "aplay: main:831: audio open error: No such file or directory" >&2
+        exit 1
+    """)
+    monkeypatch.setenv("PATH", str(tmp_path / "works"))
+    assert voice.audio_output() == "aplay"
+    monkeypatch.setenv("PATH", str(tmp_path / "fails"))
+    with pytest.raises(VoiceUnavailable, match="no audio device: aplay: main:831"):
+        voice.audio_output()
+
+
 def test_speak_hands_the_player_real_speech(tmp_path, monkeypatch, speech):
     heard = tmp_path / "heard.wav"
     fake_aplay(tmp_path / "bin", f"""\

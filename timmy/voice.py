@@ -180,20 +180,24 @@ def _speak_job(voice: _VoiceThread, text: str) -> None:
     with tempfile.TemporaryDirectory(prefix="timmy-voice-") as tmp:
         wav = Path(tmp) / "speech.wav"
         _synthesise(voice, text, str(wav))
-        seconds = _wav_seconds(wav)
-        errors = []
-        for player in players:
-            name = Path(player[0]).name
-            try:
-                proc = subprocess.run([*player, str(wav)], capture_output=True, text=True,
-                                      timeout=seconds + 15)
-            except (OSError, subprocess.TimeoutExpired) as exc:
-                errors.append(f"{name}: {_one_line(exc)}")
-                continue
-            if proc.returncode == 0:
-                return
-            said = (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
-            errors.append(said if said.startswith(f"{name}:") else f"{name}: {said}")
+        _play(players, wav)
+
+
+def _play(players: list[tuple[str, ...]], wav: Path) -> str:
+    """Play ``wav`` with the first player that can; its name, or VoiceUnavailable."""
+    errors = []
+    for player in players:
+        name = Path(player[0]).name
+        try:
+            proc = subprocess.run([*player, str(wav)], capture_output=True, text=True,
+                                  timeout=_wav_seconds(wav) + 15)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            errors.append(f"{name}: {_one_line(exc)}")
+            continue
+        if proc.returncode == 0:
+            return name
+        said = (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
+        errors.append(said if said.startswith(f"{name}:") else f"{name}: {said}")
     raise VoiceUnavailable(f"no audio device: {'; '.join(errors)}", hint=NO_DEVICE_HINT)
 
 
@@ -260,10 +264,21 @@ def check() -> str:
 
 
 def audio_output() -> str:
-    """The audio players found for `speak`, or VoiceUnavailable. Plays nothing."""
+    """Which player can reach an audio device, or VoiceUnavailable with the fix.
+
+    It plays 50 ms of silence, the only way to know: a player finds out that there is no
+    sound card when it opens the device.
+    """
     if not _linux():
         return "pyttsx3 plays through the system voice"
-    return ", ".join(Path(p[0]).name for p in _players())
+    with tempfile.TemporaryDirectory(prefix="timmy-voice-") as tmp:
+        silence = Path(tmp) / "silence.wav"
+        with wave.open(str(silence), "wb") as w:
+            w.setnchannels(1)
+            w.setsampwidth(2)
+            w.setframerate(22_050)
+            w.writeframes(b"\0\0" * 1_102)
+        return _play(_players(), silence)
 
 
 def _utterance(text: str) -> str:
