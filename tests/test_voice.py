@@ -49,7 +49,7 @@ def speech() -> None:
     need_speech()
 
 
-def read_wav(path: Path) -> tuple[wave._wave_params, array.array]:
+def read_wav(path: Path) -> tuple:
     with wave.open(str(path), "rb") as w:
         params = w.getparams()
         samples = array.array("h", w.readframes(params.nframes))

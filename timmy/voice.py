@@ -223,7 +223,8 @@ def speak(text: str) -> None:
     audio device plays it.
     """
     text = _utterance(text)
-    _voice_thread().call(_speak_job, text)
+    # Playback takes as long as the speech: allow for slow speech (~5 characters a second).
+    _voice_thread().call(_speak_job, text, timeout=SYNTH_TIMEOUT + len(text) / 5)
 
 
 def save(text: str, path: str | Path) -> Path:
