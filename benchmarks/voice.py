@@ -14,11 +14,13 @@ same run is repeated with
                   counts what it drops, and that is what is measured; it also hears
                   the warm-up, which the other modes do not).
 
-Modes are interleaved run by run; the median of 3 runs is reported, with what
-each announcer said, merged and dropped, and (timed around each call) how long
-the announcer held the engine's thread: on a busy machine the run-to-run noise
-is larger than the effect, and that figure is not noisy. Last, the cost of one
-announcer call, measured alone.
+Modes are interleaved run by run, in a rotating order; the median of 3 runs is
+reported, with the CPU time the swarm's own process (engine, store writes, voice
+threads; not the runners) spent per task, what each announcer said, merged and
+dropped, and (timed around each call) how long the announcer held the engine's
+thread: on a busy machine the run-to-run noise is larger than the effect, and
+that figure is not noisy. Last, the cost of one announcer call, measured alone
+over the event mix of a task.
 
     python benchmarks/voice.py [--tasks 1000] [--runs 3] [--warmup 200] [--min-interval 2.0]
 """
@@ -39,7 +41,7 @@ MODES = ("none", "null", "announcer", "voice=True")
 
 
 def one_run(db: str, n: int, seed: int, mode: str, out: Path, min_interval: float,
-            warmup: int) -> tuple[float, dict | None]:
+            warmup: int) -> tuple[float, float, dict | None]:
     announcer = None
     with timmy.Swarm(db, seed=seed, task_seconds=0, voice=mode == "voice=True") as swarm:
         swarm.spawn_all()
@@ -53,9 +55,9 @@ def one_run(db: str, n: int, seed: int, mode: str, out: Path, min_interval: floa
         elif mode == "voice=True":
             announcer = swarm.announcer
         work = demo_descriptions(n, seed)
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.process_time()
         done = swarm.run(work, timeout=300)
-        elapsed = time.perf_counter() - t0
+        elapsed, cpu = time.perf_counter() - t0, time.process_time() - cpu0
         lost = sum(t.status not in ("completed", "failed") for t in done)
         assert lost == 0, f"{lost} tasks unfinished"
     stats = None
@@ -65,7 +67,7 @@ def one_run(db: str, n: int, seed: int, mode: str, out: Path, min_interval: floa
         if mode == "announcer":
             stats.update(engine_ms=timed.ns / 1e6, calls=timed.calls,
                          engine_share=timed.ns / 1e9 / elapsed)
-    return n / elapsed, stats
+    return n / elapsed, cpu / n * 1e6, stats
 
 
 class Timed:
@@ -81,18 +83,22 @@ class Timed:
         self.calls += 1
 
 
-def call_cost(n: int = 200_000) -> float:
-    """Microseconds per announcer call on the caller's thread (half news, half not)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        announcer = timmy.voice.announcer(tmp, min_interval=3600)
-        events = [Event(event_id=i, ts=0.0, kind=("task_completed", "bid")[i % 2], task_id=i,
-                        agent_id="forge-1") for i in range(n)]
+# The events of one task in a run like the above: 15, of which 2 are news to an announcer.
+TASK_EVENTS = ("task_posted", "auction_opened", *["bid"] * 9, "auction_closed", "task_assigned",
+               "task_started", "task_completed")
+
+
+def call_cost(callback, n: int = 160_000) -> float:
+    """Microseconds per call of ``callback`` over the event mix of a task (best of 3)."""
+    events = [Event(event_id=i, ts=0.0, kind=TASK_EVENTS[i % len(TASK_EVENTS)], task_id=i,
+                    agent_id="forge-1", data={"price_sats": 30}) for i in range(n)]
+    best = float("inf")
+    for _ in range(3):
         t0 = time.perf_counter()
         for e in events:
-            announcer(e)
-        elapsed = time.perf_counter() - t0
-        announcer.close(wait=30)
-    return elapsed / n * 1e6
+            callback(e)
+        best = min(best, time.perf_counter() - t0)
+    return best / n * 1e6
 
 
 def main() -> None:
@@ -114,24 +120,34 @@ def main() -> None:
         print(f"audio output: none ({exc.message})")
     rates: dict[str, list[float]] = {m: [] for m in MODES}
     stats: dict[str, list[dict]] = {m: [] for m in MODES}
+    cpu: dict[str, list[float]] = {m: [] for m in MODES}
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(args.runs):
-            for mode in MODES:
+            for mode in MODES[i % len(MODES):] + MODES[:i % len(MODES)]:  # no mode always first
                 db = f"sqlite:///{Path(tmp) / f'run{i}-{MODES.index(mode)}.db'}"
-                rate, st = one_run(db, args.tasks, seed=i + 1, mode=mode,
-                                   out=Path(tmp) / f"said-{i}", min_interval=args.min_interval,
-                                   warmup=args.warmup)
+                rate, cpu_us, st = one_run(db, args.tasks, seed=i + 1, mode=mode,
+                                           out=Path(tmp) / f"said-{i}",
+                                           min_interval=args.min_interval, warmup=args.warmup)
                 rates[mode].append(rate)
+                cpu[mode].append(cpu_us)
                 if st is not None:
                     stats[mode].append(st)
             print(f"run {i + 1}: " + ", ".join(f"{m} {rates[m][-1]:,.0f}" for m in MODES)
                   + " tasks/s")
+    with tempfile.TemporaryDirectory() as tmp:
+        announcer = timmy.voice.announcer(tmp, min_interval=3600)
+        announcer_us = call_cost(announcer)
+        announcer.close(wait=30)
+    null_us = call_cost(lambda event: None)
+    timer_us = call_cost(Timed(lambda event: None)) - null_us
     base = statistics.median(rates["none"])
     print(f"\nthroughput, median of {args.runs} runs of {args.tasks} tasks (9 runners):")
+    base_cpu = statistics.median(cpu["none"])
     for mode in MODES:
-        med = statistics.median(rates[mode])
+        med, med_cpu = statistics.median(rates[mode]), statistics.median(cpu[mode])
         print(f"  {mode:<11} {med:>7,.0f} tasks/s  ({med / base - 1:+.1%} vs none; "
-              f"min {min(rates[mode]):,.0f}, max {max(rates[mode]):,.0f})")
+              f"min {min(rates[mode]):,.0f}, max {max(rates[mode]):,.0f}); "
+              f"CPU of the swarm's process {med_cpu:,.0f} us/task ({med_cpu / base_cpu - 1:+.1%})")
     for mode in ("announcer", "voice=True"):
         for i, st in enumerate(stats[mode], 1):
             said = "; ".join(st["said"][:3]) + (" ..." if len(st["said"]) > 3 else "")
@@ -140,9 +156,18 @@ def main() -> None:
                   + (f" (silenced: {st['silenced']})" if st["silenced"] else "")
                   + (f": {said}" if said else ""))
             if "engine_ms" in st:
-                print(f"    on the engine's thread: {st['calls']:,} calls, "
-                      f"{st['engine_ms']:.1f} ms in all, {st['engine_share']:.2%} of the run")
-    print(f"\nan announcer call on the engine's thread: {call_cost():.2f} us")
+                timer_ms = st["calls"] * timer_us / 1000
+                print(f"    on the engine's thread: {st['calls']:,} calls took "
+                      f"{st['engine_ms']:.1f} ms as timed, of which ~{timer_ms:.1f} ms is the "
+                      f"timer itself: ~{st['engine_ms'] - timer_ms:.1f} ms, "
+                      f"{(st['engine_ms'] - timer_ms) / st['engine_ms'] * st['engine_share']:.1%}"
+                      " of the run")
+    per_task = announcer_us * len(TASK_EVENTS)
+    print(f"\none call on the engine's thread, over a task's event mix: announcer "
+          f"{announcer_us:.2f} us, a no-op subscriber {null_us:.2f} us; "
+          f"~{per_task:.1f} us of announcer per task "
+          f"({per_task / (1e6 / statistics.median(rates['none'])):.1%} of a task's time at "
+          f"the median rate without one)")
 
 
 if __name__ == "__main__":

@@ -241,6 +241,8 @@ def save(text: str, path: str | Path) -> Path:
     part.open("xb").close()
     try:
         _voice_thread().call(_synthesise, text, str(part))
+        if not part.exists():
+            raise FileNotFoundError(f"{part} was removed while speech was written into it")
         if _wav_seconds(part) <= 0:
             raise VoiceUnavailable(f"the speech engine wrote no audio for {text[:40]!r}",
                                    hint="run `timmy doctor` to check espeak-ng and pyttsx3")
@@ -319,6 +321,7 @@ def _warn_once(exc: VoiceUnavailable) -> None:
 # -- the announcer ----------------------------------------------------------------------
 
 _WON, _COMPLETED, _FAILED = "won", "completed", "failed"
+_NEWS_KINDS = frozenset({"auction_closed", "task_completed", "task_failed"})
 
 
 def _news(event: Event) -> str | None:
@@ -382,7 +385,10 @@ class Announcer:
         self._pending: Counter = Counter()
         self._last: Event | None = None
         self._closing = False
-        self._wake = threading.Condition()
+        # A plain Lock (its `with` is C code: the engine's thread takes it per news event);
+        # the condition on it wakes the announcer's thread.
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
         self._thread = threading.Thread(target=self._run, name="timmy-announcer", daemon=True)
         _live_announcers.add(self)
         _register_exit_flush()
@@ -390,24 +396,27 @@ class Announcer:
 
     # -- the caller's side (the swarm engine's thread) ------------------------------
     def __call__(self, event: Event) -> None:
+        if event.kind not in _NEWS_KINDS:   # most events (bids...): the cheapest way out
+            return
         news = _news(event)
         if news is None:
             return
-        with self._wake:
+        with self._lock:
             self.heard += 1
             if self.silenced is not None or self._closing:
                 self.dropped += 1
                 return
+            if not self._pending:   # only an idle announcer needs waking: one wake per batch
+                self._wake.notify()
             self._pending[news] += 1
             self._last = event
-            self._wake.notify()
 
     def close(self, wait: float = 0.0) -> Announcer:
         """Stop listening; what is pending is said at once (no rate limit), in the background.
 
         ``wait``: seconds to wait for that last announcement. Returns the announcer.
         """
-        with self._wake:
+        with self._lock:
             self._closing = True
             self._wake.notify()
         if wait > 0:
@@ -415,7 +424,7 @@ class Announcer:
         return self
 
     def stats(self) -> dict[str, Any]:
-        with self._wake:
+        with self._lock:
             return {"heard": self.heard, "announced": self.announced, "spoken": self.spoken,
                     "dropped": self.dropped, "pending": sum(self._pending.values()),
                     "silenced": self.silenced}
@@ -442,7 +451,7 @@ class Announcer:
             return
         next_at = 0.0
         while True:
-            with self._wake:
+            with self._lock:
                 while not self._pending and not self._closing:
                     self._wake.wait()
                 while not self._closing and (delay := next_at - time.monotonic()) > 0:
@@ -457,17 +466,17 @@ class Announcer:
             try:
                 self._say(text)
             except VoiceUnavailable as exc:
-                with self._wake:
+                with self._lock:
                     self.dropped += n
                 self._silence(exc)
                 return
             except Exception as exc:  # an engine error must not kill the announcer silently
-                with self._wake:
+                with self._lock:
                     self.dropped += n
                 self._silence(VoiceUnavailable(f"speech failed: {_one_line(exc)}",
                                                hint="run `timmy doctor`"))
                 return
-            with self._wake:
+            with self._lock:
                 self.spoken += 1
                 self.announced += n
                 self.said.append(text)
@@ -485,7 +494,7 @@ class Announcer:
             save(text, self.to / f"announcement-{self.spoken + 1:04d}.wav")
 
     def _silence(self, exc: VoiceUnavailable) -> None:
-        with self._wake:
+        with self._lock:
             self.silenced = _one_line(exc)
             self.dropped += sum(self._pending.values())
             self._pending = Counter()
