@@ -65,3 +65,10 @@ def test_dashboard_benchmark_prints_its_figures():
     out = run("dashboard.py", "--loads", "1", "--tasks", "5")
     assert "desktop  request -> first swarm table: median" in out
     assert "mobile   request -> first swarm table: median" in out
+
+
+@pytest.mark.timeout(150)
+def test_voice_benchmark_prints_its_figures():
+    out = run("voice.py", "--tasks", "30", "--runs", "1", "--warmup", "10")
+    assert "speech:" in out and "voice=True" in out and "us" in out.splitlines()[-1]
+    assert "announcer run 1: heard" in out

@@ -40,6 +40,7 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:
+    from . import doctor, voice
     from .auction import Auction, Bid, Clearing
     from .bidding import BidStats, compute_bid
     from .errors import (
@@ -60,7 +61,8 @@ if TYPE_CHECKING:
     from .swarm import AsyncSwarm, Swarm
 
 
-_SUBMODULES = ("analytics", "sim", "sweep", "replay", "widgets", "workload")
+# timmy.doctor is a callable module: timmy.doctor() runs the checks (see timmy/doctor.py).
+_SUBMODULES = ("analytics", "doctor", "sim", "sweep", "replay", "voice", "widgets", "workload")
 
 
 def __getattr__(name: str):

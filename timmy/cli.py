@@ -7,6 +7,7 @@
     timmy report DIR            the canned analytics tables of an export or a database
     timmy simulate              N seeded tasks through the simulator (the live rules)
     timmy sweep GRID.toml       a grid of simulations in parallel on Dask
+    timmy doctor                what works on this machine, and the fix for what does not
 
 Every `TimmyError` a command raises is shown as one line plus ``hint: ...`` on
 stderr, with exit code 2 (the code click uses for bad usage), never a traceback.
@@ -619,8 +620,15 @@ def _register_service_commands() -> None:
     cli.add_command(post_cmd, "post")
 
 
+def _register_doctor_command() -> None:
+    from .cli_doctor import doctor_cmd
+
+    cli.add_command(doctor_cmd, "doctor")
+
+
 _register_simulator_commands()
 _register_service_commands()
+_register_doctor_command()
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -46,6 +46,9 @@ class AsyncSwarm:
     the server, ``ollama_timeout`` how long it may stay silent. ``executor="auto"``
     probes the server once at start: Ollama if it answers with those models, simulated
     otherwise; ``executor`` and ``executor_reason`` then say which, and why.
+
+    ``voice=True`` subscribes a `timmy.voice.announcer`: auction winners and completions
+    are spoken, rate-limited and merged, on a thread of their own (see `timmy.voice`).
     """
 
     def __init__(
@@ -69,6 +72,7 @@ class AsyncSwarm:
         model: str | Mapping[str, str] | None = None,
         ollama_host: str | None = None,
         ollama_timeout: float = DEFAULT_TIMEOUT,
+        voice: bool = False,
     ) -> None:
         kwargs: dict[str, Any] = {}
         if personas is not None:
@@ -84,6 +88,8 @@ class AsyncSwarm:
                              model=dict(model) if isinstance(model, Mapping) else model,
                              ollama_host=ollama_host, ollama_timeout=ollama_timeout, **kwargs)
         self.db = db
+        self.voice = voice
+        self.announcer = None  # a timmy.voice.Announcer while a swarm with voice=True runs
         self._db_timeout = db_timeout
         self._engine: Coordinator | None = None
         self._tg = None
@@ -116,6 +122,11 @@ class AsyncSwarm:
             await self._tg.__aexit__(None, None, None)
             self._let_go()
             raise
+        if self.voice:  # speaks on its own thread; without speech it warns once, stays quiet
+            from .voice import announcer
+
+            self.announcer = announcer()
+            self._engine.subscribe(self.announcer)
         return self
 
     async def __aexit__(self, *exc_info) -> None:
@@ -123,6 +134,8 @@ class AsyncSwarm:
             with anyio.CancelScope(shield=True):
                 await self._engine.close()
         finally:
+            if self.announcer is not None:
+                self.announcer.close()  # what is pending is still said, off this thread
             self._tg.cancel_scope.cancel()
             await self._tg.__aexit__(None, None, None)
             self._let_go()
@@ -282,6 +295,11 @@ class Swarm:
     def executor_reason(self) -> str:
         """Why "auto" chose what it chose ("" for an executor given by name)."""
         return self._async.executor_reason
+
+    @property
+    def announcer(self):
+        """The `timmy.voice.Announcer` of a swarm started with ``voice=True`` (else None)."""
+        return self._async.announcer
 
     def start(self) -> Swarm:
         """Open the store and start the engine (done for you by ``with`` or first use)."""

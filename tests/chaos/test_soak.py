@@ -40,7 +40,7 @@ def soaked(tmp_path_factory):
 
 @pytest.mark.timeout(600)
 def test_nothing_is_lost_under_runner_and_service_kills(soaked):
-    db, work, report = soaked
+    db, _, report = soaked
     check(report)
     con = sqlite3.connect(db)
     failed = con.execute("SELECT attempts, reason FROM tasks WHERE status='failed'").fetchall()
