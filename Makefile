@@ -7,6 +7,7 @@
 #   make system-deps   the Debian packages in DEBIAN_PACKAGES (apt-get, as root, if missing)
 #   make test          ruff, then pytest (everything but tests marked slow)
 #   make demo          a seeded 200-task swarm run: table by persona, SQLite file, Parquet export
+#   make soak          the long chaos soak (tests/chaos, -m slow; SOAK_TASKS=20000)
 #   make bench         every benchmarks/*.py (they print figures, they assert nothing)
 #   make lint          ruff only
 #   make clean         caches, build output and the demo's files (keeps .venv and data/timmy.db)
@@ -26,7 +27,7 @@ DEMO_ARGS ?=
 DASHBOARD_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: venv system-deps test demo dashboards stop bench lint clean distclean
+.PHONY: venv system-deps test demo dashboards stop soak bench lint clean distclean
 
 venv: system-deps $(STAMP)
 
@@ -66,6 +67,9 @@ dashboards: venv
 stop:
 	@if [ -x $(BIN)/timmy ]; then $(BIN)/timmy dashboards --db data/timmy.db --stop; \
 	else echo "nothing to stop (no $(VENV) yet)"; fi
+
+soak: venv
+	$(BIN)/pytest -q -s -m slow tests/chaos $(PYTEST_ARGS)
 
 bench: venv
 	@set -e; for script in benchmarks/*.py; do \

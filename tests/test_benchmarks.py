@@ -72,3 +72,10 @@ def test_voice_benchmark_prints_its_figures():
     out = run("voice.py", "--tasks", "30", "--runs", "1", "--warmup", "10")
     assert "speech:" in out and "voice=True" in out and "us" in out.splitlines()[-1]
     assert "announcer run 1: heard" in out
+
+
+@pytest.mark.timeout(150)
+def test_soak_benchmark_prints_its_figures():
+    out = run("soak.py", "--tasks", "200", "--minutes", "0.15", "--sample", "1")
+    assert "lost or duplicated: 0" in out and "orphan processes: 0" in out
+    assert "MB/hour" in out and "problems 0" in out

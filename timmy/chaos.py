@@ -198,7 +198,10 @@ def soak(db: Path, descriptions: Sequence[str], *, kill_every: float = 0.2,
     from timmy.errors import TimmyError
 
     marker = uuid.uuid4().hex
-    service = Service(db, marker, ["--task-seconds", str(task_seconds), "--seed", str(seed)])
+    # Runners die here every ~kill_every * 9 s each, far past the crash-loop guard (5 restarts
+    # a minute, meant for runners that cannot start): lift it, or every agent ends "failed".
+    service = Service(db, marker, ["--task-seconds", str(task_seconds), "--seed", str(seed),
+                                   "--max-restarts", "1000000"])
     service.start()
     rng = random.Random(seed)
     n = len(descriptions)

@@ -66,10 +66,13 @@ _TOKEN_HELP = ("The service's token. Default: TIMMY_TOKEN, else the .token file 
 @click.option("--first-line-timeout", default=FIRST_LINE_TIMEOUT, show_default=True,
               type=click.FloatRange(min=0.01), metavar="SECONDS",
               help="Close a connection that sends no complete request for this long.")
+@click.option("--max-restarts", default=5, show_default=True, type=click.IntRange(1),
+              help="Restarts of one runner in any 60 s before it is marked failed (the guard "
+                   "against a runner that cannot start; a chaos soak raises it).")
 def serve_cmd(db: str, host: str, port: int, token: str | None, allow_remote: bool,
               spawn: bool, seed: int, rule: str, executor: str, task_seconds: float,
               models: tuple[str, ...], personas_file: Path | None, max_connections: int,
-              send_timeout: float, first_line_timeout: float) -> None:
+              send_timeout: float, first_line_timeout: float, max_restarts: int) -> None:
     """Host one swarm until Ctrl-C or SIGTERM; `timmy.Swarm.attach(url)` talks to it.
 
     The control endpoint speaks JSON lines on loopback and needs a token: the
@@ -92,7 +95,9 @@ def serve_cmd(db: str, host: str, port: int, token: str | None, allow_remote: bo
             click.echo(f"token (shown once; stored in {path}, mode 0600): {token}")
         else:
             click.echo(f"token: stored in {path}")
-    options = {}
+    from .supervisor import RestartPolicy
+
+    options: dict = {"restart": RestartPolicy(max_restarts=max_restarts)}
     if personas_file is not None:
         options["personas"] = load_personas(personas_file)
     if models:
