@@ -26,6 +26,7 @@ import click
 
 from . import __version__
 from .auction import RULES
+from .dburl import db_url, describe_db, sqlite_file
 from .errors import ConfigError, StoreError, TimmyError
 from .executors import EXECUTORS
 from .models import TERMINAL_STATES
@@ -84,44 +85,6 @@ def main() -> None:
 
 
 # -- helpers ------------------------------------------------------------------
-
-
-def db_url(value: str) -> str:
-    """An SQLAlchemy URL as given, or a filesystem path turned into a ``sqlite:///`` URL."""
-    if "://" in value:
-        return value
-    if not value.strip():
-        raise ConfigError("the database is an empty string",
-                          hint="pass a path such as data/timmy.db or an SQLAlchemy URL")
-    return f"sqlite:///{Path(value)}"
-
-
-def sqlite_file(url: str) -> Path | None:
-    """The file behind a ``sqlite:///`` URL (None for other databases and in-memory ones)."""
-    import sqlalchemy as sa
-
-    try:
-        parsed = sa.engine.make_url(url)
-    except sa.exc.ArgumentError:
-        return None
-    db = parsed.database
-    if parsed.get_backend_name() != "sqlite" or not db or db == ":memory:" \
-            or db.startswith("file:"):
-        return None
-    return Path(db)
-
-
-def describe_db(url: str) -> str:
-    """Where a database lives, for humans: the absolute file, or the URL without password."""
-    path = sqlite_file(url)
-    if path is not None:
-        return str(path.resolve())
-    import sqlalchemy as sa
-
-    try:
-        return sa.engine.make_url(url).render_as_string(hide_password=True)
-    except sa.exc.ArgumentError:
-        return url
 
 
 def remove_sqlite(path: Path) -> bool:

@@ -175,6 +175,10 @@ def explain(url: str, exc: Exception) -> StoreError:
     elif "unable to open" in low:
         hint = "check that the path exists, is a file and is readable and writable"
         what = "the database file cannot be opened"
+    elif "disk i/o error" in low:
+        hint = ("check that the file system is writable and healthy (mount options, "
+                "chattr -i, dmesg); work in flight is kept in memory and retried")
+        what = "the disk refused a read or write"
     elif "disk" in low and "full" in low:
         hint = "free disk space; work in flight is kept in memory and retried"
         what = "the disk is full"

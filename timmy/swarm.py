@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from .coordinator import Config, Coordinator, WaitTimeout, progress_bar
-from .errors import ConfigError, SwarmClosed
+from .dburl import db_url
+from .errors import ConfigError, StoreError, SwarmClosed
 from .llm import DEFAULT_TIMEOUT
 from .models import TASK_STATES, AgentInfo, Event, Task
 from .ownership import claim
@@ -53,7 +54,7 @@ class AsyncSwarm:
 
     def __init__(
         self,
-        db: str = DEFAULT_DB,
+        db: str | Path = DEFAULT_DB,
         *,
         executor: str = "simulated",
         seed: int = 0,
@@ -87,7 +88,7 @@ class AsyncSwarm:
                              runner_command=runner_command,
                              model=dict(model) if isinstance(model, Mapping) else model,
                              ollama_host=ollama_host, ollama_timeout=ollama_timeout, **kwargs)
-        self.db = db
+        self.db = db_url(str(db))   # a path is an SQLite file
         self.voice = voice
         self.announcer = None  # a timmy.voice.Announcer while a swarm with voice=True runs
         self._db_timeout = db_timeout
@@ -240,10 +241,20 @@ class AsyncSwarm:
         return self.engine.subscribe(callback)
 
     async def status(self) -> dict:
-        """Task counts by state, live and free runners, open auctions."""
-        await self.engine.flush()
+        """Task counts by state, live and free runners, open auctions.
+
+        Answers while the store refuses writes (disk full, read-only, locked): the counts
+        are then those stored, and ``store_error`` says why newer changes wait in memory.
+        """
+        store_error = None
+        try:
+            await self.engine.flush()
+        except StoreError as exc:
+            store_error = f"{exc.message} (hint: {exc.hint})"
         counts = await anyio.to_thread.run_sync(self.store.status_counts)
-        return self.engine.status(counts)
+        status = self.engine.status(counts)
+        status["store_error"] = store_error
+        return status
 
     async def export(self, out_dir: str | Path, fmt: str = "parquet") -> dict[str, Path]:
         """Write tasks, bids, agents and events as Parquet (or CSV) files into ``out_dir``."""
