@@ -69,10 +69,14 @@ _TOKEN_HELP = ("The service's token. Default: TIMMY_TOKEN, else the .token file 
 @click.option("--max-restarts", default=5, show_default=True, type=click.IntRange(1),
               help="Restarts of one runner in any 60 s before it is marked failed (the guard "
                    "against a runner that cannot start; a chaos soak raises it).")
+@click.option("--max-queued", default=100_000, show_default=True, type=click.IntRange(1),
+              help="Unfinished tasks the swarm holds; past it a post is refused (QueueFull) "
+                   "instead of memory growing without end.")
 def serve_cmd(db: str, host: str, port: int, token: str | None, allow_remote: bool,
               spawn: bool, seed: int, rule: str, executor: str, task_seconds: float,
               models: tuple[str, ...], personas_file: Path | None, max_connections: int,
-              send_timeout: float, first_line_timeout: float, max_restarts: int) -> None:
+              send_timeout: float, first_line_timeout: float, max_restarts: int,
+              max_queued: int) -> None:
     """Host one swarm until Ctrl-C or SIGTERM; `timmy.Swarm.attach(url)` talks to it.
 
     The control endpoint speaks JSON lines on loopback and needs a token: the
@@ -97,7 +101,8 @@ def serve_cmd(db: str, host: str, port: int, token: str | None, allow_remote: bo
             click.echo(f"token: stored in {path}")
     from .supervisor import RestartPolicy
 
-    options: dict = {"restart": RestartPolicy(max_restarts=max_restarts)}
+    options: dict = {"restart": RestartPolicy(max_restarts=max_restarts),
+                     "max_queued": max_queued}
     if personas_file is not None:
         options["personas"] = load_personas(personas_file)
     if models:

@@ -46,6 +46,7 @@ from .errors import (
     ConfigError,
     MissingDependency,
     PersonaError,
+    QueueFull,
     RunnerError,
     StoreError,
     SwarmClosed,
@@ -97,6 +98,7 @@ class Config:
     personas: dict[str, Persona] = field(default_factory=lambda: dict(PERSONAS))
     restart: RestartPolicy = field(default_factory=RestartPolicy)
     runner_command: Sequence[str] | None = None   # replaces `python -m timmy.runner` (tests)
+    max_queued: int = 100_000      # unfinished tasks the swarm holds; past it post() refuses
     runner_queue: int = 32         # tasks a runner may hold (running + waiting): past that its
                                    # bids are passed over. 1 = a runner works only when idle
     ping_interval: float = 5.0     # seconds between pings to each runner
@@ -119,6 +121,8 @@ class Config:
         _check_number("runner_queue", self.runner_queue, 1, 1000, "the default is 32",
                       integer=True)
         _check_number("max_attempts", self.max_attempts, 1, 100, "the default is 3",
+                      integer=True)
+        _check_number("max_queued", self.max_queued, 1, 100_000_000, "the default is 100000",
                       integer=True)
         _check_number("ping_interval", self.ping_interval, 0.01, 3600, "the default is 5.0")
         _check_number("ping_timeout", self.ping_timeout, 0.1, 86400, "the default is 30.0")
@@ -519,6 +523,12 @@ class Coordinator:
         descriptions = [check_description(d) for d in descriptions]
         if not descriptions:
             return []
+        if len(self.active) + len(descriptions) > self.cfg.max_queued:
+            raise QueueFull(
+                f"{len(self.active):,} tasks are unfinished and the cap is "
+                f"{self.cfg.max_queued:,}: {len(descriptions):,} more would not fit",
+                hint="wait for some to finish (swarm.wait / run), post fewer at once, or "
+                     "start the swarm with a higher max_queued (--max-queued)")
         tasks = await self._write(self.store.insert_tasks, descriptions, time.time())
         for task in tasks:
             self.active[task.task_id] = task

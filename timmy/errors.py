@@ -66,6 +66,10 @@ class SwarmClosed(TimmyError, RuntimeError):
     """The swarm was used after it stopped."""
 
 
+class QueueFull(TimmyError):
+    """Posting would take the swarm past its cap on unfinished tasks (``max_queued``)."""
+
+
 class ExecutorUnavailable(TimmyError):
     """An executor's backend (an Ollama server, a model) cannot be used."""
 
