@@ -306,3 +306,23 @@ def _alive(pid: int) -> bool:
     from timmy.launcher import _alive as alive
 
     return alive(pid)
+
+
+def test_speak_events_toggle_plays_speech_in_the_browser(browser, stack):
+    """The page's "Speak events" toggle: announcements synthesised in the kernel arrive as
+    a WAV the browser loads (a real duration), with the sentence shown."""
+    swarm = attach(stack)
+    if not [a for a in swarm.agents() if a.status in ("idle", "busy")]:
+        swarm.spawn("forge")
+    page = open_page(browser, stack.running.desktop_url, DESKTOP)
+    page.click("button:has-text('Speak events')")
+    page.wait_for_selector(".timmy-speech :text('speaking events')", timeout=CHANGE)
+    swarm.run(["fix the bug in the parser", "write the docs"], timeout=30)
+    page.locator(".timmy-speech").get_by_text("🔊", exact=False).wait_for(timeout=CHANGE)
+    duration = page.wait_for_function(
+        "() => { const a = document.querySelector('audio.timmy-audio, .timmy-audio audio');"
+        " return a && a.duration > 0 && a.duration; }", timeout=CHANGE).json_value()
+    assert duration > 0.3
+    shot(page, "desktop-speaking")
+    swarm.close()
+    page.context.close()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import html
 import itertools
+import os
 import subprocess
 import sys
 import threading
@@ -374,3 +375,59 @@ def test_the_inspector_shows_an_llm_answer_escaped(make_swarm, monkeypatch):
         assert "class='timmy-outcome'" in shown
         assert html.escape(task.result, quote=True) in shown
         assert "<script" not in shown
+
+
+def test_speak_events_plays_real_speech_in_the_page(make_swarm, eventually):
+    """The toggle subscribes a voice announcer whose WAVs (pyttsx3 + espeak-ng, for real)
+    go to the page's Audio widget; turning it off unsubscribes."""
+    import io
+    import wave
+
+    from timmy.errors import VoiceUnavailable
+    from timmy.voice import check
+
+    try:
+        check()
+    except VoiceUnavailable as exc:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"voice is required under CI=true: {exc.hint}")
+        pytest.skip(f"no voice here: {exc.hint}")
+    swarm = make_swarm()
+    swarm.spawn_all()
+    box = desktop(swarm, interval=0.05)
+    console = box.console
+    console.speak_button.value = True
+    swarm.run(["fix the bug in the api client"] * 3, timeout=20)
+    eventually(lambda: console.audio.value[:4] == b"RIFF", timeout=20, what="a WAV in the page")
+    with wave.open(io.BytesIO(console.audio.value)) as wav:
+        assert wav.getnframes() / wav.getframerate() > 0.3
+    eventually(lambda: "completed" in console.speak_line.value, timeout=20,
+               what="completions announced (rate-limited: the second announcement)")
+    assert console.speak_line.value.startswith("🔊")
+    announcer = console.announcer
+    console.speak_button.value = False
+    assert console.announcer is None
+    heard = announcer.heard
+    swarm.run(["write the docs"], timeout=20)
+    assert announcer.heard == heard, "turned off: no longer subscribed"
+    box.close()
+
+
+def test_speak_events_without_pyttsx3_says_how_to_fix_it(tmp_path):
+    code = f"""
+import sys
+sys.modules["pyttsx3"] = None
+import timmy
+from timmy.widgets import mobile
+swarm = timmy.Swarm(db={str(tmp_path / 'v.db')!r}, task_seconds=0).start()
+box = mobile(swarm)
+box.console.speak_button.value = True
+print(box.console.speak_button.value, box.console.speak_line.value)
+box.close()
+swarm.close()
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.startswith("False ")
+    assert "pip install" in out.stdout and "voice" in out.stdout

@@ -371,7 +371,8 @@ class Announcer:
     why the announcer went quiet (None while it can speak).
     """
 
-    def __init__(self, to: str | Path | None = None, *, min_interval: float = 2.0) -> None:
+    def __init__(self, to: str | Path | None = None, *, min_interval: float = 2.0,
+                 on_said: Callable[[str, Path | None], None] | None = None) -> None:
         if min_interval < 0:
             raise ConfigError(f"min_interval must be >= 0, not {min_interval}",
                               hint="pass the fewest seconds between two announcements")
@@ -379,6 +380,7 @@ class Announcer:
         if self.to is not None:
             self.to.mkdir(parents=True, exist_ok=True)
         self.min_interval = min_interval
+        self.on_said = on_said      # called with (sentence, WAV path or None) after each one
         self.heard = self.announced = self.spoken = self.dropped = 0
         self.said: deque[str] = deque(maxlen=100)
         self.silenced: str | None = None
@@ -488,10 +490,16 @@ class Announcer:
             audio_output()
 
     def _say(self, text: str) -> None:
+        path = None
         if self.to is None:
             speak(text)
         else:
-            save(text, self.to / f"announcement-{self.spoken + 1:04d}.wav")
+            path = save(text, self.to / f"announcement-{self.spoken + 1:04d}.wav")
+        if self.on_said is not None:
+            try:
+                self.on_said(text, path)
+            except Exception:
+                log.exception("on_said callback failed")
 
     def _silence(self, exc: VoiceUnavailable) -> None:
         with self._lock:
@@ -505,10 +513,13 @@ def _engine_ready(voice: _VoiceThread) -> None:
     _engine(voice)
 
 
-def announcer(to: str | Path | None = None, *, min_interval: float = 2.0) -> Announcer:
+def announcer(to: str | Path | None = None, *, min_interval: float = 2.0,
+              on_said: Callable[[str, Path | None], None] | None = None) -> Announcer:
     """An `Announcer` to pass to ``swarm.subscribe``: speaks (or, with ``to=DIR``, saves)
-    auction winners and completions, rate-limited and merged, off the swarm's thread."""
-    return Announcer(to, min_interval=min_interval)
+    auction winners and completions, rate-limited and merged, off the swarm's thread.
+    ``on_said(sentence, wav_path_or_None)`` is called after each announcement (a
+    dashboard plays the WAV in the browser)."""
+    return Announcer(to, min_interval=min_interval, on_said=on_said)
 
 
 # At exit, announcers still running say what is pending (bounded): a script's last summary.

@@ -41,7 +41,78 @@ def console_box():
     return ConsoleBox
 
 
-class Console:
+class SpeakMixin:
+    """A "Speak events" toggle: a `timmy.voice` announcer whose WAVs play in the browser.
+
+    The kernel synthesises each announcement with pyttsx3/espeak-ng into a WAV and hands
+    it to an ``ipywidgets.Audio`` widget, so the speech comes out of the device that shows
+    the page (a phone too), not out of the machine the kernel runs on. When voice cannot
+    work here the toggle turns itself off and says why, with the fix.
+    """
+
+    announcer = None
+    _unsubscribe_voice = None
+
+    def speak_toggle(self, full_width: bool = False):
+        w = self.w
+        self.speak_button = w.ToggleButton(
+            value=False, description="Speak events", icon="volume-up",
+            tooltip="say auction winners and completions aloud (in this browser)",
+            layout=w.Layout(width="100%" if full_width else None, **TOUCH))
+        self.speak_button.observe(self._on_speak, names="value")
+        self.speak_line = w.HTML()
+        self.speak_line.add_class("timmy-speech")
+        self.audio = w.Audio(value=b"", format="wav", autoplay=True, loop=False, controls=True,
+                             layout=w.Layout(width="100%" if full_width else "260px",
+                                             display="none"))
+        self.audio.add_class("timmy-audio")
+        return w.VBox([self.speak_button, self.speak_line, self.audio])
+
+    def _on_speak(self, change) -> None:
+        if change["new"]:
+            self._start_speaking()
+        else:
+            self._stop_speaking()
+            self.speak_line.value = ""
+
+    def _start_speaking(self) -> None:
+        import tempfile
+
+        from .. import voice
+
+        try:
+            voice.check()
+        except TimmyError as exc:
+            self.speak_button.value = False      # (clears the line: say why after it)
+            self.speak_line.value = error_html(exc)
+            return
+        self._voice_dir = tempfile.TemporaryDirectory(prefix="timmy-speech-")
+        self.announcer = voice.announcer(to=self._voice_dir.name, on_said=self._play)
+        self._unsubscribe_voice = self.swarm.subscribe(self.announcer)
+        self.speak_line.value = "<i>speaking events: winners and completions</i>"
+
+    def _play(self, sentence: str, path) -> None:
+        """After each announcement (on the announcer's thread): send its WAV to the page."""
+        if path is None:
+            return
+        from pathlib import Path
+
+        data = Path(path).read_bytes()
+        Path(path).unlink(missing_ok=True)
+        self.audio.layout.display = None
+        self.audio.value = data
+        self.speak_line.value = f"🔊 {esc(sentence)}"
+
+    def _stop_speaking(self) -> None:
+        unsubscribe, self._unsubscribe_voice = self._unsubscribe_voice, None
+        if unsubscribe is not None:
+            unsubscribe()
+        if self.announcer is not None:
+            self.announcer.close()
+            self.announcer = None
+
+
+class Console(SpeakMixin):
     """Subscription, state and throttled redraws; subclasses build widgets and `render`."""
 
     def __init__(self, swarm, interval: float = 0.25, feed_size: int = 50) -> None:
@@ -97,6 +168,7 @@ class Console:
 
     def detach(self) -> None:
         """Unsubscribe and stop redrawing (the box's close() calls this). Safe to call twice."""
+        self._stop_speaking()
         self.throttle.close()
         unsubscribe, self._unsubscribe = self._unsubscribe, lambda: None
         unsubscribe()

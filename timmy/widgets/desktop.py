@@ -46,7 +46,7 @@ class DesktopConsole(Console):
         controls = w.VBox([self.post_box(),
                            w.HBox([self.persona_pick, self.spawn_button,
                                    self.agent_pick, self.stop_button]),
-                           self.control_message])
+                           self.control_message, self.speak_toggle()])
         left = w.VBox([w.HTML("<h4>Agents</h4>"), self.agents_html,
                        w.HTML("<h4>Open auctions</h4>"), self.auctions_html],
                       layout=w.Layout(width="50%"))

@@ -28,7 +28,7 @@ class MobileConsole(Console):
                              (self.results, "results")):
             widget.add_class(f"timmy-{name}")   # stable hooks for CSS and browser tests
         self.box = console_box()(
-            [self.header, self.post_box(full_width=True),
+            [self.header, self.post_box(full_width=True), self.speak_toggle(full_width=True),
              w.HTML("<b>Latest results</b>"), self.results,
              w.HTML("<b>Live</b>"), self.feed],
             layout=w.Layout(width="100%", max_width="100vw", overflow="hidden auto"))
