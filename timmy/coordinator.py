@@ -661,7 +661,7 @@ class Coordinator:
             self._watchers.setdefault(i, []).append(watch)
         self._waits.add(all_done)
         try:
-            if remaining:
+            if remaining and self.lost is None:   # lost: nothing here will finish any more
                 with anyio.move_on_after(timeout):
                     await all_done.wait()
             if remaining and self.lost is not None:
