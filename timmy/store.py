@@ -322,6 +322,9 @@ class Store:
         # Fencing (see the module docstring): SQLite's lock is the OS's and cannot be lost
         # unnoticed, so only server databases pay for the check.
         self._fenced = server
+        # Inserts by COPY (see _copy_rows): PostgreSQL through psycopg 3.
+        self._copy = self.engine.dialect.name == "postgresql" and \
+            self.engine.dialect.driver == "psycopg"
         self._epoch: str | None = None    # the ownership epoch this store's swarm holds
         self._compiled: dict[int, tuple[str, list[str] | None, Any]] = {}
         self._known_agents: set[str] = set()   # agent rows known to exist
@@ -459,6 +462,9 @@ class Store:
         """
         if not rows:
             return
+        if self._copy and stmt.is_insert:
+            self._copy_rows(conn, stmt.table, columns, rows)
+            return
         sql, names, _ = self._sql(stmt)
         columns = tuple(columns)
         if names is None:  # a named paramstyle (psycopg): dicts
@@ -469,6 +475,17 @@ class Store:
             order = [columns.index(n) for n in names]
             params = [tuple(r[i] for i in order) for r in rows]
         conn.exec_driver_sql(sql, params)
+
+    def _copy_rows(self, conn, table: sa.Table, columns: Sequence[str], rows: list) -> None:
+        """PostgreSQL: insert rows with COPY, inside the batch's transaction. executemany
+        executes a statement per row, and at the thousands of bid and event rows a busy
+        swarm writes per second that was most of its time; COPY is about 6x cheaper."""
+        quote = self.engine.dialect.identifier_preparer.quote
+        sql = (f"COPY {quote(table.name)} ({', '.join(quote(c) for c in columns)}) "
+               "FROM STDIN")
+        with conn.connection.driver_connection.cursor() as cur, cur.copy(sql) as copy:
+            for row in rows:
+                copy.write_row(row)
 
     def _apply(self, batch: Batch) -> None:
         with self.engine.begin() as conn:
