@@ -131,9 +131,9 @@ def _in_ci() -> bool:
 
 def _no_postgres(why: str) -> None:
     """Skip (locally) or fail (in CI, where the Makefile installs PostgreSQL) the PG tests."""
-    message = (f"no PostgreSQL for the [postgresql] tests: {why}. Install Debian's postgresql "
-               "package (its initdb and pg_ctl start a throwaway server), or set "
-               "TIMMY_TEST_PG_URL=postgresql+psycopg://USER:PASSWORD@HOST:PORT/DB")
+    message = (f"no PostgreSQL for the [postgresql] tests: {why}. To run them, install "
+               "Debian's postgresql package (a throwaway server is then started for the "
+               "session), or set TIMMY_TEST_PG_URL=postgresql+psycopg://USER:PASSWORD@HOST/DB")
     if _in_ci():
         pytest.fail(message + " (CI is set: not skipping)", pytrace=False)
     pytest.skip(message)

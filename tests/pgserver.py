@@ -45,13 +45,15 @@ class ServerUnavailable(RuntimeError):
 def find_bindir() -> Path | None:
     """The directory of ``initdb`` and ``pg_ctl``: TIMMY_PG_BIN, else Debian's newest, else PATH."""
     given = os.environ.get("TIMMY_PG_BIN")
-    candidates = [given] if given else []
-    candidates += sorted(glob.glob("/usr/lib/postgresql/*/bin"),
-                         key=lambda p: int(Path(p).parent.name) if Path(p).parent.name.isdigit()
-                         else 0, reverse=True)
-    on_path = shutil.which("pg_ctl")
-    if on_path:
-        candidates.append(str(Path(on_path).parent))
+    if given:
+        candidates = [given]
+    else:
+        candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin"),
+                            key=lambda p: int(Path(p).parent.name) if Path(p).parent.name.isdigit()
+                            else 0, reverse=True)
+        on_path = shutil.which("pg_ctl")
+        if on_path:
+            candidates.append(str(Path(on_path).parent))
     for c in candidates:
         if (Path(c) / "initdb").is_file() and (Path(c) / "pg_ctl").is_file():
             return Path(c)
@@ -74,9 +76,8 @@ class PgServer:
         self.log = self.root / "server.log"
         bindir = bindir or find_bindir()
         if bindir is None:
-            raise ServerUnavailable(
-                "no PostgreSQL server binaries (initdb, pg_ctl) found under "
-                "/usr/lib/postgresql/*/bin or on PATH; install Debian's postgresql package")
+            raise ServerUnavailable("no PostgreSQL server binaries (initdb, pg_ctl) under "
+                                    "/usr/lib/postgresql/*/bin or on PATH (or TIMMY_PG_BIN)")
         self.bindir = bindir
         self._as_owner = os.geteuid() == 0
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,7 +23,9 @@ import pytest
 import sqlalchemy as sa
 
 import timmy
+from timmy import ownership
 from timmy.errors import ConfigError, OwnershipLost, PersonaError, StoreError
+from timmy.ownership import whoami
 from timmy.personas import persona_from_dict
 from timmy.store import Store
 
@@ -70,7 +71,7 @@ def test_a_second_swarm_process_is_refused_naming_the_owner_and_changes_nothing(
         cwd=tmp_path, capture_output=True, text=True, timeout=60)
 
     assert second.returncode != 0
-    assert f"timmy swarm pid {owner.pid} on {socket.gethostname()}" in second.stderr
+    assert f"timmy swarm pid {owner.pid} " in second.stderr
     assert "in use by another swarm" in second.stderr and "hint:" in second.stderr
     assert sa.engine.make_url(pg_url).password not in second.stderr + second.stdout
     assert rows_of(pg_url, "SELECT * FROM tasks ORDER BY task_id") == tasks_before
@@ -122,9 +123,42 @@ def _start_or_none(url: str) -> timmy.Swarm | None:
         return None
 
 
+def cut_lock_connection(rows_of, url: str) -> None:
+    """End this process's lock session from the server side, as a server restart would."""
+    cut = rows_of(url, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                       "WHERE application_name = :me", me=whoami()[:63])
+    assert cut == [(True,)]
+
+
+def lock_sessions(rows_of, url: str) -> list[tuple]:
+    return rows_of(url, "SELECT a.pid FROM pg_locks l JOIN pg_stat_activity a USING (pid) "
+                        "WHERE l.locktype = 'advisory' AND l.granted "
+                        "AND a.application_name = :me", me=whoami()[:63])
+
+
+@pytest.mark.timeout(60)
+def test_a_swarm_whose_lock_connection_died_takes_the_lock_again(
+        pg_url, rows_of, eventually, monkeypatch):
+    monkeypatch.setattr(ownership, "CHECK_EVERY", 0.05)
+    first = timmy.Swarm(db=pg_url, seed=1, task_seconds=0, auction_window=1.0).start()
+    try:
+        [(before,)] = lock_sessions(rows_of, pg_url)
+        cut_lock_connection(rows_of, pg_url)
+        [(after,)] = eventually(lambda: lock_sessions(rows_of, pg_url), what="the lock again")
+        assert after != before
+        with pytest.raises(StoreError, match="in use by another swarm"):
+            timmy.Swarm(db=pg_url).start()
+        first.spawn("forge")
+        assert first.wait(first.post(FIX).task_id, timeout=10).status == "completed"
+    finally:
+        first.close()
+    assert lock_sessions(rows_of, pg_url) == []
+
+
 @pytest.mark.timeout(90)
 def test_a_swarm_that_lost_its_lock_is_fenced_out_and_the_new_owner_finishes_its_work(
-        pg_url, start_owner, rows_of, eventually):
+        pg_url, start_owner, rows_of, eventually, monkeypatch):
+    monkeypatch.setattr(ownership, "CHECK_EVERY", 3600)   # it will not notice in time
     first = timmy.Swarm(db=pg_url, seed=1, task_seconds=30.0, auction_window=1.0)
     try:
         first.spawn_all(["forge", "quill"])
@@ -133,10 +167,7 @@ def test_a_swarm_that_lost_its_lock_is_fenced_out_and_the_new_owner_finishes_its
                    what="two tasks running")
         runner_pids = [a.pid for a in first.agents()]
         # Its lock connection dies (a network cut, a server restart) and it does not notice.
-        me = f"timmy swarm pid {os.getpid()} on {socket.gethostname()}"
-        cut = rows_of(pg_url, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                              "WHERE application_name = :me", me=me)
-        assert cut == [(True,)]
+        cut_lock_connection(rows_of, pg_url)
 
         second, _ = start_owner(
             swarm={"db": pg_url, "seed": 1, "task_seconds": 0.0, "auction_window": 1.0},

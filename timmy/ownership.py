@@ -16,7 +16,8 @@ that names the owner:
   dies, and within about half a minute when its machine vanishes (the
   connection asks the server for TCP keepalives). The lock connection carries
   ``application_name`` "timmy swarm pid N on HOST", which is how a refused
-  swarm learns whom to name.
+  swarm learns whom to name. A thread checks the connection every few seconds
+  and, should it have died (a server restart), takes the lock again.
 
 Why not several coordinators sharing one PostgreSQL store, each claiming tasks
 with ``FOR UPDATE SKIP LOCKED``? Auctions, runner queues and learned bids live
@@ -36,8 +37,11 @@ Other URLs (MySQL, ...) are not guarded here: run one swarm per database.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import socket
+import threading
 import zlib
 from collections.abc import Callable
 from pathlib import Path
@@ -46,11 +50,15 @@ import sqlalchemy as sa
 
 from .errors import StoreError
 
+log = logging.getLogger("timmy.ownership")
+
 #: First half of the advisory lock key: "timm" in ASCII; the second half is the schema's.
 LOCK_CLASS = 0x74696D6D
 #: Seconds before a silent lock connection is probed, between probes, and probes lost
 #: before the server drops it (and with it the lock).
 KEEPALIVE = (10, 5, 3)
+#: Seconds between checks that the lock's connection is still alive.
+CHECK_EVERY = 5.0
 
 
 def whoami() -> str:
@@ -129,48 +137,105 @@ def _claim_file(url: str, path: Path) -> Callable[[], None]:
 
 
 def _claim_postgres(url: str) -> Callable[[], None]:
-    """The advisory lock on a connection of its own (not pooled: it lives as long as the swarm).
-
-    Autocommit, so the connection idles outside any transaction: it holds no snapshot
-    and blocks no vacuum, however long the swarm runs.
-    """
+    """The advisory lock, on a connection of its own, kept by a `_LockKeeper` thread."""
     from .store import explain
 
-    engine = sa.create_engine(url, poolclass=sa.pool.NullPool,
-                              isolation_level="AUTOCOMMIT")
-    conn = None
+    engine = sa.create_engine(url, poolclass=sa.pool.NullPool, isolation_level="AUTOCOMMIT")
     try:
-        conn = engine.connect()
+        conn, key = _lock_session(engine)
+        if conn is None:
+            raise _refused(url, key)
+    except sa.exc.DBAPIError as exc:
+        engine.dispose()
+        raise explain(url, exc) from exc
+    keeper = _LockKeeper(url, engine, conn)
+    keeper.start()
+    return keeper.release
+
+
+def _lock_session(engine: sa.Engine):
+    """Connect and try the lock: (connection, key) when taken, else (None, who holds it).
+
+    Autocommit, so the connection idles outside any transaction: it holds no snapshot and
+    blocks no vacuum, however long the swarm runs.
+    """
+    conn = engine.connect()
+    try:
         idle, interval, count = KEEPALIVE
         conn.exec_driver_sql(f"SET tcp_keepalives_idle = {idle}")
         conn.exec_driver_sql(f"SET tcp_keepalives_interval = {interval}")
         conn.exec_driver_sql(f"SET tcp_keepalives_count = {count}")
+        with contextlib.suppress(sa.exc.DBAPIError):   # PostgreSQL < 14 has no such setting
+            conn.exec_driver_sql("SET idle_session_timeout = 0")   # idle is all it does
         conn.execute(sa.text("SELECT set_config('application_name', :me, false)"),
                      {"me": whoami()[:63]})
         schema = conn.execute(sa.text("SELECT current_schema()")).scalar() or ""
         key = zlib.crc32(schema.encode()) & 0x7FFFFFFF
-        got = conn.execute(sa.text("SELECT pg_try_advisory_lock(:a, :b)"),
-                           {"a": LOCK_CLASS, "b": key}).scalar()
-        if not got:
-            owner = _lock_holder(conn, key)
-            conn.close()
-            engine.dispose()
-            raise _refused(url, owner)
-    except sa.exc.DBAPIError as exc:
-        if conn is not None:
-            conn.close()
-        engine.dispose()
-        raise explain(url, exc) from exc
+        if conn.execute(sa.text("SELECT pg_try_advisory_lock(:a, :b)"),
+                        {"a": LOCK_CLASS, "b": key}).scalar():
+            return conn, key
+        owner = _lock_holder(conn, key)
+    except BaseException:
+        conn.close()
+        raise
+    conn.close()
+    return None, owner
 
-    def release() -> None:
+
+class _LockKeeper(threading.Thread):
+    """Checks the lock connection every few seconds; if it died (a server restart, a network
+    cut), takes the lock again on a new one, so a swarm started meanwhile is refused rather
+    than taking over. Should another swarm have got the lock in the gap, this one is fenced
+    out at its next write (see `timmy.store`) and the keeper says so in the log."""
+
+    def __init__(self, url: str, engine: sa.Engine, conn) -> None:
+        super().__init__(name="timmy-lock-keeper", daemon=True)
+        self.url, self.engine, self.conn = url, engine, conn
+        self.stopping = threading.Event()
+        self.lock = threading.Lock()   # the connection: the keeper's, or release()'s
+
+    def run(self) -> None:
+        while not self.stopping.wait(CHECK_EVERY):
+            with self.lock:
+                if self.stopping.is_set():
+                    return
+                self._check()
+
+    def _check(self) -> None:
+        from .store import safe_url
+
+        if self.conn is not None:
+            try:
+                self.conn.exec_driver_sql("SELECT 1")
+                return
+            except sa.exc.DBAPIError:
+                with contextlib.suppress(sa.exc.DBAPIError):
+                    self.conn.close()
+                self.conn = None
+                log.warning("lost the lock connection to %s: taking the lock again",
+                            safe_url(self.url))
         try:
-            conn.close()   # ending the session frees the lock, even if the unlock would fail
-        except sa.exc.DBAPIError:
-            pass
-        finally:
-            engine.dispose()
+            conn, key = _lock_session(self.engine)
+        except sa.exc.DBAPIError as exc:
+            log.warning("cannot take the lock on %s again yet: %s", safe_url(self.url),
+                        str(exc.orig or exc).strip().splitlines()[0][:200])
+            return
+        if conn is None:
+            log.error("%s is now locked by %s: this swarm will stop at its next write",
+                      safe_url(self.url), key)
+            self.stopping.set()
+            return
+        self.conn = conn
+        log.warning("took the lock on %s again", safe_url(self.url))
 
-    return release
+    def release(self) -> None:
+        self.stopping.set()
+        with self.lock:
+            if self.conn is not None:
+                with contextlib.suppress(sa.exc.DBAPIError):
+                    self.conn.close()   # ending the session frees the lock
+                self.conn = None
+            self.engine.dispose()
 
 
 def _lock_holder(conn, key: int) -> str:
