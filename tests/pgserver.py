@@ -36,6 +36,8 @@ from pathlib import Path
 DEFAULT_PORT = 54329
 DB_USER = "timmy"
 CLUSTER_OWNER = "postgres"   # as root: the user Debian's package creates for its own clusters
+NO_BINARIES = ("no PostgreSQL server binaries (initdb, pg_ctl) under /usr/lib/postgresql/*/bin "
+               "or on PATH (or TIMMY_PG_BIN)")
 
 
 class ServerUnavailable(RuntimeError):
@@ -76,8 +78,7 @@ class PgServer:
         self.log = self.root / "server.log"
         bindir = bindir or find_bindir()
         if bindir is None:
-            raise ServerUnavailable("no PostgreSQL server binaries (initdb, pg_ctl) under "
-                                    "/usr/lib/postgresql/*/bin or on PATH (or TIMMY_PG_BIN)")
+            raise ServerUnavailable(NO_BINARIES)
         self.bindir = bindir
         self._as_owner = os.geteuid() == 0
 
@@ -117,14 +118,15 @@ class PgServer:
         self._create_database(DB_USER)
         return self.url()
 
-    def stop(self) -> None:
+    def stop(self, mode: str = "fast") -> None:
+        """Stop the server: "fast" (clients are disconnected, the data is saved cleanly) or
+        "immediate" (no shutdown checkpoint: for a cluster about to be deleted)."""
         if self.running():
-            self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop",
-                      check=False)
+            self._run("pg_ctl", "-D", str(self.data), "-m", mode, "-w", "stop", check=False)
 
     def destroy(self) -> None:
         """Stop the server and delete its directory."""
-        self.stop()
+        self.stop("immediate")
         shutil.rmtree(self.root, ignore_errors=True)
 
     # -- inside --------------------------------------------------------------
@@ -218,8 +220,10 @@ def throwaway(fast: bool = True):
     """A fresh server in a new temporary directory on a free port, destroyed afterwards."""
     import tempfile
 
-    root = Path(tempfile.mkdtemp(prefix="timmy-pg-"))
-    server = PgServer(root)
+    bindir = find_bindir()
+    if bindir is None:
+        raise ServerUnavailable(NO_BINARIES)
+    server = PgServer(tempfile.mkdtemp(prefix="timmy-pg-"), bindir)
     try:
         for attempt in range(3):   # a free port can be taken between finding and binding it
             try:
