@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+import zlib
 from collections import Counter
 from pathlib import Path
 
@@ -25,7 +26,6 @@ import sqlalchemy as sa
 import timmy
 from timmy import ownership
 from timmy.errors import ConfigError, OwnershipLost, PersonaError, StoreError
-from timmy.ownership import whoami
 from timmy.personas import persona_from_dict
 from timmy.store import Store
 
@@ -44,11 +44,17 @@ def completions(rows_of, url: str) -> Counter:
                                               "WHERE kind = 'task_completed'"))
 
 
-def gone(pids: list[int], timeout: float = 5.0) -> bool:
+def running(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def gone(pids: list[int], timeout: float = 10.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if not any(psutil.pid_exists(p) and psutil.Process(p).status() != "zombie"
-                   for p in pids):
+        if not any(running(p) for p in pids):
             return True
         time.sleep(0.05)
     return False
@@ -123,17 +129,26 @@ def _start_or_none(url: str) -> timmy.Swarm | None:
         return None
 
 
-def cut_lock_connection(rows_of, url: str) -> None:
-    """End this process's lock session from the server side, as a server restart would."""
-    cut = rows_of(url, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                       "WHERE application_name = :me", me=whoami()[:63])
-    assert cut == [(True,)]
+LOCK_HOLDERS = ("SELECT {what} FROM pg_locks WHERE locktype = 'advisory' AND granted "
+                "AND classid = :a AND objid = :b AND objsubid = 2")
+
+
+def lock_key(rows_of, url: str) -> dict:
+    """The advisory lock of the schema the URL works in, as timmy.ownership keys it."""
+    [(schema,)] = rows_of(url, "SELECT current_schema()")
+    return {"a": ownership.LOCK_CLASS, "b": zlib.crc32(schema.encode()) & 0x7FFFFFFF}
 
 
 def lock_sessions(rows_of, url: str) -> list[tuple]:
-    return rows_of(url, "SELECT a.pid FROM pg_locks l JOIN pg_stat_activity a USING (pid) "
-                        "WHERE l.locktype = 'advisory' AND l.granted "
-                        "AND a.application_name = :me", me=whoami()[:63])
+    """The server sessions holding the schema's lock."""
+    return rows_of(url, LOCK_HOLDERS.format(what="pid"), **lock_key(rows_of, url))
+
+
+def cut_lock_connection(rows_of, url: str) -> None:
+    """End the session holding the schema's lock from the server side, as a restart would."""
+    cut = rows_of(url, LOCK_HOLDERS.format(what="pg_terminate_backend(pid)"),
+                  **lock_key(rows_of, url))
+    assert cut == [(True,)]
 
 
 @pytest.mark.timeout(60)
