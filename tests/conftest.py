@@ -1,7 +1,10 @@
-"""Shared fixtures for the end-to-end tests: real SQLite files, real runner processes.
+"""Shared fixtures for the end-to-end tests: real databases, real runner processes.
 
 Nothing here is a mock. A swarm is a `timmy.Swarm` on a SQLite file in
-``tmp_path`` with real ``python -m timmy.runner`` children. Where a test needs a
+``tmp_path`` with real ``python -m timmy.runner`` children. A test marked
+``@pytest.mark.postgres`` that takes ``db_url`` (or ``make_swarm``) runs twice:
+on SQLite and on a real PostgreSQL server, in a schema of its own (see
+`pg_server_url` for where the server comes from). Where a test needs a
 runner that misbehaves (never bids, crashes, sends garbage), `scripted_runner`
 writes a small real program that speaks the JSON-lines wire protocol of
 DESIGN.md and hands it to the swarm as its ``runner_command``; a script can
@@ -14,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -105,8 +109,114 @@ def db_path(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def db_url(db_path: Path) -> str:
+def db_url(request: pytest.FixtureRequest, db_path: Path) -> str:
+    """This test's database: an SQLite file, or (``[postgresql]``) a fresh PostgreSQL schema."""
+    if getattr(request, "param", "sqlite") == "postgresql":
+        return request.getfixturevalue("pg_url")
     return f"sqlite:///{db_path}"
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Tests marked ``postgres`` that use a database run on both SQLite and PostgreSQL."""
+    if "db_url" in metafunc.fixturenames and metafunc.definition.get_closest_marker("postgres"):
+        metafunc.parametrize("db_url", ["sqlite", "postgresql"], indirect=True)
+
+
+# -- PostgreSQL ----------------------------------------------------------------------------
+
+
+def _in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def _no_postgres(why: str) -> None:
+    """Skip (locally) or fail (in CI, where the Makefile installs PostgreSQL) the PG tests."""
+    message = (f"no PostgreSQL for the [postgresql] tests: {why}. To run them, install "
+               "Debian's postgresql package (a throwaway server is then started for the "
+               "session), or set TIMMY_TEST_PG_URL=postgresql+psycopg://USER:PASSWORD@HOST/DB")
+    if _in_ci():
+        pytest.fail(message + " (CI is set: not skipping)", pytrace=False)
+    pytest.skip(message)
+
+
+def libpq_url(url: str) -> str:
+    """An SQLAlchemy PostgreSQL URL as psycopg.connect takes it."""
+    import sqlalchemy as sa
+
+    return sa.engine.make_url(url).set(drivername="postgresql").render_as_string(
+        hide_password=False)
+
+
+@pytest.fixture(scope="session")
+def pg_server_url() -> Iterable[str]:
+    """A PostgreSQL database for this session: TIMMY_TEST_PG_URL if set, else a throwaway
+    server (tests/pgserver.py: initdb and pg_ctl of Debian's postgresql package) on a free
+    loopback port, removed at the end. Without either: skipped, or failed when CI is set."""
+    try:
+        import psycopg
+    except ImportError:
+        _no_postgres('psycopg is not installed (pip install "timmy[postgres]")')
+    given = os.environ.get("TIMMY_TEST_PG_URL", "").strip()
+    if given:
+        try:
+            psycopg.connect(libpq_url(given), connect_timeout=10).close()
+        except psycopg.Error as exc:
+            _no_postgres(f"TIMMY_TEST_PG_URL does not answer ({str(exc).strip()[:300]})")
+        yield given
+        return
+    from pgserver import ServerUnavailable, throwaway
+
+    server = throwaway()
+    try:
+        started = server.__enter__()
+    except ServerUnavailable as exc:
+        _no_postgres(str(exc))
+    try:
+        yield started.url()
+    finally:
+        server.__exit__(None, None, None)
+
+
+@pytest.fixture
+def pg_url(pg_server_url: str) -> Iterable[str]:
+    """A schema of its own on the session's server, as a URL whose search_path is that schema
+    (so every timmy table, lock and sequence of this test lives in it); dropped afterwards."""
+    import psycopg
+    import sqlalchemy as sa
+
+    from timmy import store
+
+    schema = f"test_{secrets.token_hex(6)}"
+    with psycopg.connect(libpq_url(pg_server_url), autocommit=True) as conn:
+        conn.execute(f'CREATE SCHEMA "{schema}"')
+    url = sa.engine.make_url(pg_server_url).update_query_dict(
+        {"options": f"-csearch_path={schema}"}).render_as_string(hide_password=False)
+    yield url
+    for key, engine in list(store._engines.items()):   # pooled connections into the schema
+        if key.startswith(f"{url}#"):
+            engine.dispose()
+            del store._engines[key]
+    with contextlib.suppress(psycopg.Error), \
+            psycopg.connect(libpq_url(pg_server_url), autocommit=True) as conn:
+        conn.execute("SET lock_timeout = '5s'")
+        conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+
+
+@pytest.fixture(name="rows_of")
+def rows_of_fixture() -> Callable[..., list[tuple]]:
+    """`rows_of(url, sql)`: a query's rows read with plain SQLAlchemy (no timmy code)."""
+    return rows_of
+
+
+def rows_of(url: str, sql: str, **params) -> list[tuple]:
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
+    try:
+        with engine.connect() as conn:
+            return [tuple(r) for r in conn.execute(sa.text(sql), params)]
+    finally:
+        engine.dispose()
 
 
 @pytest.fixture

@@ -3,7 +3,8 @@ restarts cut short, a runner that says hello twice, configurations refused up fr
 exporting a database that is not timmy's, and the bid rows that say who won which auction.
 
 Real runner processes (or small real programs speaking the wire protocol, see
-``scripted_runner``) and real SQLite files in ``tmp_path``, read back with plain sqlite3.
+``scripted_runner``) and real SQLite files in ``tmp_path``, read back with plain sqlite3
+(or SQLAlchemy: the tests marked ``postgres`` run on SQLite and again on PostgreSQL).
 """
 
 from __future__ import annotations
@@ -113,26 +114,28 @@ def close_with_work_in_flight(db_url: str, eventually) -> None:
 
 
 @pytest.mark.timeout(20)
+@pytest.mark.postgres
 def test_leaving_the_block_requeues_running_tasks_without_using_their_attempt(
-        db_url, db_path, eventually):
+        db_url, rows_of, eventually):
     close_with_work_in_flight(db_url, eventually)
 
-    rows = sqlite_rows(db_path, "select task_id, status, attempts, assigned_agent from tasks "
-                                "order by task_id")
+    rows = rows_of(db_url, "select task_id, status, attempts, assigned_agent from tasks "
+                           "order by task_id")
     assert rows == [(i, "queued", 0, None) for i in (1, 2, 3, 4)]
 
 
 @pytest.mark.timeout(20)
-def test_no_auction_opens_while_the_swarm_is_closing(db_url, db_path, eventually):
+@pytest.mark.postgres
+def test_no_auction_opens_while_the_swarm_is_closing(db_url, rows_of, eventually):
     close_with_work_in_flight(db_url, eventually)
 
-    events = sqlite_rows(db_path, "select event_id, kind from events order by event_id")
+    events = rows_of(db_url, "select event_id, kind from events order by event_id")
     first_left = min(i for i, kind in events if kind == "agent_left")
     assert [(i, kind) for i, kind in events if kind == "auction_opened" and i > first_left] == []
     assert sum(kind == "auction_opened" for _, kind in events) == 4   # one per task, at the start
-    bid_events = [json.loads(d) for (d,) in sqlite_rows(
-        db_path, "select data from events where kind = 'bid'")]
-    assert len(bid_events) == len(sqlite_rows(db_path, "select * from bids"))
+    bid_events = [json.loads(d) for (d,) in rows_of(
+        db_url, "select data from events where kind = 'bid'")]
+    assert len(bid_events) == len(rows_of(db_url, "select * from bids"))
 
 
 # -- what closing releases ----------------------------------------------------------------
@@ -189,6 +192,7 @@ def test_a_new_swarm_on_the_same_url_writes_to_a_new_file_after_the_old_one_was_
 
 
 @pytest.mark.timeout(20)
+@pytest.mark.postgres
 def test_run_returns_every_task_when_more_finish_than_the_finished_task_cache_holds(
         make_swarm, monkeypatch):
     monkeypatch.setattr(timmy.coordinator, "FINISHED_CACHE", 5)
@@ -314,6 +318,7 @@ def test_export_refusing_a_database_that_is_not_timmys_leaves_its_journal_mode_a
 
 
 @pytest.mark.timeout(30)
+@pytest.mark.postgres
 def test_every_bid_names_its_auction_and_each_auction_has_at_most_one_winner(
         make_swarm, scripted_runner):
     # forge-1 may hold one task at a time and quill-1 declines everything: while forge-1 is
@@ -361,6 +366,7 @@ def test_every_bid_names_its_auction_and_each_auction_has_at_most_one_winner(
 
 
 @pytest.mark.timeout(20)
+@pytest.mark.postgres
 def test_the_bids_of_an_auction_cancelled_while_open_are_recorded_as_lost(
         make_swarm, scripted_runner, eventually):
     swarm = make_swarm(auction_window=30.0,

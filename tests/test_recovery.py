@@ -3,7 +3,8 @@ a killed coordinator, and no orphan processes left behind by any of them.
 
 Every process here is real: runner subprocesses (or small real programs that
 speak the wire protocol badly), SIGKILL from `os.kill`, a coordinator in its own
-Python process, and a SQLite file that outlives it.
+Python process, and a database that outlives it (the tests marked ``postgres`` run on
+an SQLite file and again on PostgreSQL).
 """
 
 from __future__ import annotations
@@ -130,6 +131,7 @@ def slow_first_attempt_seed(task_seconds: float) -> int:
 
 @pytest.mark.timeout(30)
 @pytest.mark.parametrize("how", ["os.kill", "swarm.kill"])
+@pytest.mark.postgres
 def test_runner_killed_mid_task_task_completes_on_another_attempt_and_runner_is_replaced(
         make_swarm, eventually, how):
     swarm = make_swarm(seed=slow_first_attempt_seed(1.0), task_seconds=1.0)
@@ -187,6 +189,7 @@ def test_a_hung_runner_is_restarted_and_its_task_reauctioned(db_url, eventually)
 
 
 @pytest.mark.timeout(30)
+@pytest.mark.postgres
 def test_stopping_a_busy_runner_reauctions_its_task_and_never_restarts_it(
         make_swarm, eventually):
     swarm = make_swarm(seed=slow_first_attempt_seed(1.0), task_seconds=1.0)
@@ -212,6 +215,7 @@ def test_stopping_a_busy_runner_reauctions_its_task_and_never_restarts_it(
 
 
 @pytest.mark.timeout(30)
+@pytest.mark.postgres
 def test_task_fails_with_a_reason_after_max_attempts_of_crashing_runners(
         make_swarm, scripted_runner):
     command = scripted_runner("crasher", """
@@ -238,6 +242,7 @@ def test_task_fails_with_a_reason_after_max_attempts_of_crashing_runners(
 
 
 @pytest.mark.timeout(30)
+@pytest.mark.postgres
 def test_a_task_that_kills_its_runner_does_not_use_up_the_attempts_of_tasks_behind_it(
         make_swarm, scripted_runner):
     command = scripted_runner("poisoned", """
@@ -474,8 +479,9 @@ def test_ctrl_c_while_waiting_stops_every_runner_and_the_program_exits(
 
 
 @pytest.mark.timeout(40)
+@pytest.mark.postgres
 def test_restarted_coordinator_requeues_what_was_in_flight_and_finishes_it(
-        db_url, db_path, start_owner, scripted_runner):
+        db_url, rows_of, start_owner, scripted_runner):
     # The first coordinator's runners each start one task and never finish it.
     stuck = scripted_runner("stuck", STUCK)
     descriptions = [f"{FIX} #{i}" for i in range(5)]
@@ -491,9 +497,8 @@ def test_restarted_coordinator_requeues_what_was_in_flight_and_finishes_it(
     owner.kill()
     owner.wait()
 
-    # What the dead coordinator left on disk, read with plain sqlite3.
-    with sqlite3.connect(db_path) as conn:
-        on_disk = dict(conn.execute("SELECT task_id, status FROM tasks"))
+    # What the dead coordinator left in the database, read without timmy.
+    on_disk = dict(rows_of(db_url, "SELECT task_id, status FROM tasks"))
     assert on_disk == report["tasks"]
 
     with Swarm(db=db_url, seed=1, task_seconds=0, auction_window=1.0) as swarm:
@@ -523,6 +528,7 @@ def test_restarted_coordinator_requeues_what_was_in_flight_and_finishes_it(
 
 
 @pytest.mark.timeout(40)
+@pytest.mark.postgres
 def test_restart_fails_in_flight_tasks_whose_attempts_are_used_up(
         db_url, start_owner, scripted_runner):
     owner, report = start_owner(
@@ -554,6 +560,7 @@ def test_restart_fails_in_flight_tasks_whose_attempts_are_used_up(
 
 
 @pytest.mark.timeout(30)
+@pytest.mark.postgres
 def test_a_second_swarm_on_a_database_in_use_is_refused_and_takes_nothing(
         make_swarm, scripted_runner, db_url, eventually):
     first = make_swarm(runner_command=scripted_runner("stuck", STUCK))

@@ -1,4 +1,7 @@
-"""A live swarm end to end: real runner processes, a real SQLite file, the public API.
+"""A live swarm end to end: real runner processes, a real database, the public API.
+
+Every test that takes ``db_url`` or ``make_swarm`` runs on an SQLite file and again on
+PostgreSQL (the ``postgres`` marker, see conftest.py).
 
 Who wins, what they are paid, when auctions close, what every bidder hears,
 and that nothing posted is ever lost. Expected bids are computed with
@@ -22,6 +25,8 @@ from timmy import AsyncSwarm, Event, Swarm
 from timmy.auction import Bid, clear
 from timmy.bidding import bid_rng, quote
 from timmy.personas import PERSONAS
+
+pytestmark = pytest.mark.postgres
 
 # One description per built-in persona, on-spec for that persona and no other.
 SPECIALITIES = {

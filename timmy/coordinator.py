@@ -45,6 +45,7 @@ from .bidding import BidStats
 from .errors import (
     ConfigError,
     MissingDependency,
+    OwnershipLost,
     PersonaError,
     QueueFull,
     RunnerError,
@@ -220,6 +221,10 @@ def check_description(description: object) -> str:
     except UnicodeEncodeError as exc:
         raise ConfigError(f"a task description is not valid text: {exc.reason} at position "
                           f"{exc.start}", hint="remove the stray surrogate characters") from None
+    if "\x00" in description:   # a server database's text cannot hold it (PostgreSQL)
+        raise ConfigError(f"a task description contains a NUL character (\\x00) at position "
+                          f"{description.index(chr(0))}",
+                          hint="remove it: databases such as PostgreSQL cannot store it")
     if len(description) > p.MAX_DESCRIPTION:
         raise ConfigError(
             f"a task description is {len(description)} characters long, over the "
@@ -252,6 +257,9 @@ class Coordinator:
         self._agent_counts: dict[str, int] = {}
         self.garbage_lines = 0
         self.closed = False
+        # Set when another swarm took the database over: this one then stops (see _abandon).
+        self.lost: OwnershipLost | None = None
+        self._waits: set[anyio.Event] = set()   # what wakes a wait() to tell it so
         self._tg: TaskGroup | None = None
         self.supervisor: Supervisor | None = None
         # What runners are told to use: the configured executor, with "auto" resolved at
@@ -265,8 +273,10 @@ class Coordinator:
         self.supervisor = Supervisor(tg, on_message=self._on_message, on_exit=self._on_exit,
                                      on_garbage=self._on_garbage, policy=self.cfg.restart)
         now = time.time()
+        from .ownership import whoami
+
         waiting, requeued, failed = await anyio.to_thread.run_sync(
-            self.store.recover, self.cfg.max_attempts, now)
+            self.store.recover, self.cfg.max_attempts, now, whoami())
         self._next_event = await anyio.to_thread.run_sync(self.store.next_event_id)
         self._agent_counts = await anyio.to_thread.run_sync(self.store.agent_counts)
         for task in sorted(waiting + requeued, key=lambda t: t.task_id):
@@ -305,6 +315,8 @@ class Coordinator:
                 try:
                     await self.flush()
                     return
+                except OwnershipLost:
+                    return   # said when it happened; the new owner has the work now
                 except StoreError as exc:
                     if time.monotonic() >= deadline:
                         b = self._batch
@@ -381,14 +393,37 @@ class Coordinator:
     async def flush(self) -> None:
         """Write every change made so far in one transaction."""
         async with self._flush_lock:
+            if self.lost is not None:   # nothing of ours may be written any more
+                self._batch = Batch()
+                return
             if not self._batch:
                 return
             batch, self._batch = self._batch, Batch()
             try:
                 await self._write(self.store.apply, batch)
+            except OwnershipLost as exc:
+                self._abandon(exc)
+                raise
             except StoreError:
                 self._batch = self._batch.merge_into(batch)
                 raise
+
+    def _abandon(self, exc: OwnershipLost) -> None:
+        """Another swarm took the database over: stop auctioning, stop the runners, wake
+        every wait() to raise. The new owner re-queued our unfinished tasks when it took
+        over, so what we drop here is run there."""
+        if self.lost is not None:
+            return
+        self.lost = exc
+        self.closed = True
+        log.error("%s", exc)
+        self._batch = Batch()
+        self.queue.clear()
+        self.auctions.clear()
+        if self.supervisor is not None:
+            self._tg.start_soon(self.supervisor.stop_all)
+        for wake in self._waits:
+            wake.set()
 
     async def _flush_loop(self) -> None:
         delay = 0.05
@@ -404,6 +439,8 @@ class Coordinator:
                 if time.monotonic() - self._last_checkpoint > CHECKPOINT_EVERY:
                     self._last_checkpoint = time.monotonic()
                     self._tg.start_soon(self._checkpoint)
+            except OwnershipLost:
+                return
             except StoreError as exc:
                 log.error("%s (kept in memory, retrying in %.1fs)", exc, delay)
                 await anyio.sleep(delay)
@@ -510,6 +547,8 @@ class Coordinator:
 
     # -- tasks --------------------------------------------------------------
     def _check_open(self) -> None:
+        if self.lost is not None:
+            raise OwnershipLost(self.lost.message, hint=self.lost.hint)
         if self.closed:
             raise SwarmClosed("this swarm has stopped",
                               hint="start a new one: with timmy.Swarm(...) as swarm: ...")
@@ -529,7 +568,11 @@ class Coordinator:
                 f"{self.cfg.max_queued:,}: {len(descriptions):,} more would not fit",
                 hint="wait for some to finish (swarm.wait / run), post fewer at once, or "
                      "start the swarm with a higher max_queued (--max-queued)")
-        tasks = await self._write(self.store.insert_tasks, descriptions, time.time())
+        try:
+            tasks = await self._write(self.store.insert_tasks, descriptions, time.time())
+        except OwnershipLost as exc:
+            self._abandon(exc)
+            raise
         for task in tasks:
             self.active[task.task_id] = task
             self.queue.append(task.task_id)
@@ -626,10 +669,13 @@ class Coordinator:
 
         for i in remaining:
             self._watchers.setdefault(i, []).append(watch)
+        self._waits.add(all_done)
         try:
-            if remaining:
+            if remaining and self.lost is None:   # lost: nothing here will finish any more
                 with anyio.move_on_after(timeout):
                     await all_done.wait()
+            if remaining and self.lost is not None:
+                raise OwnershipLost(self.lost.message, hint=self.lost.hint)
             if remaining:
                 states = ", ".join(sorted({self._lookup(i).status for i in remaining}))
                 what = (f"task {ids[0]} is still {states}" if single
@@ -639,6 +685,7 @@ class Coordinator:
                     hint="wait longer, check swarm.status(), or spawn runners if there are none",
                 )
         finally:
+            self._waits.discard(all_done)
             for i in remaining:
                 watchers = self._watchers.get(i, [])
                 if watch in watchers:
@@ -890,6 +937,8 @@ class Coordinator:
 
     def _on_result(self, agent: Agent, result: p.Result) -> None:
         tid, ok, output = result.task_id, result.ok, result.output
+        if "\x00" in output:   # what a server database's text cannot hold: shown as such
+            output = output.replace("\x00", "\ufffd")
         if tid not in agent.tasks:
             return
         del agent.tasks[tid]

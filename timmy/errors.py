@@ -6,6 +6,7 @@ The hierarchy::
     ├── PersonaError           unknown persona, bad persona file or field
     ├── ConfigError            a bad argument: rule, executor, description, URL...
     ├── StoreError             the database cannot be opened, read or written
+    │   └── OwnershipLost      another swarm took the database over (PostgreSQL)
     ├── ExportError            a directory that is not a readable export (analytics)
     ├── ProtocolError          a wire message that does not decode
     ├── RunnerError            a runner process could not start or keeps dying
@@ -41,6 +42,10 @@ class ConfigError(TimmyError, ValueError):
 
 class StoreError(TimmyError):
     """The database cannot be opened, read or written."""
+
+
+class OwnershipLost(StoreError):
+    """Another swarm took over this swarm's database; this one has stopped writing to it."""
 
 
 class ExportError(TimmyError):

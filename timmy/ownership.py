@@ -1,23 +1,69 @@
 """One live swarm per database: an exclusive lock held for the swarm's lifetime.
 
-Two coordinators on one SQLite file would re-queue each other's running tasks
-and number events from their own counters. So a swarm takes ``flock`` on
-``<database>.lock`` (the OS frees it if the owner dies, so a crashed swarm never
-leaves a stale lock) and a second one is refused with the owner's pid. Other
-URLs (a PostgreSQL store shared by several hosts) are coordinated in the
-database itself, not here.
+Two coordinators on one database would re-queue each other's running tasks and
+number events from their own counters (event ids are the coordinator's, handed
+out in memory and written in batches), and each keeps its open auctions, its
+runners' queues and what they learned in memory. So a database has one owner
+at a time, whatever it is, and a second swarm is refused with a `StoreError`
+that names the owner:
+
+- An SQLite file: ``flock`` on ``<database>.lock``. The OS frees it if the owner
+  dies, so a crashed swarm never leaves a stale lock.
+- PostgreSQL: a session-level advisory lock (``pg_try_advisory_lock``) held on a
+  connection of its own for the swarm's lifetime, keyed by the schema the URL
+  works in (so swarms in different schemas of one database do not collide). The
+  server frees it when that connection ends: at once when the owner's process
+  dies, and within about half a minute when its machine vanishes (the
+  connection asks the server for TCP keepalives). The lock connection carries
+  ``application_name`` "timmy swarm pid N on HOST", which is how a refused
+  swarm learns whom to name. A thread checks the connection every few seconds
+  and, should it have died (a server restart), takes the lock again.
+
+Why not several coordinators sharing one PostgreSQL store, each claiming tasks
+with ``FOR UPDATE SKIP LOCKED``? Auctions, runner queues and learned bids live
+in a coordinator's memory, and event ids are its own: sharing would mean moving
+all of that into the database and paying a round trip per bid. One owner
+matches the SQLite behaviour exactly; scale-out is remote runners dialling in
+to one swarm service, and a standby coordinator simply waits for the lock.
+
+A lock alone is not enough on a server: if the lock connection drops (a server
+restart, a network cut) the old owner may go on writing while a new one takes
+over. The store therefore fences writes with an ownership epoch (see
+`timmy.store`): the new owner's first transaction bumps it, and every later
+write of the old owner fails with `timmy.errors.OwnershipLost`.
+
+Other URLs (MySQL, ...) are not guarded here: run one swarm per database.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import socket
+import threading
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 
 import sqlalchemy as sa
 
 from .errors import StoreError
+
+log = logging.getLogger("timmy.ownership")
+
+#: First half of the advisory lock key: "timm" in ASCII; the second half is the schema's.
+LOCK_CLASS = 0x74696D6D
+#: Seconds before a silent lock connection is probed, between probes, and probes lost
+#: before the server drops it (and with it the lock).
+KEEPALIVE = (10, 5, 3)
+#: Seconds between checks that the lock's connection is still alive.
+CHECK_EVERY = 5.0
+
+
+def whoami() -> str:
+    """How a swarm names itself to others: its process and machine."""
+    return f"timmy swarm pid {os.getpid()} on {socket.gethostname()}"
 
 
 def lock_path(url: str) -> Path | None:
@@ -40,8 +86,28 @@ def claim(url: str) -> Callable[[], None]:
     Returns a function that gives it back.
     """
     path = lock_path(url)
-    if path is None:
+    if path is not None:
+        return _claim_file(url, path)
+    try:
+        backend = sa.engine.make_url(url).get_backend_name()
+    except sa.exc.ArgumentError:
         return lambda: None
+    if backend == "postgresql":
+        return _claim_postgres(url)
+    return lambda: None
+
+
+def _refused(url: str, owner: str) -> StoreError:
+    from .store import safe_url
+
+    return StoreError(
+        f"cannot open {safe_url(url)}: it is in use by another swarm ({owner})",
+        hint="close the other swarm using it (swarm.close(), or end its process), or "
+        "pass another database (db=... / --db)",
+    )
+
+
+def _claim_file(url: str, path: Path) -> Callable[[], None]:
     import fcntl
 
     try:
@@ -57,11 +123,7 @@ def claim(url: str) -> Callable[[], None]:
     except BlockingIOError:
         owner = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
         os.close(fd)
-        raise StoreError(
-            f"cannot open {url}: it is in use by another swarm ({owner})",
-            hint="close the other swarm using it (swarm.close(), or end its process), or "
-            "pass another database (db=... / --db)",
-        ) from None
+        raise _refused(url, owner) from None
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
 
@@ -72,3 +134,119 @@ def claim(url: str) -> Callable[[], None]:
             os.close(fd)  # closing the descriptor drops the lock
 
     return release
+
+
+def _claim_postgres(url: str) -> Callable[[], None]:
+    """The advisory lock, on a connection of its own, kept by a `_LockKeeper` thread."""
+    from .store import explain
+
+    engine = sa.create_engine(url, poolclass=sa.pool.NullPool, isolation_level="AUTOCOMMIT")
+    try:
+        conn, key = _lock_session(engine)
+        if conn is None:
+            raise _refused(url, key)
+    except sa.exc.DBAPIError as exc:
+        engine.dispose()
+        raise explain(url, exc) from exc
+    keeper = _LockKeeper(url, engine, conn)
+    keeper.start()
+    return keeper.release
+
+
+def _lock_session(engine: sa.Engine):
+    """Connect and try the lock: (connection, key) when taken, else (None, who holds it).
+
+    Autocommit, so the connection idles outside any transaction: it holds no snapshot and
+    blocks no vacuum, however long the swarm runs.
+    """
+    conn = engine.connect()
+    try:
+        idle, interval, count = KEEPALIVE
+        conn.exec_driver_sql(f"SET tcp_keepalives_idle = {idle}")
+        conn.exec_driver_sql(f"SET tcp_keepalives_interval = {interval}")
+        conn.exec_driver_sql(f"SET tcp_keepalives_count = {count}")
+        with contextlib.suppress(sa.exc.DBAPIError):   # PostgreSQL < 14 has no such setting
+            conn.exec_driver_sql("SET idle_session_timeout = 0")   # idle is all it does
+        conn.execute(sa.text("SELECT set_config('application_name', :me, false)"),
+                     {"me": whoami()[:63]})
+        schema = conn.execute(sa.text("SELECT current_schema()")).scalar() or ""
+        key = zlib.crc32(schema.encode()) & 0x7FFFFFFF
+        if conn.execute(sa.text("SELECT pg_try_advisory_lock(:a, :b)"),
+                        {"a": LOCK_CLASS, "b": key}).scalar():
+            return conn, key
+        owner = _lock_holder(conn, key)
+    except BaseException:
+        conn.close()
+        raise
+    conn.close()
+    return None, owner
+
+
+class _LockKeeper(threading.Thread):
+    """Checks the lock connection every few seconds; if it died (a server restart, a network
+    cut), takes the lock again on a new one, so a swarm started meanwhile is refused rather
+    than taking over. Should another swarm have got the lock in the gap, this one is fenced
+    out at its next write (see `timmy.store`) and the keeper says so in the log."""
+
+    def __init__(self, url: str, engine: sa.Engine, conn) -> None:
+        super().__init__(name="timmy-lock-keeper", daemon=True)
+        self.url, self.engine, self.conn = url, engine, conn
+        self.stopping = threading.Event()
+        self.lock = threading.Lock()   # the connection: the keeper's, or release()'s
+
+    def run(self) -> None:
+        while not self.stopping.wait(CHECK_EVERY):
+            with self.lock:
+                if self.stopping.is_set():
+                    return
+                self._check()
+
+    def _check(self) -> None:
+        from .store import safe_url
+
+        if self.conn is not None:
+            try:
+                self.conn.exec_driver_sql("SELECT 1")
+                return
+            except sa.exc.DBAPIError:
+                with contextlib.suppress(sa.exc.DBAPIError):
+                    self.conn.close()
+                self.conn = None
+                log.warning("lost the lock connection to %s: taking the lock again",
+                            safe_url(self.url))
+        try:
+            conn, key = _lock_session(self.engine)
+        except sa.exc.DBAPIError as exc:
+            log.warning("cannot take the lock on %s again yet: %s", safe_url(self.url),
+                        str(exc.orig or exc).strip().splitlines()[0][:200])
+            return
+        if conn is None:
+            log.error("%s is now locked by %s: this swarm will stop at its next write",
+                      safe_url(self.url), key)
+            self.stopping.set()
+            return
+        self.conn = conn
+        log.warning("took the lock on %s again", safe_url(self.url))
+
+    def release(self) -> None:
+        self.stopping.set()
+        with self.lock:
+            if self.conn is not None:
+                with contextlib.suppress(sa.exc.DBAPIError):
+                    self.conn.close()   # ending the session frees the lock
+                self.conn = None
+            self.engine.dispose()
+
+
+def _lock_holder(conn, key: int) -> str:
+    """The session holding the lock, as it named itself (and where it connects from)."""
+    row = conn.execute(sa.text(
+        "SELECT a.application_name, a.client_addr, a.pid FROM pg_locks l "
+        "JOIN pg_stat_activity a ON a.pid = l.pid "
+        "WHERE l.locktype = 'advisory' AND l.granted AND l.classid = :a AND l.objid = :b "
+        "AND l.objsubid = 2"), {"a": LOCK_CLASS, "b": key}).first()
+    if row is None:
+        return "unknown: it let go just now, try again"
+    name = row.application_name or "a session without a name"
+    where = f"from {row.client_addr}" if row.client_addr else "over a local socket"
+    return f"{name}; server session {row.pid}, {where}"

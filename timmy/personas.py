@@ -161,6 +161,10 @@ def persona_from_dict(data: dict[str, Any], where: str = "<dict>") -> Persona:
     for name in ("name", "role", "description"):
         if name in data and not isinstance(data[name], str):
             raise bad(name, f"must be a string, got {type(data[name]).__name__}")
+        if "\x00" in data.get(name, ""):
+            raise bad(name, "contains a NUL character (\\x00)")
+    if len(data.get("name", "")) > 128:   # the agents table's name column (any database)
+        raise bad("name", f"must be at most 128 characters, got {len(data['name'])}")
     ints = {}
     for name, (lo, hi) in _LIMITS.items():
         value = data.get(name, data.get("bid_base") if name == "rate_sats" else None)
