@@ -8,6 +8,8 @@
 #   make test          ruff, then pytest (everything but tests marked slow)
 #   make demo          a seeded 200-task swarm run: table by persona, SQLite file, Parquet export
 #   make soak          the long chaos soak (tests/chaos, -m slow; SOAK_TASKS=20000)
+#   make pg-start      a PostgreSQL in .pg/ on 127.0.0.1:54329; prints its URL (for --db and
+#                      TIMMY_TEST_PG_URL); make pg-stop stops it
 #   make bench         every benchmarks/*.py (they print figures, they assert nothing)
 #   make lint          ruff only
 #   make clean         caches, build output and the demo's files (keeps .venv and data/timmy.db)
@@ -20,14 +22,16 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 # Debian packages timmy needs on the machine: chromium (the dashboards' browser tests, driven by
-# Playwright; fonts for readable screenshots) and espeak-ng (the voice pyttsx3 drives).
-DEBIAN_PACKAGES ?= chromium fonts-dejavu-core espeak-ng
+# Playwright; fonts for readable screenshots), espeak-ng (the voice pyttsx3 drives) and
+# postgresql (initdb and pg_ctl: the tests start a throwaway PostgreSQL server of their own).
+DEBIAN_PACKAGES ?= chromium fonts-dejavu-core espeak-ng postgresql
 
 DEMO_ARGS ?=
 DASHBOARD_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: venv system-deps test demo dashboards stop soak bench lint clean distclean
+.PHONY: venv system-deps test demo dashboards stop soak pg-start pg-stop bench lint clean \
+	distclean
 
 venv: system-deps $(STAMP)
 
@@ -71,6 +75,12 @@ stop:
 soak: venv
 	$(BIN)/pytest -q -s -m slow tests/chaos $(PYTEST_ARGS)
 
+pg-start: venv
+	@$(BIN)/python tests/pgserver.py start .pg
+
+pg-stop:
+	@if [ -d .pg ]; then $(BIN)/python tests/pgserver.py stop .pg; fi
+
 bench: venv
 	@set -e; for script in benchmarks/*.py; do \
 	  echo "== $$script"; $(BIN)/python "$$script"; \
@@ -85,4 +95,5 @@ clean:
 	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
 
 distclean: clean
+	-@if [ -d .pg ]; then $(BIN)/python tests/pgserver.py stop .pg; fi; rm -rf .pg
 	rm -rf $(VENV)
