@@ -167,8 +167,6 @@ def test_a_bad_setting_is_refused_before_anything_starts(shared_stored_db, kwarg
 @pytest.mark.timeout(20)
 @pytest.mark.parametrize(("url", "names"), [
     pytest.param("notadialect://x", ["notadialect"], id="unknown dialect"),
-    pytest.param("not a url at all", ["not a url at all"], id="not a URL"),
-    pytest.param("", ["''"], id="empty URL"),
     pytest.param("postgresql+psycopg://nobody@127.0.0.1:1/timmy", ["127.0.0.1"],
                  id="server not running"),
 ])
@@ -176,6 +174,15 @@ def test_a_bad_database_url_is_a_store_error(url, names):
     with pytest.raises(StoreError) as caught:
         Swarm(db=url).start()
     assert_explains(caught.value, *names)
+
+
+def test_an_empty_database_is_refused_and_a_path_is_an_sqlite_file(tmp_path):
+    with pytest.raises(ConfigError) as caught:
+        Swarm(db="")
+    assert "empty" in caught.value.message and "data/timmy.db" in caught.value.hint
+    with Swarm(db=tmp_path / "plain path.db", task_seconds=0) as swarm:
+        assert swarm.db == f"sqlite:///{tmp_path / 'plain path.db'}"
+    assert (tmp_path / "plain path.db").exists()
 
 
 @pytest.mark.timeout(20)
