@@ -16,8 +16,11 @@ process of its own (no model runs, and the server reports its own time per reque
 
     python benchmarks/executors.py [--section ollama] [--tasks 200] [--delay 0.05]
 
-Another section (voice) registers itself in `SECTIONS`: a name, a function that adds
-its options to the parser, and a function that runs it with the parsed arguments.
+Section ``voice`` runs ``benchmarks/voice.py``: swarm throughput with no subscriber, a
+no-op subscriber, an announcer saving WAVs and ``voice=True`` (the announcer's effect on
+auctions should be nil), and the announcer's cost per event on the engine's thread.
+A section is a name, a function that adds its options to the parser, and a function
+that runs it with the parsed arguments (`SECTIONS`).
 """
 
 from __future__ import annotations
@@ -140,7 +143,24 @@ def ollama_section(args: argparse.Namespace) -> None:
           "(the server is Python on the same cores: part of the gap is its cost)")
 
 
-SECTIONS: list[Section] = [Section("ollama", ollama_arguments, ollama_section)]
+# -- voice -----------------------------------------------------------------------------------
+
+
+def voice_arguments(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--voice-tasks", type=int, default=1000, help="tasks per voice run")
+    ap.add_argument("--voice-runs", type=int, default=3)
+
+
+def voice_section(args: argparse.Namespace) -> None:
+    """The voice announcer's effect on auction throughput: benchmarks/voice.py, run here."""
+    print("== voice: the announcer's effect on auction throughput (benchmarks/voice.py)",
+          flush=True)
+    subprocess.run([sys.executable, str(HERE / "voice.py"), "--tasks", str(args.voice_tasks),
+                    "--runs", str(args.voice_runs)], check=True)
+
+
+SECTIONS: list[Section] = [Section("ollama", ollama_arguments, ollama_section),
+                           Section("voice", voice_arguments, voice_section)]
 
 
 def main(argv: list[str] | None = None) -> None:
