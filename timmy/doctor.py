@@ -494,35 +494,14 @@ def ollama_url(host: str) -> str:
 def probe_ollama(base: str, timeout: float = 2.0) -> dict:
     """GET /api/version and /api/tags: ``{"version", "models", "error"}`` (error None if up).
 
-    Self-contained on purpose (urllib, a short timeout): `timmy.llm` may offer its own
-    probe one day, and this is the one function to swap for it.
+    The same probe ``executor="auto"`` uses (`timmy.llm.probe`, standard library only).
     """
-    import urllib.error
+    from .llm import probe
 
-    try:
-        version = _get_json(f"{base}/api/version", timeout).get("version", "?")
-        tags = _get_json(f"{base}/api/tags", timeout)
-    except urllib.error.HTTPError as exc:
-        error = f"HTTP {exc.code} {exc.reason} from {exc.url}"
-    except urllib.error.URLError as exc:
-        error = _first_line(exc.reason) if isinstance(exc.reason, BaseException) \
-            else str(exc.reason)
-    except (OSError, ValueError) as exc:   # a timeout, a reset, an answer that is not JSON
-        error = _first_line(exc)
-    else:
-        models = [m.get("name", "?") for m in tags.get("models", []) if isinstance(m, dict)]
-        return {"version": version, "models": models, "error": None}
-    return {"version": None, "models": [], "error": error}
-
-
-def _get_json(url: str, timeout: float) -> dict:
-    import urllib.request
-
-    with urllib.request.urlopen(url, timeout=timeout) as response:
-        value = json.loads(response.read(1_000_000))
-    if not isinstance(value, dict):
-        raise ValueError(f"{url} did not answer with a JSON object")
-    return value
+    found = probe(base, timeout=timeout)
+    if not found.reachable:
+        return {"version": None, "models": [], "error": found.problem}
+    return {"version": found.version or "?", "models": list(found.models), "error": None}
 
 
 # -- dashboards, notebooks, ports -------------------------------------------------------
