@@ -254,7 +254,7 @@ class Supervisor:
             if greet is not None:
                 await greet
             await self._read_loop(slot, link)
-        except BaseException:       # cancelled: the service is closing
+        except asyncio.CancelledError:   # the service is closing: no fault of the runner's
             verdict = "stopped"
             raise
         finally:
