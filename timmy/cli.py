@@ -575,8 +575,10 @@ def _register_simulator_commands() -> None:
 
 
 def _register_service_commands() -> None:
+    from .cli_runner import runner_cmd
     from .cli_service import dashboards_cmd, post_cmd, serve_cmd, status_cmd
 
+    cli.add_command(runner_cmd, "runner")
     cli.add_command(dashboards_cmd, "dashboards")
     cli.add_command(serve_cmd, "serve")
     cli.add_command(status_cmd, "status")

@@ -154,16 +154,18 @@ def status_cmd(url: str | None, token: str | None, db: str | None) -> None:
         agents = swarm.agents()
     console = _console()
     table = Table(title=f"{len(agents)} agents at {swarm.url}", title_justify="left")
-    for name, justify in (("agent", "left"), ("status", "left"), ("pid", "right"),
-                          ("restarts", "right"), ("won", "right"), ("earned", "right")):
+    for name, justify in (("agent", "left"), ("status", "left"), ("where", "left"),
+                          ("pid", "right"), ("restarts", "right"), ("won", "right"),
+                          ("earned", "right")):
         table.add_column(name, justify=justify)
-    for a in agents:
-        table.add_row(Text(a.agent_id), a.status, str(a.pid or "-"), str(a.restarts),
-                      str(a.tasks_won), str(a.earned_sats))
+    for a in agents:   # a remote runner: where it connects from, and its pid there
+        table.add_row(Text(a.agent_id), a.status, a.peer or "local", str(a.pid or "-"),
+                      str(a.restarts), str(a.tasks_won), str(a.earned_sats))
     console.print(table)
     console.print(_status_line(status))
     service = status.get("service", {})
     console.print(f"service: {service.get('connections', 0)} connections, "
+                  f"{service.get('runners', 0)} remote runners, "
                   f"{service.get('subscribers', 0)} subscribers, "
                   f"{service.get('requests', 0)} requests, {service.get('refused', 0)} refused")
 

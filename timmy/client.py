@@ -27,16 +27,14 @@ import threading
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import msgspec
 
 from . import errors as _errors
 from .coordinator import WaitTimeout
-from .errors import ConfigError, ProtocolError, TimmyError
+from .errors import ProtocolError, TimmyError
 from .models import AgentInfo, Event, Task
 from .service import (
-    DEFAULT_PORT,
     DEFAULT_URL,
     AuthenticationError,
     Request,
@@ -45,6 +43,7 @@ from .service import (
     ServiceError,
     ServiceUnavailable,
     encode,
+    parse_url,
     read_token,
     token_path,
 )
@@ -67,19 +66,6 @@ def raise_error(info) -> None:
     cls = ERRORS.get(info.type)
     message = info.message if cls is not None else f"{info.type}: {info.message}"
     raise (cls or ServiceError)(message, hint=info.hint)
-
-
-def parse_url(url: str) -> tuple[str, int]:
-    parts = urlsplit(url if "://" in url else f"tcp://{url}")
-    if parts.scheme != "tcp" or not parts.hostname:
-        raise ConfigError(f"not a swarm service address: {url!r}",
-                          hint=f"use tcp://HOST:PORT, e.g. {DEFAULT_URL}")
-    try:
-        port = parts.port or DEFAULT_PORT
-    except ValueError:
-        raise ConfigError(f"bad port in {url!r}", hint=f"use tcp://HOST:PORT, e.g. {DEFAULT_URL}") \
-            from None
-    return parts.hostname, port
 
 
 def default_token(db: str | None = None) -> str:

@@ -32,7 +32,7 @@ import shlex
 import sys
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import anyio
@@ -71,6 +71,7 @@ from .models import (
     copy,
 )
 from .personas import PERSONAS, Persona, get_persona
+from .runner import stats_from_dict
 from .store import Batch, Store
 from .supervisor import RestartPolicy, Supervisor
 
@@ -193,6 +194,18 @@ def _matched(persona: Persona, description: str) -> tuple[str, ...]:
     """A persona's keywords in a description, cached: workloads repeat descriptions, and
     this runs for every result on the engine's hot path."""
     return tuple(persona.matched_keywords(description))
+
+
+def _persona_fields(persona: Persona) -> dict:
+    """A persona as `timmy.personas.persona_from_dict` reads it back (for a runner)."""
+    fields = ("id", "name", "role", "description", "capabilities", "rate_sats", "bid_base",
+              "bid_jitter", "preferred_keywords")
+    return {f: getattr(persona, f) for f in fields}
+
+
+def _where(agent: Agent) -> dict:
+    """``peer`` for an event about a remote runner; nothing for a local one."""
+    return {"peer": agent.info.peer} if agent.info.peer is not None else {}
 
 
 def check_timeout(timeout: object) -> None:
@@ -457,9 +470,7 @@ class Coordinator:
         if PERSONAS.get(persona.id) == persona:
             spec = persona.id
         else:
-            fields = ("id", "name", "role", "description", "capabilities", "rate_sats",
-                      "bid_base", "bid_jitter", "preferred_keywords")
-            spec = msgspec.json.encode({f: getattr(persona, f) for f in fields}).decode()
+            spec = msgspec.json.encode(_persona_fields(persona)).decode()
         argv = [*base, "--agent-id", agent_id, "--persona", spec, "--seed", str(self.cfg.seed),
                 "--executor", self.executor, "--task-seconds", repr(self.cfg.task_seconds)]
         if self.executor == "ollama":   # resolved here, so every runner asks the same server
@@ -475,9 +486,7 @@ class Coordinator:
         self._check_open()
         persona = get_persona(persona_id, self.cfg.personas) if isinstance(persona_id, str) \
             else self._bad_persona(persona_id)
-        n = self._agent_counts.get(persona.id, 0) + 1
-        self._agent_counts[persona.id] = n
-        agent_id = f"{persona.id}-{n}"
+        agent_id = self._new_agent_id(persona)
         agent = Agent(AgentInfo(agent_id=agent_id, persona=persona.id, name=persona.name),
                       persona)
         argv = self._runner_argv(agent_id, persona)
@@ -501,6 +510,15 @@ class Coordinator:
             raise RunnerError(f"runner {agent_id} {what}",
                               hint=f"run it by hand to see its error: {shlex.join(argv)}")
         return copy(agent.info)
+
+    def _new_agent_id(self, persona: Persona) -> str:
+        """``persona-N``, N one more than the agents this persona has had (a remote runner may
+        have taken a name of that form: it is skipped)."""
+        n = self._agent_counts.get(persona.id, 0) + 1
+        while f"{persona.id}-{n}" in self.agents:
+            n += 1
+        self._agent_counts[persona.id] = n
+        return f"{persona.id}-{n}"
 
     @staticmethod
     def _bad_persona(value) -> Persona:
@@ -531,7 +549,8 @@ class Coordinator:
         return copy(agent.info)
 
     def kill_agent(self, agent_id: str) -> None:
-        """SIGKILL an agent's runner process (it is restarted, its task re-auctioned)."""
+        """SIGKILL an agent's runner process (it is restarted, its task re-auctioned); cut a
+        remote runner's connection (it dials in again)."""
         self._agent(agent_id)
         self.supervisor.kill(agent_id)
 
@@ -544,6 +563,53 @@ class Coordinator:
 
     def agent_infos(self) -> list[AgentInfo]:
         return [copy(a.info) for a in self.agents.values()]
+
+    # -- remote runners -----------------------------------------------------
+    async def serve_remote(self, persona_id: str, agent_id: str | None, stats: dict | None,
+                           reader, writer, peer: str,
+                           answer: Callable[[dict], Awaitable[None]]) -> None:
+        """A runner that dialled in to the swarm service (``timmy runner --connect``).
+
+        Admits it as ``agent_id`` (an agent it was before, or a new one; the service names
+        it when it gives no id), ``answer``s it with what it needs to bid as a local runner
+        would (the persona, the seed, the executor, the learned counters), then serves its
+        connection until it ends. It is then one more runner: it bids, wins, is pinged, and
+        when its connection drops its tasks are re-auctioned as after a crash. Raises
+        `ConfigError` or `PersonaError`, before answering, when it cannot join.
+        """
+        self._check_open()
+        persona = get_persona(persona_id, self.cfg.personas)
+        agent = self.agents.get(agent_id) if agent_id else None
+        if agent is None:
+            learned = None if stats is None else stats_from_dict(stats, "the runner's stats")
+            agent_id = agent_id or self._new_agent_id(persona)
+            agent = Agent(AgentInfo(agent_id=agent_id, persona=persona.id, name=persona.name),
+                          persona)
+            if learned is not None:   # a runner back after a service restart: as it learned
+                agent.stats = learned
+            self.agents[agent_id] = agent
+            self.supervisor.add_remote(agent_id)
+        elif not self.supervisor.slots[agent_id].remote:
+            raise ConfigError(f"{agent_id} is a runner this swarm started itself",
+                              hint="give the remote runner another --agent-id, or none (the "
+                                   "service then names it)")
+        elif agent.persona.id != persona.id:
+            raise ConfigError(f"{agent_id} is a {agent.persona.id} agent, not {persona.id}",
+                              hint=f"connect as --persona {agent.persona.id}, or use another "
+                                   "--agent-id")
+        slot = self.supervisor.slots[agent_id]
+        link = self.supervisor.connect(agent_id, reader, writer, peer)
+        agent.info.peer = peer
+        self._dirty_agent(agent)
+        welcome = {
+            "agent_id": agent_id, "persona": _persona_fields(persona), "seed": self.cfg.seed,
+            "executor": self.executor, "task_seconds": self.cfg.task_seconds,
+            "model": model_for(persona.id, self.cfg.model) if self.executor == "ollama"
+            else None,
+            "ollama_timeout": self.cfg.ollama_timeout, "stats": agent.stats.to_dict(),
+            "ping_interval": self.cfg.ping_interval, "ping_timeout": self.cfg.ping_timeout,
+        }
+        await self.supervisor.serve_remote(slot, link, answer(welcome))
 
     # -- tasks --------------------------------------------------------------
     def _check_open(self) -> None:
@@ -923,12 +989,15 @@ class Coordinator:
                         f"a second hello from live runner {agent_id}", hint=""))
                     return
                 first = not agent.ready.is_set()
+                slot = self.supervisor.slots[agent_id]
                 agent.alive = True
                 agent.info.pid, agent.info.status = pid, "idle"
-                agent.info.restarts = self.supervisor.slots[agent_id].restarts
+                agent.info.restarts = slot.restarts
                 self._dirty_agent(agent)
-                self._emit("agent_joined" if first else "agent_restarted", None, agent_id,
-                           persona=agent.persona.id, pid=pid, restarts=agent.info.restarts)
+                kind = "agent_joined" if first else \
+                    "agent_reconnected" if slot.remote else "agent_restarted"
+                self._emit(kind, None, agent_id, persona=agent.persona.id, pid=pid,
+                           restarts=agent.info.restarts, **_where(agent))
                 agent.ready.set()
                 agent.settled.set()
                 self._pump()
@@ -984,8 +1053,9 @@ class Coordinator:
             self.supervisor.slots[agent_id].argv = self._runner_argv(agent_id, agent.persona,
                                                                      agent.stats)
         agent.info.restarts = self.supervisor.slots[agent_id].restarts
-        agent.info.status = {"restart": "restarting", "stopped": "stopped"}.get(verdict, "failed")
-        if verdict != "restart":
+        agent.info.status = {"restart": "restarting", "stopped": "stopped",
+                             "disconnected": "disconnected"}.get(verdict, "failed")
+        if verdict not in ("restart", "disconnected"):
             agent.settled.set()
         agent.info.pid = None if verdict != "restart" else agent.info.pid
         for open_ in list(self.auctions.values()):
@@ -998,11 +1068,13 @@ class Coordinator:
                     self._close_auction(open_)
         held = list(agent.tasks)
         agent.tasks.clear()
-        how = "stopped" if verdict == "stopped" else f"died (exit code {returncode})"
+        how = {"stopped": "stopped", "disconnected": "lost its connection"}.get(
+            verdict, f"died (exit code {returncode})")
         # The runner works its queue in order: the first task it held was (about to be)
         # running and uses up its attempt, even if "started" never arrived (a task that kills
         # its runner must not loop forever); the tasks waiting behind it keep theirs. A runner
-        # stopped on purpose (stop(), or the swarm closing) costs no task an attempt.
+        # stopped on purpose (stop(), or the swarm closing) costs no task an attempt. A remote
+        # runner whose connection dropped counts as crashed: nobody can tell it did not.
         crashed = verdict != "stopped"
         for i in reversed(range(len(held))):  # requeue at the front, keeping their order
             task = self.active.get(held[i])
@@ -1016,8 +1088,9 @@ class Coordinator:
                 task.attempts -= 1
                 self._requeue(task, f"runner {agent_id} {how} {when} it")
         self._dirty_agent(agent)
-        kind = {"restart": "agent_crashed", "stopped": "agent_left"}.get(verdict, "agent_failed")
-        self._emit(kind, None, agent_id, returncode=returncode)
+        kind = {"restart": "agent_crashed", "stopped": "agent_left",
+                "disconnected": "agent_disconnected"}.get(verdict, "agent_failed")
+        self._emit(kind, None, agent_id, returncode=returncode, **_where(agent))
         if verdict == "failed":
             log.error("runner %s keeps dying: gave up after %d restarts", agent_id,
                       agent.info.restarts)
@@ -1034,6 +1107,8 @@ class Coordinator:
             "open_auctions": len(self.auctions),
             "runners_live": sum(a.alive for a in self.agents.values()),
             "runners_free": sum(a.alive and not a.tasks for a in self.agents.values()),
+            "runners_remote": sum(a.alive and a.info.peer is not None
+                                  for a in self.agents.values()),
             "agents": by_state,
             "protocol_errors": self.garbage_lines,
             "rule": self.cfg.rule,

@@ -37,8 +37,13 @@ class AgentInfo(msgspec.Struct, kw_only=True):
     """A persona agent and its runner process (``pid`` changes when the runner is replaced).
 
     ``status``: starting, idle, busy (holds tasks), restarting (its process died and is
-    being replaced), stopped (on purpose), failed (died too often), lost (its coordinator
+    being replaced), disconnected (a remote runner lost its connection; it rejoins when it
+    dials in again), stopped (on purpose), failed (died too often), lost (its coordinator
     ended without stopping it).
+
+    ``peer`` is where a remote runner (``timmy runner --connect``) connects from, as
+    ``host:port``, its ``pid`` then being a process id on that host; None for a runner this
+    swarm started. It is not stored: the store's agents have no ``peer``.
     """
 
     agent_id: str
@@ -49,6 +54,7 @@ class AgentInfo(msgspec.Struct, kw_only=True):
     restarts: int = 0
     tasks_won: int = 0
     earned_sats: int = 0
+    peer: str | None = None
 
 
 class Event(msgspec.Struct, kw_only=True, frozen=True):

@@ -59,7 +59,10 @@ class Ping(Message, tag="ping"):
 
 
 class Shutdown(Message, tag="shutdown"):
-    pass
+    """Exit now. ``reason`` (optional, added after version 1 shipped; left out of the line
+    when not given) says why, for a remote runner to print before it exits."""
+
+    reason: Annotated[str, Meta(max_length=200)] | msgspec.UnsetType = msgspec.UNSET
 
 
 # runner -> coordinator

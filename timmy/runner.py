@@ -38,14 +38,21 @@ class Runner:
         self.stats = stats or BidStats()
         self.quotes: dict[int, tuple[bool, tuple[str, ...]]] = {}  # task -> (on_spec, keywords)
         self._out_fd = out_fd
+        # Bumped when a remote runner's connection is replaced: work and answers meant for
+        # a lost connection are dropped, never written to the next one.
+        self.generation = 0
+        self.shutdown: p.Shutdown | None = None   # the coordinator's shutdown, once received
         self._lock = threading.Lock()
         self._work: queue.SimpleQueue = queue.SimpleQueue()
         if not executor.instant:
             threading.Thread(target=self._worker, daemon=True).start()
 
     # -- output -------------------------------------------------------------
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes, generation: int | None = None) -> None:
+        """Write all of ``data``; dropped if it answers a connection that is gone."""
         with self._lock:
+            if generation is not None and generation != self.generation:
+                return
             view = memoryview(data)
             while view:
                 view = view[os.write(self._out_fd, view):]
@@ -71,10 +78,11 @@ class Runner:
                     out.append(p.encode(p.Started(task_id=tid)))
                     out.append(self._execute(tid, desc, attempt))
                 else:
-                    self._work.put((tid, desc, attempt))
+                    self._work.put((tid, desc, attempt, self.generation))
             case p.Ping(seq=seq):
                 out.append(p.encode(p.Pong(seq=seq)))
             case p.Shutdown():
+                self.shutdown = msg
                 return False
         return True
 
@@ -95,17 +103,20 @@ class Runner:
     def _worker(self) -> None:
         try:
             while True:
-                tid, desc, attempt = self._work.get()
-                self.write(p.encode(p.Started(task_id=tid)))
-                self.write(self._execute(tid, desc, attempt))
+                tid, desc, attempt, generation = self._work.get()
+                if generation != self.generation:
+                    continue          # won over a connection that has since been lost
+                self.write(p.encode(p.Started(task_id=tid)), generation)
+                self.write(self._execute(tid, desc, attempt), generation)
         finally:  # a dead worker would leave every queued task hanging: die loudly instead
             os._exit(1)
 
     # -- main loop ----------------------------------------------------------
-    def serve(self, in_fd: int = 0) -> int:
+    def serve(self, in_fd: int = 0, pending: bytes = b"") -> int:
+        """Say hello, then answer what arrives on ``in_fd`` (after ``pending``, bytes already
+        read from it) until it closes or a shutdown comes."""
         self.write(p.encode(p.Hello(agent_id=self.agent_id, persona=self.persona.id,
                                     pid=os.getpid())))
-        pending = b""
         discarding = False  # inside a line longer than MAX_LINE: drop up to its newline
         while True:
             chunk = os.read(in_fd, READ_SIZE)
@@ -140,13 +151,23 @@ def stats_from_json(text: str) -> BidStats:
     """Learned counters from ``--stats``, or `ConfigError` saying what is wrong."""
     try:
         data = json.loads(text)
+    except ValueError as exc:
+        raise ConfigError(f"--stats is not a set of learned counters: {exc}",
+                          hint='e.g. {"auctions": 5, "wins": 1, "won_ok": 1, "won_failed": 0}'
+                          ) from None
+    return stats_from_dict(data)
+
+
+def stats_from_dict(data: object, where: str = "--stats") -> BidStats:
+    """Learned counters from their `BidStats.to_dict` form, or `ConfigError`."""
+    try:
         counts = {k: int(data.get(k, 0)) for k in ("auctions", "wins", "won_ok", "won_failed")}
         keywords = {str(k): int(v) for k, v in data.get("keyword_successes", {}).items()}
         if min([*counts.values(), *keywords.values(), 0]) < 0 or counts["wins"] > counts[
                 "auctions"]:
             raise ValueError("counts must be >= 0 and wins <= auctions")
     except (ValueError, TypeError, AttributeError) as exc:
-        raise ConfigError(f"--stats is not a set of learned counters: {exc}",
+        raise ConfigError(f"{where} is not a set of learned counters: {exc}",
                           hint='e.g. {"auctions": 5, "wins": 1, "won_ok": 1, "won_failed": 0}'
                           ) from None
     return BidStats(**counts, keyword_successes=keywords)

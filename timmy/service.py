@@ -14,6 +14,13 @@ then live ones, one `Event` per line. An event is sent only once it is stored,
 so a client that resumes from the last ``event_id`` it saw (after a service
 restart too) misses none and sees none twice.
 
+``runner {"persona": "forge", "agent_id": "forge-r1"}`` turns a connection into a
+remote runner (``timmy runner --connect``, `timmy.remote`): an ``ok`` answer with
+what the runner needs (its agent_id, persona, seed, executor, learned counters),
+then the runner wire protocol of `timmy.protocol`, exactly as over a local
+runner's pipes, starting with the runner's ``hello``. The service stays the one
+listener, on one port, behind the same token: runners dial in, nothing dials out.
+
 What the endpoint refuses, always with an error line that says why, while the
 service stays up: a missing or wrong token (the connection is closed), a line
 that is not a request (answered; the connection stays usable), a line over
@@ -38,6 +45,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import msgspec
 from msgspec import Meta
@@ -175,6 +183,31 @@ class SubscribeArgs(Args):
     after: EventId | None = None   # None: from now on
 
 
+AgentName = Annotated[str, Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
+
+
+class RunnerArgs(Args):
+    persona: Name
+    agent_id: AgentName | None = None     # None: the service names it (persona-N)
+    stats: dict[str, Any] | None = None   # what it learned: adopted if the swarm knows less
+
+
+class Welcome(msgspec.Struct, frozen=True):
+    """The answer to ``runner``: who the runner is and how to bid (unknown fields ignored,
+    so a newer service can say more)."""
+
+    agent_id: str
+    persona: dict[str, Any]
+    seed: int
+    executor: str
+    task_seconds: float
+    stats: dict[str, Any]
+    ping_interval: float
+    ping_timeout: float
+    model: str | None = None
+    ollama_timeout: float | None = None
+
+
 _encoder = msgspec.json.Encoder()
 _request = msgspec.json.Decoder(Request)
 
@@ -250,6 +283,7 @@ class Service:
         self.subscribers = 0
         self.refused = 0
         self.requests = 0
+        self.runners = 0              # remote runners connected
         self._handlers: set[asyncio.Task] = set()
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -329,6 +363,9 @@ class Service:
                     continue
                 await self._stream(reader, writer, req.id, args.after)
                 return
+            if req.op == "runner":
+                await self._runner(reader, writer, req)
+                return
             if req.op in LONG_OPS:
                 response = await self._answer_while_there(reader, writer, req)
                 if response is None:
@@ -358,14 +395,14 @@ class Service:
             except TimmyError as exc:
                 return Response(req.id, False, error=error_info(exc))
             status["service"] = {"connections": self.connections,
-                                 "subscribers": self.subscribers,
+                                 "subscribers": self.subscribers, "runners": self.runners,
                                  "refused": self.refused, "requests": self.requests,
                                  "dropped": self.dropped}
             return Response(req.id, True, status)
         op = OPS.get(req.op)
         try:
             if op is None:
-                known = ", ".join(sorted([*OPS, "status", "subscribe"]))
+                known = ", ".join(sorted([*OPS, "status", "subscribe", "runner"]))
                 raise ProtocolError(f"unknown op {req.op!r}", hint=f"use one of: {known}")
             args_type, fn = op
             result = await fn(self.swarm, _args(args_type, req))
@@ -442,6 +479,27 @@ class Service:
             unsubscribe()
             watcher.cancel()
 
+    async def _runner(self, reader, writer, req: Request) -> None:
+        """A remote runner dialled in: admit it, answer, then it speaks the runner protocol
+        until the connection ends (`Coordinator.serve_remote`)."""
+        peer = _peer(writer)
+
+        async def answer(welcome: dict) -> None:
+            await self._send(writer, Response(req.id, True, welcome))
+
+        try:
+            args = _args(RunnerArgs, req)
+            self.runners += 1
+            try:
+                await self.swarm.engine.serve_remote(args.persona, args.agent_id, args.stats,
+                                                     reader, writer, peer, answer)
+            finally:
+                self.runners -= 1
+        except TimmyError as exc:        # refused before the answer: say why, then close
+            await self._refuse(writer, exc, req.id)
+            return
+        log.info("remote runner connection from %s ended", peer)
+
     async def _catch_up(self, writer, last: int) -> int:
         while True:
             events = await self.swarm.events(last, PAGE)
@@ -468,6 +526,13 @@ class Service:
         self.refused += 1
         with contextlib.suppress(Exception):
             await self._send(writer, Response(req_id, False, error=error_info(exc)))
+
+
+def _peer(writer) -> str:
+    where = writer.get_extra_info("peername")
+    if not isinstance(where, tuple):
+        return str(where or "?")
+    return f"{_url_host(where[0])}:{where[1]}"
 
 
 def _args(args_type: type[Args], req: Request) -> Any:
@@ -551,6 +616,20 @@ def read_token(path: Path) -> str:
         raise ConfigError(f"the token file {path} is empty",
                           hint="delete it and restart `timmy serve` to make a new token")
     return token
+
+
+def parse_url(url: str) -> tuple[str, int]:
+    """``tcp://HOST:PORT`` (or ``HOST:PORT``) as (host, port), or `ConfigError`."""
+    parts = urlsplit(url if "://" in url else f"tcp://{url}")
+    if parts.scheme != "tcp" or not parts.hostname:
+        raise ConfigError(f"not a swarm service address: {url!r}",
+                          hint=f"use tcp://HOST:PORT, e.g. {DEFAULT_URL}")
+    try:
+        port = parts.port or DEFAULT_PORT
+    except ValueError:
+        raise ConfigError(f"bad port in {url!r}", hint=f"use tcp://HOST:PORT, e.g. {DEFAULT_URL}") \
+            from None
+    return parts.hostname, port
 
 
 def is_loopback(host: str) -> bool:

@@ -1,12 +1,19 @@
-"""Runner processes: start, watch, restart with backoff, stop. Nothing more.
+"""Runners: start, watch, restart with backoff, stop. Nothing more.
 
-Each agent gets one `Slot` that outlives its processes: the supervisor starts
-``python -m timmy.runner``, reads its stdout as JSON lines (decoded into typed
-messages), batches what the coordinator sends to it into one write per turn of
-the event loop, and when the process dies restarts it with
-exponential backoff, at most ``max_restarts`` times in ``restart_window``
-seconds. A runner that keeps sending garbage is killed and so restarted.
-The coordinator hears about all of it through three callbacks.
+Each agent gets one `Slot` that outlives its connections. A connection to a
+runner is a `Link`: two byte streams and a way to cut them. A `ProcessLink` is a
+``python -m timmy.runner`` child and its pipes; a `SocketLink` is a runner on
+another machine that dialled in to the swarm service (``timmy runner
+--connect``). Both speak the same wire protocol, so the rest is shared: the
+supervisor reads JSON lines (decoded into typed messages), batches what the
+coordinator sends into one write per turn of the event loop, and a runner that
+keeps sending garbage or stops reading is cut off.
+
+When a child process dies it is restarted with exponential backoff, at most
+``max_restarts`` times in ``restart_window`` seconds. A remote runner is never
+restarted from here: when its connection drops the agent is "disconnected"
+until the runner dials in again (`serve_remote`). The coordinator hears about
+all of it through three callbacks.
 
 Processes are asyncio subprocesses, not `anyio.open_process`: profiling showed
 anyio's per-call stream overhead (cancel scopes, checkpoints) was the largest
@@ -26,7 +33,7 @@ import os
 import signal
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from subprocess import PIPE
 
@@ -50,26 +57,72 @@ class RestartPolicy:
     max_backlog: int = 8 << 20     # bytes unread by a runner before it is deemed hung
 
 
+class Link:
+    """One live connection to a runner: what it says (``reader``), what it is told
+    (``writer``), and how to cut it off."""
+
+    pid: int | None = None
+    peer: str | None = None        # host:port of a remote runner
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+
+    def cut(self) -> None:
+        """End it at once, as a crash would."""
+        raise NotImplementedError
+
+
+class ProcessLink(Link):
+    """A ``python -m timmy.runner`` child of this swarm: its stdout and stdin."""
+
+    def __init__(self, process: asyncio.subprocess.Process) -> None:
+        super().__init__(process.stdout, process.stdin)
+        self.process = process
+        self.pid = process.pid
+
+    def cut(self) -> None:
+        if self.process.returncode is None:
+            _signal_group(self.process, signal.SIGKILL)
+
+
+class SocketLink(Link):
+    """A runner on another machine that dialled in to the swarm service: its TCP connection."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                 peer: str) -> None:
+        super().__init__(reader, writer)
+        self.peer = peer
+        self.ended = anyio.Event()
+
+    def cut(self) -> None:
+        self.writer.transport.abort()   # the reader sees the end at once
+
+
 @dataclass(eq=False)
 class Slot:
     agent_id: str
-    argv: list[str]
-    process: asyncio.subprocess.Process | None = None
+    argv: list[str] | None         # None: a remote runner (it dials in; never started here)
+    link: Link | None = None
     stopping: bool = False
-    restarts: int = 0
+    restarts: int = 0              # processes started after the first / reconnections
     garbage: int = 0
     restart_times: deque = field(default_factory=deque)
     outbox: list[bytes] = field(default_factory=list)
     exited: anyio.Event = field(default_factory=anyio.Event)
     stop_asked: anyio.Event = field(default_factory=anyio.Event)  # cuts a restart backoff short
+    links: int = 0                 # connections a remote runner has made
+
+    @property
+    def remote(self) -> bool:
+        return self.argv is None
 
     @property
     def pid(self) -> int | None:
-        return self.process.pid if self.process else None
+        return self.link.pid if self.link else None
 
 
 class Supervisor:
-    """Owns the runner processes of one swarm, inside the swarm's task group."""
+    """Owns the runners of one swarm, inside the swarm's task group."""
 
     def __init__(
         self,
@@ -99,7 +152,7 @@ class Supervisor:
     def send(self, agent_id: str, data: bytes) -> bool:
         """Queue bytes for a runner; written at the next turn of its writer. False if gone."""
         slot = self.slots.get(agent_id)
-        if slot is None or slot.process is None or slot.stopping:
+        if slot is None or slot.link is None or slot.stopping:
             return False
         if not slot.outbox:
             self._dirty[agent_id] = slot
@@ -110,13 +163,20 @@ class Supervisor:
         return True
 
     async def stop(self, agent_id: str) -> None:
-        """Ask a runner to shut down, then terminate, then kill; never restart it."""
+        """Ask a runner to shut down, then terminate, then kill; never restart it.
+
+        A remote runner is told to shut down (it then exits instead of dialling in
+        again) and its connection is cut if it does not close it in time.
+        """
         slot = self.slots.get(agent_id)
         if slot is None:
             return
         slot.stopping = True
         slot.stop_asked.set()
-        proc = slot.process
+        if slot.remote:
+            await self._stop_remote(slot, tell=True)
+            return
+        proc = slot.link.process if slot.link is not None else None
         if proc is not None and proc.returncode is None:
             try:
                 proc.stdin.write(p.encode(p.Shutdown()))
@@ -136,15 +196,97 @@ class Supervisor:
             await slot.exited.wait()
 
     async def stop_all(self) -> None:
+        """Stop every child process. Remote runners are let go without being told to stop:
+        their connections close, and they dial in again to the next service on this
+        address."""
         async with anyio.create_task_group() as tg:
-            for agent_id in list(self.slots):
-                tg.start_soon(self.stop, agent_id)
+            for agent_id, slot in list(self.slots.items()):
+                if slot.remote:
+                    slot.stopping = True
+                    tg.start_soon(self._stop_remote, slot, False)
+                else:
+                    tg.start_soon(self.stop, agent_id)
 
     def kill(self, agent_id: str) -> None:
-        """SIGKILL a runner's process (it will be restarted by the policy)."""
+        """Cut a runner off as a crash would: SIGKILL a child process (it is restarted by the
+        policy), abort a remote runner's connection (it dials in again)."""
         slot = self.slots.get(agent_id)
-        if slot and slot.process and slot.process.returncode is None:
-            _signal_group(slot.process, signal.SIGKILL)
+        if slot is not None and slot.link is not None:
+            slot.link.cut()
+
+    # -- remote runners -----------------------------------------------------
+    def add_remote(self, agent_id: str) -> Slot:
+        """A slot for a runner that dials in (see `connect`)."""
+        slot = Slot(agent_id, None)
+        self.slots[agent_id] = slot
+        return slot
+
+    def connect(self, agent_id: str, reader: asyncio.StreamReader,
+                writer: asyncio.StreamWriter, peer: str) -> SocketLink:
+        """Make a fresh connection the link of a remote runner's slot, then `serve_remote` it.
+
+        The newest connection wins: an older one still open (a half-open connection the
+        runner already gave up on, or a second runner with the same agent_id) is told it
+        was replaced, closed and reported as a disconnection first.
+        """
+        slot = self.slots[agent_id]
+        old = slot.link
+        if old is not None:
+            with contextlib.suppress(ConnectionError, RuntimeError, OSError):
+                old.writer.write(p.encode(p.Shutdown(
+                    reason=f"{agent_id} connected again from {peer}; this connection is "
+                           "replaced")))
+                old.writer.close()
+            self._end_link(slot, old, "disconnected")
+        link = SocketLink(reader, writer, peer)
+        slot.restarts = slot.links
+        slot.links += 1
+        slot.link, slot.stopping, slot.garbage = link, False, 0
+        slot.outbox.clear()
+        return link
+
+    async def serve_remote(self, slot: Slot, link: SocketLink,
+                           greet: Awaitable[None] | None = None) -> None:
+        """Await ``greet`` (the answer to the runner's handshake), then read the runner until
+        its connection ends, and report how it ended."""
+        verdict = "disconnected"
+        try:
+            if greet is not None:
+                await greet
+            await self._read_loop(slot, link)
+        except asyncio.CancelledError:   # the service is closing: no fault of the runner's
+            verdict = "stopped"
+            raise
+        finally:
+            if slot.stopping:
+                verdict = "stopped"
+            self._end_link(slot, link, verdict)
+            link.writer.close()
+
+    async def _stop_remote(self, slot: Slot, tell: bool) -> None:
+        link = slot.link
+        if link is None:            # disconnected: it can only be told if it comes back
+            if tell:
+                self._on_exit(slot.agent_id, None, "stopped")
+            return
+        with contextlib.suppress(ConnectionError, RuntimeError, OSError):
+            if tell:
+                link.writer.write(p.encode(p.Shutdown(reason="stopped by the swarm")))
+            link.writer.close()     # after what is buffered: the runner reads it, then EOF
+        with anyio.move_on_after(self.policy.stop_timeout):
+            await link.ended.wait()
+        if not link.ended.is_set():
+            link.cut()
+            self._end_link(slot, link, "stopped")
+
+    def _end_link(self, slot: Slot, link: SocketLink, verdict: str) -> None:
+        link.ended.set()
+        if slot.link is not link:   # already replaced by a newer connection
+            return
+        slot.link = None
+        slot.outbox.clear()
+        self._dirty.pop(slot.agent_id, None)
+        self._on_exit(slot.agent_id, None, verdict)
 
     # -- internals ----------------------------------------------------------
     async def _launch(self, slot: Slot) -> None:
@@ -152,20 +294,22 @@ class Supervisor:
             # A session of its own: a kill reaches the runner and anything it started (a
             # wrapper script's child), and a terminal's Ctrl-C reaches only the coordinator,
             # which then stops runners cleanly.
-            slot.process = await asyncio.create_subprocess_exec(
+            process = await asyncio.create_subprocess_exec(
                 *slot.argv, stdin=PIPE, stdout=PIPE, stderr=None, start_new_session=True)
         except OSError as exc:
             raise RunnerError(
                 f"cannot start runner {slot.agent_id}: {exc}",
                 hint="check that this Python can run `python -m timmy.runner --help`",
             ) from exc
+        slot.link = ProcessLink(process)
         slot.garbage = 0
         slot.outbox.clear()
 
     async def _supervise(self, slot: Slot) -> None:
         while True:
-            proc = slot.process
-            await self._read_loop(slot, proc)
+            link = slot.link
+            proc = link.process
+            await self._read_loop(slot, link)
             if proc.returncode is None:
                 with anyio.move_on_after(self.policy.stop_timeout):
                     await proc.wait()
@@ -178,7 +322,7 @@ class Supervisor:
             verdict = self._verdict(slot)
             self._on_exit(slot.agent_id, proc.returncode, verdict)
             if verdict != "restart":
-                slot.process = None
+                slot.link = None
                 slot.exited.set()
                 return
             delay = min(self.policy.backoff_max,
@@ -186,7 +330,7 @@ class Supervisor:
             with anyio.move_on_after(delay):
                 await slot.stop_asked.wait()
             if slot.stopping:  # stopped while waiting to restart
-                slot.process = None
+                slot.link = None
                 self._on_exit(slot.agent_id, None, "stopped")
                 slot.exited.set()
                 return
@@ -195,7 +339,7 @@ class Supervisor:
                 await self._launch(slot)
             except RunnerError as exc:
                 log.error("%s", exc)
-                slot.process = None
+                slot.link = None
                 self._on_exit(slot.agent_id, None, "failed")
                 slot.exited.set()
                 return
@@ -217,32 +361,33 @@ class Supervisor:
         self._flush_scheduled = False
         dirty, self._dirty = self._dirty, {}
         for slot in dirty.values():
-            proc = slot.process
-            if proc is None or not slot.outbox:
+            link = slot.link
+            if link is None or not slot.outbox:
                 continue
             data = b"".join(slot.outbox)
             slot.outbox.clear()
             try:
-                proc.stdin.write(data)
-                backlog = proc.stdin.transport.get_write_buffer_size()
+                link.writer.write(data)
+                backlog = link.writer.transport.get_write_buffer_size()
             except (ConnectionError, RuntimeError, OSError, AttributeError):
-                continue  # the reader sees the process end and reports it
+                continue  # the reader sees the link end and reports it
             if backlog > self.policy.max_backlog:
-                log.warning("runner %s is not reading (%d bytes waiting): restarting it",
+                log.warning("runner %s is not reading (%d bytes waiting): cutting it off",
                             slot.agent_id, backlog)
-                self.kill(slot.agent_id)
+                link.cut()
 
-    async def _read_loop(self, slot: Slot, proc: asyncio.subprocess.Process) -> None:
+    async def _read_loop(self, slot: Slot, link: Link) -> None:
         pending = b""
         discarding = False  # inside a line longer than MAX_LINE: drop up to its newline
         agent_id = slot.agent_id
         on_message = self._on_message
+        reader = link.reader
         while True:
             try:
-                chunk = await proc.stdout.read(1 << 16)
+                chunk = await reader.read(1 << 16)
             except (ConnectionError, OSError):
                 return
-            if not chunk:
+            if not chunk or slot.link is not link:   # ended, or replaced by a newer link
                 return
             lines = (pending + chunk).split(b"\n")
             pending = lines.pop()
@@ -270,11 +415,11 @@ class Supervisor:
         slot.garbage += 1
         self._on_garbage(slot.agent_id, exc)
         if slot.garbage >= self.policy.garbage_limit:
-            log.warning("runner %s sent %d bad lines: restarting it",
+            log.warning("runner %s sent %d bad lines: cutting it off",
                         slot.agent_id, slot.garbage)
             slot.garbage = 0
-            if slot.process is not None and slot.process.returncode is None:
-                _signal_group(slot.process, signal.SIGKILL)
+            if slot.link is not None:
+                slot.link.cut()
 
 
 def _signal_group(proc: asyncio.subprocess.Process, sig: int) -> None:

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Sequence
 STATUS_COLOURS = {"completed": "#2e7d32", "failed": "#c62828", "cancelled": "#757575",
                   "running": "#1565c0", "assigned": "#6a1b9a", "bidding": "#ef6c00",
                   "queued": "#455a64", "idle": "#2e7d32", "busy": "#1565c0",
-                  "restarting": "#ef6c00", "stopped": "#757575"}
+                  "restarting": "#ef6c00", "disconnected": "#ef6c00", "stopped": "#757575"}
 TABLE = ('<table style="border-collapse:collapse;width:100%;font-size:13px">'
          '<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>')
 

@@ -15,7 +15,8 @@ from ..models import TERMINAL_STATES
 
 AGENT_STATUS = {"agent_joined": "idle", "agent_restarted": "idle",
                 "agent_crashed": "restarting", "agent_left": "stopped",
-                "agent_failed": "failed"}
+                "agent_failed": "failed", "agent_reconnected": "idle",
+                "agent_disconnected": "disconnected"}
 TASK_STATUS = {"task_posted": "queued", "auction_opened": "bidding",
                "task_assigned": "assigned", "task_started": "running",
                "task_completed": "completed", "task_failed": "failed",
