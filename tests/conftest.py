@@ -118,8 +118,11 @@ def db_url(request: pytest.FixtureRequest, db_path: Path) -> str:
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """Tests marked ``postgres`` that use a database run on both SQLite and PostgreSQL."""
-    if "db_url" in metafunc.fixturenames and metafunc.definition.get_closest_marker("postgres"):
-        metafunc.parametrize("db_url", ["sqlite", "postgresql"], indirect=True)
+    marker = metafunc.definition.get_closest_marker("postgres")
+    if "db_url" in metafunc.fixturenames and marker:
+        # @pytest.mark.postgres(only=True): a PostgreSQL-only behaviour, no [sqlite] run
+        stores = ["postgresql"] if marker.kwargs.get("only") else ["sqlite", "postgresql"]
+        metafunc.parametrize("db_url", stores, indirect=True)
 
 
 # -- PostgreSQL ----------------------------------------------------------------------------

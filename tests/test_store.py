@@ -195,12 +195,11 @@ def test_a_store_that_was_taken_over_writes_nothing_more(db_url):
     assert len(new.tasks()) == 2
 
 
+@pytest.mark.postgres(only=True)   # SQLite: one owner per file by flock, no epoch
 def test_a_takeover_waits_for_the_old_owners_write_in_progress(db_url):
     """The new owner's epoch bump queues behind a write that already checked the epoch, so
     that write is either wholly before the takeover (and recovered) or refused."""
     old = Store(db_url)
-    if old.engine.dialect.name == "sqlite":
-        pytest.skip("SQLite: one owner per file by flock, no epoch")
     old.recover(max_attempts=3, now=NOW, owner="the old swarm")
     [task] = old.insert_tasks(["fix the bug"], NOW)
     new = Store(db_url)
