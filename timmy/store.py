@@ -28,6 +28,7 @@ import msgspec
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from .dburl import sqlite_file
 from .errors import OwnershipLost, StoreError, TaskNotFound
 from .models import ACTIVE_STATES, QUEUED, AgentInfo, Event, Task
 
@@ -110,16 +111,6 @@ OWNER = "owner"               # timmy_meta key: who that is, for humans
 
 _engines: dict[str, Engine] = {}
 _engines_lock = threading.Lock()
-
-
-def _sqlite_path(url: str) -> str | None:
-    """The file of a ``sqlite:///`` URL, or None."""
-    parsed = sa.engine.make_url(url)
-    db = parsed.database
-    if parsed.get_backend_name() != "sqlite" or not db or db == ":memory:" \
-            or db.startswith("file:"):
-        return None
-    return db
 
 
 WAL_SIZE_LIMIT = 64 * 1024 * 1024   # bytes a WAL is truncated to when a checkpoint resets it
@@ -332,7 +323,7 @@ class Store:
         ``create=False`` only reads: a database without timmy's tables is refused.
         """
         self.url = url
-        self._file = _sqlite_path(url)
+        self._file = sqlite_file(url)   # None for a server database
         self.create = create
         if not create:
             _refuse_foreign_sqlite(url)  # before our engine's connect-time settings touch it
