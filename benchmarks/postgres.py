@@ -30,11 +30,11 @@ import secrets
 import statistics
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import sqlalchemy as sa
+from throughput import one_run
 
 import timmy
 from timmy.workload import demo_descriptions
@@ -94,17 +94,6 @@ def database(store: str, pg: str, tmp: Path, name: str) -> Iterator[str]:
             yield url
 
 
-def one_run(db: str, n: int, seed: int) -> float:
-    with timmy.Swarm(db, seed=seed, task_seconds=0) as swarm:
-        swarm.spawn_all()
-        swarm.run(demo_descriptions(200, seed + 1000), timeout=120)
-        work = demo_descriptions(n, seed)
-        t0 = time.perf_counter()
-        done = swarm.run(work, timeout=300)
-        elapsed = time.perf_counter() - t0
-        lost = sum(t.status not in ("completed", "failed") for t in done)
-        assert lost == 0, f"{lost} tasks unfinished"
-    return n / elapsed
 
 
 def latency(db: str, n: int, seed: int) -> tuple[list[float], list[float]]:
