@@ -197,6 +197,12 @@ def test_cli_status_and_post(service):
     assert "AuthenticationError" in bad.stderr and "hint:" in bad.stderr
 
 
+def test_serve_pins_the_mmap_threshold(service):
+    # timmy.heap: keeps the long-running service's RSS flat (benchmarks/soak.py)
+    with service.attach() as swarm:
+        assert swarm.status()["service"]["mmap_threshold"] == 128 * 1024
+
+
 def test_no_service_is_a_clear_error(tmp_path):
     with pytest.raises(timmy.TimmyError, match="no swarm service answers") as err:
         timmy.Swarm.attach("tcp://127.0.0.1:1", token="x").status()

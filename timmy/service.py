@@ -284,6 +284,7 @@ class Service:
         self.refused = 0
         self.requests = 0
         self.runners = 0              # remote runners connected
+        self.mmap_threshold: int | None = None  # reported only (`timmy.heap`)
         self._handlers: set[asyncio.Task] = set()
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -397,7 +398,8 @@ class Service:
             status["service"] = {"connections": self.connections,
                                  "subscribers": self.subscribers, "runners": self.runners,
                                  "refused": self.refused, "requests": self.requests,
-                                 "dropped": self.dropped}
+                                 "dropped": self.dropped,
+                                 "mmap_threshold": self.mmap_threshold}
             return Response(req.id, True, status)
         op = OPS.get(req.op)
         try:
@@ -661,10 +663,12 @@ async def serve(db: str, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, 
                 max_connections: int = MAX_CONNECTIONS, send_timeout: float = SEND_TIMEOUT,
                 first_line_timeout: float = FIRST_LINE_TIMEOUT,
                 on_ready: Callable[[str, Any], None] | None = None,
-                stop: asyncio.Event | None = None, **swarm_options: Any) -> None:
+                stop: asyncio.Event | None = None, mmap_threshold: int | None = None,
+                **swarm_options: Any) -> None:
     """Host one swarm on ``db`` until SIGINT/SIGTERM (or ``stop``); stops its runners on exit.
 
-    ``on_ready(url, swarm)`` is called once the endpoint answers.
+    ``on_ready(url, swarm)`` is called once the endpoint answers. ``mmap_threshold`` is
+    only reported, in ``status()["service"]``: `run_service` sets it (`timmy.heap`).
     """
     import signal
 
@@ -678,6 +682,7 @@ async def serve(db: str, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, 
             await swarm.spawn_all()
         service = Service(swarm, token, max_connections, send_timeout=send_timeout,
                           first_line_timeout=first_line_timeout)
+        service.mmap_threshold = mmap_threshold
         try:
             server = await asyncio.start_server(service.handle, host, port,
                                                 limit=MAX_LINE + 1, backlog=256)
@@ -710,7 +715,11 @@ def _url_host(host: str) -> str:
 
 
 def run_service(db: str, **options: Any) -> None:
-    """`serve` on a fresh asyncio loop (what ``timmy serve`` calls)."""
+    """`serve` on a fresh asyncio loop (what ``timmy serve`` calls), with glibc's mmap
+    threshold pinned so the service's RSS stays flat for days (`timmy.heap`)."""
     import anyio
 
+    from .heap import pin_mmap_threshold
+
+    options.setdefault("mmap_threshold", pin_mmap_threshold())
     anyio.run(lambda: serve(db, **options), backend="asyncio")
