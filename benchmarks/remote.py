@@ -17,7 +17,6 @@ ratio says what the socket costs over the pipe (the wire protocol is the same).
 from __future__ import annotations
 
 import argparse
-import re
 import signal
 import statistics
 import subprocess
@@ -27,35 +26,17 @@ import time
 from pathlib import Path
 
 import timmy
+from timmy.chaos import Service
 from timmy.personas import PERSONAS
 from timmy.workload import demo_descriptions
 
-LISTENING = re.compile(r"listening on (tcp://[\d.]+:\d+)")
-
-
-def start_service(db: Path, spawn: bool) -> tuple[subprocess.Popen, str, str]:
-    proc = subprocess.Popen([sys.executable, "-m", "timmy", "serve", "--db", str(db),
-                             "--port", "0", "--task-seconds", "0", "--seed", "1",
-                             "--spawn" if spawn else "--no-spawn"],
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    for line in proc.stdout:
-        if m := LISTENING.search(line):
-            return proc, m.group(1), Path(f"{db}.token").read_text().strip()
-    raise RuntimeError("timmy serve did not start")
-
-
-def end(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-    try:
-        proc.communicate(timeout=60)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.communicate()
-
 
 def one_run(tmp: Path, over: str, n: int, warmup: int, seed: int) -> float:
-    proc, url, token = start_service(tmp / f"{over}-{seed}.db", spawn=over == "pipes")
+    service = Service(tmp / f"{over}-{seed}.db", "benchmark",
+                      ["--task-seconds", "0", "--seed", "1",
+                       "--spawn" if over == "pipes" else "--no-spawn"])
+    service.start()
+    url, token = service.url, service.token()
     runners: list[subprocess.Popen] = []
     try:
         if over == "tcp":
@@ -82,7 +63,7 @@ def one_run(tmp: Path, over: str, n: int, warmup: int, seed: int) -> float:
     finally:
         for r in runners:
             r.send_signal(signal.SIGTERM)
-        end(proc)
+        service.stop()
         for r in runners:
             r.wait(timeout=30)
     return n / elapsed

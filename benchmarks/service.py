@@ -17,35 +17,21 @@ directory, nine runners, the simulated executor with zero task time.
 from __future__ import annotations
 
 import argparse
-import re
-import signal
 import statistics
-import subprocess
-import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
 import timmy
+from timmy.chaos import Service
 from timmy.workload import demo_descriptions
 
-LISTENING = re.compile(r"listening on (tcp://[\d.]+:\d+)")
 
-
-def start(db: Path) -> tuple[subprocess.Popen, str, str]:
-    proc = subprocess.Popen([sys.executable, "-m", "timmy", "serve", "--db", str(db),
-                             "--port", "0", "--task-seconds", "0", "--seed", "1"],
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    for line in proc.stdout:
-        if m := LISTENING.search(line):
-            return proc, m.group(1), Path(f"{db}.token").read_text().strip()
-    raise RuntimeError("timmy serve did not start")
-
-
-def stop(proc: subprocess.Popen) -> None:
-    proc.send_signal(signal.SIGTERM)
-    proc.communicate(timeout=60)
+def start(db: Path) -> Service:
+    service = Service(db, "benchmark", ["--task-seconds", "0", "--seed", "1"])
+    service.start()
+    return service
 
 
 def bench_posts(url: str, token: str, n: int) -> None:
@@ -108,11 +94,11 @@ def bench_startup(tmp: Path, n: int) -> None:
     for i in range(n):
         db = tmp / f"start{i}.db"
         t0 = time.perf_counter()
-        proc, url, token = start(db)
-        with timmy.Swarm.attach(url, token=token) as swarm:
+        service = start(db)
+        with timmy.Swarm.attach(service.url, token=service.token()) as swarm:
             swarm.status()
         times.append(time.perf_counter() - t0)
-        stop(proc)
+        service.stop()
     print(f"timmy serve to first answer: {statistics.median(times):.2f}s median of {n} "
           f"(nine runners spawned first)")
 
@@ -125,13 +111,14 @@ def main() -> None:
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        proc, url, token = start(tmp / "bench.db")
+        service = start(tmp / "bench.db")
+        url, token = service.url, service.token()
         try:
             bench_posts(url, token, args.posts)
             bench_events(url, token, args.tasks, 1)
             bench_events(url, token, args.tasks, 10)
         finally:
-            stop(proc)
+            service.stop()
         bench_startup(tmp, args.starts)
 
 
