@@ -193,12 +193,16 @@ def test_explain_says_when_a_cheaper_bidder_did_not_count():
     assert [b["persona"] for b in story.bids] == ["forge", "quill"]
 
 
-def test_script_descriptions_show_as_text_in_every_widget(swarm):
+def test_script_descriptions_show_as_text_in_every_widget(swarm, eventually):
     desk, phone = desktop(swarm), mobile(swarm)
     task = swarm.post(SCRIPT)
     swarm.wait(task.task_id, timeout=10)
-    desk.console.redraw_now()
-    phone.console.redraw_now()
+
+    def seen():   # attached: the consoles learn of the task from the event stream
+        desk.console.redraw_now()
+        phone.console.redraw_now()
+        return all(task.task_id in c.state.tasks for c in (desk.console, phone.console))
+    eventually(seen, what="the task in both consoles")
     # the inspector is made after the task exists, so the desktop's one is refreshed first
     desk.console.inspector.refresh(task.task_id)
     boxes = {"desktop": desk, "mobile": phone, "inspector": inspect(swarm, task.task_id)}

@@ -202,7 +202,9 @@ def _status_line(status: dict) -> str:
     tasks = ", ".join(f"{n} {state}" for state, n in sorted(counts.items())) or "no tasks"
     return (f"status: tasks {tasks} · runners live {status.get('runners_live', 0)} · "
             f"protocol errors {status.get('protocol_errors', 0)} · rule {status.get('rule')} · "
-            f"executor {status.get('executor')} · seed {status.get('seed')}")
+            f"executor {status.get('executor')} · seed {status.get('seed')}"
+            + (f"\nstalled: {status['stalled']}; spawn runners (`timmy spawn`, a dashboard's "
+               "Spawn) and the waiting tasks run" if status.get("stalled") else ""))
 
 
 def _run_tasks(swarm, descriptions: Sequence[str], timeout: float, sequential: bool) -> list:
@@ -576,13 +578,14 @@ def _register_simulator_commands() -> None:
 
 def _register_service_commands() -> None:
     from .cli_runner import runner_cmd
-    from .cli_service import dashboards_cmd, post_cmd, serve_cmd, status_cmd
+    from .cli_service import dashboards_cmd, post_cmd, serve_cmd, spawn_cmd, status_cmd
 
     cli.add_command(runner_cmd, "runner")
     cli.add_command(dashboards_cmd, "dashboards")
     cli.add_command(serve_cmd, "serve")
     cli.add_command(status_cmd, "status")
     cli.add_command(post_cmd, "post")
+    cli.add_command(spawn_cmd, "spawn")
 
 
 def _register_doctor_command() -> None:

@@ -1,6 +1,6 @@
 """``timmy serve``, ``timmy status`` and ``timmy post``: the swarm service from a shell.
 
-Registered by `timmy.cli`. ``serve`` is `timmy.service.run_service`; ``status``
+Registered by `timmy.cli`. ``serve`` is `timmy.service.run_service`; ``status``, ``spawn``
 and ``post`` are `timmy.Swarm.attach` calls.
 """
 
@@ -194,6 +194,22 @@ def post_cmd(description: str, wait: bool, timeout: float, url: str | None, toke
     note = task.result if task.status == "completed" else task.reason
     if note:
         click.echo(note)
+
+
+@click.command(context_settings=CONTEXT_SETTINGS,
+               short_help="Start runners in a running swarm service.")
+@click.argument("personas", nargs=-1, metavar="[PERSONA]...")
+@_url
+@_token
+@_db
+def spawn_cmd(personas: tuple[str, ...], url: str | None, token: str | None,
+              db: str | None) -> None:
+    """Start one runner per PERSONA (every persona of the swarm when none is named) in the
+    service, e.g. after its agents were stopped or failed; waiting tasks then run."""
+    with _attach(url, token, db) as swarm:
+        agents = swarm.spawn_all(list(personas) if personas else None)
+    for a in agents:
+        click.echo(f"{a.agent_id} {a.status} · pid {a.pid}")
 
 
 @click.command(context_settings=CONTEXT_SETTINGS,

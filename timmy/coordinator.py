@@ -45,6 +45,7 @@ from .bidding import BidStats
 from .errors import (
     ConfigError,
     MissingDependency,
+    NoRunners,
     OwnershipLost,
     PersonaError,
     QueueFull,
@@ -57,6 +58,7 @@ from .errors import (
 from .executors import check_executor
 from .llm import DEFAULT_TIMEOUT, base_url, check_models, choose_executor, model_for
 from .models import (
+    AGENT_WORKING_STATES,
     ASSIGNED,
     BIDDING,
     CANCELLED,
@@ -273,6 +275,9 @@ class Coordinator:
         # Set when another swarm took the database over: this one then stops (see _abandon).
         self.lost: OwnershipLost | None = None
         self._waits: set[anyio.Event] = set()   # what wakes a wait() to tell it so
+        # Set by the swarm service: remote runners may dial in, so a swarm with no agents
+        # yet is waiting for them rather than stalled (see stalled()).
+        self.accepts_remote = False
         self._tg: TaskGroup | None = None
         self.supervisor: Supervisor | None = None
         # What runners are told to use: the configured executor, with "auto" resolved at
@@ -697,6 +702,19 @@ class Coordinator:
             if progress is True:
                 bar.close()
 
+    def _raise_stalled(self, why: str, ids: Sequence[int], remaining: set[int],
+                       single: bool) -> None:
+        states = ", ".join(sorted({self._lookup(i).status for i in remaining}))
+        what = (f"task {ids[0]} is {states}" if single
+                else f"{len(remaining)} of {len(ids)} tasks are unfinished ({states})")
+        hint = ("spawn runners: swarm.spawn_all() or swarm.spawn('forge'), `timmy spawn`, or "
+                "Spawn on a dashboard; the tasks stay queued and run once a runner is live")
+        if "failed" in why:
+            hint += ("; swarm.agents() and the agent_failed events say why they died "
+                     "(`timmy serve --max-restarts` lifts the crash-loop guard)")
+        them = "it" if single else "them"
+        raise NoRunners(f"{what} and no runner can take {them}: {why}", hint=hint)
+
     async def _wait_for(self, ids: Sequence[int], timeout: float | None, bar=None,
                         single: bool = False) -> list[Task]:
         """The tasks ``ids`` once all are finished, in order; `WaitTimeout` after ``timeout``."""
@@ -737,11 +755,13 @@ class Coordinator:
             self._watchers.setdefault(i, []).append(watch)
         self._waits.add(all_done)
         try:
-            if remaining and self.lost is None:   # lost: nothing here will finish any more
-                with anyio.move_on_after(timeout):
+            if remaining and self.lost is None and not self.stalled():
+                with anyio.move_on_after(timeout):   # lost or stalled: it would never end
                     await all_done.wait()
             if remaining and self.lost is not None:
                 raise OwnershipLost(self.lost.message, hint=self.lost.hint)
+            if remaining and (why := self.stalled()):
+                self._raise_stalled(why, ids, remaining, single)
             if remaining:
                 states = ", ".join(sorted({self._lookup(i).status for i in remaining}))
                 what = (f"task {ids[0]} is still {states}" if single
@@ -1095,6 +1115,31 @@ class Coordinator:
             log.error("runner %s keeps dying: gave up after %d restarts", agent_id,
                       agent.info.restarts)
         self._pump()
+        if verdict in ("stopped", "failed") and self.stalled():
+            for wake in self._waits:   # each wait() then says so instead of hanging
+                wake.set()
+
+    def stalled(self) -> str | None:
+        """Why the unfinished tasks cannot be worked as things stand, or None.
+
+        Stalled: no agent is live or on its way back (starting, restarting, a remote runner
+        reconnecting), because every one was stopped or failed, or none was spawned. A
+        swarm that remote runners can join (``timmy serve``) and that has no agents yet is
+        waiting for them, not stalled.
+        """
+        if not self.active or self.closed:
+            return None
+        agents = list(self.agents.values())
+        if any(a.info.status in AGENT_WORKING_STATES for a in agents):
+            return None
+        if not agents:
+            return None if self.accepts_remote else "no runner was spawned"
+        failed = [a.info.agent_id for a in agents if a.info.status == "failed"]
+        if not failed:
+            return "every runner was stopped"
+        named = ", ".join(failed[:3]) + (f" and {len(failed) - 3} more" if len(failed) > 3
+                                         else "")
+        return f"every runner was stopped or failed ({named} kept dying and was given up on)"
 
     # -- reads --------------------------------------------------------------
     def status(self, counts: dict[str, int]) -> dict:
@@ -1111,6 +1156,7 @@ class Coordinator:
                                   for a in self.agents.values()),
             "agents": by_state,
             "protocol_errors": self.garbage_lines,
+            "stalled": self.stalled(),
             "rule": self.cfg.rule,
             "executor": self.executor,
             "seed": self.cfg.seed,

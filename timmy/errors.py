@@ -75,6 +75,13 @@ class QueueFull(TimmyError):
     """Posting would take the swarm past its cap on unfinished tasks (``max_queued``)."""
 
 
+class NoRunners(TimmyError, RuntimeError):
+    """Waiting for tasks no runner can take: every agent stopped or failed, or none spawned.
+
+    The tasks stay queued (nothing is lost) and run once a runner is live again.
+    """
+
+
 class ExecutorUnavailable(TimmyError):
     """An executor's backend (an Ollama server, a model) cannot be used."""
 

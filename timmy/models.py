@@ -11,6 +11,8 @@ COMPLETED, FAILED, CANCELLED = "completed", "failed", "cancelled"
 TASK_STATES = (QUEUED, BIDDING, ASSIGNED, RUNNING, COMPLETED, FAILED, CANCELLED)
 ACTIVE_STATES = (QUEUED, BIDDING, ASSIGNED, RUNNING)
 TERMINAL_STATES = (COMPLETED, FAILED, CANCELLED)
+# An agent in one of these states works tasks now, or will again without anyone's help.
+AGENT_WORKING_STATES = frozenset({"starting", "idle", "busy", "restarting", "disconnected"})
 
 
 class Task(msgspec.Struct, kw_only=True):

@@ -678,6 +678,7 @@ async def serve(db: str, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, 
 
     check_bind(host, allow_remote)
     async with AsyncSwarm(db, **swarm_options) as swarm:
+        swarm.engine.accepts_remote = True   # runners may dial in: no agents is not stalled
         if spawn:
             await swarm.spawn_all()
         service = Service(swarm, token, max_connections, send_timeout=send_timeout,

@@ -9,6 +9,8 @@ from __future__ import annotations
 import html
 from collections.abc import Iterable, Sequence
 
+from ..models import ACTIVE_STATES, AGENT_WORKING_STATES
+
 STATUS_COLOURS = {"completed": "#2e7d32", "failed": "#c62828", "cancelled": "#757575",
                   "running": "#1565c0", "assigned": "#6a1b9a", "bidding": "#ef6c00",
                   "queued": "#455a64", "idle": "#2e7d32", "busy": "#1565c0",
@@ -127,5 +129,11 @@ def status_line(counts, agents) -> str:
     tasks = " · ".join(f"{esc(k)} {counts[k]}" for k in order if counts.get(k))
     live = sum(a.status in ("idle", "busy") for a in agents)
     busy = sum(a.status == "busy" for a in agents)
-    return (f'<div style="font-size:14px"><b>{live} runners</b> ({busy} busy) · '
+    line = (f'<div style="font-size:14px"><b>{live} runners</b> ({busy} busy) · '
             f"{tasks or 'no tasks yet'}</div>")
+    waiting = sum(counts.get(k, 0) for k in ACTIVE_STATES)
+    if waiting and agents and not any(a.status in AGENT_WORKING_STATES for a in agents):
+        line += (f'<div class="timmy-stalled" style="color:#b71c1c;font-size:14px">No runner '
+                 f"can take the {waiting} waiting tasks: every agent was stopped or failed. "
+                 "Spawn one and they run.</div>")
+    return line
