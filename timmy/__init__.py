@@ -30,6 +30,10 @@ _EXPORTS = {
     "ExecutorUnavailable": "errors",
     "VoiceUnavailable": "errors",
     "ExportError": "errors",
+    "NoRunners": "errors",
+    "QueueFull": "errors",
+    "OwnershipLost": "errors",
+    "WaitTimeout": "swarm",
     "Swarm": "swarm",
     "AsyncSwarm": "swarm",
     "Task": "models",
@@ -47,8 +51,11 @@ if TYPE_CHECKING:
         ConfigError,
         ExecutorUnavailable,
         ExportError,
+        NoRunners,
+        OwnershipLost,
         PersonaError,
         ProtocolError,
+        QueueFull,
         RunnerError,
         StoreError,
         SwarmClosed,
@@ -58,7 +65,7 @@ if TYPE_CHECKING:
     )
     from .models import AgentInfo, Event, Task
     from .personas import PERSONAS, Persona, load_personas
-    from .swarm import AsyncSwarm, Swarm
+    from .swarm import AsyncSwarm, Swarm, WaitTimeout
 
 
 # timmy.doctor is a callable module: timmy.doctor() runs the checks (see timmy/doctor.py).
