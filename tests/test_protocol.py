@@ -37,9 +37,11 @@ FROM_RUNNER = [
     p.Result(task_id=9, ok=False, output="x" * p.MAX_OUTPUT, elapsed_s=0.0),
     p.Result(task_id=9, ok=True),
     p.Pong(seq=7),
+    p.Bye(reason="interrupted"),
+    p.Bye(),
 ]
 TAGS_TO_RUNNER = {"announce", "assign", "auction_closed", "ping", "shutdown"}
-TAGS_FROM_RUNNER = {"hello", "bid", "decline", "started", "result", "pong"}
+TAGS_FROM_RUNNER = {"hello", "bid", "decline", "started", "result", "pong", "bye"}
 
 
 def label(msg: p.Message) -> str:

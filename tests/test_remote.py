@@ -198,6 +198,30 @@ def test_a_killed_remote_runners_task_is_reauctioned_and_the_runner_rejoins(serv
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_remote_runner_told_to_leave_says_bye_and_its_task_keeps_its_attempt(service, sig):
+    leaver = service.runner("forge", "--agent-id", "forge-r1", "--task-seconds", "60")
+    service.runner("quill", "--agent-id", "quill-r1", "--executor", "echo")
+    with service.attach() as swarm:
+        live(swarm, "forge-r1", "quill-r1")
+        swarm.post(FORGE_WORK[0])
+        assert wait_status(swarm, 1, "running").assigned_agent == "forge-r1"
+        leaver.proc.send_signal(sig)                        # Ctrl-C, or a polite kill
+        assert leaver.proc.wait(timeout=10) == 0
+        done = swarm.wait(1, timeout=15)
+        # left on purpose: attempt 1 was not used up, so the rerun is attempt 1 again
+        assert (done.status, done.assigned_agent, done.attempts) == ("completed", "quill-r1", 1)
+        requeued = next(e for e in swarm.events() if e.kind == "task_requeued")
+        assert requeued.data["reason"] == "runner forge-r1 stopped before finishing it"
+        assert {a.agent_id: a.status for a in swarm.agents()}["forge-r1"] == "stopped"
+        assert swarm.status()["protocol_errors"] == 0
+        # and it may come back as the same agent
+        service.runner("forge", "--agent-id", "forge-r1", "--task-seconds", "0")
+        live(swarm, "forge-r1", restarts=1)
+    assert "interrupted; left" in leaver.stdout
+
+
+@pytest.mark.timeout(60)
 def test_a_cut_connection_is_dialled_again_by_the_same_runner_process(service):
     forge = service.runner("forge", "--agent-id", "forge-r1", "--task-seconds", "60")
     service.runner("quill", "--agent-id", "quill-r1", "--executor", "echo")

@@ -1023,6 +1023,8 @@ class Coordinator:
                 self._pump()
             case p.Pong():
                 pass
+            case p.Bye():   # its connection ends next: as stopped, not as a crash
+                self.supervisor.leaving(agent_id)
 
     def _on_result(self, agent: Agent, result: p.Result) -> None:
         tid, ok, output = result.task_id, result.ok, result.output

@@ -128,8 +128,17 @@ class Pong(Message, tag="pong"):
     seq: Seq
 
 
+class Bye(Message, tag="bye"):
+    """The runner is leaving on purpose (a remote runner's Ctrl-C or SIGTERM), its
+    connection ending next: what it held is auctioned again without using an attempt, as
+    for a runner the swarm stopped. Added after version 1 shipped; an older coordinator
+    counts it as one bad line."""
+
+    reason: Annotated[str, Meta(max_length=200)] = ""
+
+
 ToRunner = Announce | Assign | AuctionClosed | Ping | Shutdown
-FromRunner = Hello | Bid | Decline | Started | Result | Pong
+FromRunner = Hello | Bid | Decline | Started | Result | Pong | Bye
 
 _encoder = msgspec.json.Encoder()
 _from_runner = msgspec.json.Decoder(FromRunner)

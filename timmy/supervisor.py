@@ -263,6 +263,13 @@ class Supervisor:
             self._end_link(slot, link, verdict)
             link.writer.close()
 
+    def leaving(self, agent_id: str) -> None:
+        """A remote runner said ``bye``: when its connection ends, it was stopped, not lost
+        (its tasks keep their attempts). Rejoining later clears this, as for a stop."""
+        slot = self.slots.get(agent_id)
+        if slot is not None and slot.remote and slot.link is not None:
+            slot.stopping = True
+
     async def _stop_remote(self, slot: Slot, tell: bool) -> None:
         link = slot.link
         if link is None:            # disconnected: it can only be told if it comes back
