@@ -222,6 +222,27 @@ def test_a_remote_runner_told_to_leave_says_bye_and_its_task_keeps_its_attempt(s
 
 
 @pytest.mark.timeout(60)
+def test_a_runner_that_handshakes_and_never_says_hello_is_cut_off(tmp_path):
+    from test_service_security import answer, closed, request
+
+    svc = ServiceProcess(tmp_path / "swarm.db", 0, "--no-spawn", "--hello-timeout", "0.5")
+    try:
+        sock = socket.create_connection(("127.0.0.1", svc.port), timeout=30)
+        sock.sendall(request("runner", svc.token, persona="forge", agent_id="forge-q"))
+        assert answer(sock)["ok"]                      # welcomed; then it goes quiet
+        started = time.monotonic()
+        assert closed(sock)                            # cut at the next ping round (5 s)
+        assert time.monotonic() - started < 20
+        sock.close()
+        with svc.attach() as swarm:
+            hung = [e for e in swarm.events() if e.kind == "agent_hung"]
+            assert [(e.agent_id, e.data["before_hello"]) for e in hung] == [("forge-q", True)]
+            assert {a.agent_id: a.status for a in swarm.agents()} == {"forge-q": "disconnected"}
+    finally:
+        svc.stop()
+
+
+@pytest.mark.timeout(60)
 def test_a_cut_connection_is_dialled_again_by_the_same_runner_process(service):
     forge = service.runner("forge", "--agent-id", "forge-r1", "--task-seconds", "60")
     service.runner("quill", "--agent-id", "quill-r1", "--executor", "echo")

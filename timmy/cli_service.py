@@ -72,11 +72,15 @@ _TOKEN_HELP = ("The service's token. Default: TIMMY_TOKEN, else the .token file 
 @click.option("--max-queued", default=100_000, show_default=True, type=click.IntRange(1),
               help="Unfinished tasks the swarm holds; past it a post is refused (QueueFull) "
                    "instead of memory growing without end.")
+@click.option("--hello-timeout", default=15.0, show_default=True,
+              type=click.FloatRange(min=0.01), metavar="SECONDS",
+              help="Cut off a restarted or remote runner that says no hello for this long "
+                   "(checked every 5 s); it is restarted or dials in again.")
 def serve_cmd(db: str, host: str, port: int, token: str | None, allow_remote: bool,
               spawn: bool, seed: int, rule: str, executor: str, task_seconds: float,
               models: tuple[str, ...], personas_file: Path | None, max_connections: int,
               send_timeout: float, first_line_timeout: float, max_restarts: int,
-              max_queued: int) -> None:
+              max_queued: int, hello_timeout: float) -> None:
     """Host one swarm until Ctrl-C or SIGTERM; `timmy.Swarm.attach(url)` talks to it.
 
     The control endpoint speaks JSON lines on loopback and needs a token: the
@@ -102,7 +106,7 @@ def serve_cmd(db: str, host: str, port: int, token: str | None, allow_remote: bo
     from .supervisor import RestartPolicy
 
     options: dict = {"restart": RestartPolicy(max_restarts=max_restarts),
-                     "max_queued": max_queued}
+                     "max_queued": max_queued, "hello_timeout": hello_timeout}
     if personas_file is not None:
         options["personas"] = load_personas(personas_file)
     if models:

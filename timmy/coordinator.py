@@ -107,6 +107,7 @@ class Config:
                                    # bids are passed over. 1 = a runner works only when idle
     ping_interval: float = 5.0     # seconds between pings to each runner
     ping_timeout: float = 30.0     # a runner silent this long is deemed hung and restarted
+    hello_timeout: float = 15.0    # a restarted or remote runner's time to say hello
     close_timeout: float = 10.0    # how long closing keeps trying to save the last changes
     # The Ollama executor (see timmy.llm): one model for all, or {persona id: model};
     # the server (None: OLLAMA_HOST, else the local default); how long it may stay silent.
@@ -131,6 +132,7 @@ class Config:
         _check_number("ping_interval", self.ping_interval, 0.01, 3600, "the default is 5.0")
         _check_number("ping_timeout", self.ping_timeout, 0.1, 86400, "the default is 30.0")
         _check_number("close_timeout", self.close_timeout, 0, 3600, "the default is 10.0")
+        _check_number("hello_timeout", self.hello_timeout, 0.01, 3600, "the default is 15.0")
         if self.ping_timeout <= self.ping_interval:
             raise ConfigError(
                 f"ping_timeout ({self.ping_timeout}s) must be longer than ping_interval "
@@ -963,6 +965,7 @@ class Coordinator:
             data = p.encode(p.Ping(seq=seq))
             for agent_id, agent in self.agents.items():
                 if not agent.alive:
+                    self._check_hello(agent_id, now)
                     continue
                 if now - agent.last_seen > self.cfg.ping_timeout:
                     log.warning("runner %s silent for %.0fs: restarting it", agent_id,
@@ -972,6 +975,23 @@ class Coordinator:
                     self.supervisor.kill(agent_id)
                 else:
                     self.supervisor.send(agent_id, data)
+
+    def _check_hello(self, agent_id: str, now: float) -> None:
+        """Cut off a runner whose hello is overdue (``hello_timeout``; a restarted process
+        stuck before it, a remote connection that handshook and went quiet): it is then
+        restarted or dials in again, instead of holding its agent in "starting" or
+        "restarting" for ever. Checked at every ping round."""
+        slot = self.supervisor.slots.get(agent_id)
+        link = slot.link if slot is not None else None
+        if link is None or not link.open or slot.stopping:
+            return
+        if not slot.remote and not self.agents[agent_id].ready.is_set():
+            return          # a first start: spawn() waits for that hello with its timeout
+        silent = now - link.since
+        if silent > self.cfg.hello_timeout:
+            log.warning("runner %s said no hello in %.0fs: cutting it off", agent_id, silent)
+            self._emit("agent_hung", None, agent_id, silent_s=round(silent), before_hello=True)
+            link.cut()
 
     def _on_message(self, agent_id: str, msg) -> None:
         agent = self.agents.get(agent_id)

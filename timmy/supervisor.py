@@ -66,6 +66,12 @@ class Link:
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader, self.writer = reader, writer
+        self.since = time.monotonic()
+
+    @property
+    def open(self) -> bool:
+        """Not ended yet (the process runs, the connection is up)."""
+        raise NotImplementedError
 
     def cut(self) -> None:
         """End it at once, as a crash would."""
@@ -80,6 +86,10 @@ class ProcessLink(Link):
         self.process = process
         self.pid = process.pid
 
+    @property
+    def open(self) -> bool:
+        return self.process.returncode is None
+
     def cut(self) -> None:
         if self.process.returncode is None:
             _signal_group(self.process, signal.SIGKILL)
@@ -93,6 +103,10 @@ class SocketLink(Link):
         super().__init__(reader, writer)
         self.peer = peer
         self.ended = anyio.Event()
+
+    @property
+    def open(self) -> bool:
+        return not self.ended.is_set()
 
     def cut(self) -> None:
         self.writer.transport.abort()   # the reader sees the end at once

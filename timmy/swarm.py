@@ -66,6 +66,7 @@ class AsyncSwarm:
         max_queued: int = 100_000,
         ping_interval: float = 5.0,
         ping_timeout: float = 30.0,
+        hello_timeout: float = 15.0,
         close_timeout: float = 10.0,
         personas: dict[str, Persona] | None = None,
         db_timeout: float = 5.0,
@@ -86,7 +87,7 @@ class AsyncSwarm:
                              max_attempts=max_attempts, runner_queue=runner_queue,
                              max_queued=max_queued,
                              ping_interval=ping_interval, ping_timeout=ping_timeout,
-                             close_timeout=close_timeout,
+                             hello_timeout=hello_timeout, close_timeout=close_timeout,
                              runner_command=runner_command,
                              model=dict(model) if isinstance(model, Mapping) else model,
                              ollama_host=ollama_host, ollama_timeout=ollama_timeout, **kwargs)
