@@ -334,5 +334,32 @@ def test_swarm_voice_true_without_audio_device_stays_quiet(tmp_path, monkeypatch
     assert ann.stats()["spoken"] == 0
 
 
+def test_an_attached_swarm_with_voice_speaks_the_services_events(tmp_path, monkeypatch,
+                                                                 speech):
+    from test_service import ServiceProcess
+
+    svc = ServiceProcess(tmp_path / "s.db")
+    try:
+        monkeypatch.setenv("PATH", str(tmp_path))   # no player: no audio device here
+        with timmy.Swarm.attach(svc.url, token=svc.token, voice=True) as swarm:
+            ann = swarm.announcer
+            assert isinstance(ann, voice.Announcer)
+            done = swarm.run(["fix the bug in the api client"] * 3, timeout=30)
+            assert all(t.done for t in done)
+            deadline = time.monotonic() + 10
+            while (ann.silenced is None or ann.stats()["heard"] < 6) and \
+                    time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert ann.stats()["heard"] >= 6     # 3 auctions won, 3 completions
+            assert "no audio player" in (ann.silenced or "")
+        heard = ann.stats()["heard"]
+        with svc.attach() as other:                  # closed: no longer subscribed
+            other.run(["write the docs"], timeout=30)
+        time.sleep(0.3)
+        assert ann.stats()["heard"] == heard
+    finally:
+        svc.stop()
+
+
 def test_the_lazy_attribute_is_the_module():
     assert timmy.voice is voice

@@ -150,10 +150,14 @@ def _decode_response(line: bytes) -> Response:
 
 
 class AttachedSwarm:
-    """A running swarm service, with the same synchronous methods as `timmy.Swarm`."""
+    """A running swarm service, with the same synchronous methods as `timmy.Swarm`.
+
+    ``voice=True`` speaks the service's auction winners and completions here, in this
+    process, with a `timmy.voice.announcer` subscribed to its event stream.
+    """
 
     def __init__(self, url: str = DEFAULT_URL, token: str | None = None, *,
-                 connect_timeout: float = 5.0) -> None:
+                 connect_timeout: float = 5.0, voice: bool = False) -> None:
         self.url = url
         self._host, self._port = parse_url(url)
         self._token = token if token is not None else default_token()
@@ -163,6 +167,13 @@ class AttachedSwarm:
         self._lock = threading.Lock()
         self._subscriptions: set[Subscription] = set()
         self._closed = False
+        # voice=True: this process speaks the service's events, as Swarm(voice=True) does
+        self.announcer = None
+        if voice:
+            from .voice import announcer
+
+            self.announcer = announcer()
+            self.subscribe(self.announcer)
 
     def __repr__(self) -> str:
         return f"<AttachedSwarm {self.url}>"
@@ -224,6 +235,8 @@ class AttachedSwarm:
         self._closed = True
         for sub in list(self._subscriptions):
             sub.unsubscribe()
+        if self.announcer is not None:
+            self.announcer.close()   # what is pending is still said, off this thread
         with self._lock:
             pool, self._pool = self._pool, []
         for conn in pool:
