@@ -97,6 +97,9 @@ def rss_figures(minutes: float, sample: float, kill_every: float = 0.2) -> None:
     print(f"coordinator RSS: {samples[0][1]:.1f} MB at start, {max(ys):.1f} MB peak and "
           f"{samples[-1][1]:.1f} MB at the end of the second half; slope over the second "
           f"half {slope:+.2f} MB/hour")
+    step = max(1, len(samples) // 10)
+    print("RSS over the run: " + ", ".join(f"{t / 60:.0f} min {mb:.1f} MB"
+                                           for t, mb in samples[::step] + samples[-1:]))
     print(f"audit: {result.by_status}; problems {len(result.problems)}; orphan processes "
           f"{len(orphans)}")
 

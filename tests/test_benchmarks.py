@@ -78,4 +78,4 @@ def test_voice_benchmark_prints_its_figures():
 def test_soak_benchmark_prints_its_figures():
     out = run("soak.py", "--tasks", "200", "--minutes", "0.15", "--sample", "1")
     assert "lost or duplicated: 0" in out and "orphan processes: 0" in out
-    assert "MB/hour" in out and "problems 0" in out
+    assert "MB/hour" in out and "problems 0" in out and "RSS over the run: 0 min" in out
