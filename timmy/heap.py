@@ -9,9 +9,9 @@ small long-lived allocations settle into the holes they leave, so the heap only
 grows. Measured on ``timmy serve`` at full load: RSS crept up about 40 MB an
 hour after its caches were full, with malloc's in-use bytes flat and its free
 bytes growing; with the threshold pinned, it is flat once the caches are full
-(1-hour soak, 1.2 million tasks: slope +0.00 MB/hour; ``benchmarks/soak.py``). Pinning it is what glibc's own
-``MALLOC_MMAP_THRESHOLD_`` does; `pin_mmap_threshold` does it from inside, for
-``timmy serve``.
+(1-hour soak, 1.2 million tasks: slope +0.00 MB/hour; ``benchmarks/soak.py``).
+Pinning it is what glibc's own ``MALLOC_MMAP_THRESHOLD_`` does;
+`pin_mmap_threshold` does it from inside, for ``timmy serve``.
 """
 
 from __future__ import annotations
