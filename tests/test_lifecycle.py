@@ -23,7 +23,7 @@ import pytest
 
 import timmy.coordinator
 from timmy import Swarm
-from timmy.errors import ConfigError
+from timmy.errors import ConfigError, RunnerError
 from timmy.executors import simulated_plan
 from timmy.supervisor import RestartPolicy
 
@@ -207,6 +207,36 @@ def test_run_returns_every_task_when_more_finish_than_the_finished_task_cache_ho
     assert [t.task_id for t in done] == list(range(1, 31))
     assert [t.result for t in done] == descriptions
     assert_every_bid_recorded(swarm)
+
+
+# -- restart backoff ----------------------------------------------------------------------
+
+
+@pytest.mark.timeout(30)
+def test_a_runner_that_ran_a_while_comes_back_at_once_however_often_it_is_killed(
+        make_swarm, eventually):
+    swarm = make_swarm(restart=RestartPolicy(healthy_after=0.2, max_restarts=100))
+    pid = swarm.spawn("forge").pid
+    for _ in range(6):
+        time.sleep(0.3)                     # up longer than healthy_after
+        swarm.kill("forge-1")
+        pid = eventually(lambda old=pid: [a.pid for a in swarm.agents()
+                                          if a.status == "idle" and a.pid != old],
+                         timeout=10, what="forge-1 back")[0]
+    delays = [e.data["restart_in_s"] for e in swarm.events() if e.kind == "agent_crashed"]
+    assert delays == [0.05] * 6             # it used to double: 0.05, 0.1, ... 1.6
+
+
+@pytest.mark.timeout(30)
+def test_a_runner_that_keeps_dying_young_backs_off_then_fails(make_swarm):
+    swarm = make_swarm(restart=RestartPolicy(max_restarts=4),
+                       runner_command=[sys.executable, "-c", "import sys; sys.exit(3)"])
+    with pytest.raises(RunnerError, match="ended with exit code 3 before saying hello"):
+        swarm.spawn("forge")
+    events = [e for e in swarm.events() if e.agent_id == "forge-1"]
+    assert [e.data["restart_in_s"] for e in events if e.kind == "agent_crashed"] == \
+        [0.05, 0.1, 0.2, 0.4]
+    assert events[-1].kind in ("agent_failed", "agent_left")
 
 
 # -- stop() during a restart backoff ------------------------------------------------------

@@ -1132,7 +1132,9 @@ class Coordinator:
         self._dirty_agent(agent)
         kind = {"restart": "agent_crashed", "stopped": "agent_left",
                 "disconnected": "agent_disconnected"}.get(verdict, "agent_failed")
-        self._emit(kind, None, agent_id, returncode=returncode, **_where(agent))
+        extra = {"restart_in_s": round(self.supervisor.slots[agent_id].next_delay, 3)} \
+            if verdict == "restart" else {}
+        self._emit(kind, None, agent_id, returncode=returncode, **_where(agent), **extra)
         if verdict == "failed":
             log.error("runner %s keeps dying: gave up after %d restarts", agent_id,
                       agent.info.restarts)

@@ -9,8 +9,9 @@ supervisor reads JSON lines (decoded into typed messages), batches what the
 coordinator sends into one write per turn of the event loop, and a runner that
 keeps sending garbage or stops reading is cut off.
 
-When a child process dies it is restarted with exponential backoff, at most
-``max_restarts`` times in ``restart_window`` seconds. A remote runner is never
+When a child process dies it is restarted, after a wait that doubles while it keeps
+dying young (before ``healthy_after``) and is short again once it ran a while; at
+most ``max_restarts`` times in ``restart_window`` seconds. A remote runner is never
 restarted from here: when its connection drops the agent is "disconnected"
 until the runner dials in again (`serve_remote`). The coordinator hears about
 all of it through three callbacks.
@@ -50,8 +51,10 @@ log = logging.getLogger("timmy.supervisor")
 class RestartPolicy:
     max_restarts: int = 5          # in any restart_window seconds; then the agent is "failed"
     restart_window: float = 60.0
-    backoff_start: float = 0.05
+    backoff_start: float = 0.05   # the wait before a restart, doubling with each quick crash
     backoff_max: float = 5.0
+    healthy_after: float = 1.0     # a runner up this long started fine: its next restart
+                                   # waits backoff_start again (the guard still counts it)
     garbage_limit: int = 20        # bad lines from one process before a forced restart
     stop_timeout: float = 2.0      # grace after shutdown before SIGTERM, then SIGKILL
     max_backlog: int = 8 << 20     # bytes unread by a runner before it is deemed hung
@@ -121,6 +124,8 @@ class Slot:
     restarts: int = 0              # processes started after the first / reconnections
     garbage: int = 0
     restart_times: deque = field(default_factory=deque)
+    quick_crashes: int = 0         # crashes in a row, each before healthy_after
+    next_delay: float = 0.0        # the wait before the restart under way
     outbox: list[bytes] = field(default_factory=list)
     exited: anyio.Event = field(default_factory=anyio.Event)
     stop_asked: anyio.Event = field(default_factory=anyio.Event)  # cuts a restart backoff short
@@ -341,14 +346,20 @@ class Supervisor:
             self._dirty.pop(slot.agent_id, None)
             proc.stdin.close()
             verdict = self._verdict(slot)
+            # Back off from a runner that keeps dying young (it cannot start); one that ran a
+            # while (killed by someone, crashed once) comes back at once.
+            if time.monotonic() - link.since >= self.policy.healthy_after:
+                slot.quick_crashes = 0
+            else:
+                slot.quick_crashes += 1
+            slot.next_delay = min(self.policy.backoff_max, self.policy.backoff_start
+                                  * math.pow(2, max(0, slot.quick_crashes - 1)))
             self._on_exit(slot.agent_id, proc.returncode, verdict)
             if verdict != "restart":
                 slot.link = None
                 slot.exited.set()
                 return
-            delay = min(self.policy.backoff_max,
-                        self.policy.backoff_start * math.pow(2, len(slot.restart_times) - 1))
-            with anyio.move_on_after(delay):
+            with anyio.move_on_after(slot.next_delay):
                 await slot.stop_asked.wait()
             if slot.stopping:  # stopped while waiting to restart
                 slot.link = None
