@@ -134,12 +134,17 @@ def test_empty_text_is_refused(text):
 # -- missing pieces --------------------------------------------------------------------
 
 
-def test_missing_pyttsx3_raises_voice_unavailable_with_install_hint(tmp_path):
-    proc = subprocess.run([sys.executable, "-c", NO_PYTTSX3 + TRY_ALL], capture_output=True,
-                          text=True, cwd=tmp_path, timeout=60,
+def try_all(prelude: str, cwd: Path) -> dict:
+    """TRY_ALL in a fresh interpreter after ``prelude`` (which takes a piece away)."""
+    proc = subprocess.run([sys.executable, "-c", prelude + TRY_ALL], capture_output=True,
+                          text=True, cwd=cwd, timeout=60,
                           env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert proc.returncode == 0, proc.stderr
-    out = json.loads(proc.stdout)
+    return json.loads(proc.stdout)
+
+
+def test_missing_pyttsx3_raises_voice_unavailable_with_install_hint(tmp_path):
+    out = try_all(NO_PYTTSX3, tmp_path)
     for name in ("speak", "save", "check"):
         message, hint = out[name]
         assert "pyttsx3 is not installed" in message
@@ -148,11 +153,7 @@ def test_missing_pyttsx3_raises_voice_unavailable_with_install_hint(tmp_path):
 
 
 def test_missing_espeak_ng_raises_voice_unavailable_with_apt_hint(tmp_path, speech):
-    proc = subprocess.run([sys.executable, "-c", NO_ESPEAK + TRY_ALL], capture_output=True,
-                          text=True, cwd=tmp_path, timeout=60,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)})
-    assert proc.returncode == 0, proc.stderr
-    out = json.loads(proc.stdout)
+    out = try_all(NO_ESPEAK, tmp_path)
     for name in ("speak", "save", "check"):
         message, hint = out[name]
         assert "cannot load espeak-ng" in message
