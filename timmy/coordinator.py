@@ -1163,7 +1163,8 @@ class Coordinator:
             return "every runner was stopped"
         named = ", ".join(failed[:3]) + (f" and {len(failed) - 3} more" if len(failed) > 3
                                          else "")
-        return f"every runner was stopped or failed ({named} kept dying and was given up on)"
+        was = "was" if len(failed) == 1 else "were"
+        return f"every runner was stopped or failed ({named} kept dying and {was} given up on)"
 
     # -- reads --------------------------------------------------------------
     def status(self, counts: dict[str, int]) -> dict:
