@@ -704,11 +704,15 @@ class Coordinator:
             if progress is True:
                 bar.close()
 
+    def _unfinished(self, ids: Sequence[int], remaining: set[int], single: bool) -> str:
+        """What a wait says of the tasks it did not see finish: where they stand."""
+        states = ", ".join(sorted({self._lookup(i).status for i in remaining}))
+        return (f"task {ids[0]} is still {states}" if single
+                else f"{len(remaining)} of {len(ids)} tasks unfinished (still {states})")
+
     def _raise_stalled(self, why: str, ids: Sequence[int], remaining: set[int],
                        single: bool) -> None:
-        states = ", ".join(sorted({self._lookup(i).status for i in remaining}))
-        what = (f"task {ids[0]} is {states}" if single
-                else f"{len(remaining)} of {len(ids)} tasks are unfinished ({states})")
+        what = self._unfinished(ids, remaining, single)
         hint = ("spawn runners: swarm.spawn_all() or swarm.spawn('forge'), `timmy spawn`, or "
                 "Spawn on a dashboard; the tasks stay queued and run once a runner is live")
         if "failed" in why:
@@ -765,9 +769,7 @@ class Coordinator:
             if remaining and (why := self.stalled()):
                 self._raise_stalled(why, ids, remaining, single)
             if remaining:
-                states = ", ".join(sorted({self._lookup(i).status for i in remaining}))
-                what = (f"task {ids[0]} is still {states}" if single
-                        else f"{len(remaining)} of {len(ids)} tasks unfinished (still {states})")
+                what = self._unfinished(ids, remaining, single)
                 raise WaitTimeout(
                     f"{what} after {timeout}s",
                     hint="wait longer, check swarm.status(), or spawn runners if there are none",
