@@ -311,3 +311,28 @@ def test_the_runner_token_file_is_kept_across_restarts(tmp_path):
         assert os.stat(f"{again.db}.runner.token").st_mode & 0o077 == 0
     finally:
         again.stop()
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("rule", ["specialist_first", "lowest"])
+def test_honest_runners_never_have_a_bid_refused_or_overruled(make_swarm, rule):
+    """Nine real runners learning over 400 tasks (so the multipliers come into play): every
+    bid stands, with the on_spec the runner computed itself."""
+    from timmy.workload import demo_descriptions
+
+    swarm = make_swarm(rule=rule, seed=3, task_seconds=0)
+    swarm.spawn_all()
+    work = demo_descriptions(400, 3)
+    done = swarm.run(work, timeout=100)
+    status = swarm.status()
+    assert {t.status for t in done} <= {"completed", "failed"}
+    assert status["bids_refused"] == 0 and status["protocol_errors"] == 0
+    description = {t.task_id: t.description for t in done}
+    bids = swarm.bids()
+    assert len(bids) >= 9 * 400
+    for b in bids:
+        persona = PERSONAS[b["agent_id"].split("-")[0]]
+        assert b["on_spec"] == persona.is_on_spec(description[b["task_id"]])
+        lo, hi = bid_range(persona, b["on_spec"])
+        assert lo <= b["sats"] <= hi
+    assert len({b["sats"] for b in bids}) > 50

@@ -3,8 +3,10 @@
     timmy runner --connect tcp://HOST:7341 --token T --persona forge --agent-id forge-r1
 
 The runner opens a TCP connection to the service's one port and sends one
-control request, ``{"op": "runner", "token": ..., "args": {"persona": ...}}``: a
-wrong token is refused as on any other request. The answer (`Welcome`) names
+control request, ``{"op": "runner", "token": ..., "args": {"persona": ...}}``
+with the service's runner token (``<db>.runner.token``, which allows that and
+nothing else; the admin token works too): a wrong token is refused as on any
+other request. The answer (`Welcome`) names
 the agent and carries the persona, the swarm's seed and executor and the
 counters learned so far. From then on the connection carries the runner wire
 protocol of `timmy.protocol` exactly as a local runner's pipes do, answered by
@@ -179,8 +181,9 @@ def handshake(opts: Options, agent_id: str | None,
 
 def _refusal(info: ErrorInfo) -> TimmyError:
     if info.type == "AuthenticationError":
-        return AuthenticationError(info.message, hint="pass the service's token: --token, "
-                                   "--token-file, or TIMMY_TOKEN")
+        return AuthenticationError(info.message, hint="pass the service's runner token (the "
+                                   ".runner.token file `timmy serve` writes beside its "
+                                   "database): --token, --token-file, or TIMMY_TOKEN")
     cls = TRANSIENT.get(info.type, ServiceError)
     return cls(f"the service refused: {info.message}", hint=info.hint)
 
