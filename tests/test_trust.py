@@ -14,6 +14,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -336,3 +337,60 @@ def test_honest_runners_never_have_a_bid_refused_or_overruled(make_swarm, rule):
         lo, hi = bid_range(persona, b["on_spec"])
         assert lo <= b["sats"] <= hi
     assert len({b["sats"] for b in bids}) > 50
+
+
+def join(svc: ServiceProcess, token: str, agent_id: str, **extra) -> tuple[socket.socket, dict]:
+    """Ask to join as a runner on a raw connection; returns it and the answer."""
+    sock = socket.create_connection(("127.0.0.1", svc.port), timeout=10)
+    sock.sendall(request("runner", token, persona="forge", agent_id=agent_id, **extra))
+    return sock, answer(sock)
+
+
+@pytest.mark.timeout(90)
+def test_a_runner_token_cannot_take_over_another_live_runners_connection(service):
+    token = runner_token_of(service)
+    forge = RunnerProcess(service, "forge", "--agent-id", "forge-r1", token=token)
+    try:
+        with service.attach() as swarm:
+            live(swarm, "forge-r1")
+            impostor, reply = join(service, token, "forge-r1")
+            assert reply["ok"] is False and reply["error"]["type"] == "ServiceBusy"
+            assert "forge-r1 is connected" in reply["error"]["message"]
+            assert closed(impostor)
+            impostor.close()
+            # the real one is untouched: still connected, still working
+            agents = live(swarm, "forge-r1")
+            assert agents["forge-r1"].restarts == 0 and forge.proc.poll() is None
+            done = swarm.run(["fix the bug in the api client"], timeout=30)[0]
+            assert done.assigned_agent == "forge-r1"
+            # a disconnected agent's name can be taken up again (a runner back after a crash)
+            forge.proc.kill()
+            forge.proc.wait(timeout=10)
+            wait = 0
+            while {a.agent_id: a.status for a in swarm.agents()}["forge-r1"] != "disconnected":
+                wait += 1
+                assert wait < 500
+                time.sleep(0.02)
+            forge = RunnerProcess(service, "forge", "--agent-id", "forge-r1", token=token)
+            live(swarm, "forge-r1", restarts=1)
+    finally:
+        forge.end()
+
+
+@pytest.mark.timeout(60)
+def test_the_key_a_welcome_carries_lets_a_runner_replace_its_own_connection(service):
+    token = runner_token_of(service)
+    first, welcome = join(service, token, "forge-q")
+    assert welcome["ok"] and welcome["result"]["rejoin_key"]
+    key = welcome["result"]["rejoin_key"]
+    wrong, refused = join(service, token, "forge-q", key="not-the-key")
+    assert refused["error"]["type"] == "ServiceBusy"
+    second, again = join(service, token, "forge-q", key=key)      # e.g. a half-open first
+    assert again["ok"] and again["result"]["rejoin_key"] != key
+    shutdown = answer(first)                                      # the first one is replaced
+    assert shutdown["type"] == "shutdown" and "replaced" in shutdown["reason"]
+    # the admin token may replace any remote runner's connection, as before
+    third, admin = join(service, service.token, "forge-q")
+    assert admin["ok"]
+    for s in (first, wrong, second, third):
+        s.close()

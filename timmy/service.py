@@ -194,6 +194,9 @@ class RunnerArgs(Args):
     persona: Name
     agent_id: AgentName | None = None     # None: the service names it (persona-N)
     stats: dict[str, Any] | None = None   # what it learned: adopted if the swarm knows less
+    # The rejoin_key of its last welcome: lets a runner token replace the agent's connection
+    # while the service still holds one (a half-open connection the runner gave up on).
+    key: Annotated[str, Meta(max_length=128)] | None = None
 
 
 class Welcome(msgspec.Struct, frozen=True):
@@ -210,6 +213,7 @@ class Welcome(msgspec.Struct, frozen=True):
     ping_timeout: float
     model: str | None = None
     ollama_timeout: float | None = None
+    rejoin_key: str | None = None     # to send back as ``key`` when dialling in again
 
 
 _encoder = msgspec.json.Encoder()
@@ -291,6 +295,7 @@ class Service:
         self.refused = 0
         self.requests = 0
         self.runners = 0              # remote runners connected
+        self._rejoin_keys: dict[str, str] = {}   # agent_id -> the key of its last welcome
         self.mmap_threshold: int | None = None  # reported only (`timmy.heap`)
         self._handlers: set[asyncio.Task] = set()
 
@@ -381,7 +386,7 @@ class Service:
                 await self._stream(reader, writer, req.id, args.after)
                 return
             if req.op == "runner":
-                await self._runner(reader, writer, req)
+                await self._runner(reader, writer, req, role)
                 return
             if req.op in LONG_OPS:
                 response = await self._answer_while_there(reader, writer, req)
@@ -506,16 +511,20 @@ class Service:
             unsubscribe()
             watcher.cancel()
 
-    async def _runner(self, reader, writer, req: Request) -> None:
+    async def _runner(self, reader, writer, req: Request, role: str = "admin") -> None:
         """A remote runner dialled in: admit it, answer, then it speaks the runner protocol
         until the connection ends (`Coordinator.serve_remote`)."""
         peer = _peer(writer)
 
         async def answer(welcome: dict) -> None:
-            await self._send(writer, Response(req.id, True, welcome))
+            key = secrets.token_urlsafe(24)      # a fresh one per connection
+            self._rejoin_keys[welcome["agent_id"]] = key
+            await self._send(writer, Response(req.id, True, {**welcome, "rejoin_key": key}))
 
         try:
             args = _args(RunnerArgs, req)
+            if role != "admin":
+                self._check_takeover(args)
             self.runners += 1
             try:
                 await self.swarm.engine.serve_remote(args.persona, args.agent_id, args.stats,
@@ -526,6 +535,26 @@ class Service:
             await self._refuse(writer, exc, req.id)
             return
         log.info("remote runner connection from %s ended", peer)
+
+    def _check_takeover(self, args: RunnerArgs) -> None:
+        """A runner token joins as a new agent, or as one whose runner is not connected (it
+        is back after a crash, or after a service restart); it replaces a connection the
+        service still holds only with the key that connection's welcome carried. So one
+        runner cannot cut another off by taking its name (the admin token can, as ``kill``).
+        No await here: the check and `Coordinator.serve_remote`'s connect are one step."""
+        slots = self.swarm.engine.supervisor.slots
+        slot = slots.get(args.agent_id) if args.agent_id else None
+        if slot is None or not slot.remote or slot.link is None:
+            return
+        key = self._rejoin_keys.get(args.agent_id)
+        if key is not None and args.key is not None \
+                and hmac.compare_digest(args.key.encode(), key.encode()):
+            return
+        raise ServiceBusy(
+            f"{args.agent_id} is connected (from {slot.link.peer}); only that runner can "
+            "replace its connection",
+            hint="a runner that lost its connection gets back in once the service drops the "
+                 "old one (the ping timeout); or join with another --agent-id")
 
     async def _catch_up(self, writer, last: int) -> int:
         while True:
