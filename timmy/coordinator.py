@@ -72,7 +72,7 @@ from .models import (
     Task,
     copy,
 )
-from .personas import PERSONAS, Persona, get_persona
+from .personas import PERSONAS, Persona, Words, get_persona
 from .runner import stats_from_dict
 from .store import Batch, Store
 from .supervisor import RestartPolicy, Supervisor
@@ -197,6 +197,7 @@ class OpenAuction:
     attempt: int
     deadline: float
     auction_id: int = 0    # the event_id of its auction_opened event: unique per auction
+    words: Words | None = None   # the description split once, for judging every bid (_on_bid)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -1065,7 +1066,9 @@ class Coordinator:
         it (as if it had declined, so it does not wait for the window to end).
         """
         agent_id, task = agent.info.agent_id, open_.task
-        on_spec = bool(_matched(agent.persona, task.description))
+        if open_.words is None:
+            open_.words = Words.of(task.description)
+        on_spec = bool(agent.persona.matched_in(open_.words))
         lo, hi = agent.bid_ranges[on_spec]
         if not lo <= sats <= hi:
             self.bids_refused += 1
