@@ -269,6 +269,12 @@ def test_the_runner_token_joins_as_a_runner_and_does_nothing_else(service, tmp_p
         with pytest.raises(AuthenticationError, match="runner token") as err:
             timmy.Swarm.attach(service.url, token=token).post("steal the swarm")
         assert "admin token" in err.value.hint
+        # ... and on the command line: one line and a hint, exit code 2.
+        cli = subprocess.run([sys.executable, "-m", "timmy", "post", "steal the swarm", "--url",
+                              service.url, "--token", token], capture_output=True, text=True,
+                             timeout=60)
+        assert cli.returncode == 2 and "runner token" in cli.stderr, cli.stderr
+        assert "hint:" in cli.stderr and "Traceback" not in cli.stderr
         # ... and nothing happened.
         with service.attach() as swarm:
             after = (swarm.tasks(), [(a.agent_id, a.status, a.restarts)
