@@ -56,7 +56,7 @@ HELLO_AGAIN_ON_ASSIGN = """
     hello()
     for msg in messages():
         if msg["type"] == "announce":
-            say("bid", task_id=msg["task_id"], sats=10, on_spec=True)
+            say("bid", task_id=msg["task_id"], sats=20, on_spec=True)
         elif msg["type"] == "assign":
             hello()
             say("started", task_id=msg["task_id"])

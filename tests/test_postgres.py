@@ -258,7 +258,7 @@ def test_a_result_with_nul_characters_is_stored_with_replacement_characters(
         hello()
         for msg in messages():
             if msg["type"] == "announce":
-                say("bid", task_id=msg["task_id"], sats=10, on_spec=True)
+                say("bid", task_id=msg["task_id"], sats=20, on_spec=True)
             elif msg["type"] == "assign":
                 say("result", task_id=msg["task_id"], ok=True, output="a\\u0000b",
                     elapsed_s=0.0)

@@ -50,7 +50,7 @@ SLOW = """
     hello()
     for msg in messages():
         if msg["type"] == "announce":
-            say("bid", task_id=msg["task_id"], sats=10, on_spec=True)
+            say("bid", task_id=msg["task_id"], sats=20, on_spec=True)
         elif msg["type"] == "assign":
             say("started", task_id=msg["task_id"])
             time.sleep(0.3)
@@ -222,7 +222,7 @@ def test_task_fails_with_a_reason_after_max_attempts_of_crashing_runners(
         hello()
         for msg in messages():
             if msg["type"] == "announce":
-                say("bid", task_id=msg["task_id"], sats=10, on_spec=True)
+                say("bid", task_id=msg["task_id"], sats=20, on_spec=True)
             elif msg["type"] == "assign":
                 os._exit(3)   # dies on every task it wins
     """)
@@ -249,7 +249,7 @@ def test_a_task_that_kills_its_runner_does_not_use_up_the_attempts_of_tasks_behi
         hello()
         for msg in messages():
             if msg["type"] == "announce":
-                say("bid", task_id=msg["task_id"], sats=10, on_spec=True)
+                say("bid", task_id=msg["task_id"], sats=20, on_spec=True)
             elif msg["type"] == "assign":
                 if "poison" in msg["description"]:
                     os._exit(9)
@@ -258,7 +258,7 @@ def test_a_task_that_kills_its_runner_does_not_use_up_the_attempts_of_tasks_behi
     """)
     swarm = make_swarm(runner_command=command, max_attempts=1)
     swarm.spawn("forge")
-    poison, innocent = swarm.post_many(["swallow the poison pill", FIX])
+    poison, innocent = swarm.post_many(["fix the poison pill", FIX])   # on-spec for forge
 
     assert swarm.wait(poison.task_id, timeout=10).status == "failed"
     done = swarm.wait(innocent.task_id, timeout=10)
@@ -335,7 +335,7 @@ def test_garbage_lines_between_valid_messages_are_counted_and_dropped(
         for msg in messages():
             if msg["type"] == "announce":
                 send("this is not json")
-                say("bid", task_id=msg["task_id"], sats=12, on_spec=True)
+                say("bid", task_id=msg["task_id"], sats=21, on_spec=True)
                 send('{"v": 1, "type": "bid"}')                       # fields missing
                 send('{"v": 2, "type": "pong", "seq": 1}')            # wrong version
             elif msg["type"] == "assign":
@@ -347,7 +347,7 @@ def test_garbage_lines_between_valid_messages_are_counted_and_dropped(
     done = [swarm.wait(swarm.post(f"{FIX} #{i}").task_id, timeout=10) for i in range(4)]
 
     assert [(t.status, t.assigned_agent, t.price_sats, t.result) for t in done] == \
-        [("completed", "forge-1", 12, "done")] * 4
+        [("completed", "forge-1", 21, "done")] * 4
     assert swarm.status()["protocol_errors"] == 3 * 4
     logged = [e for e in swarm.events() if e.kind == "protocol_error"]
     assert len(logged) == 12 and {e.agent_id for e in logged} == {"forge-1"}
@@ -363,14 +363,14 @@ def test_an_endless_line_is_dropped_as_garbage_and_the_next_message_still_counts
         for msg in messages():
             if msg["type"] == "announce":
                 send("x" * (3 * 1024 * 1024))      # three times the 1 MiB line limit
-                say("bid", task_id=msg["task_id"], sats=12, on_spec=True)
+                say("bid", task_id=msg["task_id"], sats=21, on_spec=True)
             elif msg["type"] == "assign":
                 say("result", task_id=msg["task_id"], ok=True, output="done", elapsed_s=0.0)
     """)
     swarm = make_swarm(runner_command=command)
     swarm.spawn("forge")
     task = swarm.wait(swarm.post(FIX).task_id, timeout=10)
-    assert (task.status, task.assigned_agent, task.price_sats) == ("completed", "forge-1", 12)
+    assert (task.status, task.assigned_agent, task.price_sats) == ("completed", "forge-1", 21)
     assert swarm.status()["protocol_errors"] >= 1
 
 

@@ -159,8 +159,8 @@ def test_every_live_runner_bids_once_and_exactly_one_wins(make_swarm):
 @pytest.mark.timeout(30)
 def test_losing_bidders_hear_the_clearing_price(make_swarm, scripted_runner, tmp_path,
                                                  eventually):
-    # echo-1 is a program that bids too high to win and writes down all it hears;
-    # every other persona is the real runner.
+    # echo-1 is a program that bids too high to win (the top of its off-spec range) and
+    # writes down all it hears; every other persona is the real runner.
     command = scripted_runner("recorder", """
         if args.persona != "echo":
             become_real_runner()
@@ -170,7 +170,7 @@ def test_losing_bidders_hear_the_clearing_price(make_swarm, scripted_runner, tmp
                 log.write(json.dumps(msg) + "\\n")
                 log.flush()
                 if msg["type"] == "announce":
-                    say("bid", task_id=msg["task_id"], sats=199, on_spec=False)
+                    say("bid", task_id=msg["task_id"], sats=108, on_spec=False)
     """)
     swarm = make_swarm(runner_command=command)
     swarm.spawn_all()

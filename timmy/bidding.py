@@ -13,6 +13,9 @@ The rules (from the system timmy grows out of, with its substring bug fixed):
   win rate > 80 % -> x1.15, < 20 % -> x0.85, success rate on won tasks < 50 %
   -> x1.2, a matched keyword it has completed `PROVEN_AFTER` tasks on -> x0.9.
   The result is rounded and kept within [`MIN_BID`, `MAX_BID`].
+
+`bid_range` is where those rules can land for a persona: what the swarm service
+accepts from a runner.
 """
 
 from __future__ import annotations
@@ -196,12 +199,53 @@ def compute_bid(
     return quote(persona, description, rng, stats).sats
 
 
+def _multipliers() -> tuple[float, ...]:
+    """Every value `BidStats.multiplier` can take, computed by it: counters that hit each
+    combination of its branches (win rate high, low or neither; success rate low or not;
+    a proven keyword or not)."""
+    out = set()
+    for wins in (10, 0, 5):
+        for ok, failed in ((3, 0), (0, 3)):
+            for proven in (0, PROVEN_AFTER):
+                stats = BidStats(auctions=10, wins=wins, won_ok=ok, won_failed=failed,
+                                 keyword_successes={"k": proven})
+                out.add(stats.multiplier(("k",)))
+    return tuple(sorted(out))
+
+
+_MULTIPLIERS = _multipliers()
+
+
+@lru_cache(maxsize=1024)
+def bid_range(persona: Persona, on_spec: bool | None = None) -> tuple[int, int]:
+    """The lowest and highest sats `quote` can bid for ``persona``: on an on-spec task
+    (``on_spec=True``), an off-spec one (False), or either (None).
+
+    From the rule: the jitter's ends, scaled by the smallest and the largest multiplier
+    the learned counters can give, rounded and kept within [`MIN_BID`, `MAX_BID`] as
+    `quote_matched` does (rounding is monotonic, so the ends stay the ends). A bid outside
+    it was not made by this persona's rule: the coordinator refuses it.
+    """
+    if on_spec is None:
+        (a, b), (c, d) = bid_range(persona, True), bid_range(persona, False)
+        return min(a, c), max(b, d)
+    if on_spec:
+        raw = (max(MIN_BID, persona.bid_base - persona.bid_jitter), max(MIN_BID, persona.bid_base))
+    else:
+        off = math.floor(OFF_SPEC_FACTOR * persona.bid_base)
+        raw = (min(MAX_BID, off), min(MAX_BID, off + persona.bid_jitter))
+    lo = min(min(MAX_BID, max(MIN_BID, round(raw[0] * m))) for m in _MULTIPLIERS)
+    hi = max(min(MAX_BID, max(MIN_BID, round(raw[1] * m))) for m in _MULTIPLIERS)
+    return lo, hi
+
+
 __all__ = [
     "MAX_BID",
     "MIN_BID",
     "BidStats",
     "KeyedRandom",
     "Quote",
+    "bid_range",
     "bid_rng",
     "compute_bid",
     "quote",

@@ -38,7 +38,8 @@ def runner_token(token: str | None, token_file: Path | None) -> str:
 @click.option("--connect", "url", required=True, envvar="TIMMY_URL", metavar="URL",
               help="The swarm service to join, tcp://HOST:PORT (default: TIMMY_URL).")
 @click.option("--token", default=None, metavar="TOKEN",
-              help="The service's token. Default: --token-file, else TIMMY_TOKEN.")
+              help="The service's runner token (its .runner.token file; the admin token "
+                   "works too). Default: --token-file, else TIMMY_TOKEN.")
 @click.option("--token-file", default=None, metavar="FILE",
               type=click.Path(dir_okay=False, path_type=Path),
               help="Read the token from this file (mode 0600, as `timmy serve` writes it).")

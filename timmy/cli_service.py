@@ -23,6 +23,7 @@ from .cli import (
     say_executor,
     swarm_options,
 )
+from .errors import ConfigError
 from .service import (
     DEFAULT_HOST,
     DEFAULT_PORT,
@@ -85,11 +86,19 @@ def serve_cmd(db: str, host: str, port: int, token: str | None, allow_remote: bo
 
     The control endpoint speaks JSON lines on loopback and needs a token: the
     first start makes one, stores it with mode 0600 beside the database
-    (e.g. data/timmy.db.token) and prints it once. Stopping the service stops
-    its runners; everything is kept in the database.
+    (e.g. data/timmy.db.token) and prints it once. Beside it, a runner token
+    (data/timmy.db.runner.token, mode 0600) lets `timmy runner --connect` join
+    and do nothing else. Stopping the service stops its runners; everything is
+    kept in the database.
     """
     from .personas import load_personas
-    from .service import check_bind, load_or_create_token, run_service, token_path
+    from .service import (
+        check_bind,
+        load_or_create_token,
+        run_service,
+        runner_token_path,
+        token_path,
+    )
 
     check_bind(host, allow_remote)
     if allow_remote and host not in ("127.0.0.1", "::1", "localhost"):
@@ -103,6 +112,15 @@ def serve_cmd(db: str, host: str, port: int, token: str | None, allow_remote: bo
             click.echo(f"token (shown once; stored in {path}, mode 0600): {token}")
         else:
             click.echo(f"token: stored in {path}")
+    runner_path = runner_token_path(url)
+    try:   # what remote runners join with: it allows nothing else
+        runner_token, _ = load_or_create_token(runner_path)
+        click.echo(f"runner token: {runner_path} (mode 0600; for `timmy runner --connect`, "
+                   "which it allows and nothing else)")
+    except ConfigError as exc:
+        runner_token = None
+        click.echo(f"warning: no runner token ({exc.message}): remote runners need the admin "
+                   "token", err=True)
     from .supervisor import RestartPolicy
 
     options: dict = {"restart": RestartPolicy(max_restarts=max_restarts),
@@ -124,7 +142,8 @@ def serve_cmd(db: str, host: str, port: int, token: str | None, allow_remote: bo
     run_service(url, host=host, port=port, token=token, allow_remote=allow_remote,
                 spawn=spawn, max_connections=max_connections, send_timeout=send_timeout,
                 first_line_timeout=first_line_timeout, on_ready=ready, seed=seed,
-                rule=rule, executor=executor, task_seconds=task_seconds, **options)
+                rule=rule, executor=executor, task_seconds=task_seconds,
+                runner_token=runner_token, **options)
     click.echo("timmy serve: stopped (runners stopped, everything saved)")
 
 

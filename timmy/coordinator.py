@@ -41,7 +41,7 @@ from anyio.abc import TaskGroup
 
 from . import protocol as p
 from .auction import Auction, Bid, check_rule
-from .bidding import BidStats
+from .bidding import BidStats, bid_range
 from .errors import (
     ConfigError,
     MissingDependency,
@@ -72,7 +72,7 @@ from .models import (
     Task,
     copy,
 )
-from .personas import PERSONAS, Persona, get_persona
+from .personas import PERSONAS, Persona, Words, get_persona
 from .runner import stats_from_dict
 from .store import Batch, Store
 from .supervisor import RestartPolicy, Supervisor
@@ -182,6 +182,12 @@ class Agent:
     # What the runner has learned, mirrored from the auctions and results it took part
     # in, so a replacement process starts where the dead one left off.
     stats: BidStats = field(default_factory=BidStats)
+    # The prices its persona's rule can bid, off-spec and on-spec (`bid_range`): a bid
+    # outside them is refused (see `Coordinator._on_bid`).
+    bid_ranges: tuple[tuple[int, int], ...] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.bid_ranges = (bid_range(self.persona, False), bid_range(self.persona, True))
 
 
 @dataclass(eq=False)
@@ -191,6 +197,7 @@ class OpenAuction:
     attempt: int
     deadline: float
     auction_id: int = 0    # the event_id of its auction_opened event: unique per auction
+    words: Words | None = None   # the description split once, for judging every bid (_on_bid)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -273,6 +280,7 @@ class Coordinator:
         self._next_event = 1
         self._agent_counts: dict[str, int] = {}
         self.garbage_lines = 0
+        self.bids_refused = 0      # bids outside their persona's range (see _on_bid)
         self.closed = False
         # Set when another swarm took the database over: this one then stops (see _abandon).
         self.lost: OwnershipLost | None = None
@@ -1001,13 +1009,10 @@ class Coordinator:
             return
         agent.last_seen = time.monotonic()
         match msg:
-            case p.Bid(task_id=tid, sats=sats, on_spec=on_spec):
+            case p.Bid(task_id=tid, sats=sats):
                 open_ = self.auctions.get(tid)
-                if open_ is not None and open_.auction.submit(Bid(agent_id, sats, on_spec)):
-                    self._emit("bid", tid, agent_id, sats=sats, on_spec=on_spec,
-                               attempt=open_.attempt)
-                    if open_.auction.complete and self._close_auction(open_):
-                        self._pump()
+                if open_ is not None:
+                    self._on_bid(agent, open_, sats)
             case p.Decline(task_id=tid):
                 open_ = self.auctions.get(tid)
                 if (open_ is not None and open_.auction.decline(agent_id)
@@ -1023,11 +1028,11 @@ class Coordinator:
                 self._on_result(agent, msg)
             case p.Hello(agent_id=said, pid=pid):
                 if said != agent_id:
-                    self._on_garbage(agent_id, p.ProtocolError(
+                    self.supervisor.bad_line(agent_id, p.ProtocolError(
                         f"hello from {said!r} on {agent_id}'s pipe", hint=""))
                     return
                 if agent.alive:
-                    self._on_garbage(agent_id, p.ProtocolError(
+                    self.supervisor.bad_line(agent_id, p.ProtocolError(
                         f"a second hello from live runner {agent_id}", hint=""))
                     return
                 first = not agent.ready.is_set()
@@ -1047,6 +1052,40 @@ class Coordinator:
                 pass
             case p.Bye():   # its connection ends next: as stopped, not as a crash
                 self.supervisor.leaving(agent_id)
+
+    def _on_bid(self, agent: Agent, open_: OpenAuction, sats: int) -> None:
+        """A runner's bid, judged by what the service knows rather than by the runner's word.
+
+        Whether the task is on the persona's speciality is decided here, from the persona
+        the service holds (not one a runner describes) and the task's description, with
+        the keyword match `quote` uses: the runner's ``on_spec`` is ignored, so live runs
+        and the simulator still agree. A price the persona's rule cannot make for such a
+        task (`bid_range`) is dropped as a bad line: logged with the runner's id, counted
+        (``protocol_errors`` and ``bids_refused``), a ``protocol_error`` event, and a runner
+        that keeps at it is cut off as one sending garbage is. The auction goes on without
+        it (as if it had declined, so it does not wait for the window to end).
+        """
+        agent_id, task = agent.info.agent_id, open_.task
+        if open_.words is None:
+            open_.words = Words.of(task.description)
+        on_spec = bool(agent.persona.matched_in(open_.words))
+        lo, hi = agent.bid_ranges[on_spec]
+        if not lo <= sats <= hi:
+            self.bids_refused += 1
+            pid = agent.persona.id
+            self.supervisor.bad_line(agent_id, p.ProtocolError(
+                f"bid of {sats} sats for task {task.task_id} "
+                f"({'on' if on_spec else 'off'}-spec for {pid}) is outside {pid}'s range "
+                f"{lo}..{hi}: refused", hint="bid what timmy.bidding.quote prices"))
+            if open_.auction.decline(agent_id) and open_.auction.complete \
+                    and self._close_auction(open_):
+                self._pump()
+            return
+        if open_.auction.submit(Bid(agent_id, sats, on_spec)):
+            self._emit("bid", task.task_id, agent_id, sats=sats, on_spec=on_spec,
+                       attempt=open_.attempt)
+            if open_.auction.complete and self._close_auction(open_):
+                self._pump()
 
     def _on_result(self, agent: Agent, result: p.Result) -> None:
         tid, ok, output = result.task_id, result.ok, result.output
@@ -1183,6 +1222,7 @@ class Coordinator:
                                   for a in self.agents.values()),
             "agents": by_state,
             "protocol_errors": self.garbage_lines,
+            "bids_refused": self.bids_refused,
             "stalled": self.stalled(),
             "rule": self.cfg.rule,
             "executor": self.executor,

@@ -26,6 +26,20 @@ def words(text: str) -> list[str]:
 
 
 @dataclass(frozen=True, slots=True)
+class Words:
+    """A description split once, to be matched against many personas (`Persona.matched_in`):
+    the coordinator judges every runner's bid on a task with one split of its text."""
+
+    tokens: frozenset[str]
+    padded: str          # the tokens joined by single spaces, with one at each end
+
+    @classmethod
+    def of(cls, text: str) -> Words:
+        toks = words(text)
+        return cls(frozenset(toks), " " + " ".join(toks) + " ")
+
+
+@dataclass(frozen=True, slots=True)
 class Persona:
     """One kind of agent: its speciality, its price and how it bids."""
 
@@ -49,11 +63,14 @@ class Persona:
 
     def matched_keywords(self, description: str) -> list[str]:
         """Keywords found in ``description`` on word boundaries ("ci" does not match "specific")."""
-        toks = words(description)
-        found = sorted(self._single.intersection(toks))
+        return self.matched_in(Words.of(description))
+
+    def matched_in(self, text: Words) -> list[str]:
+        """`matched_keywords` of a description already split (`Words.of`)."""
+        found = sorted(self._single & text.tokens)
         if self._phrases:
-            padded = " " + " ".join(toks) + " "
-            found += [" ".join(p) for p in self._phrases if " " + " ".join(p) + " " in padded]
+            found += [" ".join(p) for p in self._phrases
+                      if " " + " ".join(p) + " " in text.padded]
         return found
 
     def is_on_spec(self, description: str) -> bool:

@@ -3,8 +3,10 @@
     timmy runner --connect tcp://HOST:7341 --token T --persona forge --agent-id forge-r1
 
 The runner opens a TCP connection to the service's one port and sends one
-control request, ``{"op": "runner", "token": ..., "args": {"persona": ...}}``: a
-wrong token is refused as on any other request. The answer (`Welcome`) names
+control request, ``{"op": "runner", "token": ..., "args": {"persona": ...}}``
+with the service's runner token (``<db>.runner.token``, which allows that and
+nothing else; the admin token works too): a wrong token is refused as on any
+other request. The answer (`Welcome`) names
 the agent and carries the persona, the swarm's seed and executor and the
 counters learned so far. From then on the connection carries the runner wire
 protocol of `timmy.protocol` exactly as a local runner's pipes do, answered by
@@ -13,7 +15,9 @@ the same `timmy.runner.Runner`.
 When the connection drops (the network, the service restarting), the service
 re-auctions what the runner held and the runner dials in again with backoff
 (0.05 s doubling to 2 s), as the same agent: it gets back the counters the
-service mirrored, so its bids go on where they left off. Work won over the lost
+service mirrored, so its bids go on where they left off (it sends back the
+``rejoin_key`` of its last welcome: with a runner token, only that key may replace a
+connection the service still holds). Work won over the lost
 connection is dropped, never answered on the new one. A connection that stays
 silent past the swarm's ping timeout counts as lost. A ``shutdown`` from the
 service (``swarm.stop(agent_id)``, or a newer connection of the same agent) ends
@@ -124,11 +128,13 @@ class RemoteRunner(Runner):
                     sock.shutdown(socket.SHUT_RDWR)
 
 
-def handshake(opts: Options, agent_id: str | None,
-              stats: BidStats | None) -> tuple[socket.socket, Welcome, bytes]:
+def handshake(opts: Options, agent_id: str | None, stats: BidStats | None,
+              key: str | None = None) -> tuple[socket.socket, Welcome, bytes]:
     """Connect and ask to join; returns the socket, the service's `Welcome` and any bytes
-    read past it. Raises `ServiceUnavailable` (or OSError) when it cannot get through and
-    the `TimmyError` the service answered when it refused."""
+    read past it. ``key``: the ``rejoin_key`` of the last welcome, which lets this runner
+    replace its own connection if the service still holds it. Raises `ServiceUnavailable`
+    (or OSError) when it cannot get through and the `TimmyError` the service answered when
+    it refused."""
     host, port = parse_url(opts.url)
     try:
         sock = socket.create_connection((host, port), timeout=opts.connect_timeout)
@@ -144,6 +150,8 @@ def handshake(opts: Options, agent_id: str | None,
             args["agent_id"] = agent_id
         if stats is not None and stats.auctions:
             args["stats"] = stats.to_dict()
+        if key is not None and agent_id is not None:
+            args["key"] = key
         sock.sendall(encode(Request(id=1, token=opts.token, op="runner", args=args)))
         buf = b""
         while b"\n" not in buf:
@@ -179,8 +187,9 @@ def handshake(opts: Options, agent_id: str | None,
 
 def _refusal(info: ErrorInfo) -> TimmyError:
     if info.type == "AuthenticationError":
-        return AuthenticationError(info.message, hint="pass the service's token: --token, "
-                                   "--token-file, or TIMMY_TOKEN")
+        return AuthenticationError(info.message, hint="pass the service's runner token (the "
+                                   ".runner.token file `timmy serve` writes beside its "
+                                   "database): --token, --token-file, or TIMMY_TOKEN")
     cls = TRANSIENT.get(info.type, ServiceError)
     return cls(f"the service refused: {info.message}", hint=info.hint)
 
@@ -213,13 +222,14 @@ def run(opts: Options, say: Callable[..., None] = _print) -> int:
     restore = _sigterm_interrupts()
     runner: RemoteRunner | None = None
     agent_id = opts.agent_id
+    key: str | None = None       # the rejoin_key of the last welcome (a service that gives one)
     delay, failures = BACKOFF[0], 0
     name = lambda: agent_id or opts.persona  # noqa: E731
     try:
         while True:
             try:
                 sock, welcome, rest = handshake(opts, agent_id,
-                                                runner.stats if runner else None)
+                                                runner.stats if runner else None, key)
             except (TimmyError, OSError) as exc:
                 if isinstance(exc, TimmyError) and not isinstance(exc, RETRY):
                     say(f"timmy runner {name()}: {type(exc).__name__}: {exc.message}",
@@ -247,7 +257,7 @@ def run(opts: Options, say: Callable[..., None] = _print) -> int:
                 if exc.hint:
                     say(f"hint: {exc.hint}", err=True)
                 return 2
-            agent_id = welcome.agent_id
+            agent_id, key = welcome.agent_id, welcome.rejoin_key
             runner.attach(sock, stats)
             say(f"timmy runner {agent_id}: joined {opts.url} (persona {runner.persona.id}, "
                 f"executor {opts.executor or welcome.executor}, seed {runner.seed}, "

@@ -19,7 +19,11 @@ remote runner (``timmy runner --connect``, `timmy.remote`): an ``ok`` answer wit
 what the runner needs (its agent_id, persona, seed, executor, learned counters),
 then the runner wire protocol of `timmy.protocol`, exactly as over a local
 runner's pipes, starting with the runner's ``hello``. The service stays the one
-listener, on one port, behind the same token: runners dial in, nothing dials out.
+listener, on one port: runners dial in, nothing dials out.
+
+Two tokens: the admin token allows every op; the runner token (`runner_token_path`,
+written beside the admin one) allows ``runner`` and nothing else, so a machine that only
+runs a persona cannot post, cancel, stop, kill, export or read the swarm.
 
 What the endpoint refuses, always with an error line that says why, while the
 service stays up: a missing or wrong token (the connection is closed), a line
@@ -80,7 +84,7 @@ class ServiceUnavailable(ServiceError, ConnectionError):
 
 
 class AuthenticationError(ServiceError, PermissionError):
-    """The request carried no token or the wrong one."""
+    """The request carried no token, the wrong one, or a runner token for another op."""
 
 
 class ServiceBusy(ServiceError):
@@ -190,6 +194,9 @@ class RunnerArgs(Args):
     persona: Name
     agent_id: AgentName | None = None     # None: the service names it (persona-N)
     stats: dict[str, Any] | None = None   # what it learned: adopted if the swarm knows less
+    # The rejoin_key of its last welcome: lets a runner token replace the agent's connection
+    # while the service still holds one (a half-open connection the runner gave up on).
+    key: Annotated[str, Meta(max_length=128)] | None = None
 
 
 class Welcome(msgspec.Struct, frozen=True):
@@ -206,6 +213,7 @@ class Welcome(msgspec.Struct, frozen=True):
     ping_timeout: float
     model: str | None = None
     ollama_timeout: float | None = None
+    rejoin_key: str | None = None     # to send back as ``key`` when dialling in again
 
 
 _encoder = msgspec.json.Encoder()
@@ -273,9 +281,12 @@ class Service:
 
     def __init__(self, swarm, token: str, max_connections: int = MAX_CONNECTIONS, *,
                  send_timeout: float = SEND_TIMEOUT,
-                 first_line_timeout: float = FIRST_LINE_TIMEOUT) -> None:
+                 first_line_timeout: float = FIRST_LINE_TIMEOUT,
+                 runner_token: str | None = None) -> None:
         self.swarm = swarm
         self._token = token.encode()
+        # The token that allows joining as a runner (op "runner") and nothing else.
+        self._runner_token = runner_token.encode() if runner_token else None
         self.max_connections = max_connections
         self.send_timeout, self.first_line_timeout = send_timeout, first_line_timeout
         self.dropped = 0              # subscribers dropped for not reading
@@ -284,6 +295,7 @@ class Service:
         self.refused = 0
         self.requests = 0
         self.runners = 0              # remote runners connected
+        self._rejoin_keys: dict[str, str] = {}   # agent_id -> the key of its last welcome
         self.mmap_threshold: int | None = None  # reported only (`timmy.heap`)
         self._handlers: set[asyncio.Task] = set()
 
@@ -346,12 +358,21 @@ class Service:
                 if timeout == first and strikes >= MAX_STRIKES:
                     return              # garbage only, never a token: not worth a slot
                 continue
-            if not hmac.compare_digest(req.token.encode(), self._token):
+            role = self._role(req.token)
+            if role is None:
                 why = "no token" if not req.token else "a wrong token"
                 await self._refuse(writer, AuthenticationError(
                     f"request {req.id} carries {why}; closing the connection",
                     hint="pass the token printed by `timmy serve` (token=... / --token / "
                          "TIMMY_TOKEN), or read it from the .token file beside the database"),
+                    req.id)
+                return
+            if role == "runner" and req.op != "runner":
+                await self._refuse(writer, AuthenticationError(
+                    f"request {req.id} ({req.op!r}) carries the runner token, which only lets a "
+                    "remote runner join (op 'runner'); closing the connection",
+                    hint="use the admin token for anything else: printed by `timmy serve` and "
+                         "kept in the .token file beside the database (not .runner.token)"),
                     req.id)
                 return
             timeout = IDLE_TIMEOUT      # authenticated: may stay idle for longer
@@ -365,7 +386,7 @@ class Service:
                 await self._stream(reader, writer, req.id, args.after)
                 return
             if req.op == "runner":
-                await self._runner(reader, writer, req)
+                await self._runner(reader, writer, req, role)
                 return
             if req.op in LONG_OPS:
                 response = await self._answer_while_there(reader, writer, req)
@@ -374,6 +395,15 @@ class Service:
             else:
                 response = await self._answer(req)
             await self._send(writer, response)
+
+    def _role(self, token: str) -> str | None:
+        """"admin" for the service's token, "runner" for its runner token, None for any
+        other (both compared in constant time)."""
+        given = token.encode()
+        admin = hmac.compare_digest(given, self._token)
+        runner = self._runner_token is not None and hmac.compare_digest(given,
+                                                                         self._runner_token)
+        return "admin" if admin else "runner" if runner else None
 
     async def _answer_while_there(self, reader, writer, req: Request) -> Response | None:
         """`_answer` for an op that may block (wait, run), given up if the client leaves."""
@@ -481,16 +511,20 @@ class Service:
             unsubscribe()
             watcher.cancel()
 
-    async def _runner(self, reader, writer, req: Request) -> None:
+    async def _runner(self, reader, writer, req: Request, role: str = "admin") -> None:
         """A remote runner dialled in: admit it, answer, then it speaks the runner protocol
         until the connection ends (`Coordinator.serve_remote`)."""
         peer = _peer(writer)
 
         async def answer(welcome: dict) -> None:
-            await self._send(writer, Response(req.id, True, welcome))
+            key = secrets.token_urlsafe(24)      # a fresh one per connection
+            self._rejoin_keys[welcome["agent_id"]] = key
+            await self._send(writer, Response(req.id, True, {**welcome, "rejoin_key": key}))
 
         try:
             args = _args(RunnerArgs, req)
+            if role != "admin":
+                self._check_takeover(args)
             self.runners += 1
             try:
                 await self.swarm.engine.serve_remote(args.persona, args.agent_id, args.stats,
@@ -501,6 +535,26 @@ class Service:
             await self._refuse(writer, exc, req.id)
             return
         log.info("remote runner connection from %s ended", peer)
+
+    def _check_takeover(self, args: RunnerArgs) -> None:
+        """A runner token joins as a new agent, or as one whose runner is not connected (it
+        is back after a crash, or after a service restart); it replaces a connection the
+        service still holds only with the key that connection's welcome carried. So one
+        runner cannot cut another off by taking its name (the admin token can, as ``kill``).
+        No await here: the check and `Coordinator.serve_remote`'s connect are one step."""
+        slots = self.swarm.engine.supervisor.slots
+        slot = slots.get(args.agent_id) if args.agent_id else None
+        if slot is None or not slot.remote or slot.link is None:
+            return
+        key = self._rejoin_keys.get(args.agent_id)
+        if key is not None and args.key is not None \
+                and hmac.compare_digest(args.key.encode(), key.encode()):
+            return
+        raise ServiceBusy(
+            f"{args.agent_id} is connected (from {slot.link.peer}); only that runner can "
+            "replace its connection",
+            hint="a runner that lost its connection gets back in once the service drops the "
+                 "old one (the ping timeout); or join with another --agent-id")
 
     async def _catch_up(self, writer, last: int) -> int:
         while True:
@@ -577,6 +631,13 @@ def token_path(db: str) -> Path:
     if lock is None:
         return Path("data", "timmy-service.token").absolute()
     return lock.with_name(lock.name.removesuffix(".lock") + ".token")
+
+
+def runner_token_path(db: str) -> Path:
+    """Where the service's runner token is kept: beside its admin token, ``.runner.token``
+    for ``.token`` (e.g. data/timmy.db.runner.token)."""
+    path = token_path(db)
+    return path.with_name(path.name.removesuffix(".token") + ".runner.token")
 
 
 def load_or_create_token(path: Path) -> tuple[str, bool]:
@@ -664,8 +725,10 @@ async def serve(db: str, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, 
                 first_line_timeout: float = FIRST_LINE_TIMEOUT,
                 on_ready: Callable[[str, Any], None] | None = None,
                 stop: asyncio.Event | None = None, mmap_threshold: int | None = None,
-                **swarm_options: Any) -> None:
+                runner_token: str | None = None, **swarm_options: Any) -> None:
     """Host one swarm on ``db`` until SIGINT/SIGTERM (or ``stop``); stops its runners on exit.
+
+    ``token`` allows every op; ``runner_token`` (if given) only joining as a remote runner.
 
     ``on_ready(url, swarm)`` is called once the endpoint answers. ``mmap_threshold`` is
     only reported, in ``status()["service"]``: `run_service` sets it (`timmy.heap`).
@@ -682,7 +745,7 @@ async def serve(db: str, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, 
         if spawn:
             await swarm.spawn_all()
         service = Service(swarm, token, max_connections, send_timeout=send_timeout,
-                          first_line_timeout=first_line_timeout)
+                          first_line_timeout=first_line_timeout, runner_token=runner_token)
         service.mmap_threshold = mmap_threshold
         try:
             server = await asyncio.start_server(service.handle, host, port,

@@ -443,6 +443,14 @@ class Supervisor:
                     continue
                 on_message(agent_id, msg)
 
+    def bad_line(self, agent_id: str, exc: p.ProtocolError) -> None:
+        """A message that decoded but breaks a rule the coordinator checks (a bid outside
+        the persona's range, a hello out of turn): it counts as garbage, so a runner that
+        keeps sending such lines is cut off."""
+        slot = self.slots.get(agent_id)
+        if slot is not None:
+            self._garbage(slot, exc)
+
     def _garbage(self, slot: Slot, exc: p.ProtocolError) -> None:
         slot.garbage += 1
         self._on_garbage(slot.agent_id, exc)
