@@ -286,6 +286,7 @@ class Service:
         self.runners = 0              # remote runners connected
         self.mmap_threshold: int | None = None  # reported only (`timmy.heap`)
         self._handlers: set[asyncio.Task] = set()
+        self._closing = False         # `close` ends the handlers: their cancellation is ours
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """One connection, from accept to close; never raises."""
@@ -305,6 +306,11 @@ class Service:
             await self._serve(reader, writer)
         except (ConnectionError, TimeoutError, asyncio.IncompleteReadError):
             pass
+        except asyncio.CancelledError:
+            # Cancelled by `close` (the service stops): end quietly. A handler task must not
+            # end cancelled: asyncio's stream callback would print a traceback for it.
+            if not self._closing:
+                raise
         except Exception:
             log.exception("connection failed")
         finally:
@@ -313,7 +319,9 @@ class Service:
             await _close(writer)
 
     async def close(self) -> None:
-        """End every connection (before the swarm stops)."""
+        """End every connection (before the swarm stops): each handler is cancelled, closes
+        its connection and ends quietly; returns once all have."""
+        self._closing = True
         for task in list(self._handlers):
             task.cancel()
         await asyncio.gather(*self._handlers, return_exceptions=True)
@@ -378,15 +386,18 @@ class Service:
     async def _answer_while_there(self, reader, writer, req: Request) -> Response | None:
         """`_answer` for an op that may block (wait, run), given up if the client leaves."""
         task = asyncio.ensure_future(self._answer(req))
-        while True:
-            done, _ = await asyncio.wait({task}, timeout=CLIENT_CHECK)
-            if done:
-                return task.result()
-            if reader.at_eof() or writer.is_closing():
+        try:
+            while True:
+                done, _ = await asyncio.wait({task}, timeout=CLIENT_CHECK)
+                if done:
+                    return task.result()
+                if reader.at_eof() or writer.is_closing():
+                    return None
+        finally:                    # the client left, or the service stops: drop the op
+            if not task.done():
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-                return None
 
     async def _answer(self, req: Request) -> Response:
         if req.op == "status":
