@@ -29,6 +29,7 @@ from .service import (
     DEFAULT_URL,
     FIRST_LINE_TIMEOUT,
     MAX_CONNECTIONS,
+    MAX_HANDSHAKES,
     SEND_TIMEOUT,
 )
 
@@ -58,14 +59,21 @@ _TOKEN_HELP = ("The service's token. Default: TIMMY_TOKEN, else the .token file 
               type=click.Path(dir_okay=False, path_type=Path),
               help="Use the personas of this TOML/JSON file instead of the built-ins.")
 @click.option("--max-connections", default=MAX_CONNECTIONS, show_default=True,
-              type=click.IntRange(1, 10_000), help="Connections served at once.")
+              type=click.IntRange(1, 10_000),
+              help="Authenticated connections (clients, runners) served at once.")
+@click.option("--max-handshakes", default=MAX_HANDSHAKES, show_default=True,
+              type=click.IntRange(1, 10_000),
+              help="Connections at once that have not yet sent a request with the token; "
+                   "past it the oldest is closed. Apart from --max-connections.")
 @click.option("--send-timeout", default=SEND_TIMEOUT, show_default=True,
               type=click.FloatRange(min=0.01), metavar="SECONDS",
               help="Drop a client (a dashboard, a subscriber) that reads nothing for this long "
                    "while the service has events for it, instead of buffering without end.")
-@click.option("--first-line-timeout", default=FIRST_LINE_TIMEOUT, show_default=True,
+@click.option("--first-line-timeout", "--handshake-timeout", "first_line_timeout",
+              default=FIRST_LINE_TIMEOUT, show_default=True,
               type=click.FloatRange(min=0.01), metavar="SECONDS",
-              help="Close a connection that sends no complete request for this long.")
+              help="Close a connection that sends no request with the token this long after "
+                   "connecting, whatever else it sends (one deadline for the handshake).")
 @click.option("--max-restarts", default=5, show_default=True, type=click.IntRange(1),
               help="Restarts of one runner in any 60 s before it is marked failed (the guard "
                    "against a runner that cannot start; a chaos soak raises it).")
@@ -79,6 +87,7 @@ _TOKEN_HELP = ("The service's token. Default: TIMMY_TOKEN, else the .token file 
 def serve_cmd(db: str, host: str, port: int, token: str | None, allow_remote: bool,
               spawn: bool, seed: int, rule: str, executor: str, task_seconds: float,
               models: tuple[str, ...], personas_file: Path | None, max_connections: int,
+              max_handshakes: int,
               send_timeout: float, first_line_timeout: float, max_restarts: int,
               max_queued: int, hello_timeout: float) -> None:
     """Host one swarm until Ctrl-C or SIGTERM; `timmy.Swarm.attach(url)` talks to it.
@@ -123,6 +132,7 @@ def serve_cmd(db: str, host: str, port: int, token: str | None, allow_remote: bo
 
     run_service(url, host=host, port=port, token=token, allow_remote=allow_remote,
                 spawn=spawn, max_connections=max_connections, send_timeout=send_timeout,
+                max_handshakes=max_handshakes,
                 first_line_timeout=first_line_timeout, on_ready=ready, seed=seed,
                 rule=rule, executor=executor, task_seconds=task_seconds, **options)
     click.echo("timmy serve: stopped (runners stopped, everything saved)")
