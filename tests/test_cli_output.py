@@ -13,7 +13,7 @@ from pathlib import Path
 import duckdb
 import pytest
 from test_cli import timmy
-from test_service import ServiceProcess
+from test_service import ServiceProcess, wait_until
 
 from timmy.textsafe import clean
 
@@ -138,3 +138,28 @@ def test_clean_is_what_the_cli_modules_print_through():
     root = Path(__file__).resolve().parent.parent / "timmy"
     for name in ("cli.py", "cli_service.py", "cli_sim.py", "cli_doctor.py", "remote.py"):
         assert "textsafe" in (root / name).read_text(), name
+
+
+def test_the_service_logs_what_a_runner_sends_inert(tmp_path):
+    """A remote runner's bad line is logged by `timmy serve` (stderr) with its escapes shown."""
+    import signal
+    import socket
+
+    svc = ServiceProcess(tmp_path / "swarm.db", 0, "--no-spawn")
+    try:
+        sock = socket.create_connection(("127.0.0.1", svc.port), timeout=10)
+        sock.sendall(json.dumps({"id": 1, "token": svc.token, "op": "runner", "args": {
+            "persona": "forge", "agent_id": "forge-x"}}).encode() + b"\n")
+        assert json.loads(sock.makefile("rb").readline())["ok"]
+        for msg in ({"type": "hello", "agent_id": "forge-x", "persona": "forge", "pid": 1},
+                    {"type": OSC0}):
+            sock.sendall(json.dumps(msg).encode() + b"\n")
+        with svc.attach() as swarm:
+            wait_until(lambda: swarm.status()["protocol_errors"] >= 1)
+        sock.close()
+    finally:
+        svc.proc.send_signal(signal.SIGTERM)
+        _, err = svc.proc.communicate(timeout=30)
+    assert "sent a bad line" in err
+    assert_inert(err)
+    assert "\\x1b]0;totally safe\\a" in err
