@@ -40,7 +40,7 @@ def service(tmp_path):
     """A small authenticated cap and a long handshake deadline: what garbage senders hold,
     they would hold for a long time."""
     svc = ServiceProcess(tmp_path / "swarm.db", 0, "--no-spawn", "--max-connections", "8",
-                         "--first-line-timeout", "60")
+                         "--handshake-timeout", "60")
     yield svc
     svc.stop()
 
@@ -89,6 +89,24 @@ def test_the_authenticated_cap_still_holds_beside_the_handshake_cap(service):
     finally:
         for swarm in clients:
             swarm.close()
+
+
+def test_the_handshake_cap_is_configurable(tmp_path):
+    svc = ServiceProcess(tmp_path / "swarm.db", 0, "--no-spawn", "--max-handshakes", "2")
+    try:
+        first, second, third = (garbage_sender(svc) for _ in range(3))
+        replies = replies_until_closed(first)
+        assert replies[-1]["error"]["type"] == "ServiceBusy"
+        assert "2 connections are already waiting to authenticate" in \
+            replies[-1]["error"]["message"]
+        with svc.attach() as swarm:          # evicts the second; the third stays
+            status = swarm.status()["service"]
+            assert status["handshakes"] <= 2
+        assert answer(third)["error"]["type"] == "ProtocolError"
+        for sock in (second, third):
+            sock.close()
+    finally:
+        svc.stop()
 
 
 def test_a_slow_drip_of_garbage_is_cut_at_the_handshake_deadline(tmp_path):
