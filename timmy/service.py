@@ -74,6 +74,7 @@ IDLE_TIMEOUT = 3600.0         # seconds an idle control connection is kept
 MAX_STRIKES = 16              # malformed lines before a never-authenticated connection is closed
 CLIENT_CHECK = 0.5            # seconds between checks that a client waiting on wait/run is there
 LONG_OPS = frozenset({"wait", "run"})   # ops that may block: dropped when their client leaves
+CLOSE_ROUNDS = 10             # seconds a stop waits for the connections' handlers to end
 
 
 class ServiceError(TimmyError):
@@ -371,13 +372,17 @@ class Service:
         """End every connection (before the swarm stops): each handler is cancelled, closes
         its connection and ends quietly; returns once all have."""
         self._closing = True
-        while self._handlers:
+        for _ in range(CLOSE_ROUNDS):
+            if not self._handlers:
+                return
             # Closing the connection too ends a handler whose cancellation asyncio.wait_for
             # lost (Python 3.11 drops a cancel that races a read completing).
             for task, writer in list(self._handlers.items()):
                 task.cancel()
                 writer.close()
             await asyncio.wait(list(self._handlers), timeout=1.0)
+        log.warning("%d connections did not end within %ds of the stop", len(self._handlers),
+                    CLOSE_ROUNDS)
 
     async def _serve(self, reader, writer) -> None:
         loop, task = asyncio.get_running_loop(), asyncio.current_task()
