@@ -123,3 +123,16 @@ def test_a_persona_too_big_for_a_command_line_is_refused_up_front(tmp_path):
                          task_seconds=0) as swarm:           # the biggest allowed one runs
         swarm.spawn("verbose")
         assert swarm.run(["talk to me"], timeout=30)[0].status == "completed"
+
+
+def test_a_database_value_of_the_wrong_type_is_one_line_and_a_hint(tmp_path):
+    """SQLite keeps whatever is written into a column; report and export say which."""
+    (tmp_path / "t.txt").write_text("fix the bug\n")
+    proc = timmy("run", "t.txt", "--db", "w.db", "--task-seconds", "0", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    with sqlite3.connect(tmp_path / "w.db") as conn:
+        conn.execute("UPDATE tasks SET price_sats = 'abc'")
+    for args in (("report", "w.db"), ("report", "--db", "w.db"), ("export", "w.db", "out")):
+        proc = timmy(*args, cwd=tmp_path)
+        assert_clean_error(proc, "ExportError", "'price_sats'", "tasks")
+    assert not list((tmp_path / "out").glob("*.tmp"))
