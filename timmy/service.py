@@ -304,38 +304,44 @@ class Service:
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """One connection, from accept to close; never raises."""
         task = asyncio.current_task()
-        if len(self._live) >= self.max_connections:
-            self.refused += 1
-            with contextlib.suppress(Exception):
-                await self._send(writer, Response(None, False, error=error_info(
-                    self._busy())))
-            await _discard(reader, writer)    # a request already sent must not reset it
-            await _close(writer)
-            return
-        if len(self._pending) >= self.max_handshakes:
-            self._evict(next(iter(self._pending)))
-        self.connections += 1
         self._handlers[task] = writer
-        self._pending[task] = writer
         try:
-            await self._serve(reader, writer)
-        except (ConnectionError, TimeoutError, asyncio.IncompleteReadError):
-            pass
+            if len(self._live) >= self.max_connections:
+                self.refused += 1
+                with contextlib.suppress(Exception):
+                    await self._send(writer, Response(None, False, error=error_info(
+                        self._busy())))
+                await _discard(reader, writer)    # a request already sent must not reset it
+                await _close(writer)
+                return
+            await self._connection(task, reader, writer)
         except asyncio.CancelledError:
             # Cancelled by `close` (the service stops) or `_evict`: end quietly. A handler
             # task must not end cancelled: asyncio's stream callback would print a traceback.
             if not (self._closing or task in self._evicted):
                 raise
+        finally:
+            self._evicted.discard(task)
+            self._handlers.pop(task, None)
+            writer.close()
+
+    async def _connection(self, task: asyncio.Task, reader, writer) -> None:
+        if len(self._pending) >= self.max_handshakes:
+            self._evict(next(iter(self._pending)))
+        self.connections += 1
+        self._pending[task] = writer
+        try:
+            await self._serve(reader, writer)
+        except (ConnectionError, TimeoutError, asyncio.IncompleteReadError):
+            pass
         except Exception:
             log.exception("connection failed")
         finally:
             self.connections -= 1
-            self._handlers.pop(task, None)
             self._pending.pop(task, None)
             self._live.discard(task)
             if task in self._evicted and not self._closing:
                 await _discard(reader, writer)    # so the client gets the line that says why
-            self._evicted.discard(task)
             await _close(writer)
 
     def _busy(self) -> ServiceBusy:
