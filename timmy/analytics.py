@@ -123,7 +123,9 @@ def _database_url(source: str | Path) -> str | None:
         raise ExportError(f"cannot read {path}: {exc.strerror or exc}",
                           hint="check the file's permissions") from exc
     if head == _SQLITE_MAGIC:
-        return f"sqlite:///{path}"
+        from .dburl import db_url
+
+        return db_url(str(path))
     if path.suffix == ".parquet":
         raise ExportError(f"{path} is one table of an export, not the export",
                           hint=f"pass the directory that holds it: {path.parent}")
@@ -151,7 +153,7 @@ def _view_export(con: duckdb.DuckDBPyConnection, directory: Path) -> None:
     import duckdb
 
     for name, path in export_files(directory).items():
-        literal = "'" + str(path.resolve()).replace("'", "''") + "'"
+        literal = _sql_string(_glob_literal(str(path.resolve())))
         try:
             con.execute(f"CREATE VIEW {name} AS SELECT * FROM read_parquet({literal})")
         except duckdb.Error as exc:
@@ -161,15 +163,47 @@ def _view_export(con: duckdb.DuckDBPyConnection, directory: Path) -> None:
         _check_columns(con, name, str(path))
 
 
+def _glob_literal(path: str) -> str:
+    """``path`` as a DuckDB file pattern that matches only itself: DuckDB globs every path it
+    reads (``run[1]`` would read ``run1``), and a one-character class is literal."""
+    return "".join(f"[{ch}]" if ch in "[*?" else ch for ch in path)
+
+
+def _sql_string(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+# DuckDB's type names that a numeric column of timmy's may have (a DataFrame with a missing
+# value turns an integer column into a float one, a decimal is a number too).
+_NUMERIC = ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT",
+            "UINTEGER", "UBIGINT", "UHUGEINT", "FLOAT", "DOUBLE", "DECIMAL", "NULL")
+
+
 def _check_columns(con: duckdb.DuckDBPyConnection, name: str, where: str) -> None:
-    """Refuse a table without the columns of timmy's (the queries would fail obscurely)."""
+    """Refuse a table without the columns of timmy's, or with a number column that holds
+    something else (the queries would fail obscurely, or sum text)."""
+    import sqlalchemy as sa
+
     from .export import TABLES as SCHEMA
 
-    columns = {row[0] for row in con.execute(f"DESCRIBE {name}").fetchall()}
+    columns = {row[0]: row[1] for row in con.execute(f"DESCRIBE {name}").fetchall()}
     missing = [c.name for c in SCHEMA[name].columns if c.name not in columns]
     if missing:
         raise ExportError(f"{where} has no column {missing[0]!r}: not a timmy {name} table",
                           hint=f"export it again with this timmy; {EXPORT_HINT}")
+    for column in SCHEMA[name].columns:
+        kind = str(columns[column.name]).upper()
+        if isinstance(column.type, sa.Boolean):
+            ok = kind == "BOOLEAN" or kind.startswith(_NUMERIC)
+        elif isinstance(column.type, sa.Integer | sa.Float):
+            ok = kind.startswith(_NUMERIC)
+        else:
+            continue
+        if not ok:
+            want = "true/false" if isinstance(column.type, sa.Boolean) else "numbers"
+            raise ExportError(f"{where}: column {column.name!r} holds {kind}, not {want}: "
+                              f"not a timmy {name} table",
+                              hint=f"export it again with this timmy; {EXPORT_HINT}")
 
 
 def _read_store(url: str) -> dict[str, Any]:
@@ -234,7 +268,17 @@ def _connection(source) -> duckdb.DuckDBPyConnection:
 
 def _frame(source, sql: str) -> pd.DataFrame:
     require("pandas", "analysis")
-    return _connection(source).execute(sql).df()
+    duckdb = require("duckdb", "analysis")
+    try:
+        return _connection(source).execute(sql).df()
+    except duckdb.Error as exc:     # a value the table's type allows but the query cannot use
+        raise ExportError(f"a report query failed on this data: {_first_line(exc)}",
+                          hint=f"the tables may come from another program or be edited by "
+                               f"hand; export them again; {EXPORT_HINT}") from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split("\n", 1)[0].split())[:300]
 
 
 # Each bid with its persona (from agents; the agent id's "<persona>-<n>" when unknown).

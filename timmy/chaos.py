@@ -52,7 +52,7 @@ class Audit:
 def audit(db: str | Path, posted: Sequence[str] | None = None,
           max_attempts: int = 3) -> Audit:
     """Check a swarm's SQLite file; ``posted``: the descriptions that were posted, in order."""
-    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    con = sqlite3.connect(f"{Path(db).absolute().as_uri()}?mode=ro", uri=True)
     try:
         tasks = con.execute("SELECT task_id, description, status, assigned_agent, price_sats,"
                             " attempts, reason FROM tasks ORDER BY task_id").fetchall()

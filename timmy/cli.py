@@ -30,6 +30,7 @@ from .dburl import db_url, describe_db, sqlite_file
 from .errors import ConfigError, StoreError, TimmyError
 from .executors import EXECUTORS
 from .models import TERMINAL_STATES
+from .textsafe import clean, text
 
 DEMO_DB = "data/demo.db"
 DEMO_EXPORT = "data/demo-export"
@@ -65,9 +66,9 @@ def _first_leaf(group: BaseExceptionGroup) -> BaseException:
 def report_error(exc: TimmyError) -> None:
     """Write ``Kind: message`` and ``hint: ...`` to stderr (one line each)."""
     message = " ".join(str(exc.message).split())
-    click.echo(f"{type(exc).__name__}: {message}", err=True)
+    click.echo(clean(f"{type(exc).__name__}: {message}", newlines=False), err=True)
     if exc.hint:
-        click.echo(f"hint: {' '.join(exc.hint.split())}", err=True)
+        click.echo(clean(f"hint: {' '.join(exc.hint.split())}", newlines=False), err=True)
 
 
 @click.group(cls=_TimmyGroup, context_settings=CONTEXT_SETTINGS)
@@ -81,6 +82,9 @@ def cli() -> None:
 
 def main() -> None:
     """Entry point of the ``timmy`` console script and of ``python -m timmy``."""
+    from .textsafe import install_log_handler
+
+    install_log_handler()    # log lines through `clean`, like everything else printed
     cli(prog_name="timmy")
 
 
@@ -178,7 +182,7 @@ def _summary_table(rows: list[dict[str, Any]], catalog: dict, title: str):
     for row in rows:
         persona = catalog.get(row["persona"])
         table.add_row(
-            row["persona"], persona.role if persona else "",
+            text(row["persona"]), text(persona.role if persona else ""),
             str(row["won"]), str(row["completed"]), str(row["failed"]),
             "-" if row["avg_price"] is None else f"{row['avg_price']:.1f}",
             str(row["earned"]),
@@ -242,7 +246,7 @@ def _report_run(swarm, results: Sequence, catalog: dict, title: str) -> None:
     rows = persona_summary(results, bids, agent_personas, catalog)
     console = _console()
     console.print(_summary_table(rows, catalog, title))
-    console.print(_status_line(swarm.status()))
+    console.print(text(_status_line(swarm.status())))
 
 
 _SEQUENTIAL_HELP = (
@@ -281,7 +285,8 @@ def model_option(values: Sequence[str], catalog: Iterable[str]) -> str | dict[st
 def say_executor(swarm) -> None:
     """On stderr: what "auto" chose, and why (nothing for an executor given by name)."""
     if swarm.executor_reason:
-        click.echo(f"executor auto: {swarm.executor} ({swarm.executor_reason})", err=True)
+        click.echo(clean(f"executor auto: {swarm.executor} ({swarm.executor_reason})"),
+                   err=True)
 
 
 def swarm_options(command):
@@ -351,8 +356,8 @@ def demo(db: str | None, n_tasks: int, seed: int, out: Path, rule: str, task_sec
     else:
         url = db_url(db)
     descriptions = demo_descriptions(n_tasks, seed)
-    click.echo(f"timmy demo: {n_tasks} tasks, seed {seed}, rule {rule}, "
-               f"database {describe_db(url)}", err=True)
+    click.echo(clean(f"timmy demo: {n_tasks} tasks, seed {seed}, rule {rule}, "
+                     f"database {describe_db(url)}"), err=True)
     with Swarm(url, seed=seed, task_seconds=task_seconds, rule=rule) as swarm:
         swarm.spawn_all()
         results = _run_tasks(swarm, descriptions, timeout, sequential)
@@ -360,8 +365,9 @@ def demo(db: str | None, n_tasks: int, seed: int, out: Path, rule: str, task_sec
                     f"Winners and prices by persona ({len(results)} tasks, rule {rule}, "
                     f"seed {seed})")
         written = swarm.export(out)
-    click.echo(f"database: {describe_db(url)}")
-    click.echo(f"parquet export: {out.resolve()}/ ({', '.join(p.name for p in written.values())})")
+    click.echo(clean(f"database: {describe_db(url)}"))
+    click.echo(clean(f"parquet export: {out.resolve()}/ "
+                     f"({', '.join(p.name for p in written.values())})"))
 
 
 @cli.command(context_settings=CONTEXT_SETTINGS,
@@ -389,7 +395,6 @@ def run(tasks_file: Path, db: str, seed: int, rule: str, executor: str, task_sec
     task's outcome, winner and price, then a summary by persona.
     """
     from rich.table import Table
-    from rich.text import Text
 
     from .personas import PERSONAS, load_personas
     from .swarm import Swarm
@@ -409,17 +414,17 @@ def run(tasks_file: Path, db: str, seed: int, rule: str, executor: str, task_sec
             table.add_column(name, justify=justify)
         for task in results[:show]:
             note = task.reason if task.status != "completed" else task.result
-            table.add_row(str(task.task_id), task.status, task.assigned_agent or "-",
+            table.add_row(str(task.task_id), text(task.status), text(task.assigned_agent or "-"),
                           "-" if task.price_sats is None else str(task.price_sats),
-                          str(task.attempts), Text(task.description),
-                          Text((note or "")[:120]))
+                          str(task.attempts), text(task.description),
+                          text((note or "")[:120]))
         console = _console()
         console.print(table)
         if len(results) > show:
             console.print(f"... and {len(results) - show} more tasks (see the database or "
                           "`timmy export`)")
         _report_run(swarm, results, catalog, "By persona")
-    click.echo(f"database: {describe_db(url)}")
+    click.echo(clean(f"database: {describe_db(url)}"))
 
 
 @cli.command(context_settings=CONTEXT_SETTINGS,
@@ -450,7 +455,7 @@ def export(db: str, out_dir: Path, fmt: str) -> None:
     finally:
         store.dispose()
     for table, file in written.items():
-        click.echo(f"{table:<7} {file} ({_size(file.stat().st_size)})")
+        click.echo(clean(f"{table:<7} {file} ({_size(file.stat().st_size)})"))
 
 
 def _size(n: int) -> str:
@@ -470,13 +475,12 @@ def _size(n: int) -> str:
 def personas(file: Path | None) -> None:
     """Show the persona catalog: id, role, rate, bid base, jitter and keywords."""
     from rich.table import Table
-    from rich.text import Text
 
     from .personas import PERSONAS, load_personas
 
     catalog = load_personas(file) if file is not None else PERSONAS
     where = f"from {file}" if file is not None else "built in"
-    table = Table(title=f"{len(catalog)} personas {where}", title_justify="left")
+    table = Table(title=text(f"{len(catalog)} personas {where}"), title_justify="left")
     table.add_column("id")
     table.add_column("role")
     for name in ("rate", "bid_base", "jitter"):
@@ -484,8 +488,8 @@ def personas(file: Path | None) -> None:
     table.add_column("keywords")
     for p in catalog.values():
         keywords = " ".join(f'"{k}"' if " " in k else k for k in p.preferred_keywords)
-        table.add_row(Text(p.id), Text(p.role), str(p.rate_sats), str(p.bid_base),
-                      str(p.bid_jitter), Text(keywords))
+        table.add_row(text(p.id), text(p.role), str(p.rate_sats), str(p.bid_base),
+                      str(p.bid_jitter), text(keywords))
     _console().print(table)
 
 
@@ -521,7 +525,7 @@ def report(source: str | None, db: str | None) -> None:
         ).fetchone()
         console = _console()
         where = describe_db(db_url(db)) if db is not None else str(Path(source).resolve())
-        console.print(Text(f"report on {where}: {tasks:,} tasks, {auctions:,} auctions, "
+        console.print(text(f"report on {where}: {tasks:,} tasks, {auctions:,} auctions, "
                            f"{bids:,} bids, {agents:,} agents"))
         for name, query in analytics.REPORTS.items():
             # The title above the table, not in it: rich would wrap it to the table's width.
@@ -541,7 +545,8 @@ def _frame_table(frame):
     numeric = {c: pd.api.types.is_numeric_dtype(frame[c]) and not
                pd.api.types.is_bool_dtype(frame[c]) for c in frame.columns}
     for column in frame.columns:
-        table.add_column(column.replace("_", " "), justify="right" if numeric[column] else "left")
+        table.add_column(text(column.replace("_", " ")),
+                         justify="right" if numeric[column] else "left")
     for row in frame.itertuples(index=False):
         table.add_row(*(_cell(column, value) for column, value in zip(frame.columns, row,
                                                                       strict=True)))
@@ -554,7 +559,6 @@ def _cell(column: str, value: Any):
     import numbers
 
     import pandas as pd
-    from rich.text import Text
 
     if value is None or (not isinstance(value, str) and pd.isna(value)):
         return "-"
@@ -566,7 +570,7 @@ def _cell(column: str, value: Any):
         if column.endswith("_s"):
             return f"{value:,.3f}"
         return f"{value:,.2f}" if column.endswith("_ms") else f"{value:,.1f}"
-    return Text(str(value))
+    return text(value)
 
 
 def _register_simulator_commands() -> None:

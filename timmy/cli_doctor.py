@@ -6,6 +6,7 @@ import click
 
 from .cli import CONTEXT_SETTINGS, RUN_DB, _console
 from .doctor import REQUIRABLE, SERVICE_PORT, VOILA_PORT, doctor
+from .textsafe import text
 
 STYLES = {"ok": "bold green", "warn": "bold yellow", "missing": "bold red"}
 
@@ -58,8 +59,8 @@ def doctor_cmd(db: str, require: list[str], ollama_host: str | None, service_por
             table.add_column(column, overflow="fold")
         for check in report:
             # Text, not markup: a fix such as pip install "timmy[voice]" has brackets.
-            table.add_row(Text(check.name), Text(check.status.upper(), STYLES[check.status]),
-                          Text(check.detail), Text(check.fix))
+            table.add_row(text(check.name), text(check.status.upper(), STYLES[check.status]),
+                          text(check.detail), text(check.fix))
         console = _console()
         console.print(table)
         console.print(Text(report.summary(), STYLES["missing" if report.missing else "ok"]))

@@ -30,8 +30,10 @@ from .service import (
     DEFAULT_URL,
     FIRST_LINE_TIMEOUT,
     MAX_CONNECTIONS,
+    MAX_HANDSHAKES,
     SEND_TIMEOUT,
 )
+from .textsafe import clean, text
 
 _URL_HELP = f"The service's address. Default: TIMMY_URL, else {DEFAULT_URL}."
 _TOKEN_HELP = ("The service's token. Default: TIMMY_TOKEN, else the .token file beside the "
@@ -59,14 +61,21 @@ _TOKEN_HELP = ("The service's token. Default: TIMMY_TOKEN, else the .token file 
               type=click.Path(dir_okay=False, path_type=Path),
               help="Use the personas of this TOML/JSON file instead of the built-ins.")
 @click.option("--max-connections", default=MAX_CONNECTIONS, show_default=True,
-              type=click.IntRange(1, 10_000), help="Connections served at once.")
+              type=click.IntRange(1, 10_000),
+              help="Authenticated connections (clients, runners) served at once.")
+@click.option("--max-handshakes", default=MAX_HANDSHAKES, show_default=True,
+              type=click.IntRange(1, 10_000),
+              help="Connections at once that have not yet sent a request with the token; "
+                   "past it the oldest is closed. Apart from --max-connections.")
 @click.option("--send-timeout", default=SEND_TIMEOUT, show_default=True,
               type=click.FloatRange(min=0.01), metavar="SECONDS",
               help="Drop a client (a dashboard, a subscriber) that reads nothing for this long "
                    "while the service has events for it, instead of buffering without end.")
-@click.option("--first-line-timeout", default=FIRST_LINE_TIMEOUT, show_default=True,
+@click.option("--first-line-timeout", "--handshake-timeout", "first_line_timeout",
+              default=FIRST_LINE_TIMEOUT, show_default=True,
               type=click.FloatRange(min=0.01), metavar="SECONDS",
-              help="Close a connection that sends no complete request for this long.")
+              help="Close a connection that sends no request with the token this long after "
+                   "connecting, whatever else it sends (one deadline for the handshake).")
 @click.option("--max-restarts", default=5, show_default=True, type=click.IntRange(1),
               help="Restarts of one runner in any 60 s before it is marked failed (the guard "
                    "against a runner that cannot start; a chaos soak raises it).")
@@ -80,6 +89,7 @@ _TOKEN_HELP = ("The service's token. Default: TIMMY_TOKEN, else the .token file 
 def serve_cmd(db: str, host: str, port: int, token: str | None, allow_remote: bool,
               spawn: bool, seed: int, rule: str, executor: str, task_seconds: float,
               models: tuple[str, ...], personas_file: Path | None, max_connections: int,
+              max_handshakes: int,
               send_timeout: float, first_line_timeout: float, max_restarts: int,
               max_queued: int, hello_timeout: float) -> None:
     """Host one swarm until Ctrl-C or SIGTERM; `timmy.Swarm.attach(url)` talks to it.
@@ -135,12 +145,13 @@ def serve_cmd(db: str, host: str, port: int, token: str | None, allow_remote: bo
     def ready(address: str, swarm) -> None:
         n = len(swarm.engine.agents)
         say_executor(swarm)
-        click.echo(f"timmy serve: listening on {address} · database {describe_db(url)} · "
-                   f"{n} runners · executor {swarm.executor} · Ctrl-C stops")
+        click.echo(clean(f"timmy serve: listening on {address} · database {describe_db(url)} · "
+                         f"{n} runners · executor {swarm.executor} · Ctrl-C stops"))
         sys.stdout.flush()
 
     run_service(url, host=host, port=port, token=token, allow_remote=allow_remote,
                 spawn=spawn, max_connections=max_connections, send_timeout=send_timeout,
+                max_handshakes=max_handshakes,
                 first_line_timeout=first_line_timeout, on_ready=ready, seed=seed,
                 rule=rule, executor=executor, task_seconds=task_seconds,
                 runner_token=runner_token, **options)
@@ -170,22 +181,22 @@ _db = click.option("--db", default=None, metavar="URL",
 def status_cmd(url: str | None, token: str | None, db: str | None) -> None:
     """Show a running service's tasks by state, runners and agents."""
     from rich.table import Table
-    from rich.text import Text
 
     with _attach(url, token, db) as swarm:
         status = swarm.status()
         agents = swarm.agents()
     console = _console()
-    table = Table(title=f"{len(agents)} agents at {swarm.url}", title_justify="left")
+    table = Table(title=text(f"{len(agents)} agents at {swarm.url}"), title_justify="left")
     for name, justify in (("agent", "left"), ("status", "left"), ("where", "left"),
                           ("pid", "right"), ("restarts", "right"), ("won", "right"),
                           ("earned", "right")):
         table.add_column(name, justify=justify)
     for a in agents:   # a remote runner: where it connects from, and its pid there
-        table.add_row(Text(a.agent_id), a.status, a.peer or "local", str(a.pid or "-"),
+        table.add_row(text(a.agent_id), text(a.status), text(a.peer or "local"),
+                      str(a.pid or "-"),
                       str(a.restarts), str(a.tasks_won), str(a.earned_sats))
     console.print(table)
-    console.print(_status_line(status))
+    console.print(text(_status_line(status)))
     service = status.get("service", {})
     console.print(f"service: {service.get('connections', 0)} connections, "
                   f"{service.get('runners', 0)} remote runners, "
@@ -208,15 +219,15 @@ def post_cmd(description: str, wait: bool, timeout: float, url: str | None, toke
     with _attach(url, token, db) as swarm:
         task = swarm.post(description)
         if not wait:
-            click.echo(f"task {task.task_id} {task.status}")
+            click.echo(clean(f"task {task.task_id} {task.status}"))
             return
         task = swarm.wait(task.task_id, timeout)
     price = "-" if task.price_sats is None else f"{task.price_sats} sats"
-    click.echo(f"task {task.task_id} {task.status} · winner {task.assigned_agent or '-'} · "
-               f"price {price} · attempts {task.attempts}")
+    click.echo(clean(f"task {task.task_id} {task.status} · winner "
+                     f"{task.assigned_agent or '-'} · price {price} · attempts {task.attempts}"))
     note = task.result if task.status == "completed" else task.reason
     if note:
-        click.echo(note)
+        click.echo(clean(note))
 
 
 @click.command(context_settings=CONTEXT_SETTINGS,
@@ -232,7 +243,7 @@ def spawn_cmd(personas: tuple[str, ...], url: str | None, token: str | None,
     with _attach(url, token, db) as swarm:
         agents = swarm.spawn_all(list(personas) if personas else None)
     for a in agents:
-        click.echo(f"{a.agent_id} {a.status} · pid {a.pid}")
+        click.echo(clean(f"{a.agent_id} {a.status} · pid {a.pid}"))
 
 
 @click.command(context_settings=CONTEXT_SETTINGS,
@@ -266,19 +277,21 @@ def dashboards_cmd(db: str, host: str, port: int, voila_port: int, notebooks: Pa
     url = db_url(db)
     if stop:
         was = stop_running(url)
-        click.echo("nothing to stop" if was is None else
-                   f"stopped the dashboards (service {was.service_url}, pid {was.launcher_pid})")
+        click.echo(clean("nothing to stop" if was is None else
+                         f"stopped the dashboards (service {was.service_url}, "
+                         f"pid {was.launcher_pid})"))
         return
     check_bind(host, allow_remote)
     serve_args = ("--allow-remote",) if allow_remote else ()
     dash = Dashboards(url, notebooks, host=host, port=port, voila_port=voila_port,
-                      serve_args=serve_args, echo=click.echo)
-    click.echo(f"timmy dashboards: starting the swarm service on {describe_db(url)} and Voilà…")
+                      serve_args=serve_args, echo=lambda line: click.echo(clean(line)))
+    click.echo(clean(f"timmy dashboards: starting the swarm service on {describe_db(url)} "
+                     "and Voilà…"))
     running = dash.start()
     click.echo("")
-    click.echo(f"  desktop  {running.desktop_url}")
-    click.echo(f"  mobile   {running.mobile_url}")
-    click.echo(f"  service  {running.service_url}  (timmy status / timmy post \"...\")")
+    click.echo(clean(f"  desktop  {running.desktop_url}"))
+    click.echo(clean(f"  mobile   {running.mobile_url}"))
+    click.echo(clean(f"  service  {running.service_url}  (timmy status / timmy post \"...\")"))
     click.echo("")
     click.echo("Ctrl-C (or `make stop` in another shell) stops both.")
     sys.stdout.flush()

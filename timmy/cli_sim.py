@@ -13,6 +13,7 @@ import click
 
 from .auction import RULES
 from .cli import CONTEXT_SETTINGS, _console, _frame_table
+from .textsafe import text
 
 
 @click.command(context_settings=CONTEXT_SETTINGS,
@@ -56,7 +57,7 @@ def simulate_cmd(n_tasks: int, rule: str, seed: int, runners: int, task_seconds:
     console.print(f"{n_tasks:,} tasks, {auctions:,} auctions in {elapsed:.2f}s "
                   f"({auctions / elapsed:,.0f} auctions/s), rule {rule}, seed {seed}")
     if out is not None:
-        console.print(f"tables: {out}/ (tasks, bids, agents, events .parquet)")
+        console.print(text(f"tables: {out}/ (tasks, bids, agents, events .parquet)"))
 
 
 @click.command(context_settings=CONTEXT_SETTINGS,
@@ -87,4 +88,4 @@ def sweep_cmd(grid_file: Path, scheduler: str | None, out: Path | None) -> None:
             results.to_parquet(out)
         else:
             results.to_csv(out, index=False)
-        _console().print(f"results: {out}")
+        _console().print(text(f"results: {out}"))

@@ -10,15 +10,21 @@ from pathlib import Path
 
 from .errors import ConfigError
 
+# What SQLAlchemy's URL parser would take from a path: ``?`` starts the query (``x?y.db``
+# silently opened ``x``), and it percent-decodes the database, so ``%`` must be escaped too;
+# ``#`` is escaped for any other URL parser the address meets.
+_URL_QUOTES = str.maketrans({"%": "%25", "?": "%3F", "#": "%23"})
+
 
 def db_url(value: str) -> str:
-    """An SQLAlchemy URL as given, or a filesystem path turned into a ``sqlite:///`` URL."""
+    """An SQLAlchemy URL as given, or a filesystem path turned into a ``sqlite:///`` URL
+    that names exactly that file (``?``, ``#`` and ``%`` in it are percent-escaped)."""
     if "://" in value:
         return value
     if not value.strip():
         raise ConfigError("the database is an empty string",
                           hint="pass a path such as data/timmy.db or an SQLAlchemy URL")
-    return f"sqlite:///{Path(value)}"
+    return f"sqlite:///{str(Path(value)).translate(_URL_QUOTES)}"
 
 
 def sqlite_file(url: str) -> Path | None:

@@ -313,7 +313,9 @@ def _database(db: str, timeout: float) -> Finding:
     except ImportError as exc:
         return ("database", "core", False, f"cannot check it: sqlalchemy does not import ({exc})",
                 "pip install -e .  (reinstall timmy into this environment)")
-    url = db if "://" in db else f"sqlite:///{db}"
+    from .dburl import db_url
+
+    url = db_url(db) if db.strip() else db
     fix = "pass a database you can write to: timmy doctor --db PATH (or db=... in Python)"
     try:
         parsed = sa.engine.make_url(url)

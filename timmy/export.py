@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 
-from .errors import ConfigError, require
+from .errors import ConfigError, ExportError, require
 from .store import Store, agents_table, bids_table, events_table, tasks_table
 
 if TYPE_CHECKING:
@@ -85,8 +85,21 @@ def _arrow_chunks(pa, conn, table: sa.Table):
     for rows in _with_empty(result.partitions()):
         cols = list(zip(*rows, strict=True)) if rows else [[] for _ in schema]
         yield pa.table(
-            {f.name: pa.array(list(col), f.type) for f, col in zip(schema, cols, strict=True)},
+            {f.name: _arrow_column(pa, table, f, col) for f, col in zip(schema, cols, strict=True)},
             schema=schema)
+
+
+def _arrow_column(pa, table: sa.Table, field, values) -> pa.Array:
+    """One column of a chunk, or `ExportError` for a value of another type (SQLite keeps
+    whatever is written into a column, by hand too)."""
+    try:
+        return pa.array(list(values), field.type)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError) as exc:
+        raise ExportError(
+            f"column {field.name!r} of the {table.name} table holds a value that is not "
+            f"{field.type}: {' '.join(str(exc).split())[:200]}",
+            hint="the database holds a value timmy does not write (edited by hand, or by "
+                 "another program?): fix or delete that row") from None
 
 
 def _export_table(pa, conn, table: sa.Table, path: Path, fmt: str) -> Path:
@@ -99,8 +112,11 @@ def _export_table(pa, conn, table: sa.Table, path: Path, fmt: str) -> Path:
     try:
         for chunk in _arrow_chunks(pa, conn, table):
             writer.write_table(chunk)
-    finally:
+    except BaseException:
         writer.close()
+        tmp.unlink(missing_ok=True)    # no half-written file left behind
+        raise
+    writer.close()
     tmp.replace(path)
     return path
 

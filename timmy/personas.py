@@ -17,12 +17,33 @@ from typing import Any
 from .errors import PersonaError
 
 _WORD = re.compile(r"[a-z0-9]+")
+#: A persona goes to its runner process as one command-line argument (JSON). Linux refuses
+#: an argument over 128 KiB (MAX_ARG_STRLEN) and a whole command line over ARG_MAX, so a
+#: persona is kept well under both; a bigger one is refused when it is made.
+MAX_PERSONA_BYTES = 64 * 1024
+_SPEC_FIELDS = ("id", "name", "role", "description", "capabilities", "rate_sats", "bid_base",
+                "bid_jitter", "preferred_keywords")
 _ID = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 
 
 def words(text: str) -> list[str]:
     """Lower-case word tokens of ``text``: what keywords are matched against."""
     return _WORD.findall(text.lower())
+
+
+def _check_size(persona: Persona) -> None:
+    """Refuse a persona too big to hand to its runner on the command line."""
+    spec = {f: getattr(persona, f) for f in _SPEC_FIELDS}
+    size = len(json.dumps(spec, ensure_ascii=False, separators=(",", ":")).encode())
+    if size <= MAX_PERSONA_BYTES:
+        return
+    sizes = {f: len(json.dumps(v, ensure_ascii=False).encode()) for f, v in spec.items()}
+    biggest = max(sizes, key=sizes.__getitem__)
+    raise PersonaError(
+        f"persona {persona.id!r} is {size:,} bytes as JSON, over the {MAX_PERSONA_BYTES:,}-byte "
+        f"limit of a persona (it is handed to its runner process on the command line); its "
+        f"field {biggest!r} alone is {sizes[biggest]:,} bytes",
+        hint=f"shorten its {biggest}: a persona's text is a few paragraphs at most")
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +81,7 @@ class Persona:
         tokens = [tuple(words(k)) for k in self.preferred_keywords]
         object.__setattr__(self, "_single", frozenset(t[0] for t in tokens if len(t) == 1))
         object.__setattr__(self, "_phrases", tuple(t for t in tokens if len(t) > 1))
+        _check_size(self)
 
     def matched_keywords(self, description: str) -> list[str]:
         """Keywords found in ``description`` on word boundaries ("ci" does not match "specific")."""
@@ -200,17 +222,20 @@ def persona_from_dict(data: dict[str, Any], where: str = "<dict>") -> Persona:
         lists[name] = tuple(value)
     if not lists["preferred_keywords"]:
         raise bad("preferred_keywords", "must list at least one keyword")
-    return Persona(
-        id=pid,
-        name=data.get("name", pid.capitalize()),
-        role=data["role"],
-        description=data.get("description", ""),
-        capabilities=lists["capabilities"],
-        rate_sats=ints["rate_sats"],
-        bid_base=ints["bid_base"],
-        bid_jitter=ints["bid_jitter"],
-        preferred_keywords=lists["preferred_keywords"],
-    )
+    try:
+        return Persona(
+            id=pid,
+            name=data.get("name", pid.capitalize()),
+            role=data["role"],
+            description=data.get("description", ""),
+            capabilities=lists["capabilities"],
+            rate_sats=ints["rate_sats"],
+            bid_base=ints["bid_base"],
+            bid_jitter=ints["bid_jitter"],
+            preferred_keywords=lists["preferred_keywords"],
+        )
+    except PersonaError as exc:
+        raise PersonaError(f"{where}: {exc.message}", hint=exc.hint) from None
 
 
 def load_personas(path: str | Path) -> dict[str, Persona]:

@@ -209,7 +209,9 @@ def make_runner(opts: Options, welcome: Welcome) -> RemoteRunner:
 
 
 def _print(text: str, err: bool = False) -> None:
-    print(text, file=sys.stderr if err else sys.stdout, flush=True)
+    from .textsafe import clean  # what a service says is shown, never acted on
+
+    print(clean(text), file=sys.stderr if err else sys.stdout, flush=True)
 
 
 def run(opts: Options, say: Callable[..., None] = _print) -> int:

@@ -28,8 +28,12 @@ runs a persona cannot post, cancel, stop, kill, export or read the swarm.
 What the endpoint refuses, always with an error line that says why, while the
 service stays up: a missing or wrong token (the connection is closed), a line
 that is not a request (answered; the connection stays usable), a line over
-1 MiB (closed), more than ``max_connections`` connections at once (closed), a
-connection that sends nothing for too long (closed). A subscriber that stops
+1 MiB (closed), more than ``max_connections`` authenticated connections at once
+(closed), a connection that sends no request with the token within ``first_line_timeout``
+of connecting, whatever else it sends (closed: one deadline for the whole handshake),
+more than ``max_handshakes`` such unauthenticated connections at once (the oldest is
+closed, so garbage senders cannot lock out a client with the token), a connection that
+sends nothing for too long (closed). A subscriber that stops
 reading is disconnected after ``SEND_TIMEOUT`` seconds instead of buffering
 without bound; one that falls behind is caught up from the store.
 """
@@ -63,16 +67,18 @@ log = logging.getLogger(__name__)
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7341
 DEFAULT_URL = f"tcp://{DEFAULT_HOST}:{DEFAULT_PORT}"
-MAX_CONNECTIONS = 64          # connections served at once; more are refused
+MAX_CONNECTIONS = 64          # authenticated connections served at once; more are refused
+MAX_HANDSHAKES = 16           # connections at once not yet authenticated; past it the oldest goes
 EVENT_BACKLOG = 4096          # live events held per subscriber; past it, caught up from the store
 STREAM_SNDBUF = 256 * 1024    # kernel send buffer per subscriber (fixed: no autotuning to 4 MiB)
 PAGE = 1000                   # stored events read per query when catching up
 SEND_TIMEOUT = 10.0           # seconds a reader may leave its socket full before it is dropped
-FIRST_LINE_TIMEOUT = 10.0     # seconds between lines until a request carries the token
+FIRST_LINE_TIMEOUT = 10.0     # seconds from accept until a request carries the token (handshake)
 IDLE_TIMEOUT = 3600.0         # seconds an idle control connection is kept
 MAX_STRIKES = 16              # malformed lines before a never-authenticated connection is closed
 CLIENT_CHECK = 0.5            # seconds between checks that a client waiting on wait/run is there
 LONG_OPS = frozenset({"wait", "run"})   # ops that may block: dropped when their client leaves
+CLOSE_ROUNDS = 10             # seconds a stop waits for the connections' handlers to end
 
 
 class ServiceError(TimmyError):
@@ -282,12 +288,14 @@ class Service:
     def __init__(self, swarm, token: str, max_connections: int = MAX_CONNECTIONS, *,
                  send_timeout: float = SEND_TIMEOUT,
                  first_line_timeout: float = FIRST_LINE_TIMEOUT,
+                 max_handshakes: int = MAX_HANDSHAKES,
                  runner_token: str | None = None) -> None:
         self.swarm = swarm
         self._token = token.encode()
         # The token that allows joining as a runner (op "runner") and nothing else.
         self._runner_token = runner_token.encode() if runner_token else None
         self.max_connections = max_connections
+        self.max_handshakes = max_handshakes
         self.send_timeout, self.first_line_timeout = send_timeout, first_line_timeout
         self.dropped = 0              # subscribers dropped for not reading
         self.connections = 0
@@ -297,22 +305,43 @@ class Service:
         self.runners = 0              # remote runners connected
         self._rejoin_keys: dict[str, str] = {}   # agent_id -> the key of its last welcome
         self.mmap_threshold: int | None = None  # reported only (`timmy.heap`)
-        self._handlers: set[asyncio.Task] = set()
+        self._handlers: dict[asyncio.Task, asyncio.StreamWriter] = {}
+        self._closing = False         # `close` ends the handlers: their cancellation is ours
+        # Handlers of connections still in the handshake, oldest first, and of authenticated
+        # ones: two caps, so connections that never authenticate cannot starve the others.
+        self._pending: dict[asyncio.Task, asyncio.StreamWriter] = {}
+        self._evicted: set[asyncio.Task] = set()
+        self._live: set[asyncio.Task] = set()
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """One connection, from accept to close; never raises."""
         task = asyncio.current_task()
-        if self.connections >= self.max_connections:
-            self.refused += 1
-            with contextlib.suppress(Exception):
-                await self._send(writer, Response(None, False, error=error_info(ServiceBusy(
-                    f"the service already serves {self.max_connections} connections",
-                    hint="close idle clients (swarm.close()) and retry, or start the "
-                         "service with a higher --max-connections"))))
-            await _close(writer)
-            return
+        self._handlers[task] = writer
+        try:
+            if len(self._live) >= self.max_connections:
+                self.refused += 1
+                with contextlib.suppress(Exception):
+                    await self._send(writer, Response(None, False, error=error_info(
+                        self._busy())))
+                await _discard(reader, writer)    # a request already sent must not reset it
+                await _close(writer)
+                return
+            await self._connection(task, reader, writer)
+        except asyncio.CancelledError:
+            # Cancelled by `close` (the service stops) or `_evict`: end quietly. A handler
+            # task must not end cancelled: asyncio's stream callback would print a traceback.
+            if not (self._closing or task in self._evicted):
+                raise
+        finally:
+            self._evicted.discard(task)
+            self._handlers.pop(task, None)
+            writer.close()
+
+    async def _connection(self, task: asyncio.Task, reader, writer) -> None:
+        if len(self._pending) >= self.max_handshakes:
+            self._evict(next(iter(self._pending)))
         self.connections += 1
-        self._handlers.add(task)
+        self._pending[task] = writer
         try:
             await self._serve(reader, writer)
         except (ConnectionError, TimeoutError, asyncio.IncompleteReadError):
@@ -321,19 +350,65 @@ class Service:
             log.exception("connection failed")
         finally:
             self.connections -= 1
-            self._handlers.discard(task)
+            self._pending.pop(task, None)
+            self._live.discard(task)
+            if task in self._evicted and not self._closing:
+                await _discard(reader, writer)    # so the client gets the line that says why
             await _close(writer)
 
+    def _busy(self) -> ServiceBusy:
+        return ServiceBusy(f"the service already serves {self.max_connections} connections",
+                           hint="close idle clients (swarm.close()) and retry, or start the "
+                                "service with a higher --max-connections")
+
+    def _evict(self, task: asyncio.Task) -> None:
+        """Make room for a new connection: the oldest one still in its handshake is told why
+        and closed (its handler is cancelled, or sees it is let go, and ends quietly)."""
+        writer = self._pending.pop(task)
+        self._evicted.add(task)
+        self.refused += 1
+        with contextlib.suppress(Exception):
+            writer.write(encode(Response(None, False, error=error_info(ServiceBusy(
+                f"{self.max_handshakes} connections are already waiting to authenticate; "
+                "closing the oldest",
+                hint="send a request with the token right after connecting, or start the "
+                     "service with a higher --max-handshakes")))))
+        task.cancel()               # the handler half-closes and ends (`handle`)
+
+    def _admit(self, task: asyncio.Task | None) -> bool:
+        """The connection's first request with the token: it leaves the handshake and takes
+        an authenticated slot, if one is free."""
+        if task in self._live:
+            return True
+        self._pending.pop(task, None)
+        if len(self._live) >= self.max_connections:
+            return False
+        self._live.add(task)
+        return True
+
     async def close(self) -> None:
-        """End every connection (before the swarm stops)."""
-        for task in list(self._handlers):
-            task.cancel()
-        await asyncio.gather(*self._handlers, return_exceptions=True)
+        """End every connection (before the swarm stops): each handler is cancelled, closes
+        its connection and ends quietly; returns once all have."""
+        self._closing = True
+        for _ in range(CLOSE_ROUNDS):
+            if not self._handlers:
+                return
+            # Closing the connection too ends a handler whose cancellation asyncio.wait_for
+            # lost (Python 3.11 drops a cancel that races a read completing).
+            for task, writer in list(self._handlers.items()):
+                task.cancel()
+                writer.close()
+            await asyncio.wait(list(self._handlers), timeout=1.0)
+        log.warning("%d connections did not end within %ds of the stop", len(self._handlers),
+                    CLOSE_ROUNDS)
 
     async def _serve(self, reader, writer) -> None:
-        first = timeout = self.first_line_timeout
+        loop, task = asyncio.get_running_loop(), asyncio.current_task()
+        deadline = loop.time() + self.first_line_timeout   # one for the whole handshake
+        authenticated = False
         strikes = 0
-        while True:
+        while task not in self._evicted:
+            timeout = IDLE_TIMEOUT if authenticated else max(0.0, deadline - loop.time())
             try:
                 line = await asyncio.wait_for(reader.readuntil(b"\n"), timeout)
             except asyncio.IncompleteReadError:
@@ -346,16 +421,24 @@ class Service:
                 await _discard(reader, writer)
                 return
             except TimeoutError:
-                await self._refuse(writer, ProtocolError(
-                    f"no request for {timeout:g}s; closing the connection",
-                    hint="send a request right after connecting"))
+                if authenticated:
+                    await self._refuse(writer, ProtocolError(
+                        f"no request for {timeout:g}s; closing the connection",
+                        hint="send a request right after connecting"))
+                else:
+                    await self._refuse(writer, ProtocolError(
+                        f"no request for {self.first_line_timeout:g}s after connecting: the "
+                        "handshake took too long; closing the connection",
+                        hint="send a request with the token right after connecting"))
                 return
+            if task in self._evicted:
+                return                  # let go while its line was read (`_evict`)
             try:
                 req = decode_request(line)
             except ProtocolError as exc:
                 await self._send(writer, Response(None, False, error=error_info(exc)))
                 strikes += 1
-                if timeout == first and strikes >= MAX_STRIKES:
+                if not authenticated and strikes >= MAX_STRIKES:
                     return              # garbage only, never a token: not worth a slot
                 continue
             role = self._role(req.token)
@@ -375,7 +458,10 @@ class Service:
                          "kept in the .token file beside the database (not .runner.token)"),
                     req.id)
                 return
-            timeout = IDLE_TIMEOUT      # authenticated: may stay idle for longer
+            if not self._admit(task):
+                await self._refuse(writer, self._busy(), req.id)
+                return
+            authenticated = True        # may stay idle for longer
             self.requests += 1
             if req.op == "subscribe":
                 try:
@@ -408,15 +494,18 @@ class Service:
     async def _answer_while_there(self, reader, writer, req: Request) -> Response | None:
         """`_answer` for an op that may block (wait, run), given up if the client leaves."""
         task = asyncio.ensure_future(self._answer(req))
-        while True:
-            done, _ = await asyncio.wait({task}, timeout=CLIENT_CHECK)
-            if done:
-                return task.result()
-            if reader.at_eof() or writer.is_closing():
+        try:
+            while True:
+                done, _ = await asyncio.wait({task}, timeout=CLIENT_CHECK)
+                if done:
+                    return task.result()
+                if reader.at_eof() or writer.is_closing():
+                    return None
+        finally:                    # the client left, or the service stops: drop the op
+            if not task.done():
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-                return None
 
     async def _answer(self, req: Request) -> Response:
         if req.op == "status":
@@ -426,6 +515,7 @@ class Service:
             except TimmyError as exc:
                 return Response(req.id, False, error=error_info(exc))
             status["service"] = {"connections": self.connections,
+                                 "handshakes": len(self._pending),
                                  "subscribers": self.subscribers, "runners": self.runners,
                                  "refused": self.refused, "requests": self.requests,
                                  "dropped": self.dropped,
@@ -723,6 +813,7 @@ async def serve(db: str, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, 
                 allow_remote: bool = False, spawn: bool = True,
                 max_connections: int = MAX_CONNECTIONS, send_timeout: float = SEND_TIMEOUT,
                 first_line_timeout: float = FIRST_LINE_TIMEOUT,
+                max_handshakes: int = MAX_HANDSHAKES,
                 on_ready: Callable[[str, Any], None] | None = None,
                 stop: asyncio.Event | None = None, mmap_threshold: int | None = None,
                 runner_token: str | None = None, **swarm_options: Any) -> None:
@@ -745,7 +836,8 @@ async def serve(db: str, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, 
         if spawn:
             await swarm.spawn_all()
         service = Service(swarm, token, max_connections, send_timeout=send_timeout,
-                          first_line_timeout=first_line_timeout, runner_token=runner_token)
+                          first_line_timeout=first_line_timeout, max_handshakes=max_handshakes,
+                          runner_token=runner_token)
         service.mmap_threshold = mmap_threshold
         try:
             server = await asyncio.start_server(service.handle, host, port,

@@ -300,7 +300,10 @@ def _refuse_foreign_sqlite(url: str) -> None:
     import sqlite3
 
     try:
-        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as conn:
+        from pathlib import Path  # as_uri escapes the path: its "?" or "#" is not the URI's
+
+        uri = f"{Path(path).absolute().as_uri()}?mode=ro"
+        with contextlib.closing(sqlite3.connect(uri, uri=True)) as conn:
             names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
     except sqlite3.Error as exc:
         raise explain(url, exc) from exc
