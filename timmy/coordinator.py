@@ -902,7 +902,7 @@ class Coordinator:
         room = sum(max(0, cap - len(self.agents[a].tasks)) for a in live)
         if len(self.auctions) >= room:
             return
-        deadline = time.monotonic() + self.cfg.auction_window
+        deadline = self._awake() + self.cfg.auction_window   # a stall of ours is no window
         opened: list[OpenAuction] = []
         while self.queue and len(self.auctions) < room:
             task = self.active.get(self.queue.popleft())
@@ -936,7 +936,7 @@ class Coordinator:
             if self.auctions.get(open_.task.task_id) is not open_:
                 self._deadlines.popleft()
                 continue
-            delay = open_.deadline - time.monotonic()
+            delay = open_.deadline - self._awake()
             if delay > 0:
                 await anyio.sleep(delay)
                 continue
