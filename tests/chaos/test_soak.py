@@ -105,6 +105,6 @@ def test_a_service_stopped_for_40s_mid_soak_costs_no_attempt_and_kills_no_runner
     print("\n".join(report.lines()))
     assert report.audit.problems == [] and report.orphans == []
     assert report.stall is not None and report.stall.stopped_s >= stall
-    assert report.stall.noticed_s >= stall - 1
+    assert report.stall.noticed_s >= stall - 5   # less what it meant to sleep (ping_interval)
     assert (report.stall.hung, report.stall.crashed, report.stall.attempts_lost) == (0, 0, 0)
     assert report.ok
