@@ -131,6 +131,37 @@ def test_a_service_stopped_longer_than_its_ping_timeout_kills_no_runner_and_spen
         svc.stop()
 
 
+@pytest.mark.timeout(60)
+def test_an_event_loop_blocked_past_the_ping_timeout_is_not_held_against_the_runners(db_path):
+    """A slow call that blocks the service's event loop for 3 s (a big synchronous read, say)
+    with a 1 s ping timeout: nobody could read the runners meanwhile, so nobody is hung."""
+    import anyio
+
+    from timmy import AsyncSwarm
+
+    async def main() -> tuple[list, list, list, list]:
+        async with AsyncSwarm(db_path, seed=1, task_seconds=0.05, ping_interval=0.1,
+                              ping_timeout=1.0) as swarm:
+            seen: list = []
+            swarm.subscribe(seen.append)
+            agents = await swarm.spawn_all(["forge", "quill"])
+            posted = await swarm.post_many([f"{FIX}, part {i}" for i in range(20)])
+            await anyio.sleep(0.3)
+            time.sleep(3.0)                 # blocks the event loop, as a slow call would
+            await anyio.sleep(1.5)          # more than a ping timeout, awake
+            done = [await swarm.wait(t.task_id, timeout=30) for t in posted]
+            after = await swarm.agents()
+        return seen, [(a.pid, 0) for a in agents], [(a.pid, a.restarts) for a in after], done
+
+    seen, before, after, done = anyio.run(main, backend="asyncio")
+    assert [t.status for t in done] == ["completed"] * len(done)
+    assert after == before
+    assert [e.kind for e in seen if e.kind in ("agent_hung", "agent_crashed")] == []
+    stalls = [e.data["stalled_s"] for e in seen if e.kind == "service_stalled"]
+    assert stalls and max(stalls) >= 2.5
+    assert_only_failed_attempts_were_spent(db_path, done)
+
+
 @pytest.mark.timeout(120)
 def test_a_remote_runner_that_gave_up_on_a_stopped_service_costs_its_tasks_no_attempt(tmp_path):
     """A remote runner hears nothing for ping_timeout while the service is stopped, drops the
