@@ -317,7 +317,8 @@ class Coordinator:
     async def start(self, tg: TaskGroup) -> None:
         self._tg = tg
         self.supervisor = Supervisor(tg, on_message=self._on_message, on_exit=self._on_exit,
-                                     on_garbage=self._on_garbage, policy=self.cfg.restart)
+                                     on_garbage=self._on_garbage, policy=self.cfg.restart,
+                                     clock=self._awake)
         now = time.time()
         from .ownership import whoami
 
@@ -1053,7 +1054,7 @@ class Coordinator:
                 continue
             for agent_id, agent in list(self.agents.items()):
                 if not agent.alive:
-                    self._check_hello(agent_id, now)
+                    self._check_hello(agent_id, awake)
                     continue
                 if awake - agent.last_seen > self.cfg.ping_timeout:
                     silent = awake - agent.last_seen
@@ -1135,7 +1136,7 @@ class Coordinator:
             return
         if not slot.remote and not self.agents[agent_id].ready.is_set():
             return          # a first start: spawn() waits for that hello with its timeout
-        silent = now - max(link.since, self._woke)   # a stall of ours is not its silence
+        silent = now - link.since    # both on the awake clock: a stall of ours is not its silence
         if silent > self.cfg.hello_timeout:
             log.warning("runner %s said no hello in %.0fs: cutting it off", agent_id, silent)
             self._emit("agent_hung", None, agent_id, silent_s=round(silent), before_hello=True)
