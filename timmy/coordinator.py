@@ -1095,15 +1095,9 @@ class Coordinator:
         held = list(agent.tasks)
         agent.tasks.clear()
         agent.head = None
-        agent.alive = False   # no new work until its replacement says hello
-        for open_ in list(self.auctions.values()):
-            if agent_id in open_.auction.eligible:
-                gone = open_.auction.bids.get(agent_id)
-                if gone is not None:
-                    self._record_bids(open_, [gone], None)
-                open_.auction.withdraw(agent_id)
-                if open_.auction.complete:
-                    self._close_auction(open_)
+        # No new work until its replacement says hello; its open bids are withdrawn when the
+        # kill is reported (_on_exit), which then finds no task left to requeue.
+        agent.alive = False
         task = self.active.get(tid)
         self._emit("task_timed_out", tid, agent_id, timeout_s=limit,
                    attempt=task.attempts if task is not None else None, queued_behind=len(held) - 1)
