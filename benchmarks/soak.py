@@ -3,7 +3,9 @@ SIGKILLed, and the coordinator's RSS over a long soak (its slope must be flat).
 
 1. ``--tasks`` tasks through `timmy.chaos.soak`: runners SIGKILLed every ~200 ms, the
    service SIGKILLed and restarted twice; prints tasks/s, how tasks ended, lost or
-   duplicated tasks and orphan processes (from the audit of the store).
+   duplicated tasks and orphan processes (from the audit of the store). ``--stall 40``
+   also SIGSTOPs the service for 40 s halfway through and prints what that cost (it must
+   be no attempt and no runner).
 2. ``--minutes`` of steady load on one ``timmy serve`` (no service kills, so one
    coordinator process lives throughout): a backlog of about 200 tasks kept topped up,
    a runner SIGKILLed every ~``--kill-every`` s (0.2); the service's RSS sampled every ``--sample``
@@ -33,10 +35,11 @@ from timmy.chaos import Service, audit, marked_processes, soak
 from timmy.workload import demo_descriptions
 
 
-def chaos_figures(n: int) -> None:
+def chaos_figures(n: int, stall: float = 0.0) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         report = soak(Path(tmp) / "soak.db", demo_descriptions(n, 5), kill_every=0.2,
-                      service_kills=2, task_seconds=0.02, seed=5, progress=True)
+                      service_kills=2, task_seconds=0.02, seed=5, progress=True, stall=stall,
+                      timeout=600 + stall)
     for line in report.lines():
         print(line)
 
@@ -112,9 +115,14 @@ def main() -> None:
     ap.add_argument("--kill-every", type=float, default=0.2,
                     help="seconds between runner SIGKILLs in the steady soak")
     ap.add_argument("--skip-chaos", action="store_true", help="only the steady soak")
+    ap.add_argument("--stall", type=float, default=0.0, metavar="SECONDS",
+                    help="SIGSTOP the service this long halfway through the chaos soak")
+    ap.add_argument("--skip-steady", action="store_true", help="only the chaos soak")
     args = ap.parse_args()
     if not args.skip_chaos:
-        chaos_figures(args.tasks)
+        chaos_figures(args.tasks, args.stall)
+    if args.skip_steady:
+        return
     rss_figures(args.minutes, args.sample, args.kill_every)
 
 

@@ -5,7 +5,10 @@ SIGKILLed and restarted, then an audit of what the database says happened.
 every ``kill_every`` seconds (the supervisor restarts it), SIGKILLs the whole service
 after each of ``service_kills`` shares of the work and starts a new one on the same
 database and port, waits until every task has ended, stops the service, looks for
-runner processes left behind, and audits the store. `audit` can be run on any
+runner processes left behind, and audits the store. With ``stall``, the service is
+also SIGSTOPped for that many seconds halfway through (what a laptop's sleep does to
+it) and `stall_audit` checks that this cost no attempt and killed no runner. `audit` can
+be run on any
 database: it checks that every task ended, none was lost or duplicated or completed
 twice, and that the ``bids`` and ``events`` tables agree with ``tasks``.
 
@@ -126,6 +129,51 @@ def marked_processes(marker: str) -> list[int]:
     return found
 
 
+LOST = ("died", "lost its connection", "no result within")   # attempts spent on a runner
+
+
+@dataclass
+class StallAudit:
+    """What a SIGSTOP of the service did, from the events stored between the stop and
+    ``after`` seconds past the resume (the runner SIGKILLs paused meanwhile)."""
+
+    stopped_s: float            # how long the service was stopped
+    noticed_s: float            # the longest stall it reported (service_stalled), 0 if none
+    hung: int                   # runners it deemed hung (agent_hung) in the window
+    crashed: int                # runner processes that died in the window (agent_crashed)
+    attempts_lost: int          # attempts spent on a runner lost in the window
+
+    @property
+    def ok(self) -> bool:
+        return self.noticed_s > 0 and not (self.hung or self.crashed or self.attempts_lost)
+
+    def line(self) -> str:
+        return (f"service SIGSTOPped {self.stopped_s:.1f}s (it reported a stall of "
+                f"{self.noticed_s:.1f}s): {self.hung} runners deemed hung, {self.crashed} "
+                f"runner deaths and {self.attempts_lost} attempts spent on lost runners from "
+                "the stop until 10 s after the resume")
+
+
+def stall_audit(db: str | Path, stopped: float, resumed: float,
+                after: float = 10.0) -> StallAudit:
+    """Audit the events stored between wall-clock ``stopped`` and ``resumed + after``."""
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        rows = con.execute("SELECT kind, data FROM events WHERE ts >= ? AND ts <= ? AND kind IN"
+                           " ('agent_hung', 'agent_crashed', 'task_requeued', 'task_failed',"
+                           " 'service_stalled')", (stopped, resumed + after)).fetchall()
+    finally:
+        con.close()
+    kinds = collections.Counter(k for k, _ in rows)
+    lost = sum(1 for k, d in rows if k in ("task_requeued", "task_failed")
+               and json.loads(d).get("attempts", 0) > 0
+               and any(w in (json.loads(d).get("reason") or "") for w in LOST))
+    noticed = max((json.loads(d)["stalled_s"] for k, d in rows if k == "service_stalled"),
+                  default=0.0)
+    return StallAudit(resumed - stopped, noticed, kinds["agent_hung"], kinds["agent_crashed"],
+                      lost)
+
+
 @dataclass
 class SoakReport:
     tasks: int
@@ -134,10 +182,12 @@ class SoakReport:
     service_kills: int
     orphans: list[int]
     audit: Audit
+    stall: StallAudit | None = None
 
     @property
     def ok(self) -> bool:
-        return self.audit.ok and not self.orphans and self.audit.tasks == self.tasks
+        return (self.audit.ok and not self.orphans and self.audit.tasks == self.tasks
+                and (self.stall is None or self.stall.ok))
 
     def lines(self) -> list[str]:
         a = self.audit
@@ -149,7 +199,7 @@ class SoakReport:
             f"stored {a.tasks:,} of {self.tasks:,}; lost or duplicated: "
             f"{sum('missing' in p or 'not posted' in p for p in a.problems)}; other "
             f"problems: {len(a.problems)}; orphan processes: {len(self.orphans)}",
-        ]
+        ] + ([self.stall.line()] if self.stall is not None else [])
 
 
 class Service:
@@ -192,8 +242,12 @@ class Service:
 
 def soak(db: Path, descriptions: Sequence[str], *, kill_every: float = 0.2,
          service_kills: int = 2, task_seconds: float = 0.02, seed: int = 1,
-         timeout: float = 600.0, progress: bool = False) -> SoakReport:
-    """Run the chaos soak on a fresh SQLite file ``db``; returns what happened and the audit."""
+         timeout: float = 600.0, progress: bool = False, stall: float = 0.0) -> SoakReport:
+    """Run the chaos soak on a fresh SQLite file ``db``; returns what happened and the audit.
+
+    ``stall``: SIGSTOP the service for this many seconds once half the tasks have ended
+    (runner SIGKILLs pause from a second before until 10 s after), then SIGCONT it.
+    """
     import timmy
     from timmy.errors import TimmyError
 
@@ -207,6 +261,8 @@ def soak(db: Path, descriptions: Sequence[str], *, kill_every: float = 0.2,
     n = len(descriptions)
     kills = {"runners": 0, "service": 0}
     done = threading.Event()
+    killing = threading.Lock()     # held by the stall: no runner SIGKILL around it
+    stalled: list[float] = []      # wall-clock times of the SIGSTOP and the SIGCONT
     swarm = timmy.Swarm.attach(service.url, token=service.token())
     for start in range(0, n, 500):
         swarm.post_many(descriptions[start:start + 500])
@@ -214,7 +270,7 @@ def soak(db: Path, descriptions: Sequence[str], *, kill_every: float = 0.2,
 
     def killer() -> None:
         while not done.wait(kill_every * rng.uniform(0.5, 1.5)):
-            with contextlib.suppress(TimmyError, OSError):
+            with killing, contextlib.suppress(TimmyError, OSError):
                 live = [a.pid for a in swarm.agents() if a.pid and a.status in ("idle", "busy")]
                 if live:
                     with contextlib.suppress(ProcessLookupError):
@@ -249,6 +305,18 @@ def soak(db: Path, descriptions: Sequence[str], *, kill_every: float = 0.2,
                 continue
             if ended >= n:
                 break
+            if stall and not stalled and ended >= n // 2:
+                with killing:
+                    time.sleep(1.0)
+                    stalled.append(time.time())
+                    service.proc.send_signal(signal.SIGSTOP)
+                    try:
+                        time.sleep(stall)
+                    finally:
+                        service.proc.send_signal(signal.SIGCONT)
+                        stalled.append(time.time())
+                    time.sleep(10.0)
+                continue
             time.sleep(0.1)
     finally:
         done.set()
@@ -264,5 +332,6 @@ def soak(db: Path, descriptions: Sequence[str], *, kill_every: float = 0.2,
         time.sleep(0.2)
         orphans = marked_processes(marker)
     return SoakReport(n, seconds, kills["runners"], kills["service"], orphans,
-                      audit(db, descriptions))
+                      audit(db, descriptions),
+                      stall_audit(db, *stalled) if len(stalled) == 2 else None)
 

@@ -289,6 +289,12 @@ def say_executor(swarm) -> None:
                    err=True)
 
 
+task_timeout_option = click.option(
+    "--task-timeout", default=None, type=click.FloatRange(0.01, 30 * 86400), metavar="SECONDS",
+    help="Restart a runner that holds one task longer than this and auction the task again "
+         "(an attempt spent; the tasks queued behind it keep theirs). Default: no limit.")
+
+
 def swarm_options(command):
     """--seed, --rule, --executor, --task-seconds, --model: how a live swarm behaves (run,
     serve)."""
@@ -306,6 +312,7 @@ def swarm_options(command):
                           "PERSONA=NAME for one; repeatable. Default: TIMMY_OLLAMA_MODEL, "
                           "else llama3.2. The server is OLLAMA_HOST (default "
                           "http://127.0.0.1:11434)."),
+        task_timeout_option,
     ]
     for option in reversed(options):
         command = option(command)
@@ -336,8 +343,9 @@ def swarm_options(command):
               help="Seconds to wait for the whole workload.")
 @click.option("--sequential/--concurrent", default=True, show_default=True,
               help=_SEQUENTIAL_HELP)
+@task_timeout_option
 def demo(db: str | None, n_tasks: int, seed: int, out: Path, rule: str, task_seconds: float,
-         timeout: float, sequential: bool) -> None:
+         timeout: float, sequential: bool, task_timeout: float | None = None) -> None:
     """Run a seeded workload through a live nine-persona swarm and show who won what.
 
     Starts one runner process per built-in persona on an embedded SQLite
@@ -358,7 +366,8 @@ def demo(db: str | None, n_tasks: int, seed: int, out: Path, rule: str, task_sec
     descriptions = demo_descriptions(n_tasks, seed)
     click.echo(clean(f"timmy demo: {n_tasks} tasks, seed {seed}, rule {rule}, "
                      f"database {describe_db(url)}"), err=True)
-    with Swarm(url, seed=seed, task_seconds=task_seconds, rule=rule) as swarm:
+    with Swarm(url, seed=seed, task_seconds=task_seconds, rule=rule,
+               task_timeout=task_timeout) as swarm:
         swarm.spawn_all()
         results = _run_tasks(swarm, descriptions, timeout, sequential)
         _report_run(swarm, results, PERSONAS,
@@ -387,7 +396,7 @@ def demo(db: str | None, n_tasks: int, seed: int, out: Path, rule: str, task_sec
               help=_SEQUENTIAL_HELP)
 def run(tasks_file: Path, db: str, seed: int, rule: str, executor: str, task_seconds: float,
         models: tuple[str, ...], timeout: float, personas_file: Path | None, show: int,
-        sequential: bool) -> None:
+        sequential: bool, task_timeout: float | None = None) -> None:
     """Run the tasks in TASKS.txt through a live swarm, one task per line.
 
     Empty lines and lines starting with # are skipped. One runner per persona
@@ -403,7 +412,8 @@ def run(tasks_file: Path, db: str, seed: int, rule: str, executor: str, task_sec
     catalog = load_personas(personas_file) if personas_file is not None else dict(PERSONAS)
     url = db_url(db)
     with Swarm(url, seed=seed, executor=executor, task_seconds=task_seconds, rule=rule,
-               personas=catalog, model=model_option(models, catalog)) as swarm:
+               personas=catalog, model=model_option(models, catalog),
+               task_timeout=task_timeout) as swarm:
         say_executor(swarm)
         swarm.spawn_all()
         results = _run_tasks(swarm, descriptions, timeout, sequential)

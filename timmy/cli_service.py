@@ -22,6 +22,7 @@ from .cli import (
     model_option,
     say_executor,
     swarm_options,
+    task_timeout_option,
 )
 from .errors import ConfigError
 from .service import (
@@ -86,12 +87,20 @@ _TOKEN_HELP = ("The service's token. Default: TIMMY_TOKEN, else the .token file 
               type=click.FloatRange(min=0.01), metavar="SECONDS",
               help="Cut off a restarted or remote runner that says no hello for this long "
                    "(checked every 5 s); it is restarted or dials in again.")
+@click.option("--ping-interval", default=5.0, show_default=True,
+              type=click.FloatRange(0.01, 3600), metavar="SECONDS",
+              help="Seconds between pings to each runner.")
+@click.option("--ping-timeout", default=30.0, show_default=True,
+              type=click.FloatRange(0.1, 86400), metavar="SECONDS",
+              help="Restart a runner silent this long while the service was awake (a stall "
+                   "of the service itself, e.g. a suspended laptop, does not count).")
 def serve_cmd(db: str, host: str, port: int, token: str | None, allow_remote: bool,
               spawn: bool, seed: int, rule: str, executor: str, task_seconds: float,
               models: tuple[str, ...], personas_file: Path | None, max_connections: int,
               max_handshakes: int,
               send_timeout: float, first_line_timeout: float, max_restarts: int,
-              max_queued: int, hello_timeout: float) -> None:
+              max_queued: int, hello_timeout: float, task_timeout: float | None = None,
+              ping_interval: float = 5.0, ping_timeout: float = 30.0) -> None:
     """Host one swarm until Ctrl-C or SIGTERM; `timmy.Swarm.attach(url)` talks to it.
 
     The control endpoint speaks JSON lines on loopback and needs a token: the
@@ -134,7 +143,9 @@ def serve_cmd(db: str, host: str, port: int, token: str | None, allow_remote: bo
     from .supervisor import RestartPolicy
 
     options: dict = {"restart": RestartPolicy(max_restarts=max_restarts),
-                     "max_queued": max_queued, "hello_timeout": hello_timeout}
+                     "max_queued": max_queued, "hello_timeout": hello_timeout,
+                     "task_timeout": task_timeout, "ping_interval": ping_interval,
+                     "ping_timeout": ping_timeout}
     if personas_file is not None:
         options["personas"] = load_personas(personas_file)
     if models:
@@ -210,14 +221,15 @@ def status_cmd(url: str | None, token: str | None, db: str | None) -> None:
 @click.option("--wait", "wait", is_flag=True, help="Wait for the task to finish; show its result.")
 @click.option("--timeout", default=60.0, show_default=True, type=click.FloatRange(min=0.001),
               help="Seconds to wait with --wait.")
+@task_timeout_option
 @_url
 @_token
 @_db
 def post_cmd(description: str, wait: bool, timeout: float, url: str | None, token: str | None,
-             db: str | None) -> None:
+             db: str | None, task_timeout: float | None = None) -> None:
     """Post DESCRIPTION as a task; with --wait, print how it ended."""
     with _attach(url, token, db) as swarm:
-        task = swarm.post(description)
+        task = swarm.post(description, task_timeout=task_timeout)
         if not wait:
             click.echo(clean(f"task {task.task_id} {task.status}"))
             return

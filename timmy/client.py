@@ -273,12 +273,14 @@ class AttachedSwarm:
     def agents(self) -> list[AgentInfo]:
         return msgspec.convert(self._call("agents"), list[AgentInfo])
 
-    def post(self, description: str) -> Task:
-        return msgspec.convert(self._call("post", description=description), Task)
+    def post(self, description: str, task_timeout: float | None = None) -> Task:
+        return msgspec.convert(self._call("post", description=description,
+                                          task_timeout=task_timeout), Task)
 
-    def post_many(self, descriptions: Sequence[str]) -> list[Task]:
-        return msgspec.convert(self._call("post_many", descriptions=list(descriptions)),
-                               list[Task])
+    def post_many(self, descriptions: Sequence[str],
+                  task_timeout: float | None = None) -> list[Task]:
+        return msgspec.convert(self._call("post_many", descriptions=list(descriptions),
+                                          task_timeout=task_timeout), list[Task])
 
     def wait(self, task_id: int, timeout: float | None = None) -> Task:
         return msgspec.convert(self._call("wait", task_id=task_id, timeout=timeout), Task)

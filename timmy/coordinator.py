@@ -28,6 +28,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import logging
+import math
 import shlex
 import sys
 import time
@@ -83,6 +84,14 @@ FINISHED_CACHE = 50_000
 _json = msgspec.json.Encoder().encode
 FLUSH_DELAY = 0.002   # seconds a change may wait to join a batch
 CHECKPOINT_EVERY = 1.0  # seconds between SQLite WAL checkpoints while writing
+STALL_NOTICE = 1.0      # seconds the service itself may oversleep before it says so
+_BOOTTIME = getattr(time, "CLOCK_BOOTTIME", None)   # Linux: counts through a system suspend
+
+
+def _boottime() -> float:
+    """A clock that goes on through a system suspend (CLOCK_MONOTONIC does not, on Linux);
+    the monotonic clock where there is none."""
+    return time.clock_gettime(_BOOTTIME) if _BOOTTIME is not None else time.monotonic()
 
 
 class WaitTimeout(TimmyError, TimeoutError):
@@ -108,6 +117,7 @@ class Config:
     ping_interval: float = 5.0     # seconds between pings to each runner
     ping_timeout: float = 30.0     # a runner silent this long is deemed hung and restarted
     hello_timeout: float = 15.0    # a restarted or remote runner's time to say hello
+    task_timeout: float | None = None  # seconds a runner may work on one task (None: no limit)
     close_timeout: float = 10.0    # how long closing keeps trying to save the last changes
     # The Ollama executor (see timmy.llm): one model for all, or {persona id: model};
     # the server (None: OLLAMA_HOST, else the local default); how long it may stay silent.
@@ -133,6 +143,7 @@ class Config:
         _check_number("ping_timeout", self.ping_timeout, 0.1, 86400, "the default is 30.0")
         _check_number("close_timeout", self.close_timeout, 0, 3600, "the default is 10.0")
         _check_number("hello_timeout", self.hello_timeout, 0.01, 3600, "the default is 15.0")
+        check_task_timeout(self.task_timeout)
         if self.ping_timeout <= self.ping_interval:
             raise ConfigError(
                 f"ping_timeout ({self.ping_timeout}s) must be longer than ping_interval "
@@ -168,6 +179,14 @@ def _check_number(name: str, value: object, lo: float, hi: float, hint: str,
         raise ConfigError(f"{name} must be {what} in [{lo:g}, {hi:g}], got {value!r}", hint=hint)
 
 
+def check_task_timeout(value: object) -> None:
+    """A task's execution deadline: None (no limit) or seconds, up to 30 days."""
+    if value is not None:
+        _check_number("task_timeout", value, 0.01, 30 * 86400,
+                      "seconds a runner may work on one task, e.g. task_timeout=600; None "
+                      "for no limit")
+
+
 @dataclass(eq=False)
 class Agent:
     info: AgentInfo
@@ -177,7 +196,9 @@ class Agent:
     exit_code: int | None = None
     alive: bool = False
     tasks: dict[int, None] = field(default_factory=dict)   # held tasks, in assignment order
-    last_seen: float = 0.0
+    last_seen: float = 0.0         # on the coordinator's awake clock (see Coordinator._awake)
+    head: int | None = None        # the first task it holds: the one it works on
+    head_since: float = 0.0        # since when (awake clock): its task_timeout counts from here
     joined_at: float = field(default_factory=time.time)
     # What the runner has learned, mirrored from the auctions and results it took part
     # in, so a replacement process starts where the dead one left off.
@@ -285,6 +306,11 @@ class Coordinator:
         # Set when another swarm took the database over: this one then stops (see _abandon).
         self.lost: OwnershipLost | None = None
         self._waits: set[anyio.Event] = set()   # what wakes a wait() to tell it so
+        # Liveness counts only the time the service was awake (see _awake, _heartbeat_loop).
+        self._slept = 0.0            # monotonic seconds the heartbeat found it overslept
+        self._tick_due = math.inf    # when the heartbeat should wake next (monotonic)
+        self._woke = -math.inf       # when it last noticed it had stalled (monotonic)
+        self._timeouts: dict[int, float] = {}   # per-post task_timeout of unfinished tasks
         # Set by the swarm service: remote runners may dial in, so a swarm with no agents
         # yet is waiting for them rather than stalled (see stalled()).
         self.accepts_remote = False
@@ -299,7 +325,8 @@ class Coordinator:
     async def start(self, tg: TaskGroup) -> None:
         self._tg = tg
         self.supervisor = Supervisor(tg, on_message=self._on_message, on_exit=self._on_exit,
-                                     on_garbage=self._on_garbage, policy=self.cfg.restart)
+                                     on_garbage=self._on_garbage, policy=self.cfg.restart,
+                                     clock=self._awake)
         now = time.time()
         from .ownership import whoami
 
@@ -634,9 +661,16 @@ class Coordinator:
             raise SwarmClosed("this swarm has stopped",
                               hint="start a new one: with timmy.Swarm(...) as swarm: ...")
 
-    async def post_many(self, descriptions: Sequence[str]) -> list[Task]:
-        """Persist new tasks (one transaction), queue them and start auctions."""
+    async def post_many(self, descriptions: Sequence[str],
+                        task_timeout: float | None = None) -> list[Task]:
+        """Persist new tasks (one transaction), queue them and start auctions.
+
+        ``task_timeout``: seconds a runner may work on each of them before it is restarted
+        and the task re-auctioned (see `_check_deadline`); None takes the swarm's. It is
+        kept in memory: tasks recovered after a restart take the swarm's.
+        """
         self._check_open()
+        check_task_timeout(task_timeout)
         if isinstance(descriptions, str):
             raise ConfigError("post_many() takes a list of descriptions, got one string",
                               hint="use post(description) for one task, or pass [description]")
@@ -657,6 +691,8 @@ class Coordinator:
         for task in tasks:
             self.active[task.task_id] = task
             self.queue.append(task.task_id)
+            if task_timeout is not None:
+                self._timeouts[task.task_id] = task_timeout
             self._emit("task_posted", task.task_id, description=task.description)
         out = [copy(t) for t in tasks]
         self._pump()
@@ -828,6 +864,7 @@ class Coordinator:
 
     def _remember(self, task: Task) -> None:
         self.active.pop(task.task_id, None)
+        self._timeouts.pop(task.task_id, None)
         self.finished[task.task_id] = task
         if len(self.finished) > FINISHED_CACHE:
             self.finished.popitem(last=False)
@@ -874,7 +911,7 @@ class Coordinator:
         room = sum(max(0, cap - len(self.agents[a].tasks)) for a in live)
         if len(self.auctions) >= room:
             return
-        deadline = time.monotonic() + self.cfg.auction_window
+        deadline = self._awake() + self.cfg.auction_window   # a stall of ours is no window
         opened: list[OpenAuction] = []
         while self.queue and len(self.auctions) < room:
             task = self.active.get(self.queue.popleft())
@@ -908,7 +945,7 @@ class Coordinator:
             if self.auctions.get(open_.task.task_id) is not open_:
                 self._deadlines.popleft()
                 continue
-            delay = open_.deadline - time.monotonic()
+            delay = open_.deadline - self._awake()
             if delay > 0:
                 await anyio.sleep(delay)
                 continue
@@ -952,6 +989,8 @@ class Coordinator:
             return False
         agent = self.agents[winner]
         agent.tasks[tid] = None
+        if agent.head is None:
+            self._set_head(agent)
         agent.info.status = "busy"
         agent.info.tasks_won += 1
         self._dirty_agent(agent)
@@ -965,26 +1004,128 @@ class Coordinator:
         return True
 
     # -- runner messages ----------------------------------------------------
+    def _awake(self) -> float:
+        """The awake clock: monotonic seconds minus those the service itself lost.
+
+        A runner is hung only if it stayed silent while the service was awake (DESIGN.md,
+        "Operating rules"), and a task's deadline counts only awake time too. The heartbeat
+        knows when it should wake; whatever it sleeps past that (the process stopped, the
+        machine suspended, the event loop blocked by a slow call) is time in which nobody
+        could read the runners, so it does not count. While the heartbeat is overdue the
+        clock stands still; when it wakes it books the lateness (`_heartbeat_loop`).
+        """
+        now = time.monotonic()
+        return now - self._slept - max(0.0, now - self._tick_due)
+
+    def _just_woke(self) -> bool:
+        """The service is coming out of a stall of its own: the heartbeat is overdue by more
+        than STALL_NOTICE, or it noticed a stall within the last ping_interval."""
+        now = time.monotonic()
+        return (now - self._tick_due > STALL_NOTICE
+                or now - self._woke < self.cfg.ping_interval)
+
     async def _heartbeat_loop(self) -> None:
-        """Ping every live runner; one that stays silent past ping_timeout is restarted."""
+        """Ping every live runner; one that stays silent past ping_timeout is restarted, and
+        one that holds a task past its task_timeout is restarted and the task re-auctioned.
+
+        Both are judged on the awake clock (`_awake`). A wake more than STALL_NOTICE late
+        (by the monotonic clock, or by the boot-time clock, which also counts a system
+        suspend) means the service itself stalled: it says so (a log line and a
+        ``service_stalled`` event), gives every runner a fresh ping_timeout, and judges
+        nobody this round, so that what the runners sent meanwhile is read first.
+        """
         seq = 0
+        interval = self.cfg.ping_interval
+        self._tick_due = time.monotonic() + interval
+        boot = _boottime()
         while True:
-            await anyio.sleep(self.cfg.ping_interval)
+            await anyio.sleep(max(0.0, self._tick_due - time.monotonic()))
+            now, boot_now = time.monotonic(), _boottime()
+            late = max(0.0, now - self._tick_due)        # stopped, or the loop was blocked
+            lost = max(late, boot_now - boot - interval)  # ... or the machine was suspended
+            self._slept += late
+            self._tick_due, boot = now + interval, boot_now
             seq += 1
-            now = time.monotonic()
+            awake = self._awake()
             data = p.encode(p.Ping(seq=seq))
-            for agent_id, agent in self.agents.items():
+            if lost > STALL_NOTICE:
+                self._woke = now
+                log.warning("the service itself stalled for %.1fs (stopped, suspended or its "
+                            "event loop blocked): its runners get a fresh %gs before any is "
+                            "deemed hung", lost, self.cfg.ping_timeout)
+                self._emit("service_stalled", None, None, stalled_s=round(lost, 3),
+                           suspended_s=round(max(0.0, lost - late), 3))
+                for agent_id, agent in self.agents.items():
+                    agent.last_seen = awake
+                    if agent.alive:
+                        self.supervisor.send(agent_id, data)
+                continue
+            for agent_id, agent in list(self.agents.items()):
                 if not agent.alive:
-                    self._check_hello(agent_id, now)
+                    self._check_hello(agent_id, awake)
                     continue
-                if now - agent.last_seen > self.cfg.ping_timeout:
-                    log.warning("runner %s silent for %.0fs: restarting it", agent_id,
-                                now - agent.last_seen)
-                    self._emit("agent_hung", None, agent_id, silent_s=round(now - agent.last_seen))
-                    agent.last_seen = now
+                if awake - agent.last_seen > self.cfg.ping_timeout:
+                    silent = awake - agent.last_seen
+                    log.warning("runner %s silent for %.0fs: restarting it", agent_id, silent)
+                    self._emit("agent_hung", None, agent_id, silent_s=round(silent))
+                    agent.last_seen = awake
                     self.supervisor.kill(agent_id)
-                else:
-                    self.supervisor.send(agent_id, data)
+                    continue
+                self.supervisor.send(agent_id, data)
+                if agent.head is not None:
+                    self._check_deadline(agent, awake)
+
+    def _set_head(self, agent: Agent) -> None:
+        """After the tasks an agent holds changed: the first is the one it works on (it
+        works its queue in order); its task_timeout counts from when it became first."""
+        head = next(iter(agent.tasks), None)
+        if head != agent.head:
+            agent.head, agent.head_since = head, self._awake()
+
+    def _check_deadline(self, agent: Agent, awake: float) -> None:
+        """The execution deadline (``task_timeout``, the post's or the swarm's), checked at
+        every ping round, so it fires up to ping_interval late.
+
+        A runner that answers pings but holds its task past the deadline may still be
+        working on it, so it is restarted (SIGKILL, as `kill` does; a remote runner's
+        connection is cut and it dials in again): the task is auctioned again with the
+        attempt spent and the reason recorded ("no result within 5s", failed after
+        max_attempts as usual), and the tasks waiting behind it in that runner's queue go
+        back to the market without spending one.
+        """
+        tid = agent.head
+        limit = self._timeouts.get(tid, self.cfg.task_timeout)
+        if limit is None or awake - agent.head_since <= limit:
+            return
+        agent_id = agent.info.agent_id
+        log.warning("runner %s sent no result for task %d within %gs: restarting it",
+                    agent_id, tid, limit)
+        held = list(agent.tasks)
+        agent.tasks.clear()
+        agent.head = None
+        # No new work until its replacement says hello; its open bids are withdrawn when the
+        # kill is reported (_on_exit), which then finds no task left to requeue.
+        agent.alive = False
+        task = self.active.get(tid)
+        self._emit("task_timed_out", tid, agent_id, timeout_s=limit,
+                   attempt=task.attempts if task is not None else None, queued_behind=len(held) - 1)
+        for i in reversed(range(len(held))):  # requeue at the front, keeping their order
+            task = self.active.get(held[i])
+            if task is None or task.status not in (ASSIGNED, RUNNING) \
+                    or task.assigned_agent != agent_id:
+                continue
+            if i == 0:
+                self._requeue_or_fail(task, f"no result within {limit:g}s from {agent_id} "
+                                            f"(attempt {task.attempts}; the runner was "
+                                            "restarted)")
+            else:
+                task.attempts -= 1
+                self._requeue(task, f"runner {agent_id} was restarted before starting it "
+                                    f"(task {tid} ahead of it got no result within {limit:g}s)")
+        agent.info.status = "restarting"
+        self._dirty_agent(agent)
+        self.supervisor.kill(agent_id)
+        self._pump()
 
     def _check_hello(self, agent_id: str, now: float) -> None:
         """Cut off a runner whose hello is overdue (``hello_timeout``; a restarted process
@@ -997,7 +1138,7 @@ class Coordinator:
             return
         if not slot.remote and not self.agents[agent_id].ready.is_set():
             return          # a first start: spawn() waits for that hello with its timeout
-        silent = now - link.since
+        silent = now - link.since    # both on the awake clock: a stall of ours is not its silence
         if silent > self.cfg.hello_timeout:
             log.warning("runner %s said no hello in %.0fs: cutting it off", agent_id, silent)
             self._emit("agent_hung", None, agent_id, silent_s=round(silent), before_hello=True)
@@ -1007,7 +1148,7 @@ class Coordinator:
         agent = self.agents.get(agent_id)
         if agent is None:
             return
-        agent.last_seen = time.monotonic()
+        agent.last_seen = self._awake()
         match msg:
             case p.Bid(task_id=tid, sats=sats):
                 open_ = self.auctions.get(tid)
@@ -1094,6 +1235,8 @@ class Coordinator:
         if tid not in agent.tasks:
             return
         del agent.tasks[tid]
+        if tid == agent.head:
+            self._set_head(agent)
         done = self._lookup(tid)
         if done is not None:  # as the runner did: learn from the outcome
             agent.stats.record_result(ok, _matched(agent.persona, done.description))
@@ -1151,6 +1294,7 @@ class Coordinator:
                     self._close_auction(open_)
         held = list(agent.tasks)
         agent.tasks.clear()
+        agent.head = None
         how = {"stopped": "stopped", "disconnected": "lost its connection"}.get(
             verdict, f"died (exit code {returncode})")
         # The runner works its queue in order: the first task it held was (about to be)
@@ -1158,7 +1302,9 @@ class Coordinator:
         # its runner must not loop forever); the tasks waiting behind it keep theirs. A runner
         # stopped on purpose (stop(), or the swarm closing) costs no task an attempt. A remote
         # runner whose connection dropped counts as crashed: nobody can tell it did not.
-        crashed = verdict != "stopped"
+        # A connection lost while the service itself stalled (a remote runner hears nothing
+        # for ping_timeout and dials in again) is no fault of the runner's either.
+        crashed = verdict != "stopped" and not (verdict == "disconnected" and self._just_woke())
         for i in reversed(range(len(held))):  # requeue at the front, keeping their order
             task = self.active.get(held[i])
             if task is None or task.status not in (ASSIGNED, RUNNING):

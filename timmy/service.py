@@ -149,10 +149,12 @@ class AgentArgs(Args):
 
 class PostArgs(Args):
     description: str             # the engine checks length and content
+    task_timeout: float | None = None   # seconds; None: the swarm's (the engine checks it)
 
 
 class PostManyArgs(Args):
     descriptions: Annotated[list[str], Meta(max_length=100_000)]
+    task_timeout: float | None = None
 
 
 class TaskArgs(Args):
@@ -262,8 +264,8 @@ OPS: dict[str, Op] = {
     "stop": (AgentArgs, lambda s, a: s.stop(a.agent_id)),
     "kill": (AgentArgs, lambda s, a: s.kill(a.agent_id)),
     "agents": (NoArgs, lambda s, a: s.agents()),
-    "post": (PostArgs, lambda s, a: s.post(a.description)),
-    "post_many": (PostManyArgs, lambda s, a: s.post_many(a.descriptions)),
+    "post": (PostArgs, lambda s, a: s.post(a.description, a.task_timeout)),
+    "post_many": (PostManyArgs, lambda s, a: s.post_many(a.descriptions, a.task_timeout)),
     "wait": (WaitArgs, lambda s, a: s.wait(a.task_id, a.timeout)),
     "run": (RunArgs, lambda s, a: s.run(a.descriptions, a.timeout, False, a.sequential)),
     "cancel": (TaskArgs, lambda s, a: s.cancel(a.task_id)),

@@ -151,8 +151,12 @@ class Supervisor:
         on_exit: Callable[[str, int | None, str], None],
         on_garbage: Callable[[str, p.ProtocolError], None],
         policy: RestartPolicy | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._tg = tg
+        # What links' ages and the restart window are measured on: the coordinator's awake
+        # clock, so a stall of the service itself makes no runner look slow to say hello.
+        self.clock = clock
         self._on_message, self._on_exit, self._on_garbage = on_message, on_exit, on_garbage
         self.policy = policy or RestartPolicy()
         self.slots: dict[str, Slot] = {}
@@ -258,6 +262,7 @@ class Supervisor:
                 old.writer.close()
             self._end_link(slot, old, "disconnected")
         link = SocketLink(reader, writer, peer)
+        link.since = self.clock()
         slot.restarts = slot.links
         slot.links += 1
         slot.link, slot.stopping, slot.garbage = link, False, 0
@@ -328,6 +333,7 @@ class Supervisor:
                 hint="check that this Python can run `python -m timmy.runner --help`",
             ) from exc
         slot.link = ProcessLink(process)
+        slot.link.since = self.clock()
         slot.garbage = 0
         slot.outbox.clear()
 
@@ -348,7 +354,7 @@ class Supervisor:
             verdict = self._verdict(slot)
             # Back off from a runner that keeps dying young (it cannot start); one that ran a
             # while (killed by someone, crashed once) comes back at once.
-            if time.monotonic() - link.since >= self.policy.healthy_after:
+            if self.clock() - link.since >= self.policy.healthy_after:
                 slot.quick_crashes = 0
             else:
                 slot.quick_crashes += 1
@@ -379,7 +385,7 @@ class Supervisor:
     def _verdict(self, slot: Slot) -> str:
         if slot.stopping:
             return "stopped"
-        now = time.monotonic()
+        now = self.clock()
         window = slot.restart_times
         while window and now - window[0] > self.policy.restart_window:
             window.popleft()

@@ -68,6 +68,7 @@ class AsyncSwarm:
         ping_timeout: float = 30.0,
         hello_timeout: float = 15.0,
         close_timeout: float = 10.0,
+        task_timeout: float | None = None,
         personas: dict[str, Persona] | None = None,
         db_timeout: float = 5.0,
         restart: RestartPolicy | None = None,
@@ -88,6 +89,7 @@ class AsyncSwarm:
                              max_queued=max_queued,
                              ping_interval=ping_interval, ping_timeout=ping_timeout,
                              hello_timeout=hello_timeout, close_timeout=close_timeout,
+                             task_timeout=task_timeout,
                              runner_command=runner_command,
                              model=dict(model) if isinstance(model, Mapping) else model,
                              ollama_host=ollama_host, ollama_timeout=ollama_timeout, **kwargs)
@@ -189,13 +191,18 @@ class AsyncSwarm:
         return self.engine.agent_infos()
 
     # -- tasks --------------------------------------------------------------
-    async def post(self, description: str) -> Task:
-        """Persist a task and start its auction; returns it as "queued"."""
-        return (await self.engine.post_many([description]))[0]
+    async def post(self, description: str, task_timeout: float | None = None) -> Task:
+        """Persist a task and start its auction; returns it as "queued".
 
-    async def post_many(self, descriptions: Sequence[str]) -> list[Task]:
-        """Post several tasks in one transaction."""
-        return await self.engine.post_many(descriptions)
+        ``task_timeout``: seconds its runner may work on it before the runner is restarted
+        and the task auctioned again (an attempt spent); None: the swarm's ``task_timeout``.
+        """
+        return (await self.engine.post_many([description], task_timeout))[0]
+
+    async def post_many(self, descriptions: Sequence[str],
+                        task_timeout: float | None = None) -> list[Task]:
+        """Post several tasks in one transaction (``task_timeout`` as for `post`)."""
+        return await self.engine.post_many(descriptions, task_timeout)
 
     async def wait(self, task_id: int, timeout: float | None = None) -> Task:
         """Wait until a task is completed, failed or cancelled; `WaitTimeout` after ``timeout``."""
@@ -388,11 +395,12 @@ class Swarm:
     def agents(self) -> list[AgentInfo]:
         return self._call(self._async.agents)
 
-    def post(self, description: str) -> Task:
-        return self._call(self._async.post, description)
+    def post(self, description: str, task_timeout: float | None = None) -> Task:
+        return self._call(self._async.post, description, task_timeout)
 
-    def post_many(self, descriptions: Sequence[str]) -> list[Task]:
-        return self._call(self._async.post_many, descriptions)
+    def post_many(self, descriptions: Sequence[str],
+                  task_timeout: float | None = None) -> list[Task]:
+        return self._call(self._async.post_many, descriptions, task_timeout)
 
     def wait(self, task_id: int, timeout: float | None = None) -> Task:
         return self._call(self._async.wait, task_id, timeout)

@@ -91,3 +91,20 @@ def test_long_soak(tmp_path):
     print("\n".join(report.lines()))
     assert report.ok, report.audit.problems[:10]
     assert report.service_kills == 5
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1200)
+def test_a_service_stopped_for_40s_mid_soak_costs_no_attempt_and_kills_no_runner(tmp_path):
+    """``make soak``: the chaos soak with the service SIGSTOPped for 40 s (SOAK_STALL) halfway
+    through, past its 30 s ping timeout: what a laptop's sleep does to it."""
+    n = int(os.environ.get("SOAK_STALL_TASKS", "3000"))
+    stall = float(os.environ.get("SOAK_STALL", "40"))
+    report = soak(tmp_path / "soak.db", demo_descriptions(n, 13), kill_every=0.2,
+                  service_kills=2, task_seconds=0.02, seed=13, timeout=1100, stall=stall)
+    print("\n".join(report.lines()))
+    assert report.audit.problems == [] and report.orphans == []
+    assert report.stall is not None and report.stall.stopped_s >= stall
+    assert report.stall.noticed_s >= stall - 5   # less what it meant to sleep (ping_interval)
+    assert (report.stall.hung, report.stall.crashed, report.stall.attempts_lost) == (0, 0, 0)
+    assert report.ok
