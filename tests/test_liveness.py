@@ -28,9 +28,10 @@ from timmy.executors import simulated_plan
 
 FIX = "fix the bug in the api client"   # forge's speciality
 
-# forge-1 wins everything (1 sat, on-spec), says "started" and then never reports a result,
-# though it answers every ping. Its replacement after a restart (the marker file says it ran
-# before) is the real runner; every other agent is the real runner from the start.
+# forge-1 wins everything (16 sats on-spec: the bottom of forge's range, and ties go to
+# forge-1), says "started" and then never reports a result, though it answers every ping.
+# Its replacement after a restart (the marker file says it ran before) is the real runner;
+# every other agent is the real runner from the start.
 STUCK = """
     marker = os.path.join(HERE, "stuck-" + args.agent_id)
     if args.agent_id != "forge-1" or os.path.exists(marker):
@@ -39,7 +40,7 @@ STUCK = """
     hello()
     for msg in messages():
         if msg["type"] == "announce":
-            say("bid", task_id=msg["task_id"], sats=1, on_spec=True)
+            say("bid", task_id=msg["task_id"], sats=16, on_spec=True)
         elif msg["type"] == "assign":
             say("started", task_id=msg["task_id"])
 """
@@ -237,7 +238,7 @@ def test_a_task_fails_after_max_attempts_of_runners_that_never_report(make_swarm
         hello()
         for msg in messages():
             if msg["type"] == "announce":
-                say("bid", task_id=msg["task_id"], sats=1, on_spec=True)
+                say("bid", task_id=msg["task_id"], sats=16, on_spec=True)
     """)
     swarm = make_swarm(runner_command=command, ping_interval=0.05, ping_timeout=5,
                        max_attempts=2)
@@ -260,8 +261,9 @@ def test_task_timeout_is_checked(make_swarm):
 
 
 class StuckRemoteRunner(threading.Thread):
-    """A remote forge runner written by hand: it joins over TCP, bids 1 sat on-spec for
-    everything, says "started" for what it wins and never reports a result; it answers pings."""
+    """A remote forge runner written by hand: it joins over TCP, bids 16 sats (the bottom of
+    forge's range) for everything, says "started" for what it wins and never reports a result;
+    it answers pings."""
 
     def __init__(self, svc: ServiceProcess) -> None:
         super().__init__(daemon=True)
@@ -286,7 +288,7 @@ class StuckRemoteRunner(threading.Thread):
                 if msg["type"] == "ping":
                     self.send("pong", seq=msg["seq"])
                 elif msg["type"] == "announce":
-                    self.send("bid", task_id=msg["task_id"], sats=1, on_spec=True)
+                    self.send("bid", task_id=msg["task_id"], sats=16, on_spec=True)
                 elif msg["type"] == "assign":
                     self.send("started", task_id=msg["task_id"])
         except OSError:
