@@ -234,10 +234,20 @@ def _run_tasks(swarm, descriptions: Sequence[str], timeout: float, sequential: b
                                         "the database)") from exc
 
 
-def _report_run(swarm, results: Sequence, catalog: dict, title: str) -> None:
-    """Print the per-persona table and the swarm's status line."""
+def _bid_mark(swarm) -> int:
+    """The newest bid_id before a run: the run's own bids are the ones after it."""
+    newest = swarm.bids(limit=1)
+    return newest[-1]["bid_id"] if newest else 0
+
+
+def _report_run(swarm, results: Sequence, catalog: dict, title: str, mark: int = 0) -> None:
+    """Print the per-persona table and the swarm's status line.
+
+    Reads only the bids written since ``mark`` (`_bid_mark` before the run), a page at a
+    time, never the database's whole history.
+    """
     ids = {t.task_id for t in results}
-    bids = [b for b in swarm.bids() if b["task_id"] in ids]
+    bids = (b for b in swarm.iter_bids(after=mark) if b["task_id"] in ids)
     agent_personas = {a.agent_id: a.persona for a in swarm.agents()}
     rows = persona_summary(results, bids, agent_personas, catalog)
     console = _console()
@@ -355,10 +365,11 @@ def demo(db: str | None, n_tasks: int, seed: int, out: Path, rule: str, task_sec
                f"database {describe_db(url)}", err=True)
     with Swarm(url, seed=seed, task_seconds=task_seconds, rule=rule) as swarm:
         swarm.spawn_all()
+        mark = _bid_mark(swarm)
         results = _run_tasks(swarm, descriptions, timeout, sequential)
         _report_run(swarm, results, PERSONAS,
                     f"Winners and prices by persona ({len(results)} tasks, rule {rule}, "
-                    f"seed {seed})")
+                    f"seed {seed})", mark)
         written = swarm.export(out)
     click.echo(f"database: {describe_db(url)}")
     click.echo(f"parquet export: {out.resolve()}/ ({', '.join(p.name for p in written.values())})")
@@ -401,6 +412,7 @@ def run(tasks_file: Path, db: str, seed: int, rule: str, executor: str, task_sec
                personas=catalog, model=model_option(models, catalog)) as swarm:
         say_executor(swarm)
         swarm.spawn_all()
+        mark = _bid_mark(swarm)
         results = _run_tasks(swarm, descriptions, timeout, sequential)
         table = Table(title=f"Results ({len(results)} tasks)", title_justify="left")
         for name, justify in (("task", "right"), ("status", "left"), ("winner", "left"),
@@ -418,7 +430,7 @@ def run(tasks_file: Path, db: str, seed: int, rule: str, executor: str, task_sec
         if len(results) > show:
             console.print(f"... and {len(results) - show} more tasks (see the database or "
                           "`timmy export`)")
-        _report_run(swarm, results, catalog, "By persona")
+        _report_run(swarm, results, catalog, "By persona", mark)
     click.echo(f"database: {describe_db(url)}")
 
 

@@ -164,8 +164,8 @@ class RunArgs(Args):
 class TasksArgs(Args):
     status: Name | None = None
     limit: Count | None = None       # default DEFAULT_LIMIT, at most MAX_LIMIT (`_cap`)
-    after: TaskId | None = None      # cursors (`timmy.paging`)
-    before: TaskId | None = None
+    after: EventId | None = None     # cursors: task_ids (`timmy.paging`)
+    before: EventId | None = None
 
 
 class BidsArgs(Args):
