@@ -1,0 +1,214 @@
+"""History size against the service: RSS, status(), tasks() and a dashboard's load, per size.
+
+For each size (events of stored history: 0, 1M and 10M by default) a SQLite file
+is filled straight through SQL with timmy's schema: 1 task per 10 events, 9 bids
+per task (one per built-in persona, one won), all finished. The file is cached
+under ``--cache`` (default /tmp) and reused by later runs. Then a real ``timmy
+serve`` (nine runners) is started on it, runs `WARM_TASKS` tasks (so that even
+on the empty store every page is full), and, through `timmy.Swarm.attach`:
+
+- the service's RSS after the measurements, and its peak (VmHWM);
+- ``status()`` and ``tasks()`` (the default page) latency, medians over repeats;
+- a dashboard page's initial load: `timmy.widgets.page.Page("desktop")`, what the
+  Voilà page builds (attach, the desktop console's snapshot, the inspector), timed
+  in this process without Voilà or a browser;
+- the longest ``ping`` a second client saw meanwhile (the event loop's worst stall).
+
+Each figure is printed against the empty store's as a ratio (flat history: ~1.0).
+
+    python benchmarks/history.py [--sizes 0,1000000,10000000] [--repeats 30]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sqlite3
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import timmy
+from timmy.paging import DEFAULT_LIMIT
+from timmy.store import Store
+
+LISTENING = re.compile(r"listening on (tcp://[\d.]+:\d+)")
+PERSONAS = ("echo", "mace", "helm", "seer", "forge", "quill", "pixel", "lyra", "reel")
+KINDS = ("task_posted", "auction_opened", "bid", "bid", "bid", "auction_closed",
+         "task_assigned", "task_started", "task_completed", "bid")
+CHUNK = 200_000
+WARM_TASKS = DEFAULT_LIMIT + 100
+
+
+def build(path: Path, n_events: int) -> float:
+    """Fill ``path`` (once: cached) with ``n_events`` events of history; seconds spent."""
+    done = Path(f"{path}.built")
+    if done.exists():
+        return 0.0
+    from tqdm import tqdm
+
+    t0 = time.perf_counter()
+    for p in (path, Path(f"{path}-wal"), Path(f"{path}-shm"), Path(f"{path}.token")):
+        p.unlink(missing_ok=True)
+    url = f"sqlite:///{path}"
+    Store(url).dispose()                         # timmy's schema
+    n_tasks, per_task = n_events // 10, 9
+    conn = sqlite3.connect(path)
+    conn.execute("PRAGMA journal_mode=OFF")
+    conn.execute("PRAGMA synchronous=OFF")
+    indexes = [r[0] for r in conn.execute(
+        "SELECT name FROM sqlite_master WHERE type='index' AND name LIKE 'ix_%'")]
+    for name in indexes:                         # faster without; Store() puts them back
+        conn.execute(f"DROP INDEX {name}")
+    now = time.time() - n_tasks * 0.01
+    bar = tqdm(total=n_tasks * (1 + per_task) + n_events, desc=f"building {path.name}",
+               unit="row", unit_scale=True)
+
+    def chunks(total: int, row):
+        for start in range(0, total, CHUNK):
+            rows = [row(i) for i in range(start, min(start + CHUNK, total))]
+            yield rows
+            bar.update(len(rows))
+
+    for rows in chunks(n_tasks, lambda i: (
+            i + 1, f"history task {i + 1}: fix the bug in module {i % 977}", "completed",
+            f"{PERSONAS[i % 9]}-1", 20 + i % 50, 1, "done", None, now + i * 0.01,
+            now + i * 0.01, now + i * 0.01 + 0.005)):
+        conn.executemany("INSERT INTO tasks VALUES (?,?,?,?,?,?,?,?,?,?,?)", rows)
+    for rows in chunks(n_tasks * per_task, lambda b: (
+            b + 1, b // per_task + 1, 1, (b // per_task) * 10 + 2, f"{PERSONAS[b % 9]}-1",
+            20 + b % 50, b % 9 == 4, b % 9 == (b // per_task) % 9, "specialist_first",
+            now + b // per_task * 0.01)):
+        conn.executemany("INSERT INTO bids VALUES (?,?,?,?,?,?,?,?,?,?)", rows)
+    for rows in chunks(n_events, lambda e: (
+            e + 1, now + e * 0.001, KINDS[e % 10], e // 10 + 1, f"{PERSONAS[e % 9]}-1",
+            '{"price_sats": 30, "attempt": 1}')):
+        conn.executemany("INSERT INTO events VALUES (?,?,?,?,?,?)", rows)
+    conn.executemany("INSERT INTO agents VALUES (?,?,?,?,?,?,?,?,?)",
+                     [(f"{p}-1", p, p, None, "stopped", 0, n_tasks // 9, 0, now)
+                      for p in PERSONAS])
+    conn.commit()
+    conn.close()
+    bar.close()
+    Store(url).dispose()                         # the migration creates the indexes
+    done.touch()
+    return time.perf_counter() - t0
+
+
+def rss_mb(pid: int) -> tuple[float, float]:
+    """(current RSS, peak RSS) of ``pid`` in MB."""
+    fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text()
+                  .splitlines() if ":" in line)
+    return (int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024)
+
+
+def median_ms(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times) * 1000
+
+
+def measure(path: Path, repeats: int) -> dict:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "timmy", "serve", "--db", str(path), "--port", "0",
+         "--task-seconds", "0", "--seed", "1"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+    try:
+        url = None
+        deadline = time.monotonic() + 600
+        while url is None and time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                raise SystemExit(f"timmy serve on {path} ended before listening")
+            if m := LISTENING.search(line):
+                url = m.group(1)
+        start_s = time.perf_counter() - t0
+        threading.Thread(target=proc.stdout.read, daemon=True).start()   # keep it drained
+        token = Path(f"{path}.token").read_text().strip()
+        with timmy.Swarm.attach(url, token=token) as swarm:
+            # a full page of this service's own tasks first, at every size: the pages then
+            # hold as many rows whatever the history, and only its size differs
+            swarm.run([f"fix the bug in parser {i}" for i in range(WARM_TASKS)], timeout=600)
+            worst = [0.0]
+            stop = threading.Event()
+
+            def pinger() -> None:
+                with timmy.Swarm.attach(url, token=token) as other:
+                    while not stop.is_set():
+                        t = time.perf_counter()
+                        other.ping()
+                        worst[0] = max(worst[0], time.perf_counter() - t)
+                        stop.wait(0.005)
+
+            ping_thread = threading.Thread(target=pinger, daemon=True)
+            ping_thread.start()
+            status_ms = median_ms(swarm.status, repeats)
+            tasks_ms = median_ms(swarm.tasks, repeats)
+            events_ms = median_ms(swarm.events, repeats)
+            from timmy.widgets.page import Page
+
+            def load_page() -> None:
+                page = Page("desktop", url, token, 1.0)
+                assert page.console is not None, "the page did not attach"
+                client = page.console.console.swarm
+                page.console.close()
+                client.close()
+
+            page_ms = median_ms(load_page, max(3, repeats // 6))
+            stop.set()
+            ping_thread.join(timeout=10)
+            rss, peak = rss_mb(proc.pid)
+        return {"start_s": start_s, "rss": rss, "peak": peak, "status": status_ms,
+                "tasks": tasks_ms, "events": events_ms, "page": page_ms,
+                "ping": worst[0] * 1000}
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", default="0,1000000,10000000",
+                    help="events of stored history, comma-separated (the first is the base)")
+    ap.add_argument("--repeats", type=int, default=30)
+    ap.add_argument("--cache", default="/tmp", help="where the filled databases are kept")
+    args = ap.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",")]
+    rows = []
+    for n in sizes:
+        path = Path(args.cache) / f"timmy-history-{n}.db"
+        built = build(path, n)
+        size_mb = path.stat().st_size / 1e6
+        print(f"{n:>12,} events: {size_mb:,.0f} MB database"
+              + (f" (built in {built:.0f}s)" if built else " (cached)"), flush=True)
+        rows.append((n, measure(path, args.repeats)))
+    base = rows[0][1]
+    cols = (("rss", "RSS MB"), ("peak", "peak RSS MB"), ("status", "status() ms"),
+            ("tasks", "tasks() ms"), ("events", "events() ms"), ("page", "page load ms"),
+            ("ping", "worst ping ms"), ("start_s", "start s"))
+    print(f"\n{'events':>12} " + " ".join(f"{title:>18}" for _, title in cols))
+    for n, r in rows:
+        cells = []
+        for key, _ in cols:
+            ratio = r[key] / base[key] if base[key] else float("nan")
+            cells.append(f"{r[key]:>9.1f} (x{ratio:4.2f})")
+        print(f"{n:>12,} " + " ".join(f"{c:>18}" for c in cells))
+    print("\nratios are against the first size (the empty store); the page load is the "
+          "desktop dashboard built in this process through the client, without Voilà or a "
+          "browser")
+
+
+if __name__ == "__main__":
+    main()
