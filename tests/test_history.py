@@ -207,3 +207,27 @@ def test_timmy_run_asks_only_for_its_own_bids(tmp_path):
             assert params[0] >= 2 * N_TASKS, (statement, params)
         else:                          # the mark: the newest bid before the run, one row
             assert "DESC" in statement and 1 in params
+
+
+def test_a_dashboard_loads_the_recent_window_and_the_inspector_its_task(db_url, make_swarm):
+    pytest.importorskip("ipywidgets")
+    from timmy.widgets import desktop
+
+    fill(db_url, N_TASKS)
+    with make_swarm() as swarm:
+        swarm.spawn("forge")
+        done = swarm.wait(swarm.post("fix the bug in the api client").task_id, timeout=10)
+        with statements() as seen:
+            box = desktop(swarm)
+            inspector = box.console.inspector
+            inspector.refresh(5)                      # an old task, far below the window
+        try:
+            rows = box.console.state.tasks
+            assert len(rows) <= DEFAULT_LIMIT and next(reversed(rows)) == done.task_id
+            assert inspector.pick.value == 5 and "old task 5" in inspector.output.value
+            assert [s["agent_id"] for s in inspector.stories[0].bids] == ["forge-1", "forge-2"]
+            for statement, _ in seen:
+                if re.search(r"\bFROM\s+(tasks|bids|events)\b", statement, re.I):
+                    assert re.search(r"\bLIMIT\b|task_id = ", statement, re.I), statement
+        finally:
+            box.close()
