@@ -115,7 +115,7 @@ def median_ms(fn, repeats: int) -> float:
     return statistics.median(times) * 1000
 
 
-def measure(path: Path, repeats: int) -> dict:
+def measure(path: Path, repeats: int, warm: int) -> dict:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     t0 = time.perf_counter()
     proc = subprocess.Popen(
@@ -137,7 +137,7 @@ def measure(path: Path, repeats: int) -> dict:
         with timmy.Swarm.attach(url, token=token) as swarm:
             # a full page of this service's own tasks first, at every size: the pages then
             # hold as many rows whatever the history, and only its size differs
-            swarm.run([f"fix the bug in parser {i}" for i in range(WARM_TASKS)], timeout=600)
+            swarm.run([f"fix the bug in parser {i}" for i in range(warm)], timeout=600)
             worst = [0.0]
             stop = threading.Event()
 
@@ -184,6 +184,8 @@ def main() -> None:
                     help="events of stored history, comma-separated (the first is the base)")
     ap.add_argument("--repeats", type=int, default=30)
     ap.add_argument("--cache", default="/tmp", help="where the filled databases are kept")
+    ap.add_argument("--warm", type=int, default=WARM_TASKS,
+                    help="tasks the service runs before the measurements")
     args = ap.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     rows = []
@@ -193,7 +195,7 @@ def main() -> None:
         size_mb = path.stat().st_size / 1e6
         print(f"{n:>12,} events: {size_mb:,.0f} MB database"
               + (f" (built in {built:.0f}s)" if built else " (cached)"), flush=True)
-        rows.append((n, measure(path, args.repeats)))
+        rows.append((n, measure(path, args.repeats, args.warm)))
     base = rows[0][1]
     cols = (("rss", "RSS MB"), ("peak", "peak RSS MB"), ("status", "status() ms"),
             ("tasks", "tasks() ms"), ("events", "events() ms"), ("page", "page load ms"),

@@ -231,3 +231,17 @@ def test_a_dashboard_loads_the_recent_window_and_the_inspector_its_task(db_url, 
                     assert re.search(r"\bLIMIT\b|task_id = ", statement, re.I), statement
         finally:
             box.close()
+
+
+@pytest.mark.timeout(150)
+def test_the_history_benchmark_prints_its_figures(tmp_path):
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "history.py"
+    out = subprocess.run([sys.executable, str(script), "--sizes", "0,2000", "--repeats", "2",
+                          "--warm", "10", "--cache", str(tmp_path)],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "status() ms" in out.stdout and "page load ms" in out.stdout
+    assert re.search(r"^\s+2,000 .*\(x", out.stdout, re.M), out.stdout
