@@ -47,7 +47,7 @@ WARM_TASKS = DEFAULT_LIMIT + 100
 def build(path: Path, n_events: int) -> float:
     """Fill ``path`` (once: cached) with ``n_events`` events of history; seconds spent."""
     done = Path(f"{path}.built")
-    if done.exists():
+    if done.exists() and n_events:       # the empty store is made afresh (each run adds tasks)
         return 0.0
     from tqdm import tqdm
 
