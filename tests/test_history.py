@@ -132,6 +132,28 @@ def test_the_swarm_pages_and_its_iterators_see_every_row_once(db_url, make_swarm
         assert swarm.status()["tasks"] == {"completed": N_TASKS + 1}
 
 
+def test_the_async_swarm_pages_and_walks_with_async_for(db_url):
+    import anyio
+
+    from timmy import AsyncSwarm
+
+    fill(db_url, N_TASKS)
+
+    async def main():
+        async with AsyncSwarm(db_url, seed=1, task_seconds=0) as swarm:
+            page = await swarm.tasks(limit=3, before=N_TASKS)
+            walked = [t.task_id async for t in swarm.iter_tasks(after=5)]
+            bids = [b["bid_id"] async for b in swarm.iter_bids(N_TASKS)]
+            events = [e.event_id async for e in swarm.iter_events(page=999)]
+            return [t.task_id for t in page], walked, bids, events
+
+    page, walked, bids, events = anyio.run(main)
+    assert page == [N_TASKS - 3, N_TASKS - 2, N_TASKS - 1]
+    assert walked == list(range(6, N_TASKS + 1))
+    assert bids == [2 * N_TASKS - 1, 2 * N_TASKS]
+    assert events == list(range(1, 2 * N_TASKS + 1))
+
+
 def test_status_reads_no_task_rows(db_url, make_swarm):
     fill(db_url, 50)
     with make_swarm() as swarm:
