@@ -267,3 +267,25 @@ def test_the_history_benchmark_prints_its_figures(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     assert "status() ms" in out.stdout and "page load ms" in out.stdout
     assert re.search(r"^\s+2,000 .*\(x", out.stdout, re.M), out.stdout
+
+
+def test_analytics_of_a_live_store_reads_it_from_disk_not_memory(db_url):
+    pytest.importorskip("duckdb")
+    import gc
+
+    from timmy import analytics
+
+    fill(db_url, N_TASKS)
+    con = analytics.connect(db_url)
+    views = dict(con.execute("SELECT view_name, sql FROM duckdb_views() "
+                             "WHERE NOT internal").fetchall())
+    assert {"tasks", "bids", "agents", "events"} <= set(views)
+    where = re.search(r"read_parquet\('([^']+)/tasks\.parquet'\)", views["tasks"])
+    assert where, views["tasks"]                 # a view over a file, not an in-memory table
+    assert con.execute("SELECT count(*), max(task_id) FROM tasks").fetchone() == \
+        (N_TASKS, N_TASKS)
+    assert con.execute("SELECT count(*) FROM bids WHERE won").fetchone() == (N_TASKS,)
+    con.close()
+    del con
+    gc.collect()
+    assert not Path(where.group(1)).exists()     # the snapshot went with the connection
