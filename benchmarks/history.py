@@ -14,6 +14,9 @@ on the empty store every page is full), and, through `timmy.Swarm.attach`:
   in this process without Voilà or a browser;
 - the longest ``ping`` a second client saw meanwhile (the event loop's worst stall).
 
+The services of all sizes run at once and are measured in interleaved rounds, so the
+noise of a shared machine falls on every size alike.
+
 Each figure is printed against the empty store's as a ratio (flat history: ~1.0).
 
     python benchmarks/history.py [--sizes 0,1000000,10000000] [--repeats 30]
@@ -106,76 +109,100 @@ def rss_mb(pid: int) -> tuple[float, float]:
     return (int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024)
 
 
-def median_ms(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times) * 1000
+class Served:
+    """One ``timmy serve`` on one database, a client, and a second client that pings."""
 
-
-def measure(path: Path, repeats: int, warm: int) -> dict:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "timmy", "serve", "--db", str(path), "--port", "0",
-         "--task-seconds", "0", "--seed", "1"],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
-    try:
-        url = None
+    def __init__(self, path: Path) -> None:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        t0 = time.perf_counter()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "timmy", "serve", "--db", str(path), "--port", "0",
+             "--task-seconds", "0", "--seed", "1"],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+        self.url = None
         deadline = time.monotonic() + 600
-        while url is None and time.monotonic() < deadline:
-            line = proc.stdout.readline()
+        while self.url is None and time.monotonic() < deadline:
+            line = self.proc.stdout.readline()
             if not line:
                 raise SystemExit(f"timmy serve on {path} ended before listening")
             if m := LISTENING.search(line):
-                url = m.group(1)
-        start_s = time.perf_counter() - t0
-        threading.Thread(target=proc.stdout.read, daemon=True).start()   # keep it drained
-        token = Path(f"{path}.token").read_text().strip()
-        with timmy.Swarm.attach(url, token=token) as swarm:
-            # a full page of this service's own tasks first, at every size: the pages then
-            # hold as many rows whatever the history, and only its size differs
-            swarm.run([f"fix the bug in parser {i}" for i in range(warm)], timeout=600)
-            worst = [0.0]
-            stop = threading.Event()
+                self.url = m.group(1)
+        self.start_s = time.perf_counter() - t0
+        threading.Thread(target=self.proc.stdout.read, daemon=True).start()   # kept drained
+        self.token = Path(f"{path}.token").read_text().strip()
+        self.swarm = timmy.Swarm.attach(self.url, token=self.token)
+        self.times: dict[str, list[float]] = {}
+        self.worst_ping = 0.0
+        self._stop = threading.Event()
+        self._pinger = threading.Thread(target=self._ping, daemon=True)
 
-            def pinger() -> None:
-                with timmy.Swarm.attach(url, token=token) as other:
-                    while not stop.is_set():
-                        t = time.perf_counter()
-                        other.ping()
-                        worst[0] = max(worst[0], time.perf_counter() - t)
-                        stop.wait(0.005)
+    def _ping(self) -> None:
+        with timmy.Swarm.attach(self.url, token=self.token) as other:
+            while not self._stop.is_set():
+                t = time.perf_counter()
+                other.ping()
+                self.worst_ping = max(self.worst_ping, time.perf_counter() - t)
+                self._stop.wait(0.005)
 
-            ping_thread = threading.Thread(target=pinger, daemon=True)
-            ping_thread.start()
-            status_ms = median_ms(swarm.status, repeats)
-            tasks_ms = median_ms(swarm.tasks, repeats)
-            events_ms = median_ms(swarm.events, repeats)
-            from timmy.widgets.page import Page
+    def warm(self, n: int) -> None:
+        """This service's own tasks first, at every size (``n`` > a page: the pages then
+        hold as many rows whatever the history, and only its size differs)."""
+        self.swarm.run([f"fix the bug in parser {i}" for i in range(n)], timeout=600)
+        self._pinger.start()
 
-            def load_page() -> None:
-                page = Page("desktop", url, token, 1.0)
-                assert page.console is not None, "the page did not attach"
-                client = page.console.console.swarm
-                page.console.close()
-                client.close()
+    def time(self, name: str, fn) -> None:
+        t = time.perf_counter()
+        fn()
+        self.times.setdefault(name, []).append(time.perf_counter() - t)
 
-            page_ms = median_ms(load_page, max(3, repeats // 6))
-            stop.set()
-            ping_thread.join(timeout=10)
-            rss, peak = rss_mb(proc.pid)
-        return {"start_s": start_s, "rss": rss, "peak": peak, "status": status_ms,
-                "tasks": tasks_ms, "events": events_ms, "page": page_ms,
-                "ping": worst[0] * 1000}
-    finally:
-        proc.terminate()
+    def load_page(self) -> None:
+        """What a desktop dashboard page builds: attach, the console's snapshot, the
+        inspector (`timmy.widgets.page.Page`), without Voilà or a browser."""
+        from timmy.widgets.page import Page
+
+        page = Page("desktop", self.url, self.token, 1.0)
+        assert page.console is not None, "the page did not attach"
+        client = page.console.console.swarm
+        page.console.close()
+        client.close()
+
+    def figures(self) -> dict:
+        self._stop.set()
+        self._pinger.join(timeout=10)
+        rss, peak = rss_mb(self.proc.pid)
+        out = {k: statistics.median(v) * 1000 for k, v in self.times.items()}
+        return {"start_s": self.start_s, "rss": rss, "peak": peak,
+                "ping": self.worst_ping * 1000, **out}
+
+    def close(self) -> None:
+        self._stop.set()
+        self.swarm.close()
+        self.proc.terminate()
         try:
-            proc.wait(timeout=60)
+            self.proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
-            proc.kill()
+            self.proc.kill()
+
+
+def measure(paths: list[Path], repeats: int, warm: int) -> list[dict]:
+    """Every size's service up at once, measured in interleaved rounds: the noise of a
+    shared machine then falls on every size alike."""
+    served: list[Served] = []
+    try:
+        for path in paths:
+            served.append(Served(path))
+            served[-1].warm(warm)
+        for r in range(repeats):
+            for s in served:
+                s.time("status", s.swarm.status)
+                s.time("tasks", s.swarm.tasks)
+                s.time("events", s.swarm.events)
+                if r % 6 == 0:
+                    s.time("page", s.load_page)
+        return [s.figures() for s in served]
+    finally:
+        for s in served:
+            s.close()
 
 
 def main() -> None:
@@ -188,14 +215,15 @@ def main() -> None:
                     help="tasks the service runs before the measurements")
     args = ap.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
-    rows = []
+    paths = []
     for n in sizes:
         path = Path(args.cache) / f"timmy-history-{n}.db"
         built = build(path, n)
         size_mb = path.stat().st_size / 1e6
         print(f"{n:>12,} events: {size_mb:,.0f} MB database"
               + (f" (built in {built:.0f}s)" if built else " (cached)"), flush=True)
-        rows.append((n, measure(path, args.repeats, args.warm)))
+        paths.append(path)
+    rows = list(zip(sizes, measure(paths, args.repeats, args.warm), strict=True))
     base = rows[0][1]
     cols = (("rss", "RSS MB"), ("peak", "peak RSS MB"), ("status", "status() ms"),
             ("tasks", "tasks() ms"), ("events", "events() ms"), ("page", "page load ms"),
