@@ -47,7 +47,7 @@ def bench_posts(url: str, token: str, n: int) -> None:
         q = statistics.quantiles(lat, n=100)
         print(f"post over the control endpoint: {n / elapsed:,.0f} requests/s, "
               f"p50 {q[49] * 1000:.2f} ms, p99 {q[98] * 1000:.2f} ms ({n} posts, one client)")
-        for task in swarm.tasks()[-n:]:            # let them finish before the next figure
+        for task in swarm.tasks(limit=n):          # let them finish before the next figure
             swarm.wait(task.task_id, timeout=120)
 
 

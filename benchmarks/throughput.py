@@ -45,7 +45,7 @@ def latency(db: str, n: int, seed: int) -> list[float]:
             swarm.wait(t.task_id, timeout=10)
             ids.append(t.task_id)
         wanted = set(ids)
-        tasks = [t for t in swarm.tasks() if t.task_id in wanted]
+        tasks = [t for t in swarm.iter_tasks(after=min(ids) - 1) if t.task_id in wanted]
     return [(t.assigned_at - t.created_at) * 1000 for t in tasks]
 
 

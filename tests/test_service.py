@@ -140,7 +140,7 @@ def test_subscribe_after_zero_replays_history(service):
     got: list[Event] = []
     with service.attach() as swarm:
         swarm.subscribe(got.append, after=0)
-        stored = swarm.events()
+        stored = list(swarm.iter_events())   # the whole history, a page at a time
         wait_until(lambda: len(got) >= len(stored))
     assert got[:len(stored)] == stored
 
@@ -169,7 +169,7 @@ def test_subscriber_resumes_across_a_restart_without_gaps_or_repeats(tmp_path, s
             last = swarm.events()[-1].event_id
         wait_until(lambda: got and got[-1].event_id >= last, timeout=15)
         with svc.attach() as swarm:
-            stored = swarm.events()
+            stored = list(swarm.iter_events())
         # Every stored event once, in order: none missed, none repeated across the restart.
         assert [(e.event_id, e.kind, e.task_id) for e in got] == \
                [(e.event_id, e.kind, e.task_id) for e in stored]

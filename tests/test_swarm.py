@@ -268,7 +268,7 @@ def test_three_hundred_tasks_all_finish_and_every_record_adds_up(make_swarm):
     # Every attempt a task used was won by exactly one bid; the last one by its agent.
     won = defaultdict(list)
     bid_tasks = set()
-    for row in swarm.bids():
+    for row in swarm.iter_bids():          # 300 tasks' bids: more than one page
         bid_tasks.add(row["task_id"])
         if row["won"]:
             won[row["task_id"], row["attempt"]].append(row)
@@ -282,7 +282,7 @@ def test_three_hundred_tasks_all_finish_and_every_record_adds_up(make_swarm):
     assert sum(len(rows) for rows in won.values()) == sum(t.attempts for t in done)
 
     # The event log has each task's posting and exactly one ending.
-    events = swarm.events()
+    events = list(swarm.iter_events())
     assert [e.event_id for e in events] == list(range(1, len(events) + 1))
     posted = Counter(e.task_id for e in events if e.kind == "task_posted")
     ended = Counter(e.task_id for e in events

@@ -17,8 +17,8 @@ The questions stay SQL run by DuckDB, so they hold at millions of bids. A bid's
 persona comes from ``agents`` (the ``<persona>-<n>`` agent id when an agent is
 missing). "Price paid" is ``tasks.price_sats`` of completed tasks: what the
 winner earned. DuckDB extensions that download (sqlite_scanner, httpfs) are
-never used: a live store is read through SQLAlchemy into Arrow
-(`timmy.export.read_tables`), and auto-installing extensions is switched off.
+never used: a live store is streamed through SQLAlchemy into temporary Parquet
+files (`timmy.export.export_store`), and auto-installing extensions is switched off.
 duckdb and pandas are imported on first use (extra ``analysis``).
 """
 
@@ -57,7 +57,9 @@ def connect(source: str | os.PathLike | Any, *,
     ``source`` is an export directory (``tasks``/``bids``/``agents``/``events``
     ``.parquet``, as written by ``swarm.export``, ``timmy export`` or
     ``SimRun.export``), a SQLite file path, an SQLAlchemy URL (a database is
-    read in one snapshot into Arrow, so later writes are not seen), or an
+    exported in one snapshot, a chunk at a time, to temporary Parquet files kept
+    as long as the connection: later writes are not seen, and however long its
+    history, it is never held in memory), or an
     object with ``tasks``, ``bids``, ``agents`` and ``events`` DataFrames, such
     as a `timmy.sim.SimRun`. ``personas`` (default `timmy.PERSONAS`) is the
     catalog whose keywords fill ``task_keywords``.
@@ -74,7 +76,7 @@ def connect(source: str | os.PathLike | Any, *,
             if url is None:
                 _view_export(con, Path(source))
             else:
-                _register(con, _read_store(url), url)
+                _snapshot_store(con, url)
         elif all(hasattr(source, name) for name in TABLES):
             _register(con, {name: getattr(source, name) for name in TABLES},
                       f"the {type(source).__name__}")
@@ -206,15 +208,23 @@ def _check_columns(con: duckdb.DuckDBPyConnection, name: str, where: str) -> Non
                               hint=f"export it again with this timmy; {EXPORT_HINT}")
 
 
-def _read_store(url: str) -> dict[str, Any]:
-    from .export import read_tables
+def _snapshot_store(con: duckdb.DuckDBPyConnection, url: str) -> None:
+    """Views over a live store's export, in a temporary directory removed with ``con``."""
+    import shutil
+    import tempfile
+    import weakref
+
+    from .export import export_store
     from .store import Store
 
     store = Store(url, create=False)
     try:
-        return read_tables(store)
+        tmp = tempfile.mkdtemp(prefix="timmy-analytics-")   # owner-only (0700)
+        weakref.finalize(con, shutil.rmtree, tmp, True)
+        export_store(store, tmp)
     finally:
         store.dispose()
+    _view_export(con, Path(tmp))
 
 
 def _register(con: duckdb.DuckDBPyConnection, tables: Mapping[str, Any], where: str) -> None:

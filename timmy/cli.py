@@ -238,10 +238,20 @@ def _run_tasks(swarm, descriptions: Sequence[str], timeout: float, sequential: b
                                         "the database)") from exc
 
 
-def _report_run(swarm, results: Sequence, catalog: dict, title: str) -> None:
-    """Print the per-persona table and the swarm's status line."""
+def _bid_mark(swarm) -> int:
+    """The newest bid_id before a run: the run's own bids are the ones after it."""
+    newest = swarm.bids(limit=1)
+    return newest[-1]["bid_id"] if newest else 0
+
+
+def _report_run(swarm, results: Sequence, catalog: dict, title: str, mark: int = 0) -> None:
+    """Print the per-persona table and the swarm's status line.
+
+    Reads only the bids written since ``mark`` (`_bid_mark` before the run), a page at a
+    time, never the database's whole history.
+    """
     ids = {t.task_id for t in results}
-    bids = [b for b in swarm.bids() if b["task_id"] in ids]
+    bids = (b for b in swarm.iter_bids(after=mark) if b["task_id"] in ids)
     agent_personas = {a.agent_id: a.persona for a in swarm.agents()}
     rows = persona_summary(results, bids, agent_personas, catalog)
     console = _console()
@@ -369,10 +379,11 @@ def demo(db: str | None, n_tasks: int, seed: int, out: Path, rule: str, task_sec
     with Swarm(url, seed=seed, task_seconds=task_seconds, rule=rule,
                task_timeout=task_timeout) as swarm:
         swarm.spawn_all()
+        mark = _bid_mark(swarm)
         results = _run_tasks(swarm, descriptions, timeout, sequential)
         _report_run(swarm, results, PERSONAS,
                     f"Winners and prices by persona ({len(results)} tasks, rule {rule}, "
-                    f"seed {seed})")
+                    f"seed {seed})", mark)
         written = swarm.export(out)
     click.echo(clean(f"database: {describe_db(url)}"))
     click.echo(clean(f"parquet export: {out.resolve()}/ "
@@ -416,6 +427,7 @@ def run(tasks_file: Path, db: str, seed: int, rule: str, executor: str, task_sec
                task_timeout=task_timeout) as swarm:
         say_executor(swarm)
         swarm.spawn_all()
+        mark = _bid_mark(swarm)
         results = _run_tasks(swarm, descriptions, timeout, sequential)
         table = Table(title=f"Results ({len(results)} tasks)", title_justify="left")
         for name, justify in (("task", "right"), ("status", "left"), ("winner", "left"),
@@ -433,7 +445,7 @@ def run(tasks_file: Path, db: str, seed: int, rule: str, executor: str, task_sec
         if len(results) > show:
             console.print(f"... and {len(results) - show} more tasks (see the database or "
                           "`timmy export`)")
-        _report_run(swarm, results, catalog, "By persona")
+        _report_run(swarm, results, catalog, "By persona", mark)
     click.echo(clean(f"database: {describe_db(url)}"))
 
 

@@ -24,7 +24,7 @@ import os
 import select
 import socket
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ from . import errors as _errors
 from .coordinator import WaitTimeout
 from .errors import ProtocolError, TimmyError
 from .models import AgentInfo, Event, Task
+from .paging import DEFAULT_LIMIT, agent_key, bid_key, event_key, task_key, walk
 from .service import (
     DEFAULT_URL,
     AuthenticationError,
@@ -270,8 +271,13 @@ class AttachedSwarm:
     def kill(self, agent_id: str) -> None:
         self._call("kill", agent_id=agent_id)
 
-    def agents(self) -> list[AgentInfo]:
-        return msgspec.convert(self._call("agents"), list[AgentInfo])
+    def agents(self, limit: int | None = None, after: str | None = None) -> list[AgentInfo]:
+        """One page of agents by agent_id (see `timmy.paging`)."""
+        return msgspec.convert(self._call("agents", limit=limit, after=after), list[AgentInfo])
+
+    def iter_agents(self, *, page: int = DEFAULT_LIMIT) -> Iterator[AgentInfo]:
+        """Every agent, by agent_id, a request per page."""
+        return walk(lambda c, n: self.agents(n, c), agent_key, None, page)
 
     def post(self, description: str, task_timeout: float | None = None) -> Task:
         return msgspec.convert(self._call("post", description=description,
@@ -317,17 +323,40 @@ class AttachedSwarm:
     def cancel(self, task_id: int) -> Task:
         return msgspec.convert(self._call("cancel", task_id=task_id), Task)
 
-    def tasks(self, status: str | None = None, limit: int | None = None) -> list[Task]:
-        return msgspec.convert(self._call("tasks", status=status, limit=limit), list[Task])
+    def tasks(self, status: str | None = None, limit: int | None = None, *,
+              after: int | None = None, before: int | None = None) -> list[Task]:
+        """One page of tasks, oldest first: the newest ``limit`` (the service's default
+        page, at most `timmy.paging.MAX_LIMIT`), or past ``after``/``before`` (a task_id)."""
+        return msgspec.convert(self._call("tasks", status=status, limit=limit, after=after,
+                                          before=before), list[Task])
+
+    def iter_tasks(self, status: str | None = None, *, after: int = 0,
+                   page: int = DEFAULT_LIMIT) -> Iterator[Task]:
+        """Every task (in ``status``) after ``after``, oldest first, a request per page."""
+        return walk(lambda c, n: self.tasks(status, n, after=c), task_key, after, page)
 
     def task(self, task_id: int) -> Task:
         return msgspec.convert(self._call("task", task_id=task_id), Task)
 
-    def bids(self, task_id: int | None = None) -> list[dict]:
-        return self._call("bids", task_id=task_id)
+    def bids(self, task_id: int | None = None, limit: int | None = None, *,
+             after: int | None = None, before: int | None = None) -> list[dict]:
+        """One page of bids (all, or one task's), oldest first by bid_id; paged as `tasks`."""
+        return self._call("bids", task_id=task_id, limit=limit, after=after, before=before)
 
-    def events(self, after: int = 0, limit: int | None = None) -> list[Event]:
-        return msgspec.convert(self._call("events", after=after, limit=limit), list[Event])
+    def iter_bids(self, task_id: int | None = None, *, after: int = 0,
+                  page: int = DEFAULT_LIMIT) -> Iterator[dict]:
+        """Every bid (or one task's) after bid ``after``, oldest first, a request per page."""
+        return walk(lambda c, n: self.bids(task_id, n, after=c), bid_key, after, page)
+
+    def events(self, after: int | None = None, limit: int | None = None, *,
+               before: int | None = None) -> list[Event]:
+        """One page of stored events, oldest first: the newest, or past ``after``/``before``."""
+        return msgspec.convert(self._call("events", after=after, limit=limit, before=before),
+                               list[Event])
+
+    def iter_events(self, after: int = 0, *, page: int = DEFAULT_LIMIT) -> Iterator[Event]:
+        """Every stored event after ``after``, oldest first, a request per page."""
+        return walk(lambda c, n: self.events(c, n), event_key, after, page)
 
     def status(self) -> dict:
         """What `timmy.Swarm.status` says, plus ``service``: connections, subscribers..."""

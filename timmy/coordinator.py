@@ -32,7 +32,7 @@ import math
 import shlex
 import sys
 import time
-from collections import OrderedDict, deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -73,6 +73,7 @@ from .models import (
     Task,
     copy,
 )
+from .paging import page_limit
 from .personas import PERSONAS, Persona, Words, get_persona
 from .runner import stats_from_dict
 from .store import Batch, Store
@@ -287,6 +288,9 @@ class Coordinator:
         self.agents: dict[str, Agent] = {}
         self.active: dict[int, Task] = {}
         self.finished: OrderedDict[int, Task] = OrderedDict()
+        # Finished tasks by state: read once at start, then counted as tasks finish, so
+        # status() never scans the history (unfinished ones are counted from `active`).
+        self._ended: Counter[str] = Counter()
         self.queue: deque[int] = deque()
         self.auctions: dict[int, OpenAuction] = {}
         self._deadlines: deque[OpenAuction] = deque()
@@ -334,6 +338,8 @@ class Coordinator:
             self.store.recover, self.cfg.max_attempts, now, whoami())
         self._next_event = await anyio.to_thread.run_sync(self.store.next_event_id)
         self._agent_counts = await anyio.to_thread.run_sync(self.store.agent_counts)
+        stored = await anyio.to_thread.run_sync(self.store.status_counts)
+        self._ended.update({s: stored[s] for s in TERMINAL_STATES if stored.get(s)})
         for task in sorted(waiting + requeued, key=lambda t: t.task_id):
             self.active[task.task_id] = task
             self.queue.append(task.task_id)
@@ -603,8 +609,10 @@ class Coordinator:
                               hint=f"agents: {', '.join(self.agents) or '(none: spawn one)'}")
         return agent
 
-    def agent_infos(self) -> list[AgentInfo]:
-        return [copy(a.info) for a in self.agents.values()]
+    def agent_infos(self, limit: int | None = None, after: str | None = None) -> list[AgentInfo]:
+        """One page of agents by agent_id (`timmy.paging`): the first, or after ``after``."""
+        ids = sorted(a for a in self.agents if after is None or a > after)
+        return [copy(self.agents[a].info) for a in ids[:page_limit(limit)]]
 
     # -- remote runners -----------------------------------------------------
     async def serve_remote(self, persona_id: str, agent_id: str | None, stats: dict | None,
@@ -870,6 +878,8 @@ class Coordinator:
             self.finished.popitem(last=False)
 
     def _finish(self, task: Task, status: str, result: str | None = None, **data) -> None:
+        if task.task_id in self.active:
+            self._ended[status] += 1
         task.status = status
         task.completed_at = time.time()
         if result is not None:
@@ -1354,6 +1364,12 @@ class Coordinator:
         return f"every runner was stopped or failed ({named} kept dying and {was} given up on)"
 
     # -- reads --------------------------------------------------------------
+    def task_counts(self) -> dict[str, int]:
+        """Tasks by state, from memory: unfinished ones live, finished ones counted."""
+        counts = Counter(t.status for t in self.active.values())
+        counts.update(self._ended)
+        return {state: n for state, n in counts.items() if n}
+
     def status(self, counts: dict[str, int]) -> dict:
         by_state: dict[str, int] = {}
         for a in self.agents.values():

@@ -383,7 +383,9 @@ def _probe_sqlite(path: Path) -> str | None:
 def _task_count(path: Path) -> str:
     try:
         with sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True) as conn:
-            n = conn.execute("select count(*) from tasks").fetchone()[0]
+            # tasks are never deleted: the newest rowid (task_id) is their number, read off
+            # the table's b-tree in one step, where count(*) reads every row
+            n = conn.execute("select coalesce(max(rowid), 0) from tasks").fetchone()[0]
         return f"{n:,} tasks"
     except sqlite3.Error:
         return "no timmy tables yet"

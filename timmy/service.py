@@ -60,6 +60,7 @@ from msgspec import Meta
 
 from .errors import ConfigError, ProtocolError, TimmyError
 from .models import Event
+from .paging import DEFAULT_LIMIT, MAX_LIMIT
 from .protocol import MAX_LINE
 
 log = logging.getLogger(__name__)
@@ -174,16 +175,27 @@ class RunArgs(Args):
 
 class TasksArgs(Args):
     status: Name | None = None
-    limit: Count | None = None
+    limit: Count | None = None       # default DEFAULT_LIMIT, at most MAX_LIMIT (`_cap`)
+    after: EventId | None = None     # cursors: task_ids (`timmy.paging`)
+    before: EventId | None = None
 
 
 class BidsArgs(Args):
     task_id: TaskId | None = None
+    limit: Count | None = None
+    after: EventId | None = None     # bid_ids
+    before: EventId | None = None
 
 
 class EventsArgs(Args):
-    after: EventId = 0
+    after: EventId | None = None     # None: the newest page
     limit: Count | None = None
+    before: EventId | None = None
+
+
+class AgentsArgs(Args):
+    limit: Count | None = None
+    after: Name | None = None
 
 
 class ExportArgs(Args):
@@ -263,22 +275,30 @@ OPS: dict[str, Op] = {
     "spawn_all": (SpawnAllArgs, lambda s, a: s.spawn_all(a.personas)),
     "stop": (AgentArgs, lambda s, a: s.stop(a.agent_id)),
     "kill": (AgentArgs, lambda s, a: s.kill(a.agent_id)),
-    "agents": (NoArgs, lambda s, a: s.agents()),
+    "agents": (AgentsArgs, lambda s, a: s.agents(_cap(a.limit), a.after)),
     "post": (PostArgs, lambda s, a: s.post(a.description, a.task_timeout)),
     "post_many": (PostManyArgs, lambda s, a: s.post_many(a.descriptions, a.task_timeout)),
     "wait": (WaitArgs, lambda s, a: s.wait(a.task_id, a.timeout)),
     "run": (RunArgs, lambda s, a: s.run(a.descriptions, a.timeout, False, a.sequential)),
     "cancel": (TaskArgs, lambda s, a: s.cancel(a.task_id)),
-    "tasks": (TasksArgs, lambda s, a: s.tasks(a.status, a.limit)),
+    "tasks": (TasksArgs, lambda s, a: s.tasks(a.status, _cap(a.limit), after=a.after,
+                                              before=a.before)),
     "task": (TaskArgs, lambda s, a: s.task(a.task_id)),
-    "bids": (BidsArgs, lambda s, a: s.bids(a.task_id)),
-    "events": (EventsArgs, lambda s, a: s.events(a.after, a.limit)),
+    "bids": (BidsArgs, lambda s, a: s.bids(a.task_id, _cap(a.limit), after=a.after,
+                                           before=a.before)),
+    "events": (EventsArgs, lambda s, a: s.events(a.after, _cap(a.limit), before=a.before)),
     "export": (ExportArgs, _export),
 }
 
 
 async def _const(value):
     return value
+
+
+def _cap(limit: int | None) -> int:
+    """A list op's page size: the default, and never more than `MAX_LIMIT` rows, whatever a
+    client asks (one answer is held in memory and written in one piece)."""
+    return DEFAULT_LIMIT if limit is None else min(limit, MAX_LIMIT)
 
 
 # -- the server -------------------------------------------------------------------

@@ -31,6 +31,7 @@ from sqlalchemy.engine import Engine
 from .dburl import sqlite_file
 from .errors import OwnershipLost, StoreError, TaskNotFound
 from .models import ACTIVE_STATES, QUEUED, AgentInfo, Event, Task
+from .paging import page_limit
 
 SCHEMA_VERSION = 1
 
@@ -105,6 +106,10 @@ _AGENT_UPDATE_BINDS = ("b_agent_id", *(f"b_{c}" for c in AGENT_UPDATE_COLUMNS))
 BID_COLUMNS = ("task_id", "attempt", "auction_id", "agent_id", "sats", "on_spec", "won", "rule",
                "created_at")
 EVENT_COLUMNS = ("event_id", "ts", "kind", "task_id", "agent_id", "data")
+# A page of one state, newest first (`Store.tasks`), is a range scan of this index. SQLite's
+# ix_tasks_status already is one (its entries end with the rowid, which is task_id).
+sa.Index("ix_tasks_status_task_id", tasks_table.c.status,
+         tasks_table.c.task_id).ddl_if(dialect="postgresql")
 
 OWNER_EPOCH = "owner_epoch"   # timmy_meta key: the fencing token of the swarm that owns it
 OWNER = "owner"               # timmy_meta key: who that is, for humans
@@ -396,6 +401,10 @@ class Store:
                         f"{missing[0]!r})",
                         hint="pass the database a swarm wrote (default data/timmy.db)")
             metadata.create_all(conn)
+            if self.create:   # a database made before an index was added gets it now
+                for table in metadata.sorted_tables:
+                    for index in table.indexes:
+                        index.create(conn, checkfirst=True)
             row = conn.execute(
                 sa.select(meta_table.c.value).where(meta_table.c.key == "schema_version")
             ).first()
@@ -671,40 +680,61 @@ class Store:
         return _task(rows[0])
 
     def tasks(self, status: str | Iterable[str] | None = None, limit: int | None = None,
-              ids: Sequence[int] | None = None) -> list[Task]:
-        """Tasks oldest first: all, by status, by id, or the newest ``limit``."""
+              ids: Sequence[int] | None = None, after: int | None = None,
+              before: int | None = None) -> list[Task]:
+        """One page of tasks, oldest first: by status, by id, else all (see `timmy.paging`).
+
+        No cursor: the newest ``limit`` (default `DEFAULT_LIMIT`; with ``ids``, as many
+        as there are ids); ``after``/``before``: the page past a task_id.
+        """
         stmt = sa.select(tasks_table)
         if isinstance(status, str):
             stmt = stmt.where(tasks_table.c.status == status)
         elif status is not None:
             stmt = stmt.where(tasks_table.c.status.in_(list(status)))
         if ids is not None:
-            stmt = stmt.where(tasks_table.c.task_id.in_(
-                [i for i in ids if 0 < i <= self._max_id]))
-        if limit is None:
-            return [_task(r) for r in self._read(stmt.order_by(tasks_table.c.task_id))]
-        newest = self._read(stmt.order_by(tasks_table.c.task_id.desc()).limit(limit))
-        return [_task(r) for r in reversed(newest)]
+            ids = [i for i in ids if 0 < i <= self._max_id]
+            stmt = stmt.where(tasks_table.c.task_id.in_(ids))
+            limit = len(ids) if limit is None else limit
+        return [_task(r) for r in self._page(stmt, tasks_table.c.task_id, limit, after, before)]
 
-    def bids(self, task_id: int | None = None) -> list[dict[str, Any]]:
-        stmt = sa.select(bids_table).order_by(bids_table.c.bid_id)
+    def bids(self, task_id: int | None = None, limit: int | None = None,
+             after: int | None = None, before: int | None = None) -> list[dict[str, Any]]:
+        """One page of bids (of one task, or all), oldest first by bid_id."""
+        stmt = sa.select(bids_table)
         if task_id is not None:
             stmt = stmt.where(bids_table.c.task_id == task_id)
-        return [dict(r._mapping) for r in self._read(stmt)]
+        return [dict(r._mapping)
+                for r in self._page(stmt, bids_table.c.bid_id, limit, after, before)]
 
-    def agents(self) -> list[AgentInfo]:
-        rows = self._read(sa.select(agents_table).order_by(agents_table.c.agent_id))
+    def agents(self, limit: int | None = None, after: str | None = None) -> list[AgentInfo]:
+        """One page of agents by agent_id: the first ``limit``, or those after ``after``."""
+        stmt = sa.select(agents_table).order_by(agents_table.c.agent_id)
+        if after is not None:
+            stmt = stmt.where(agents_table.c.agent_id > after)
+        rows = self._read(stmt.limit(page_limit(limit)))
         return [AgentInfo(**{k: v for k, v in r._mapping.items() if k != "joined_at"})
                 for r in rows]
 
-    def events(self, after: int = 0, limit: int | None = None) -> list[Event]:
-        stmt = (sa.select(events_table).where(events_table.c.event_id > after)
-                .order_by(events_table.c.event_id))
-        if limit is not None:
-            stmt = stmt.limit(limit)
+    def events(self, after: int | None = None, limit: int | None = None,
+               before: int | None = None) -> list[Event]:
+        """One page of events, oldest first: the newest, or past ``after``/``before``."""
         return [Event(event_id=r.event_id, ts=r.ts, kind=r.kind, task_id=r.task_id,
                       agent_id=r.agent_id, data=msgspec.json.decode(r.data))
-                for r in self._read(stmt)]
+                for r in self._page(sa.select(events_table), events_table.c.event_id,
+                                    limit, after, before)]
+
+    def _page(self, stmt, key, limit: int | None, after: int | None,
+              before: int | None) -> list:
+        """Rows of ``stmt``, oldest first by ``key``: the ``limit`` after ``after`` (walking
+        forward), else the newest ``limit`` (below ``before``). Each is an index range scan,
+        so a page costs the same whatever the size of the history."""
+        limit = page_limit(limit)
+        if before is not None:
+            stmt = stmt.where(key < before)
+        if after is not None:
+            return self._read(stmt.where(key > after).order_by(key).limit(limit))
+        return self._read(stmt.order_by(key.desc()).limit(limit))[::-1]
 
     def dispose(self) -> None:
         """Return pooled connections (the engine stays cached for reuse in this process)."""

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import atexit
-from collections.abc import Callable, Iterable, Mapping, Sequence
+import functools
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +26,16 @@ from .errors import ConfigError, StoreError, SwarmClosed
 from .llm import DEFAULT_TIMEOUT
 from .models import TASK_STATES, AgentInfo, Event, Task
 from .ownership import claim
+from .paging import (
+    DEFAULT_LIMIT,
+    agent_key,
+    awalk,
+    bid_key,
+    event_key,
+    page_limit,
+    task_key,
+    walk,
+)
 from .personas import Persona
 from .store import Store
 from .supervisor import RestartPolicy
@@ -186,9 +197,10 @@ class AsyncSwarm:
         auctioned again (the one it was running uses up an attempt)."""
         self.engine.kill_agent(agent_id)
 
-    async def agents(self) -> list[AgentInfo]:
-        """Every agent of this swarm with its status, pid, restarts and earnings."""
-        return self.engine.agent_infos()
+    async def agents(self, limit: int | None = None, after: str | None = None) -> list[AgentInfo]:
+        """This swarm's agents with their status, pid, restarts and earnings, by agent_id:
+        the first ``limit`` (default `timmy.paging.DEFAULT_LIMIT`), or those after ``after``."""
+        return self.engine.agent_infos(limit, after)
 
     # -- tasks --------------------------------------------------------------
     async def post(self, description: str, task_timeout: float | None = None) -> Task:
@@ -220,28 +232,63 @@ class AsyncSwarm:
         self.engine.require_task(task_id)
         return await self.engine.cancel(task_id)
 
-    async def tasks(self, status: str | None = None, limit: int | None = None) -> list[Task]:
-        """Tasks from the store (all, or those in ``status``), oldest first."""
+    async def tasks(self, status: str | None = None, limit: int | None = None, *,
+                    after: int | None = None, before: int | None = None) -> list[Task]:
+        """One page of tasks (all, or those in ``status``), oldest first.
+
+        The newest ``limit`` (default `timmy.paging.DEFAULT_LIMIT`); ``after=task_id``:
+        the ``limit`` after it (walk forward); ``before=task_id``: the ``limit`` before it.
+        `iter_tasks` walks them all.
+        """
         if status is not None and status not in TASK_STATES:
             raise ConfigError(f"unknown task status {status!r}",
                               hint=f"use one of: {', '.join(TASK_STATES)}")
+        limit = page_limit(limit)
         await self.engine.flush()
-        return await anyio.to_thread.run_sync(self.store.tasks, status, limit)
+        return await anyio.to_thread.run_sync(
+            functools.partial(self.store.tasks, status, limit, after=after, before=before))
+
+    def iter_tasks(self, status: str | None = None, *, after: int = 0,
+                   page: int = DEFAULT_LIMIT) -> AsyncIterator[Task]:
+        """Every task (in ``status``) after ``after``, oldest first, a page per query:
+        ``async for task in swarm.iter_tasks(): ...``."""
+        return awalk(lambda c, n: self.tasks(status, n, after=c), task_key, after, page)
 
     async def task(self, task_id: int) -> Task:
         """One task as it stands now."""
         self.engine.require_task(task_id)
         return await self.engine.task(task_id)
 
-    async def bids(self, task_id: int | None = None) -> list[dict]:
-        """Every bid (or one task's), with its attempt, on-spec flag and whether it won."""
+    async def bids(self, task_id: int | None = None, limit: int | None = None, *,
+                   after: int | None = None, before: int | None = None) -> list[dict]:
+        """One page of bids (all, or one task's), oldest first by ``bid_id``, each with its
+        attempt, on-spec flag and whether it won; paged as `tasks` is (`iter_bids`)."""
+        limit = page_limit(limit)
         await self.engine.flush()
-        return await anyio.to_thread.run_sync(self.store.bids, task_id)
+        return await anyio.to_thread.run_sync(
+            functools.partial(self.store.bids, task_id, limit, after=after, before=before))
 
-    async def events(self, after: int = 0, limit: int | None = None) -> list[Event]:
-        """Stored events with ``event_id`` greater than ``after``."""
+    def iter_bids(self, task_id: int | None = None, *, after: int = 0,
+                  page: int = DEFAULT_LIMIT) -> AsyncIterator[dict]:
+        """Every bid (or one task's) after bid ``after``, oldest first, a page per query."""
+        return awalk(lambda c, n: self.bids(task_id, n, after=c), bid_key, after, page)
+
+    async def events(self, after: int | None = None, limit: int | None = None, *,
+                     before: int | None = None) -> list[Event]:
+        """One page of stored events, oldest first: the newest ``limit``, or the ``limit``
+        with ``event_id`` greater than ``after`` (or less than ``before``)."""
+        limit = page_limit(limit)
         await self.engine.flush()
-        return await anyio.to_thread.run_sync(self.store.events, after, limit)
+        return await anyio.to_thread.run_sync(
+            functools.partial(self.store.events, after, limit, before=before))
+
+    def iter_events(self, after: int = 0, *, page: int = DEFAULT_LIMIT) -> AsyncIterator[Event]:
+        """Every stored event after ``after``, oldest first, a page per query."""
+        return awalk(lambda c, n: self.events(c, n), event_key, after, page)
+
+    def iter_agents(self, *, page: int = DEFAULT_LIMIT) -> AsyncIterator[AgentInfo]:
+        """Every agent of this swarm, by agent_id, a page at a time."""
+        return awalk(lambda c, n: self.agents(n, c), agent_key, None, page)
 
     def subscribe(self, callback: Callable[[Event], None]) -> Callable[[], None]:
         """Call ``callback(event)`` for every event from now on; returns unsubscribe().
@@ -253,16 +300,16 @@ class AsyncSwarm:
     async def status(self) -> dict:
         """Task counts by state, live and free runners, open auctions.
 
-        Answers while the store refuses writes (disk full, read-only, locked): the counts
-        are then those stored, and ``store_error`` says why newer changes wait in memory.
+        The counts are kept by the engine (no scan of the history). Answers while the store
+        refuses writes (disk full, read-only, locked): ``store_error`` then says why newer
+        changes wait in memory.
         """
         store_error = None
         try:
             await self.engine.flush()
         except StoreError as exc:
             store_error = f"{exc.message} (hint: {exc.hint})"
-        counts = await anyio.to_thread.run_sync(self.store.status_counts)
-        status = self.engine.status(counts)
+        status = self.engine.status(self.engine.task_counts())
         status["store_error"] = store_error
         return status
 
@@ -392,8 +439,12 @@ class Swarm:
     def kill(self, agent_id: str) -> None:
         return self._call(self._async.kill, agent_id)
 
-    def agents(self) -> list[AgentInfo]:
-        return self._call(self._async.agents)
+    def agents(self, limit: int | None = None, after: str | None = None) -> list[AgentInfo]:
+        return self._call(self._async.agents, limit, after)
+
+    def iter_agents(self, *, page: int = DEFAULT_LIMIT) -> Iterator[AgentInfo]:
+        """Every agent, by agent_id, a page per call (see `AsyncSwarm.agents`)."""
+        return walk(lambda c, n: self.agents(n, c), agent_key, None, page)
 
     def post(self, description: str, task_timeout: float | None = None) -> Task:
         return self._call(self._async.post, description, task_timeout)
@@ -418,17 +469,36 @@ class Swarm:
     def cancel(self, task_id: int) -> Task:
         return self._call(self._async.cancel, task_id)
 
-    def tasks(self, status: str | None = None, limit: int | None = None) -> list[Task]:
-        return self._call(self._async.tasks, status, limit)
+    def tasks(self, status: str | None = None, limit: int | None = None, *,
+              after: int | None = None, before: int | None = None) -> list[Task]:
+        return self._call(functools.partial(self._async.tasks, status, limit, after=after,
+                                            before=before))
+
+    def iter_tasks(self, status: str | None = None, *, after: int = 0,
+                   page: int = DEFAULT_LIMIT) -> Iterator[Task]:
+        """Every task (in ``status``) after ``after``, oldest first, a page per call."""
+        return walk(lambda c, n: self.tasks(status, n, after=c), task_key, after, page)
 
     def task(self, task_id: int) -> Task:
         return self._call(self._async.task, task_id)
 
-    def bids(self, task_id: int | None = None) -> list[dict]:
-        return self._call(self._async.bids, task_id)
+    def bids(self, task_id: int | None = None, limit: int | None = None, *,
+             after: int | None = None, before: int | None = None) -> list[dict]:
+        return self._call(functools.partial(self._async.bids, task_id, limit, after=after,
+                                            before=before))
 
-    def events(self, after: int = 0, limit: int | None = None) -> list[Event]:
-        return self._call(self._async.events, after, limit)
+    def iter_bids(self, task_id: int | None = None, *, after: int = 0,
+                  page: int = DEFAULT_LIMIT) -> Iterator[dict]:
+        """Every bid (or one task's) after bid ``after``, oldest first, a page per call."""
+        return walk(lambda c, n: self.bids(task_id, n, after=c), bid_key, after, page)
+
+    def events(self, after: int | None = None, limit: int | None = None, *,
+               before: int | None = None) -> list[Event]:
+        return self._call(functools.partial(self._async.events, after, limit, before=before))
+
+    def iter_events(self, after: int = 0, *, page: int = DEFAULT_LIMIT) -> Iterator[Event]:
+        """Every stored event after ``after``, oldest first, a page per call."""
+        return walk(lambda c, n: self.events(c, n), event_key, after, page)
 
     def subscribe(self, callback: Callable[[Event], None]) -> Callable[[], None]:
         if self._portal is None:

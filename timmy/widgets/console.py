@@ -4,7 +4,8 @@ A console subscribes to a swarm (a local `timmy.Swarm` or an attached client: on
 the public methods are used), folds every event into a `SwarmState` on the
 engine's thread (quick, under a lock), and redraws its widgets through a
 `Throttle`, at most every ``interval`` seconds, from a timer thread. The database
-is read once, for the snapshot it starts from; after that only events count.
+is read once, for the snapshot it starts from (the newest `WINDOW` tasks, however
+long the history); after that only events count.
 Closing the returned box unsubscribes.
 """
 
@@ -19,6 +20,7 @@ from .state import SwarmState
 from .throttle import Throttle
 
 TOUCH = {"min_height": "44px"}
+WINDOW = 1000   # newest tasks a console starts from (one page: the history is never loaded)
 
 
 def ipywidgets():
@@ -129,7 +131,7 @@ class Console(SpeakMixin):
         else:
             self._unsubscribe = swarm.subscribe(self.on_event)
         try:
-            tasks, agents = swarm.tasks(), swarm.agents()
+            tasks, agents = swarm.tasks(limit=WINDOW), swarm.agents()
         except BaseException:
             self.detach()
             raise

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from itertools import groupby
 
 from ..auction import Bid, clear
-from ..errors import TimmyError
+from ..errors import TaskNotFound, TimmyError
+from ..paging import MAX_LIMIT
 from . import render
 from .console import TOUCH, error_html, ipywidgets
 from .render import esc
@@ -99,8 +100,15 @@ def outcome_html(task) -> str:
             "</div>")
 
 
+CHOICES = 200   # newest tasks offered in the picker (an older one is shown when asked for)
+
+
 class Inspector:
-    """Pick a task, see its auctions. ``box`` is the widget; ``show(task_id)`` fills it."""
+    """Pick a task, see its auctions. ``box`` is the widget; ``show(task_id)`` fills it.
+
+    It reads the newest `CHOICES` tasks for the picker, and for the task it shows that
+    task and its bids only: never the whole history.
+    """
 
     def __init__(self, swarm, task_id: int | None = None) -> None:
         w = ipywidgets()
@@ -116,9 +124,15 @@ class Inspector:
         self.refresh(task_id)
 
     def refresh(self, task_id: int | None = None) -> None:
-        """Reload the task list (newest first) and show ``task_id`` (or the current pick)."""
+        """Reload the newest tasks (newest first) and show ``task_id`` (or the current pick)."""
         try:
-            tasks = self.swarm.tasks()
+            tasks = self.swarm.tasks(limit=CHOICES)
+            keep = task_id if task_id is not None else self.pick.value
+            if keep is not None and keep not in {t.task_id for t in tasks}:
+                try:                                 # older than the newest: asked for
+                    tasks.insert(0, self.swarm.task(keep))
+                except TaskNotFound:
+                    keep = None
         except (TimmyError, OSError) as exc:   # OSError: a service out of reach
             self.output.value = error_html(exc)
             return
@@ -126,7 +140,6 @@ class Inspector:
         # Dropdown labels are text, not HTML: the browser shows them as typed
         options = [(f"#{t.task_id} [{t.status}] {render.clip(t.description, 60)}", t.task_id)
                    for t in reversed(tasks)]
-        keep = task_id if task_id is not None else self.pick.value
         self.pick.options = options
         if keep in self.descriptions:
             if self.pick.value != keep:
@@ -141,13 +154,14 @@ class Inspector:
             self.output.value = "<i>no tasks yet</i>"
             return
         try:
-            bids = self.swarm.bids(task_id)
+            task = self.swarm.task(task_id)
+            bids = self.swarm.bids(task_id, MAX_LIMIT)
             personas = {a.agent_id: a.persona for a in self.swarm.agents()}
         except (TimmyError, OSError) as exc:   # OSError: a service out of reach
             self.output.value = error_html(exc)
             return
         self.stories = explain(bids, personas)
-        task = self.descriptions.get(task_id)
+        self.descriptions[task_id] = task
         head = ""
         if task is not None:
             head = (f"<div><b>#{esc(task.task_id)}</b> {render.badge(task.status)} "
