@@ -181,9 +181,6 @@ def test_a_store_that_was_taken_over_writes_nothing_more(db_url):
     new = Store(db_url)
     new.recover(max_attempts=3, now=NOW, owner="the new swarm")
 
-    if old.engine.dialect.name == "sqlite":   # one file, one flock: no fencing needed
-        old.insert_tasks(["still writing"], NOW)
-        return
     for write in (lambda: old.insert_tasks(["one more"], NOW),
                   lambda: old.insert_tasks(["two", "more"], NOW),
                   lambda: old.apply(Batch(tasks={kept.task_id: task_change(status="failed")}))):

@@ -791,7 +791,12 @@ class Coordinator:
         """Flush, retrying a failing store until ``deadline`` (monotonic), then raise."""
         while True:
             try:
-                return await self.flush()
+                await self.flush()
+                if self.lost is not None:   # what the caller would report was not stored
+                    raise OwnershipLost(self.lost.message, hint=self.lost.hint)
+                return
+            except OwnershipLost:
+                raise
             except StoreError:
                 if deadline is not None and time.monotonic() >= deadline:
                     raise

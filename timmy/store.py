@@ -6,13 +6,15 @@ Writes go through a few functions that each run one transaction:
 `Store.insert_tasks` (a post) and `Store.apply` (a batch of state transitions:
 task rows, bids, events, agents; an auction close is always inside one batch).
 
-One swarm owns a database at a time (see `timmy.ownership`). On a server
-database the owner's writes are also *fenced*: `Store.recover`, which a swarm
-runs as it starts, opens a new ownership epoch (a counter in ``timmy_meta``),
-and every later write of that swarm checks, under a share lock on that row,
-that the epoch is still its own. A swarm that lost its lock without noticing
-(its lock connection dropped, another swarm took over) therefore fails its
-next write with `OwnershipLost` instead of overwriting the new owner's work.
+One swarm owns a database at a time (see `timmy.ownership`). The owner's
+writes are also *fenced*: `Store.recover`, which a swarm runs as it starts,
+opens a new ownership epoch (a counter in ``timmy_meta``), and every later write
+of that swarm checks, inside its transaction, that the epoch is still its own
+(a server: under a share lock on that row; SQLite: by touching the row, which
+takes the database's write lock first). A swarm that lost its lock without
+noticing (its lock connection dropped, another swarm took over, a second swarm
+got past the file lock) therefore fails its next write with `OwnershipLost`
+instead of overwriting the new owner's work.
 """
 
 from __future__ import annotations
@@ -291,12 +293,12 @@ def _refuse_foreign_sqlite(url: str) -> None:
     Our engine switches a file to WAL as it connects, which would change someone
     else's database just by looking at it.
     """
-    from .ownership import lock_path  # the same URL -> file rule
+    from urllib.parse import quote
 
-    lock = lock_path(url)
-    if lock is None or not os.path.exists(str(lock)[: -len(".lock")]):
+    file = sqlite_file(url)   # the same URL -> file rule as the lock's
+    if file is None or not file.exists():
         return
-    path = str(lock)[: -len(".lock")]
+    path = quote(os.path.abspath(file), safe="/")
     import sqlite3
 
     try:
@@ -328,12 +330,12 @@ class Store:
         if not create:
             _refuse_foreign_sqlite(url)  # before our engine's connect-time settings touch it
         self.engine = get_engine(url, busy_timeout)
-        server = self.engine.dialect.name != "sqlite"
+        server = self._server = self.engine.dialect.name != "sqlite"
         # A server's integer column is 32 bits; an id past it cannot exist, so is not asked for.
         self._max_id = 2**31 - 1 if server else 2**63 - 1
-        # Fencing (see the module docstring): SQLite's lock is the OS's and cannot be lost
-        # unnoticed, so only server databases pay for the check.
-        self._fenced = server
+        # Fencing (see the module docstring), on every database: SQLite's flock keeps a
+        # second swarm out only where every opener takes it (an older timmy does not).
+        self._fenced = True
         # Inserts by COPY (see _copy_rows): PostgreSQL through psycopg 3.
         self._copy = self.engine.dialect.name == "postgresql" and \
             self.engine.dialect.driver == "psycopg"
@@ -358,6 +360,13 @@ class Store:
         self._owner_check = (sa.select(meta_table.c.value)
                              .where(meta_table.c.key == sa.bindparam("key"))
                              .with_for_update(read=True))
+        # SQLite: a SELECT would run before pysqlite's implicit BEGIN, outside the batch's
+        # transaction; an UPDATE begins it and takes the write lock, so nobody can take
+        # over between this check and the batch's commit.
+        self._owner_touch = (meta_table.update()
+                             .where(meta_table.c.key == sa.bindparam("key"),
+                                    meta_table.c.value == sa.bindparam("epoch"))
+                             .values(value=meta_table.c.value))
         # A post in one statement, written only while the epoch is still ours.
         posted = ("description", "status", "attempts", "created_at")
         ours = (sa.select(sa.literal_column("1"))
@@ -533,6 +542,13 @@ class Store:
         """
         if self._epoch is None:
             return
+        if not self._server:
+            sql, names, _ = self._sql(self._owner_touch)
+            params = {"key": OWNER_EPOCH, "epoch": self._epoch} if names is None else \
+                tuple({"key": OWNER_EPOCH, "epoch": self._epoch}[n] for n in names)
+            if conn.exec_driver_sql(sql, params).rowcount != 1:
+                raise self._lost(self._read_owner(conn))
+            return
         sql, names, _ = self._sql(self._owner_check)
         params = {"key": OWNER_EPOCH} if names is None else (OWNER_EPOCH,)
         row = conn.exec_driver_sql(sql, params).first()
@@ -540,10 +556,16 @@ class Store:
             raise self._lost(self._read_owner(conn))
 
     def _take_over(self, conn, owner: str) -> None:
-        """Open a new ownership epoch: every write of a previous owner fails from now on."""
-        row = conn.execute(sa.select(meta_table.c.value)
-                           .where(meta_table.c.key == OWNER_EPOCH).with_for_update()).first()
-        epoch = str(int(row[0]) + 1 if row is not None else 1)
+        """Open a new ownership epoch: every write of a previous owner fails from now on.
+
+        One UPDATE bumps it, so two swarms taking over at once (SQLite reads outside the
+        write lock) cannot both read N and both write N + 1.
+        """
+        value = meta_table.c.value
+        conn.execute(meta_table.update().where(meta_table.c.key == OWNER_EPOCH)
+                     .values(value=sa.cast(sa.cast(value, sa.BigInteger) + 1, sa.String)))
+        row = conn.execute(sa.select(value).where(meta_table.c.key == OWNER_EPOCH)).first()
+        epoch = row[0] if row is not None else "1"
         for key, value in ((OWNER_EPOCH, epoch), (OWNER, owner[:256])):
             done = conn.execute(meta_table.update().where(meta_table.c.key == key)
                                 .values(value=value)).rowcount
