@@ -143,8 +143,9 @@ def _claim_file(url: str, path: Path) -> Callable[[], None]:
             fd = os.open(real, os.O_RDONLY)
     except OSError as exc:
         raise StoreError(
-            f"cannot open {url}: cannot open its file {real}: {exc.strerror}",
-            hint="pass a database file in a directory you can write to (db=... / --db)",
+            f"cannot open {url}: the database file {real} cannot be opened: {exc.strerror}",
+            hint="pass the path of a database file (it is created if missing) in a "
+                 "directory you can write to (db=... / --db)",
         ) from exc
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -31,8 +31,9 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from .dburl import sqlite_file
-from .errors import OwnershipLost, StoreError, TaskNotFound
+from .errors import OwnershipLost, StoreError, TaskNotFound, TimmyError
 from .models import ACTIVE_STATES, QUEUED, AgentInfo, Event, Task
+from .quarantine import Refused, is_row_error, refusal
 
 SCHEMA_VERSION = 1
 
@@ -191,6 +192,11 @@ def explain(url: str, exc: Exception) -> StoreError:
     server = _explain_server(low)
     if server is not None:
         what, hint = server
+    elif _refused_value(exc, low):
+        what = "the database refused a value of a row (it does not fit its column)"
+        hint = ("the database works; one value does not fit (named above): a swarm leaves "
+                "such a row out of its batch, saves the rest and counts it as "
+                "rows_quarantined in status(); for a post, fix that text and post it again")
     elif "unique" in low or "integrity" in low or "duplicate key" in low:
         hint = "run one swarm per database: another coordinator may be writing to it"
         what = "a row with the same key already exists"
@@ -219,6 +225,17 @@ def explain(url: str, exc: Exception) -> StoreError:
         what = "database error"
     first = text.strip().splitlines()[0][:300] if text.strip() else type(exc).__name__
     return StoreError(f"{safe_url(url)}: {what} ({first})", hint=hint)
+
+
+def _refused_value(exc: Exception, low: str) -> bool:
+    """A data or constraint error: the database refusing a value, not failing."""
+    from .quarantine import is_row_error
+
+    if "unique" in low or "duplicate key" in low:   # said below, with its own hint
+        return False
+    return is_row_error(exc, None) or any(w in low for w in (
+        "out of range", "value too long", "nul (0x00)", "invalid byte sequence",
+        "surrogates not allowed", "too large to convert", "violates"))
 
 
 def _explain_server(low: str) -> tuple[str, str] | None:
@@ -391,6 +408,10 @@ class Store:
         except sa.exc.SQLAlchemyError as exc:
             raise StoreError(f"{safe_url(self.url)}: {exc}",
                              hint="check the URL's driver, database name and credentials") from exc
+        except TimmyError:
+            raise
+        except (ValueError, OverflowError) as exc:   # a value the driver cannot send
+            raise explain(self.url, exc) from exc
 
     def _migrate(self) -> None:
         with self.engine.begin() as conn:
@@ -462,9 +483,11 @@ class Store:
             raw.close()
         return task_id
 
-    def apply(self, batch: Batch) -> None:
-        """Write a batch of transitions in one transaction (all of it or none of it)."""
-        self.guard(self._apply, batch)
+    def apply(self, batch: Batch) -> list[Refused]:
+        """Write a batch of transitions in one transaction (all of it or none of it), except
+        rows the database refuses (a value that does not fit its column): those are left
+        out, the rest is written, and they are returned (see `timmy.quarantine`)."""
+        return self.guard(self._apply, batch)
 
     def _sql(self, stmt) -> tuple[str, list[str] | None, Any]:
         """A statement compiled once for this engine's dialect: (sql, positional names)."""
@@ -508,30 +531,88 @@ class Store:
             for row in rows:
                 copy.write_row(row)
 
-    def _apply(self, batch: Batch) -> None:
+    def _apply(self, batch: Batch) -> list[Refused]:
+        """The batch in one transaction; if the database refuses a row of it, the batch again
+        without the rows it refuses (see `_apply_sorting`), which are returned."""
+        refused: list[Refused] = []
+        try:
+            with self.engine.begin() as conn:
+                self._check_owner(conn)
+                for _table, write, _columns, rows in self._parts(conn, batch):
+                    write(conn, rows)
+        except Exception as exc:
+            if not is_row_error(exc, self.engine.dialect.loaded_dbapi):
+                raise
+            refused = self._apply_sorting(batch)
+        bad = {r.key for r in refused if r.table == "agents"}
+        self._known_agents.update(a for a in batch.agents if a not in bad)
+        return refused
+
+    def _parts(self, conn, batch: Batch) -> list[tuple]:
+        """The batch's writes as (table, write(conn, rows), columns of a row, rows)."""
+        def many(stmt, binds):
+            return lambda c, rows: self._executemany(c, stmt, binds, rows)
+
+        parts: list[tuple] = []
+        if batch.tasks:
+            parts.append((tasks_table, many(self._task_update, _TASK_UPDATE_BINDS),
+                          ("task_id", *TASK_UPDATE_COLUMNS),
+                          [(tid, *(row[c] for c in TASK_UPDATE_COLUMNS))
+                           for tid, row in batch.tasks.items()]))
+        if batch.agents:
+            new = {a for a in batch.agents if a not in self._known_agents}
+            if new:  # usually only at spawn: afterwards every agent change is an update
+                new -= {r[0] for r in conn.execute(
+                    sa.select(agents_table.c.agent_id)
+                    .where(agents_table.c.agent_id.in_(new)))}
+            parts.append((agents_table, many(self._agent_insert, AGENT_COLUMNS), AGENT_COLUMNS,
+                          [tuple(r[c] for c in AGENT_COLUMNS)
+                           for a, r in batch.agents.items() if a in new]))
+            parts.append((agents_table, many(self._agent_update, _AGENT_UPDATE_BINDS),
+                          ("agent_id", *AGENT_UPDATE_COLUMNS),
+                          [(a, *(r[c] for c in AGENT_UPDATE_COLUMNS))
+                           for a, r in batch.agents.items() if a not in new]))
+        if batch.bids:
+            parts.append((bids_table, many(self._bid_insert, BID_COLUMNS), BID_COLUMNS,
+                          batch.bids))
+        if batch.events:
+            parts.append((events_table, many(self._event_insert, EVENT_COLUMNS), EVENT_COLUMNS,
+                          batch.events))
+        return [p for p in parts if p[3]]
+
+    def _apply_sorting(self, batch: Batch) -> list[Refused]:
+        """The batch once more, in one transaction, each table's rows under a savepoint:
+        a part the database refuses is split in halves until the rows it refuses are
+        found alone (k bad rows among n: about 2k log2(n) statements, paid only when a
+        row was refused). Those are left out and returned; any other error (a lost
+        connection, OwnershipLost) fails the whole batch as before, to be retried."""
+        refused: list[Refused] = []
         with self.engine.begin() as conn:
+            if not self._server:   # pysqlite begins only at the first write: begin now
+                raw = conn.connection.driver_connection
+                if not raw.in_transaction:
+                    conn.exec_driver_sql("BEGIN")
             self._check_owner(conn)
-            if batch.tasks:
-                self._executemany(conn, self._task_update, _TASK_UPDATE_BINDS,
-                                  [(tid, *(row[c] for c in TASK_UPDATE_COLUMNS))
-                                   for tid, row in batch.tasks.items()])
-            if batch.agents:
-                new = {a for a in batch.agents if a not in self._known_agents}
-                if new:  # usually only at spawn: afterwards every agent change is an update
-                    new -= {r[0] for r in conn.execute(
-                        sa.select(agents_table.c.agent_id)
-                        .where(agents_table.c.agent_id.in_(new)))}
-                self._executemany(conn, self._agent_insert, AGENT_COLUMNS,
-                                  [tuple(r[c] for c in AGENT_COLUMNS)
-                                   for a, r in batch.agents.items() if a in new])
-                self._executemany(conn, self._agent_update, _AGENT_UPDATE_BINDS,
-                                  [(a, *(r[c] for c in AGENT_UPDATE_COLUMNS))
-                                   for a, r in batch.agents.items() if a not in new])
-            if batch.bids:
-                self._executemany(conn, self._bid_insert, BID_COLUMNS, batch.bids)
-            if batch.events:
-                self._executemany(conn, self._event_insert, EVENT_COLUMNS, batch.events)
-        self._known_agents.update(batch.agents)
+            for table, write, columns, rows in self._parts(conn, batch):
+                self._write_or_split(conn, table, write, columns, rows, refused)
+        return refused
+
+    def _write_or_split(self, conn, table, write, columns, rows, refused: list) -> None:
+        savepoint = conn.begin_nested()
+        try:
+            write(conn, rows)
+        except Exception as exc:
+            savepoint.rollback()
+            if not is_row_error(exc, self.engine.dialect.loaded_dbapi):
+                raise
+            if len(rows) == 1:
+                refused.append(refusal(table, columns, rows[0], exc, self._server))
+                return
+            half = len(rows) // 2
+            self._write_or_split(conn, table, write, columns, rows[:half], refused)
+            self._write_or_split(conn, table, write, columns, rows[half:], refused)
+            return
+        savepoint.commit()
 
     # -- fencing (server databases) ---------------------------------------
     def _check_owner(self, conn) -> None:
