@@ -377,13 +377,6 @@ class Store:
         self._owner_check = (sa.select(meta_table.c.value)
                              .where(meta_table.c.key == sa.bindparam("key"))
                              .with_for_update(read=True))
-        # SQLite: a SELECT would run before pysqlite's implicit BEGIN, outside the batch's
-        # transaction; an UPDATE begins it and takes the write lock, so nobody can take
-        # over between this check and the batch's commit.
-        self._owner_touch = (meta_table.update()
-                             .where(meta_table.c.key == sa.bindparam("key"),
-                                    meta_table.c.value == sa.bindparam("epoch"))
-                             .values(value=meta_table.c.value))
         # A post in one statement, written only while the epoch is still ours.
         posted = ("description", "status", "attempts", "created_at")
         ours = (sa.select(sa.literal_column("1"))
@@ -446,11 +439,13 @@ class Store:
             if len(rows) == 1:
                 return [self._insert_one(rows[0])]
             with self.engine.begin() as conn:
-                self._check_owner(conn)
+                self._fence_before(conn)
                 stmt = tasks_table.insert().returning(
                     tasks_table.c.task_id, sort_by_parameter_order=True
                 )
-                return [r[0] for r in conn.execute(stmt, rows)]
+                ids = [r[0] for r in conn.execute(stmt, rows)]
+                self._fence_after(conn)
+                return ids
 
         ids = self.guard(run)
         return [Task(task_id=i, description=d, created_at=created_at)
@@ -458,18 +453,25 @@ class Store:
 
     def _insert_one(self, row: dict[str, Any]) -> int:
         """One task, straight through the DBAPI: a post is on the latency path, and the
-        SQLAlchemy Connection machinery cost 4x the insert itself. Fenced, it is still one
-        statement (the owner check rides along), so a post stays one round trip."""
-        if self._epoch is not None:
+        SQLAlchemy Connection machinery cost 4x the insert itself. Fenced on a server, it is
+        still one statement (the owner check rides along), so a post stays one round trip;
+        on SQLite the check is a read after the insert, under the write lock it took."""
+        fenced = self._epoch is not None and self._server
+        if fenced:
             row = {**row, "key": OWNER_EPOCH, "epoch": self._epoch}
-        sql, names, _ = self._sql(self._task_insert if self._epoch is None
-                                  else self._fenced_task_insert)
+        sql, names, _ = self._sql(self._fenced_task_insert if fenced else self._task_insert)
         raw = self.engine.raw_connection()
         try:
             cur = raw.cursor()
             params = row if names is None else tuple(row[n] for n in names)
             cur.execute(sql, params)
             got = cur.fetchone()
+            if got is not None and self._epoch is not None and not self._server:
+                check, cnames, _ = self._sql(self._owner_check)
+                cur.execute(check, {"key": OWNER_EPOCH} if cnames is None else (OWNER_EPOCH,))
+                epoch = cur.fetchone()
+                if epoch is None or epoch[0] != self._epoch:
+                    got = None
             cur.close()
             if got is None:   # the fenced insert wrote nothing: the epoch is not ours any more
                 raw.rollback()
@@ -537,9 +539,10 @@ class Store:
         refused: list[Refused] = []
         try:
             with self.engine.begin() as conn:
-                self._check_owner(conn)
+                self._fence_before(conn)
                 for _table, write, _columns, rows in self._parts(conn, batch):
                     write(conn, rows)
+                self._fence_after(conn)
         except Exception as exc:
             if not is_row_error(exc, self.engine.dialect.loaded_dbapi):
                 raise
@@ -588,10 +591,10 @@ class Store:
         connection, OwnershipLost) fails the whole batch as before, to be retried."""
         refused: list[Refused] = []
         with self.engine.begin() as conn:
-            if not self._server:   # pysqlite begins only at the first write: begin now
-                raw = conn.connection.driver_connection
+            if not self._server:   # pysqlite begins only at the first write: begin now,
+                raw = conn.connection.driver_connection   # holding the write lock
                 if not raw.in_transaction:
-                    conn.exec_driver_sql("BEGIN")
+                    conn.exec_driver_sql("BEGIN IMMEDIATE")
             self._check_owner(conn)
             for table, write, columns, rows in self._parts(conn, batch):
                 self._write_or_split(conn, table, write, columns, rows, refused)
@@ -614,21 +617,28 @@ class Store:
             return
         savepoint.commit()
 
-    # -- fencing (server databases) ---------------------------------------
+    # -- fencing ----------------------------------------------------------
+    def _fence_before(self, conn) -> None:
+        """A server: check the epoch first, share-locking its row for the transaction."""
+        if self._server:
+            self._check_owner(conn)
+
+    def _fence_after(self, conn) -> None:
+        """SQLite: check the epoch after the writes, before the commit. Having written, the
+        transaction holds the database's write lock (pysqlite begins only at the first
+        write, so a check before it would run outside the transaction): no takeover can
+        commit between this check and ours. A read, so it costs no page in the WAL."""
+        if not self._server:
+            self._check_owner(conn)
+
     def _check_owner(self, conn) -> None:
         """Inside a write transaction: go on only while the ownership epoch is still ours.
 
-        The share lock on the epoch row makes a swarm taking over (which updates that
-        row) wait for this transaction, and this one fail once the takeover committed.
+        On a server the share lock on the epoch row makes a swarm taking over (which
+        updates that row) wait for this transaction, and this one fail once the takeover
+        committed. On SQLite see `_fence_after`.
         """
         if self._epoch is None:
-            return
-        if not self._server:
-            sql, names, _ = self._sql(self._owner_touch)
-            params = {"key": OWNER_EPOCH, "epoch": self._epoch} if names is None else \
-                tuple({"key": OWNER_EPOCH, "epoch": self._epoch}[n] for n in names)
-            if conn.exec_driver_sql(sql, params).rowcount != 1:
-                raise self._lost(self._read_owner(conn))
             return
         sql, names, _ = self._sql(self._owner_check)
         params = {"key": OWNER_EPOCH} if names is None else (OWNER_EPOCH,)
