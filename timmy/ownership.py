@@ -205,10 +205,9 @@ def _file_owner(st: os.stat_result, real: Path) -> str:
     pids = _flock_holders(st.st_dev, st.st_ino)
     if pids:
         return ", ".join(f"pid {p}" for p in pids) + f" on {socket.gethostname()}"
-    with contextlib.suppress(OSError, UnicodeError):
-        text = Path(f"{real}.lock").read_text()[:200].strip()
-        if text:
-            return text
+    text = _held_side_file(Path(f"{real}.lock"))
+    if text:
+        return text
     import sqlite3
 
     with contextlib.suppress(sqlite3.Error), contextlib.closing(
@@ -217,6 +216,26 @@ def _file_owner(st: os.stat_result, real: Path) -> str:
         if row:
             return f"{row[0][:200]}, as it last wrote"
     return "unknown"
+
+
+def _held_side_file(path: Path) -> str | None:
+    """What the owner wrote in a ``.lock`` file, if someone holds it now (else it is stale)."""
+    import fcntl
+
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            return None   # nobody holds it: what it says is from an owner long gone
+        except BlockingIOError:
+            return os.pread(fd, 200, 0).decode(errors="replace").strip() or None
+        except OSError:
+            return None
+    finally:
+        os.close(fd)
 
 
 def _quote(path: str) -> str:
