@@ -248,7 +248,8 @@ def test_a_post_the_database_refuses_says_so_instead_of_blaming_the_server(db_ur
     store.recover(3, NOW, "the test")
     with pytest.raises(StoreError) as caught:
         store.insert_tasks(["a lone \ud800 surrogate"], NOW)
-    assert "refused a value" in caught.value.message, caught.value.message
-    assert "server is running" not in caught.value.hint and "quarantined" in caught.value.hint
+    assert "refused the task's row: tasks.description" in caught.value.message
+    assert "surrogate" in caught.value.message, caught.value.message
+    assert "server is running" not in caught.value.hint and "post it again" in caught.value.hint
     store.insert_tasks(["the next post is fine"], NOW)
     store.dispose()

@@ -447,7 +447,20 @@ class Store:
                 self._fence_after(conn)
                 return ids
 
-        ids = self.guard(run)
+        try:
+            ids = self.guard(run)
+        except StoreError as exc:
+            cause = exc.__cause__
+            if cause is None or not is_row_error(cause, self.engine.dialect.loaded_dbapi):
+                raise
+            why = [refusal(tasks_table, ("description",), (d,), cause, self._server)
+                   for d in descriptions]
+            named = [r for r in why if r.column] or why
+            raise StoreError(
+                f"{safe_url(self.url)}: the database refused the task's row: "
+                f"tasks.description: {named[0].reason}",
+                hint="the database works; that description does not fit its column: fix it "
+                     "and post it again (nothing of this post was stored)") from cause
         return [Task(task_id=i, description=d, created_at=created_at)
                 for i, d in zip(ids, descriptions, strict=True)]
 
