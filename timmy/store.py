@@ -10,8 +10,8 @@ One swarm owns a database at a time (see `timmy.ownership`). The owner's
 writes are also *fenced*: `Store.recover`, which a swarm runs as it starts,
 opens a new ownership epoch (a counter in ``timmy_meta``), and every later write
 of that swarm checks, inside its transaction, that the epoch is still its own
-(a server: under a share lock on that row; SQLite: by touching the row, which
-takes the database's write lock first). A swarm that lost its lock without
+(a server: under a share lock on that row, before writing; SQLite: reading it
+after writing, under the database's write lock the writes took). A swarm that lost its lock without
 noticing (its lock connection dropped, another swarm took over, a second swarm
 got past the file lock) therefore fails its next write with `OwnershipLost`
 instead of overwriting the new owner's work.
