@@ -45,6 +45,7 @@ import contextlib
 import logging
 import os
 import socket
+import sys
 import threading
 import zlib
 from collections.abc import Callable
@@ -64,6 +65,8 @@ LOCK_CLASS = 0x74696D6D
 KEEPALIVE = (10, 5, 3)
 #: Seconds between checks that the lock's connection is still alive.
 CHECK_EVERY = 5.0
+#: Lock the SQLite database file itself (Linux: flock and SQLite's fcntl locks never meet).
+INODE_LOCK = sys.platform.startswith("linux")
 
 
 def whoami() -> str:
@@ -131,10 +134,19 @@ def _claim_file(url: str, path: Path) -> Callable[[], None]:
     The ``.lock`` file beside the real path is what older timmy versions lock (so they
     and this one still exclude each other on the same spelling) and holds "pid N on HOST"
     for the message where /proc/locks is not there.
+
+    Elsewhere than Linux (the BSDs, macOS) ``flock`` and ``fcntl`` locks may be one lock
+    table, so an ``flock`` on the database would block SQLite's own locks: there only the
+    ``.lock`` file beside the real path is locked (every spelling but a hard link or a
+    bind mount meets it), and the ownership epoch fences out a swarm that got in anyway.
     """
     import fcntl
 
     real = Path(os.path.realpath(path))   # symlinks, "..", relative to this directory: out
+    if not INODE_LOCK:
+        with contextlib.suppress(OSError):   # creating the .lock file says why
+            real.parent.mkdir(parents=True, exist_ok=True)
+        return _claim_side_file(url, Path(f"{real}.lock"))
     try:
         real.parent.mkdir(parents=True, exist_ok=True)
         try:
