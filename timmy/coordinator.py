@@ -75,6 +75,7 @@ from .models import (
 )
 from .paging import page_limit
 from .personas import PERSONAS, Persona, Words, get_persona
+from .quarantine import Refused, storable
 from .runner import stats_from_dict
 from .store import Batch, Store
 from .supervisor import RestartPolicy, Supervisor
@@ -82,6 +83,8 @@ from .supervisor import RestartPolicy, Supervisor
 log = logging.getLogger("timmy")
 
 FINISHED_CACHE = 50_000
+#: How the reason of a task whose row the database refused starts (see _quarantine).
+UNSTORABLE = "the database refused this task's row, so its result is not stored"
 _json = msgspec.json.Encoder().encode
 FLUSH_DELAY = 0.002   # seconds a change may wait to join a batch
 CHECKPOINT_EVERY = 1.0  # seconds between SQLite WAL checkpoints while writing
@@ -306,6 +309,9 @@ class Coordinator:
         self._agent_counts: dict[str, int] = {}
         self.garbage_lines = 0
         self.bids_refused = 0      # bids outside their persona's range (see _on_bid)
+        # Rows the database refused and that were left out of their batch (see _quarantine).
+        self.rows_quarantined = 0
+        self.last_quarantined: str | None = None
         self.closed = False
         # Set when another swarm took the database over: this one then stops (see _abandon).
         self.lost: OwnershipLost | None = None
@@ -461,13 +467,43 @@ class Coordinator:
                 return
             batch, self._batch = self._batch, Batch()
             try:
-                await self._write(self.store.apply, batch)
+                refused = await self._write(self.store.apply, batch)
             except OwnershipLost as exc:
                 self._abandon(exc)
                 raise
             except StoreError:
                 self._batch = self._batch.merge_into(batch)
                 raise
+            if refused:
+                self._quarantine(refused)
+
+    def _quarantine(self, refused: list[Refused]) -> None:
+        """Rows the database refused were left out of their batch, the rest of it saved:
+        log and count each, and record a ``row_quarantined`` event (table, key, column,
+        reason). A task's row must not silently stay behind: it is written again without
+        the text that came from outside (its result, and its reason, which may quote the
+        result), with a reason that says so, and keeps its status; refused even so, it
+        stays as last stored (a restart re-queues it if that was unfinished)."""
+        for r in refused:
+            self.rows_quarantined += 1
+            self.last_quarantined = r.describe()[:500]
+            log.error("%s; left out, the rest of its batch is saved", r.describe())
+            if r.table == "events" and r.values.get("kind") == "row_quarantined":
+                continue   # one about a refused row: not recorded again
+            self._emit("row_quarantined", r.key if r.table in ("tasks", "bids") else None,
+                       None, table=r.table, key=storable(str(r.key))[:200],
+                       column=r.column, reason=r.reason)
+            task = self._lookup(r.key) if r.table == "tasks" else None
+            if task is None:
+                continue
+            if r.values.get("result") is None and (r.values.get("reason") or "").startswith(
+                    UNSTORABLE):
+                log.error("task %s: its row was refused even without its result; it stays "
+                          "as last stored", task.task_id)
+                continue
+            task.result = None
+            task.reason = f"{UNSTORABLE} ({r.reason})"[:1000]
+            self._dirty(task)
 
     def _abandon(self, exc: OwnershipLost) -> None:
         """Another swarm took the database over: stop auctioning, stop the runners, wake
@@ -843,7 +879,12 @@ class Coordinator:
         """Flush, retrying a failing store until ``deadline`` (monotonic), then raise."""
         while True:
             try:
-                return await self.flush()
+                await self.flush()
+                if self.lost is not None:   # what the caller would report was not stored
+                    raise OwnershipLost(self.lost.message, hint=self.lost.hint)
+                return
+            except OwnershipLost:
+                raise
             except StoreError:
                 if deadline is not None and time.monotonic() >= deadline:
                     raise
@@ -1385,6 +1426,8 @@ class Coordinator:
             "agents": by_state,
             "protocol_errors": self.garbage_lines,
             "bids_refused": self.bids_refused,
+            "rows_quarantined": self.rows_quarantined,
+            "last_quarantined": self.last_quarantined,
             "stalled": self.stalled(),
             "rule": self.cfg.rule,
             "executor": self.executor,

@@ -28,7 +28,15 @@ def db_url(value: str) -> str:
 
 
 def sqlite_file(url: str) -> Path | None:
-    """The file behind a ``sqlite:///`` URL (None for other databases and in-memory ones)."""
+    """The file SQLite opens for an ``sqlite://`` URL, as given (it may be relative to the
+    working directory, or a symlink); None for other databases and in-memory ones.
+
+    The one place that reads a database file out of a URL, so the lock, the read-only
+    checks and the messages agree with what SQLite opens: a path, or with ``uri=true`` a
+    SQLite ``file:`` URI (percent-escapes decoded, ``?query`` and ``#fragment`` cut off,
+    ``mode=memory`` and ``vfs=memdb`` in memory). Without ``uri=true`` a name that starts
+    with ``file:`` is an ordinary file of that name, as SQLAlchemy hands it to SQLite.
+    """
     import sqlalchemy as sa
 
     try:
@@ -36,10 +44,36 @@ def sqlite_file(url: str) -> Path | None:
     except sa.exc.ArgumentError:
         return None
     db = parsed.database
-    if parsed.get_backend_name() != "sqlite" or not db or db == ":memory:" \
-            or db.startswith("file:"):
+    if parsed.get_backend_name() != "sqlite" or not db or db == ":memory:":
         return None
-    return Path(db)
+    query = dict(parsed.query)
+    if str(query.get("uri", "")).strip().lower() not in ("true", "yes", "on", "y", "t", "1"):
+        return Path(db)
+    # What SQLAlchemy's pysqlite dialect hands SQLite: the name, then the query it does not
+    # use itself; SQLite then reads it as a URI when it starts with "file:".
+    driver = ("uri", "timeout", "isolation_level", "detect_types", "check_same_thread",
+              "cached_statements")
+    rest = "&".join(f"{k}={v}" for k, v in sorted(query.items()) if k not in driver)
+    name = db + ("?" + rest if rest else "")
+    if not name.startswith("file:"):
+        return Path(name)
+    return _uri_file(name)
+
+
+def _uri_file(name: str) -> Path | None:
+    """The file of a SQLite ``file:`` URI (https://sqlite.org/uri.html), None in memory."""
+    from urllib.parse import parse_qsl, unquote
+
+    body = name[len("file:"):].split("#", 1)[0]
+    path, _, query = body.partition("?")
+    if path.startswith("//"):   # an authority: empty or "localhost" (else SQLite refuses it)
+        path = "/" + path[2:].partition("/")[2]
+    params = {k: v for k, v in parse_qsl(query, keep_blank_values=True)}
+    path = unquote(path)
+    if params.get("mode") == "memory" or params.get("vfs") == "memdb" or not path \
+            or path == ":memory:":
+        return None
+    return Path(path)
 
 
 def describe_db(url: str) -> str:

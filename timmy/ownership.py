@@ -7,8 +7,12 @@ runners' queues and what they learned in memory. So a database has one owner
 at a time, whatever it is, and a second swarm is refused with a `StoreError`
 that names the owner:
 
-- An SQLite file: ``flock`` on ``<database>.lock``. The OS frees it if the owner
-  dies, so a crashed swarm never leaves a stale lock.
+- An SQLite file: ``flock`` on the database file itself, however the URL spells it
+  (see `_claim_file`): a symlink, a hard link, a relative path from another directory
+  and a ``file:`` URI all reach the same inode, so the same lock. The OS frees it if
+  the owner dies, so a crashed swarm never leaves a stale lock. Its writes are fenced
+  by an ownership epoch too, like a server's (below), so a swarm that got in anyway
+  (an older timmy, a lock the file system does not keep) can never write over it.
 - PostgreSQL: a session-level advisory lock (``pg_try_advisory_lock``) held on a
   connection of its own for the swarm's lifetime, keyed by the schema the URL
   works in (so swarms in different schemas of one database do not collide). The
@@ -26,7 +30,7 @@ all of that into the database and paying a round trip per bid. One owner
 matches the SQLite behaviour exactly; scale-out is remote runners dialling in
 to one swarm service, and a standby coordinator simply waits for the lock.
 
-A lock alone is not enough on a server: if the lock connection drops (a server
+A lock alone is not enough, least of all on a server: if the lock connection drops (a server
 restart, a network cut) the old owner may go on writing while a new one takes
 over. The store therefore fences writes with an ownership epoch (see
 `timmy.store`): the new owner's first transaction bumps it, and every later
@@ -41,6 +45,7 @@ import contextlib
 import logging
 import os
 import socket
+import sys
 import threading
 import zlib
 from collections.abc import Callable
@@ -48,6 +53,7 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
+from .dburl import sqlite_file
 from .errors import StoreError
 
 log = logging.getLogger("timmy.ownership")
@@ -59,6 +65,8 @@ LOCK_CLASS = 0x74696D6D
 KEEPALIVE = (10, 5, 3)
 #: Seconds between checks that the lock's connection is still alive.
 CHECK_EVERY = 5.0
+#: Lock the SQLite database file itself (Linux: flock and SQLite's fcntl locks never meet).
+INODE_LOCK = sys.platform.startswith("linux")
 
 
 def whoami() -> str:
@@ -67,7 +75,9 @@ def whoami() -> str:
 
 
 def lock_path(url: str) -> Path | None:
-    """The lock file for an SQLite file URL; None for memory databases and other URLs."""
+    """``<database as written>.lock`` for an SQLite file URL; None for memory databases and
+    other URLs. Not the lock itself any more (see `_claim_file`): where the token file
+    lives beside it (`timmy.service.token_path`)."""
     try:
         parsed = sa.engine.make_url(url)
     except sa.exc.ArgumentError:
@@ -85,7 +95,7 @@ def claim(url: str) -> Callable[[], None]:
 
     Returns a function that gives it back.
     """
-    path = lock_path(url)
+    path = sqlite_file(url)
     if path is not None:
         return _claim_file(url, path)
     try:
@@ -108,10 +118,74 @@ def _refused(url: str, owner: str) -> StoreError:
 
 
 def _claim_file(url: str, path: Path) -> Callable[[], None]:
+    """``flock`` the database file itself, then ``<real path>.lock`` beside it.
+
+    Why the database file: a lock keyed by a name can be dodged by another name (a
+    symlink, a hard link, a bind mount); the inode cannot. Why ``flock`` and not a
+    byte-range lock: SQLite's own locks on the file are POSIX ``fcntl`` byte-range locks
+    (around ``PENDING_BYTE``, 1 GiB in), which belong to the *process* and are all dropped
+    when *any* descriptor of the file in that process closes (SQLite's own connections
+    open and close some): a lock of ours of that kind would vanish under us. On Linux an
+    ``flock`` lock belongs to the open file, never conflicts with POSIX locks (SQLite's
+    locking is untouched) and goes away only with our descriptor (not inherited by the
+    runners: Python's descriptors are close-on-exec). It shows in /proc/locks with its
+    pid, which is how a refused swarm names the owner however it spelled the path.
+
+    The ``.lock`` file beside the real path is what older timmy versions lock (so they
+    and this one still exclude each other on the same spelling) and holds "pid N on HOST"
+    for the message where /proc/locks is not there.
+
+    Elsewhere than Linux (the BSDs, macOS) ``flock`` and ``fcntl`` locks may be one lock
+    table, so an ``flock`` on the database would block SQLite's own locks: there only the
+    ``.lock`` file beside the real path is locked (every spelling but a hard link or a
+    bind mount meets it), and the ownership epoch fences out a swarm that got in anyway.
+    """
+    import fcntl
+
+    real = Path(os.path.realpath(path))   # symlinks, "..", relative to this directory: out
+    if not INODE_LOCK:
+        with contextlib.suppress(OSError):   # creating the .lock file says why
+            real.parent.mkdir(parents=True, exist_ok=True)
+        return _claim_side_file(url, Path(f"{real}.lock"))
+    try:
+        real.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(real, os.O_RDWR | os.O_CREAT, 0o600)
+        except PermissionError:   # a read-only file: lock it all the same, the store says
+            fd = os.open(real, os.O_RDONLY)
+    except OSError as exc:
+        raise StoreError(
+            f"cannot open {url}: the database file {real} cannot be opened: {exc.strerror}",
+            hint="pass the path of a database file (it is created if missing) in a "
+                 "directory you can write to (db=... / --db)",
+        ) from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        st = os.fstat(fd)
+        os.close(fd)
+        raise _refused(url, _file_owner(st, real)) from None
+    except OSError:   # a file system without flock: the .lock file and the epoch remain
+        log.warning("cannot flock %s: relying on %s.lock and the ownership epoch", real, real)
+    try:
+        release_side = _claim_side_file(url, Path(f"{real}.lock"))
+    except BaseException:
+        os.close(fd)
+        raise
+
+    def release() -> None:
+        try:
+            release_side()
+        finally:
+            os.close(fd)  # closing the descriptor drops the lock
+
+    return release
+
+
+def _claim_side_file(url: str, path: Path) -> Callable[[], None]:
     import fcntl
 
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as exc:
         raise StoreError(
@@ -131,9 +205,71 @@ def _claim_file(url: str, path: Path) -> Callable[[], None]:
         try:
             os.ftruncate(fd, 0)
         finally:
-            os.close(fd)  # closing the descriptor drops the lock
+            os.close(fd)
 
     return release
+
+
+def _file_owner(st: os.stat_result, real: Path) -> str:
+    """Who holds the flock on the database file ``st``: "pid N on HOST" from /proc/locks
+    (Linux), else what the owner wrote in the ``.lock`` file beside this name or in the
+    database, else "unknown"."""
+    pids = _flock_holders(st.st_dev, st.st_ino)
+    if pids:
+        return ", ".join(f"pid {p}" for p in pids) + f" on {socket.gethostname()}"
+    text = _held_side_file(Path(f"{real}.lock"))
+    if text:
+        return text
+    import sqlite3
+
+    with contextlib.suppress(sqlite3.Error), contextlib.closing(
+            sqlite3.connect(f"file:{_quote(str(real))}?mode=ro", uri=True, timeout=1)) as conn:
+        row = conn.execute("SELECT value FROM timmy_meta WHERE key = 'owner'").fetchone()
+        if row:
+            return f"{row[0][:200]}, as it last wrote"
+    return "unknown"
+
+
+def _held_side_file(path: Path) -> str | None:
+    """What the owner wrote in a ``.lock`` file, if someone holds it now (else it is stale)."""
+    import fcntl
+
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            return None   # nobody holds it: what it says is from an owner long gone
+        except BlockingIOError:
+            return os.pread(fd, 200, 0).decode(errors="replace").strip() or None
+        except OSError:
+            return None
+    finally:
+        os.close(fd)
+
+
+def _quote(path: str) -> str:
+    from urllib.parse import quote
+
+    return quote(path, safe="/")
+
+
+def _flock_holders(dev: int, ino: int) -> list[int]:
+    """Pids holding an flock on the file (dev, ino), from Linux's /proc/locks."""
+    want = f"{os.major(dev):02x}:{os.minor(dev):02x}:{ino}"
+    pids = []
+    try:
+        with open("/proc/locks") as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) >= 6 and parts[1] == "FLOCK" and parts[5] == want \
+                        and parts[4].isdigit():
+                    pids.append(int(parts[4]))
+    except OSError:
+        return []
+    return sorted(set(pids))
 
 
 def _claim_postgres(url: str) -> Callable[[], None]:

@@ -3,7 +3,7 @@
 Every message carries ``"v": 1`` and a ``"type"`` tag. `decode_runner` and
 `decode_coordinator` turn a line into a typed struct or raise `ProtocolError`;
 nothing downstream looks at raw dicts. Validation (ranges, lengths) lives in
-the types.
+the types, and what is stored is bounded by its column (a pid, an agent id).
 """
 
 from __future__ import annotations
@@ -27,6 +27,9 @@ Seq = Annotated[int, Meta(ge=0, le=2**63 - 1)]
 Text = Annotated[str, Meta(max_length=MAX_DESCRIPTION)]
 Seconds = Annotated[float, Meta(ge=0)]
 Count = Annotated[int, Meta(ge=0, le=2**62)]
+# Stored in agents.pid, a 32-bit INTEGER on a server database: a bigger one would make the
+# database refuse the agent's row (no real system hands out pids past 2**31 - 1).
+Pid = Annotated[int, Meta(ge=0, le=2**31 - 1)]
 
 
 class Message(
@@ -69,7 +72,7 @@ class Shutdown(Message, tag="shutdown"):
 class Hello(Message, tag="hello"):
     agent_id: AgentId
     persona: AgentId
-    pid: Annotated[int, Meta(ge=0, le=2**32)]
+    pid: Pid
 
 
 class Bid(Message, tag="bid"):

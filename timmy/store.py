@@ -6,13 +6,15 @@ Writes go through a few functions that each run one transaction:
 `Store.insert_tasks` (a post) and `Store.apply` (a batch of state transitions:
 task rows, bids, events, agents; an auction close is always inside one batch).
 
-One swarm owns a database at a time (see `timmy.ownership`). On a server
-database the owner's writes are also *fenced*: `Store.recover`, which a swarm
-runs as it starts, opens a new ownership epoch (a counter in ``timmy_meta``),
-and every later write of that swarm checks, under a share lock on that row,
-that the epoch is still its own. A swarm that lost its lock without noticing
-(its lock connection dropped, another swarm took over) therefore fails its
-next write with `OwnershipLost` instead of overwriting the new owner's work.
+One swarm owns a database at a time (see `timmy.ownership`). The owner's
+writes are also *fenced*: `Store.recover`, which a swarm runs as it starts,
+opens a new ownership epoch (a counter in ``timmy_meta``), and every later write
+of that swarm checks, inside its transaction, that the epoch is still its own
+(a server: under a share lock on that row, before writing; SQLite: reading it
+after writing, under the database's write lock the writes took). A swarm that lost its lock without
+noticing (its lock connection dropped, another swarm took over, a second swarm
+got past the file lock) therefore fails its next write with `OwnershipLost`
+instead of overwriting the new owner's work.
 """
 
 from __future__ import annotations
@@ -29,9 +31,10 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from .dburl import sqlite_file
-from .errors import OwnershipLost, StoreError, TaskNotFound
+from .errors import OwnershipLost, StoreError, TaskNotFound, TimmyError
 from .models import ACTIVE_STATES, QUEUED, AgentInfo, Event, Task
 from .paging import page_limit
+from .quarantine import Refused, is_row_error, refusal
 
 SCHEMA_VERSION = 1
 
@@ -194,6 +197,11 @@ def explain(url: str, exc: Exception) -> StoreError:
     server = _explain_server(low)
     if server is not None:
         what, hint = server
+    elif _refused_value(exc, low):
+        what = "the database refused a value of a row (it does not fit its column)"
+        hint = ("the database works; one value does not fit (named above): a swarm leaves "
+                "such a row out of its batch, saves the rest and counts it as "
+                "rows_quarantined in status(); for a post, fix that text and post it again")
     elif "unique" in low or "integrity" in low or "duplicate key" in low:
         hint = "run one swarm per database: another coordinator may be writing to it"
         what = "a row with the same key already exists"
@@ -222,6 +230,17 @@ def explain(url: str, exc: Exception) -> StoreError:
         what = "database error"
     first = text.strip().splitlines()[0][:300] if text.strip() else type(exc).__name__
     return StoreError(f"{safe_url(url)}: {what} ({first})", hint=hint)
+
+
+def _refused_value(exc: Exception, low: str) -> bool:
+    """A data or constraint error: the database refusing a value, not failing."""
+    from .quarantine import is_row_error
+
+    if "unique" in low or "duplicate key" in low:   # said below, with its own hint
+        return False
+    return is_row_error(exc, None) or any(w in low for w in (
+        "out of range", "value too long", "nul (0x00)", "invalid byte sequence",
+        "surrogates not allowed", "too large to convert", "violates"))
 
 
 def _explain_server(low: str) -> tuple[str, str] | None:
@@ -296,12 +315,12 @@ def _refuse_foreign_sqlite(url: str) -> None:
     Our engine switches a file to WAL as it connects, which would change someone
     else's database just by looking at it.
     """
-    from .ownership import lock_path  # the same URL -> file rule
+    from urllib.parse import quote
 
-    lock = lock_path(url)
-    if lock is None or not os.path.exists(str(lock)[: -len(".lock")]):
+    file = sqlite_file(url)   # the same URL -> file rule as the lock's
+    if file is None or not file.exists():
         return
-    path = str(lock)[: -len(".lock")]
+    path = quote(os.path.abspath(file), safe="/")
     import sqlite3
 
     try:
@@ -336,12 +355,12 @@ class Store:
         if not create:
             _refuse_foreign_sqlite(url)  # before our engine's connect-time settings touch it
         self.engine = get_engine(url, busy_timeout)
-        server = self.engine.dialect.name != "sqlite"
+        server = self._server = self.engine.dialect.name != "sqlite"
         # A server's integer column is 32 bits; an id past it cannot exist, so is not asked for.
         self._max_id = 2**31 - 1 if server else 2**63 - 1
-        # Fencing (see the module docstring): SQLite's lock is the OS's and cannot be lost
-        # unnoticed, so only server databases pay for the check.
-        self._fenced = server
+        # Fencing (see the module docstring), on every database: SQLite's flock keeps a
+        # second swarm out only where every opener takes it (an older timmy does not).
+        self._fenced = True
         # Inserts by COPY (see _copy_rows): PostgreSQL through psycopg 3.
         self._copy = self.engine.dialect.name == "postgresql" and \
             self.engine.dialect.driver == "psycopg"
@@ -390,6 +409,10 @@ class Store:
         except sa.exc.SQLAlchemyError as exc:
             raise StoreError(f"{safe_url(self.url)}: {exc}",
                              hint="check the URL's driver, database name and credentials") from exc
+        except TimmyError:
+            raise
+        except (ValueError, OverflowError) as exc:   # a value the driver cannot send
+            raise explain(self.url, exc) from exc
 
     def _migrate(self) -> None:
         with self.engine.begin() as conn:
@@ -428,30 +451,52 @@ class Store:
             if len(rows) == 1:
                 return [self._insert_one(rows[0])]
             with self.engine.begin() as conn:
-                self._check_owner(conn)
+                self._fence_before(conn)
                 stmt = tasks_table.insert().returning(
                     tasks_table.c.task_id, sort_by_parameter_order=True
                 )
-                return [r[0] for r in conn.execute(stmt, rows)]
+                ids = [r[0] for r in conn.execute(stmt, rows)]
+                self._fence_after(conn)
+                return ids
 
-        ids = self.guard(run)
+        try:
+            ids = self.guard(run)
+        except StoreError as exc:
+            cause = exc.__cause__
+            if cause is None or not is_row_error(cause, self.engine.dialect.loaded_dbapi):
+                raise
+            why = [refusal(tasks_table, ("description",), (d,), cause, self._server)
+                   for d in descriptions]
+            named = [r for r in why if r.column] or why
+            raise StoreError(
+                f"{safe_url(self.url)}: the database refused the task's row: "
+                f"tasks.description: {named[0].reason}",
+                hint="the database works; that description does not fit its column: fix it "
+                     "and post it again (nothing of this post was stored)") from cause
         return [Task(task_id=i, description=d, created_at=created_at)
                 for i, d in zip(ids, descriptions, strict=True)]
 
     def _insert_one(self, row: dict[str, Any]) -> int:
         """One task, straight through the DBAPI: a post is on the latency path, and the
-        SQLAlchemy Connection machinery cost 4x the insert itself. Fenced, it is still one
-        statement (the owner check rides along), so a post stays one round trip."""
-        if self._epoch is not None:
+        SQLAlchemy Connection machinery cost 4x the insert itself. Fenced on a server, it is
+        still one statement (the owner check rides along), so a post stays one round trip;
+        on SQLite the check is a read after the insert, under the write lock it took."""
+        fenced = self._epoch is not None and self._server
+        if fenced:
             row = {**row, "key": OWNER_EPOCH, "epoch": self._epoch}
-        sql, names, _ = self._sql(self._task_insert if self._epoch is None
-                                  else self._fenced_task_insert)
+        sql, names, _ = self._sql(self._fenced_task_insert if fenced else self._task_insert)
         raw = self.engine.raw_connection()
         try:
             cur = raw.cursor()
             params = row if names is None else tuple(row[n] for n in names)
             cur.execute(sql, params)
             got = cur.fetchone()
+            if got is not None and self._epoch is not None and not self._server:
+                check, cnames, _ = self._sql(self._owner_check)
+                cur.execute(check, {"key": OWNER_EPOCH} if cnames is None else (OWNER_EPOCH,))
+                epoch = cur.fetchone()
+                if epoch is None or epoch[0] != self._epoch:
+                    got = None
             cur.close()
             if got is None:   # the fenced insert wrote nothing: the epoch is not ours any more
                 raw.rollback()
@@ -465,9 +510,11 @@ class Store:
             raw.close()
         return task_id
 
-    def apply(self, batch: Batch) -> None:
-        """Write a batch of transitions in one transaction (all of it or none of it)."""
-        self.guard(self._apply, batch)
+    def apply(self, batch: Batch) -> list[Refused]:
+        """Write a batch of transitions in one transaction (all of it or none of it), except
+        rows the database refuses (a value that does not fit its column): those are left
+        out, the rest is written, and they are returned (see `timmy.quarantine`)."""
+        return self.guard(self._apply, batch)
 
     def _sql(self, stmt) -> tuple[str, list[str] | None, Any]:
         """A statement compiled once for this engine's dialect: (sql, positional names)."""
@@ -511,37 +558,110 @@ class Store:
             for row in rows:
                 copy.write_row(row)
 
-    def _apply(self, batch: Batch) -> None:
-        with self.engine.begin() as conn:
-            self._check_owner(conn)
-            if batch.tasks:
-                self._executemany(conn, self._task_update, _TASK_UPDATE_BINDS,
-                                  [(tid, *(row[c] for c in TASK_UPDATE_COLUMNS))
-                                   for tid, row in batch.tasks.items()])
-            if batch.agents:
-                new = {a for a in batch.agents if a not in self._known_agents}
-                if new:  # usually only at spawn: afterwards every agent change is an update
-                    new -= {r[0] for r in conn.execute(
-                        sa.select(agents_table.c.agent_id)
-                        .where(agents_table.c.agent_id.in_(new)))}
-                self._executemany(conn, self._agent_insert, AGENT_COLUMNS,
-                                  [tuple(r[c] for c in AGENT_COLUMNS)
-                                   for a, r in batch.agents.items() if a in new])
-                self._executemany(conn, self._agent_update, _AGENT_UPDATE_BINDS,
-                                  [(a, *(r[c] for c in AGENT_UPDATE_COLUMNS))
-                                   for a, r in batch.agents.items() if a not in new])
-            if batch.bids:
-                self._executemany(conn, self._bid_insert, BID_COLUMNS, batch.bids)
-            if batch.events:
-                self._executemany(conn, self._event_insert, EVENT_COLUMNS, batch.events)
-        self._known_agents.update(batch.agents)
+    def _apply(self, batch: Batch) -> list[Refused]:
+        """The batch in one transaction; if the database refuses a row of it, the batch again
+        without the rows it refuses (see `_apply_sorting`), which are returned."""
+        refused: list[Refused] = []
+        try:
+            with self.engine.begin() as conn:
+                self._fence_before(conn)
+                for _table, write, _columns, rows in self._parts(conn, batch):
+                    write(conn, rows)
+                self._fence_after(conn)
+        except Exception as exc:
+            if not is_row_error(exc, self.engine.dialect.loaded_dbapi):
+                raise
+            refused = self._apply_sorting(batch)
+        bad = {r.key for r in refused if r.table == "agents"}
+        self._known_agents.update(a for a in batch.agents if a not in bad)
+        return refused
 
-    # -- fencing (server databases) ---------------------------------------
+    def _parts(self, conn, batch: Batch) -> list[tuple]:
+        """The batch's writes as (table, write(conn, rows), columns of a row, rows)."""
+        def many(stmt, binds):
+            return lambda c, rows: self._executemany(c, stmt, binds, rows)
+
+        parts: list[tuple] = []
+        if batch.tasks:
+            parts.append((tasks_table, many(self._task_update, _TASK_UPDATE_BINDS),
+                          ("task_id", *TASK_UPDATE_COLUMNS),
+                          [(tid, *(row[c] for c in TASK_UPDATE_COLUMNS))
+                           for tid, row in batch.tasks.items()]))
+        if batch.agents:
+            new = {a for a in batch.agents if a not in self._known_agents}
+            if new:  # usually only at spawn: afterwards every agent change is an update
+                new -= {r[0] for r in conn.execute(
+                    sa.select(agents_table.c.agent_id)
+                    .where(agents_table.c.agent_id.in_(new)))}
+            parts.append((agents_table, many(self._agent_insert, AGENT_COLUMNS), AGENT_COLUMNS,
+                          [tuple(r[c] for c in AGENT_COLUMNS)
+                           for a, r in batch.agents.items() if a in new]))
+            parts.append((agents_table, many(self._agent_update, _AGENT_UPDATE_BINDS),
+                          ("agent_id", *AGENT_UPDATE_COLUMNS),
+                          [(a, *(r[c] for c in AGENT_UPDATE_COLUMNS))
+                           for a, r in batch.agents.items() if a not in new]))
+        if batch.bids:
+            parts.append((bids_table, many(self._bid_insert, BID_COLUMNS), BID_COLUMNS,
+                          batch.bids))
+        if batch.events:
+            parts.append((events_table, many(self._event_insert, EVENT_COLUMNS), EVENT_COLUMNS,
+                          batch.events))
+        return [p for p in parts if p[3]]
+
+    def _apply_sorting(self, batch: Batch) -> list[Refused]:
+        """The batch once more, in one transaction, each table's rows under a savepoint:
+        a part the database refuses is split in halves until the rows it refuses are
+        found alone (k bad rows among n: about 2k log2(n) statements, paid only when a
+        row was refused). Those are left out and returned; any other error (a lost
+        connection, OwnershipLost) fails the whole batch as before, to be retried."""
+        refused: list[Refused] = []
+        with self.engine.begin() as conn:
+            if not self._server:   # pysqlite begins only at the first write: begin now,
+                raw = conn.connection.driver_connection   # holding the write lock
+                if not raw.in_transaction:
+                    conn.exec_driver_sql("BEGIN IMMEDIATE")
+            self._check_owner(conn)
+            for table, write, columns, rows in self._parts(conn, batch):
+                self._write_or_split(conn, table, write, columns, rows, refused)
+        return refused
+
+    def _write_or_split(self, conn, table, write, columns, rows, refused: list) -> None:
+        savepoint = conn.begin_nested()
+        try:
+            write(conn, rows)
+        except Exception as exc:
+            savepoint.rollback()
+            if not is_row_error(exc, self.engine.dialect.loaded_dbapi):
+                raise
+            if len(rows) == 1:
+                refused.append(refusal(table, columns, rows[0], exc, self._server))
+                return
+            half = len(rows) // 2
+            self._write_or_split(conn, table, write, columns, rows[:half], refused)
+            self._write_or_split(conn, table, write, columns, rows[half:], refused)
+            return
+        savepoint.commit()
+
+    # -- fencing ----------------------------------------------------------
+    def _fence_before(self, conn) -> None:
+        """A server: check the epoch first, share-locking its row for the transaction."""
+        if self._server:
+            self._check_owner(conn)
+
+    def _fence_after(self, conn) -> None:
+        """SQLite: check the epoch after the writes, before the commit. Having written, the
+        transaction holds the database's write lock (pysqlite begins only at the first
+        write, so a check before it would run outside the transaction): no takeover can
+        commit between this check and ours. A read, so it costs no page in the WAL."""
+        if not self._server:
+            self._check_owner(conn)
+
     def _check_owner(self, conn) -> None:
         """Inside a write transaction: go on only while the ownership epoch is still ours.
 
-        The share lock on the epoch row makes a swarm taking over (which updates that
-        row) wait for this transaction, and this one fail once the takeover committed.
+        On a server the share lock on the epoch row makes a swarm taking over (which
+        updates that row) wait for this transaction, and this one fail once the takeover
+        committed. On SQLite see `_fence_after`.
         """
         if self._epoch is None:
             return
@@ -552,10 +672,16 @@ class Store:
             raise self._lost(self._read_owner(conn))
 
     def _take_over(self, conn, owner: str) -> None:
-        """Open a new ownership epoch: every write of a previous owner fails from now on."""
-        row = conn.execute(sa.select(meta_table.c.value)
-                           .where(meta_table.c.key == OWNER_EPOCH).with_for_update()).first()
-        epoch = str(int(row[0]) + 1 if row is not None else 1)
+        """Open a new ownership epoch: every write of a previous owner fails from now on.
+
+        One UPDATE bumps it, so two swarms taking over at once (SQLite reads outside the
+        write lock) cannot both read N and both write N + 1.
+        """
+        value = meta_table.c.value
+        conn.execute(meta_table.update().where(meta_table.c.key == OWNER_EPOCH)
+                     .values(value=sa.cast(sa.cast(value, sa.BigInteger) + 1, sa.String)))
+        row = conn.execute(sa.select(value).where(meta_table.c.key == OWNER_EPOCH)).first()
+        epoch = row[0] if row is not None else "1"
         for key, value in ((OWNER_EPOCH, epoch), (OWNER, owner[:256])):
             done = conn.execute(meta_table.update().where(meta_table.c.key == key)
                                 .values(value=value)).rowcount
