@@ -335,7 +335,7 @@ def test_honest_runners_never_have_a_bid_refused_or_overruled(make_swarm, rule):
     assert {t.status for t in done} <= {"completed", "failed"}
     assert status["bids_refused"] == 0 and status["protocol_errors"] == 0
     description = {t.task_id: t.description for t in done}
-    bids = swarm.bids()
+    bids = list(swarm.iter_bids())
     assert len(bids) >= 9 * 400
     for b in bids:
         persona = PERSONAS[b["agent_id"].split("-")[0]]

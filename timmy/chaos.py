@@ -157,7 +157,7 @@ class StallAudit:
 def stall_audit(db: str | Path, stopped: float, resumed: float,
                 after: float = 10.0) -> StallAudit:
     """Audit the events stored between wall-clock ``stopped`` and ``resumed + after``."""
-    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    con = sqlite3.connect(f"{Path(db).absolute().as_uri()}?mode=ro", uri=True)
     try:
         rows = con.execute("SELECT kind, data FROM events WHERE ts >= ? AND ts <= ? AND kind IN"
                            " ('agent_hung', 'agent_crashed', 'task_requeued', 'task_failed',"

@@ -324,9 +324,7 @@ def _refuse_foreign_sqlite(url: str) -> None:
     import sqlite3
 
     try:
-        from pathlib import Path  # as_uri escapes the path: its "?" or "#" is not the URI's
-
-        uri = f"{Path(path).absolute().as_uri()}?mode=ro"
+        uri = f"file:{path}?mode=ro"   # quoted: a "?", "#" or "%" in the name is the file's
         with contextlib.closing(sqlite3.connect(uri, uri=True)) as conn:
             names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
     except sqlite3.Error as exc:
