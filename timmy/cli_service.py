@@ -234,26 +234,35 @@ def spawn_cmd(personas: tuple[str, ...], url: str | None, token: str | None,
               help="Allow a non-loopback --host (see `timmy serve --help`).")
 @click.option("--stop", "stop", is_flag=True,
               help="Stop the dashboards started for --db from another shell (`make stop`).")
+@click.option("--preheat", default=1, show_default=True, type=click.IntRange(0, 8),
+              help="Kernels per notebook that Voilà starts ahead of a visit (the page then "
+                   "shows sooner); 0 starts a kernel per visit instead.")
 def dashboards_cmd(db: str, host: str, port: int, voila_port: int, notebooks: Path,
-                   allow_remote: bool, stop: bool) -> None:
+                   allow_remote: bool, stop: bool, preheat: int) -> None:
     """Run the swarm service on --db (spawning the nine personas) and Voilà on loopback,
     print the desktop and mobile URLs, and keep both up until Ctrl-C, SIGTERM or
     `timmy dashboards --stop`. Stopping stops Voilà, then the service and its runners;
     everything is kept in the database.
     """
-    from .launcher import Dashboards, stop_running
+    from .launcher import Dashboards, state_file, stop_running
     from .service import check_bind
 
     url = db_url(db)
     if stop:
         was = stop_running(url)
-        click.echo("nothing to stop" if was is None else
-                   f"stopped the dashboards (service {was.service_url}, pid {was.launcher_pid})")
+        if was is None:
+            click.echo("nothing to stop")
+        elif was.stale:
+            click.echo(f"nothing to stop: {state_file(url)} was stale (none of its processes "
+                       "is still running); removed it, signalled nothing")
+        else:
+            click.echo(f"stopped the dashboards (service {was.running.service_url}, "
+                       f"pid {was.running.launcher_pid})")
         return
     check_bind(host, allow_remote)
     serve_args = ("--allow-remote",) if allow_remote else ()
     dash = Dashboards(url, notebooks, host=host, port=port, voila_port=voila_port,
-                      serve_args=serve_args, echo=click.echo)
+                      serve_args=serve_args, echo=click.echo, preheat=preheat)
     click.echo(f"timmy dashboards: starting the swarm service on {describe_db(url)} and Voilà…")
     running = dash.start()
     click.echo("")

@@ -1,0 +1,49 @@
+"""Voilà's kernel manager for the dashboards: the kernel of a closed page is culled.
+
+jupyter_server culls a kernel only when nothing happened on it for ``cull_idle_timeout``
+seconds, and "happened" is any message the kernel sends. A dashboard's kernel sends widget
+updates for every swarm event whether a page is watching or not, so it is never idle and
+lives (with its ~70 MB and its subscriber on the swarm service) until Voilà stops.
+
+`ClosedPageKernels` culls on what matters instead: no page connected for
+``cull_idle_timeout`` seconds (counted from the first cull pass that saw it alone) and
+not executing. Pre-heated kernels waiting in Voilà's pool are spared by Voilà's own
+wrapper of this class, which never hands them to this method. `timmy.launcher` passes it
+as ``--VoilaConfiguration.multi_kernel_manager_class``; this module runs inside Voilà.
+"""
+
+from __future__ import annotations
+
+import time
+
+from jupyter_core.utils import ensure_async
+from jupyter_server.services.kernels.kernelmanager import AsyncMappingKernelManager
+
+
+class ClosedPageKernels(AsyncMappingKernelManager):
+    """`AsyncMappingKernelManager` whose culler counts time without a page, not silence."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self._alone_since: dict[str, float] = {}
+
+    async def cull_kernel_if_idle(self, kernel_id: str) -> None:
+        kernel = self._kernels.get(kernel_id)
+        if kernel is None:
+            self._alone_since.pop(kernel_id, None)
+            return
+        state = getattr(kernel, "execution_state", None)
+        if state == "dead":
+            self._alone_since.pop(kernel_id, None)
+            await super().cull_kernel_if_idle(kernel_id)
+            return
+        if self._kernel_connections.get(kernel_id, 0) or state == "busy":
+            self._alone_since.pop(kernel_id, None)
+            return
+        now = time.monotonic()
+        since = self._alone_since.setdefault(kernel_id, now)
+        if now - since < self.cull_idle_timeout:
+            return
+        self._alone_since.pop(kernel_id, None)
+        self.log.info("Culling kernel %s: no page connected for %.0f s", kernel_id, now - since)
+        await ensure_async(self.shutdown_kernel(kernel_id))
