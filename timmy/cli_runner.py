@@ -19,6 +19,8 @@ from .executors import EXECUTORS
 def runner_token(token: str | None, token_file: Path | None) -> str:
     """--token, else --token-file, else TIMMY_TOKEN."""
     if token:
+        click.echo("warning: a token on the command line is visible to every local user (ps); "
+                   "use --token-file FILE or TIMMY_TOKEN instead", err=True)
         return token
     if token_file is not None:
         from .service import read_token
@@ -38,7 +40,8 @@ def runner_token(token: str | None, token_file: Path | None) -> str:
 @click.option("--connect", "url", required=True, envvar="TIMMY_URL", metavar="URL",
               help="The swarm service to join, tcp://HOST:PORT (default: TIMMY_URL).")
 @click.option("--token", default=None, metavar="TOKEN",
-              help="The service's token. Default: --token-file, else TIMMY_TOKEN.")
+              help="The service's token (visible to every local user in `ps`: prefer "
+                   "--token-file or TIMMY_TOKEN). Default: --token-file, else TIMMY_TOKEN.")
 @click.option("--token-file", default=None, metavar="FILE",
               type=click.Path(dir_okay=False, path_type=Path),
               help="Read the token from this file (mode 0600, as `timmy serve` writes it).")

@@ -33,8 +33,37 @@ from .service import (
 )
 
 _URL_HELP = f"The service's address. Default: TIMMY_URL, else {DEFAULT_URL}."
-_TOKEN_HELP = ("The service's token. Default: TIMMY_TOKEN, else the .token file beside the "
-               "database given by --db.")
+_TOKEN_HELP = ("The service's token (visible to every local user in `ps`: prefer --token-file "
+               "or TIMMY_TOKEN). Default: --token-file, else TIMMY_TOKEN, else the .token file "
+               "beside the database given by --db.")
+_ARGV_TOKEN = ("warning: a token on the command line is visible to every local user (ps); "
+               "use --token-file FILE or TIMMY_TOKEN instead")
+
+
+def _keep_token_file(ctx: click.Context, _param, value: Path | None) -> Path | None:
+    if value is not None:
+        ctx.meta["timmy.token_file"] = value
+    return value
+
+
+def _token_file_option(help: str):
+    """``--token-file FILE``, kept in the click context (the commands' signatures stay)."""
+    return click.option("--token-file", default=None, metavar="FILE", expose_value=False,
+                        type=click.Path(dir_okay=False, path_type=Path),
+                        callback=_keep_token_file, is_eager=True, help=help)
+
+
+def _token_not_in_argv(token: str | None) -> str | None:
+    """--token (with a warning: ps shows it), else --token-file, else TIMMY_TOKEN, else None."""
+    if token is not None:
+        click.echo(_ARGV_TOKEN, err=True)
+        return token
+    path = click.get_current_context().meta.get("timmy.token_file")
+    if path is not None:
+        from .service import read_token
+
+        return read_token(path)
+    return os.environ.get("TIMMY_TOKEN") or None
 
 
 @click.command(context_settings=CONTEXT_SETTINGS,
@@ -47,7 +76,10 @@ _TOKEN_HELP = ("The service's token. Default: TIMMY_TOKEN, else the .token file 
               help="TCP port (0: any free port, printed on start).")
 @click.option("--token", default=None, metavar="TOKEN",
               help="Use this token instead of the one stored beside the database (made and "
-                   "printed on first start, mode 0600).")
+                   "printed on first start, mode 0600). Visible to every local user in `ps`: "
+                   "prefer --token-file or TIMMY_TOKEN.")
+@_token_file_option("Use the token in this file (mode 0600). Default: TIMMY_TOKEN, else the "
+                    "one stored beside the database.")
 @click.option("--allow-remote", is_flag=True,
               help="Allow a non-loopback --host: anyone who reaches it with the token controls "
                    "the swarm, and the traffic is not encrypted.")
@@ -96,6 +128,7 @@ def serve_cmd(db: str, host: str, port: int, token: str | None, allow_remote: bo
         click.echo(f"warning: listening on {host}: anyone who reaches it with the token "
                    "controls this swarm, and requests travel unencrypted", err=True)
     url = db_url(db)
+    token = _token_not_in_argv(token)
     if token is None:
         path = token_path(url)
         token, created = load_or_create_token(path)
@@ -132,13 +165,20 @@ def _attach(url: str | None, token: str | None, db: str | None):
     from .client import AttachedSwarm, default_token
 
     url = url or os.environ.get("TIMMY_URL") or DEFAULT_URL
+    token = _token_not_in_argv(token)
     if token is None:
         token = default_token(db_url(db) if db else None)
     return AttachedSwarm(url, token)
 
 
 _url = click.option("--url", default=None, metavar="URL", help=_URL_HELP)
-_token = click.option("--token", default=None, metavar="TOKEN", help=_TOKEN_HELP)
+
+
+def _token(command):
+    """``--token`` and ``--token-file`` (read by `_attach`)."""
+    command = _token_file_option("Read the service's token from this file (mode 0600).")(command)
+    return click.option("--token", default=None, metavar="TOKEN", help=_TOKEN_HELP)(command)
+
 _db = click.option("--db", default=None, metavar="URL",
                    help=f"The service's database, to find its token file. Default: {RUN_DB}.")
 

@@ -110,8 +110,10 @@ def _refused(url: str, owner: str) -> StoreError:
 def _claim_file(url: str, path: Path) -> Callable[[], None]:
     import fcntl
 
+    from .private import private_dirs
+
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        private_dirs(path.parent)   # new directories 0700, as the database's (timmy.private)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as exc:
         raise StoreError(
