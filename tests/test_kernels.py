@@ -119,3 +119,29 @@ def test_pre_heated_kernels_are_kept_and_serve_live_data(browser, dash):  # noqa
         ctx.close()
     finally:
         swarm.close()
+
+
+def test_a_page_made_while_the_service_is_down_attaches_once_it_is_up(tmp_path):
+    """What a pre-heated kernel does when it runs the notebook while the service is down:
+    the page shows why, and attaches by itself (no Retry click) once the service answers."""
+    pytest.importorskip("ipywidgets")
+    from test_service import ServiceProcess
+
+    from timmy.widgets.page import Page
+
+    port = free_port()
+    page = Page("desktop", f"tcp://127.0.0.1:{port}", "page-token", 0.25)
+    assert page.console is None
+    assert "timmy-unreachable" in page.body.children[0].value
+    token = tmp_path / "swarm.db.token"   # where `timmy serve` keeps its token
+    token.write_text("page-token\n")
+    token.chmod(0o600)
+    svc = ServiceProcess(tmp_path / "swarm.db", port, "--no-spawn")
+    try:
+        wait_for("the page attaching", lambda: (page.console is not None, page.body.children),
+                 60)
+        assert page.body.children == (page.console,)
+    finally:
+        if page.console is not None:
+            page.console.close()
+        svc.stop()
