@@ -81,7 +81,8 @@ def test_no_token_on_any_command_line_of_the_dashboards(tmp_path):
     proc = subprocess.Popen(
         [sys.executable, "-m", "timmy", "dashboards", "--db", str(db), "--port", "0",
          "--voila-port", str(free_port()), "--notebooks", str(ROOT / "dashboards")],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path)
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path,
+        preexec_fn=lambda: os.umask(0o022))   # files 0644 unless made otherwise
     path = state_file(f"sqlite:///{db}")
     try:
         deadline = time.monotonic() + 120
@@ -95,6 +96,11 @@ def test_no_token_on_any_command_line_of_the_dashboards(tmp_path):
             time.sleep(0.5)   # a kernel's command line counts too
         assert voila_kernels(running.voila_pid) >= 1
         assert command_lines_with(voila_token, service_token) == []
+        log = db.parent / "voila.log"
+        assert voila_token not in log.read_text(errors="replace")
+        assert {p.name: mode(p) for p in (path, log, db, Path(f"{db}.token"))} == \
+            {p.name: "0o600" for p in (path, log, db, Path(f"{db}.token"))}
+        assert mode(db.parent) == "0o700"
         with urllib.request.urlopen(running.desktop_url, timeout=60) as resp:
             assert resp.status == 200
         bare = running.desktop_url.split("?", 1)[0]

@@ -41,6 +41,7 @@ from pathlib import Path
 
 from . import procid
 from .errors import ConfigError, TimmyError
+from .private import private_dirs, private_file
 
 VOILA_PORT = 8866
 READY_TIMEOUT = 90.0
@@ -127,7 +128,7 @@ class Dashboards:
                 raise ConfigError(f"no {name} in {self.notebooks}",
                                   hint="run from the timmy checkout, or pass --notebooks DIR")
         self._refuse_if_running()
-        self.log_dir.mkdir(parents=True, exist_ok=True)
+        private_dirs(self.log_dir)
         try:
             service_url = self._start_service()
             token = self._service_token()
@@ -144,8 +145,9 @@ class Dashboards:
                                procid.boot_id(), me.start if me else 0,
                                serve.start if serve else 0, voila.start if voila else 0,
                                self.marker)
+        private_file(self.state)   # 0600 before anything is in it: the URLs carry Voilà's token
+        os.chmod(self.state, 0o600)   # (an older file may have been made with the umask)
         self.state.write_text(json.dumps(asdict(self.running), indent=2) + "\n")
-        os.chmod(self.state, 0o600)   # the URLs carry Voilà's token
         return self.running
 
     def _refuse_if_running(self) -> None:
@@ -199,6 +201,7 @@ class Dashboards:
                f"--MappingKernelManager.cull_idle_timeout={self.cull_timeout:g}",
                f"--MappingKernelManager.cull_interval={self.cull_interval:g}",
                *self._preheat_args(), *self.voila_args]
+        private_file(self.log_dir / "voila.log")   # pages' errors may quote swarm data
         log = open(self.log_dir / "voila.log", "ab")   # noqa: SIM115 (the child owns it)
         try:
             self.voila = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
