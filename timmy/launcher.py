@@ -6,8 +6,8 @@ launcher, which then stops them in order), waits until both answer, prints the
 desktop and mobile URLs and writes them with the pids to ``dashboards.json``
 beside the database, with what makes each pid ours: its start time and boot id
 (`timmy.procid`) and a marker in the children's environment (``TIMMY_DASHBOARDS_ID``,
-inherited by the runners and the kernels). `Dashboards.wait` blocks until Ctrl-C, SIGTERM or a child
-dying; `Dashboards.stop` stops Voilà (and its kernels), then the service (which
+inherited by the runners and the kernels). `Dashboards.wait` blocks until Ctrl-C,
+SIGTERM or a child dying; `Dashboards.stop` stops Voilà (and its kernels), then the service (which
 stops its runners and saves everything). `stop_running` is ``make stop``: it
 signals the launcher named in that file from another shell, after checking that each
 pid is still the process that was started (a file left by a crash or a reboot is stale:
@@ -296,8 +296,8 @@ def stop_running(db_url: str, timeout: float = STOP_TIMEOUT + 10) -> Stopped | N
     if running is None:
         return None
     ours = running.ours()
-    if running.launcher_is_ours():
-        os.kill(running.launcher_pid, signal.SIGTERM)
+    if procid.send_checked(running.launcher_pid, signal.SIGTERM,
+                           lambda _pid: running.launcher_is_ours()):
         deadline = time.monotonic() + timeout
         while running.launcher_is_ours() and time.monotonic() < deadline:
             time.sleep(0.1)

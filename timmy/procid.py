@@ -7,7 +7,9 @@ its start time (``/proc/PID/stat`` field 22, clock ticks since boot) and the boo
 belongs to (``/proc/sys/kernel/random/boot_id``). `marked` finds the processes that carry
 a marker in their environment (``NAME=VALUE``, inherited by every descendant: runners,
 kernels), which is how a launcher finds what it started even when the leader is gone.
-Linux only (``/proc``); elsewhere nothing is ever "ours", so nothing is signalled.
+Signals go through a pidfd opened *before* the check (`send_checked`), so the process
+checked is the process signalled even if the pid is reused in between. Linux only
+(``/proc``); elsewhere nothing is ever "ours", so nothing is signalled.
 """
 
 from __future__ import annotations
@@ -82,15 +84,36 @@ def marked(name: str, value: str) -> list[int]:
     return pids
 
 
-def signal_if(pid: int, sig: int, name: str, value: str) -> bool:
-    """Send ``sig`` to ``pid`` only if it carries the marker ``name=value``; True if sent."""
-    if not environ_has(pid, name, value):
-        return False
+def send_checked(pid: int, sig: int, check) -> bool:
+    """Send ``sig`` to ``pid`` if ``check(pid)`` holds; True if sent.
+
+    The process is pinned by a pidfd before the check where the system has them, so a pid
+    reused between check and signal is never signalled.
+    """
     try:
-        os.kill(pid, sig)
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return False
+    except (AttributeError, OSError):   # no pidfds here: check, then signal by pid
+        fd = None
+    try:
+        if not check(pid):
+            return False
+        if fd is not None:
+            signal.pidfd_send_signal(fd, sig)
+        else:
+            os.kill(pid, sig)
     except (ProcessLookupError, PermissionError):
         return False
+    finally:
+        if fd is not None:
+            os.close(fd)
     return True
+
+
+def signal_if(pid: int, sig: int, name: str, value: str) -> bool:
+    """Send ``sig`` to ``pid`` only if it carries the marker ``name=value``; True if sent."""
+    return send_checked(pid, sig, lambda p: environ_has(p, name, value))
 
 
 def signal_marked(name: str, value: str, sig: int = signal.SIGTERM) -> list[int]:
