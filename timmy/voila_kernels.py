@@ -8,7 +8,9 @@ lives (with its ~70 MB and its subscriber on the swarm service) until Voilà sto
 `ClosedPageKernels` culls on what matters instead: no page connected for
 ``cull_idle_timeout`` seconds (counted from the first cull pass that saw it alone) and
 not executing. Pre-heated kernels waiting in Voilà's pool are spared by Voilà's own
-wrapper of this class, which never hands them to this method. `timmy.launcher` passes it
+wrapper of this class, which never hands them to this method; a kernel this method did
+not see in the last passes (it was in the pool) starts its count afresh, so a page just
+served from the pool is not culled before its browser connects. `timmy.launcher` passes it
 as ``--VoilaConfiguration.multi_kernel_manager_class``; this module runs inside Voilà.
 """
 
@@ -25,7 +27,12 @@ class ClosedPageKernels(AsyncMappingKernelManager):
 
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
-        self._alone_since: dict[str, float] = {}
+        self._alone_since: dict[str, tuple[float, float]] = {}   # id: (since, last seen)
+
+    async def cull_kernels(self) -> None:
+        for gone in set(self._alone_since) - set(self._kernels):   # shut down otherwise
+            del self._alone_since[gone]
+        await super().cull_kernels()
 
     async def cull_kernel_if_idle(self, kernel_id: str) -> None:
         kernel = self._kernels.get(kernel_id)
@@ -41,7 +48,10 @@ class ClosedPageKernels(AsyncMappingKernelManager):
             self._alone_since.pop(kernel_id, None)
             return
         now = time.monotonic()
-        since = self._alone_since.setdefault(kernel_id, now)
+        since, seen = self._alone_since.get(kernel_id, (now, now))
+        if now - seen > 2 * self.cull_interval:   # not watched lately: it was in the pool
+            since = now
+        self._alone_since[kernel_id] = (since, now)
         if now - since < self.cull_idle_timeout:
             return
         self._alone_since.pop(kernel_id, None)
