@@ -124,7 +124,6 @@ def test_pre_heated_kernels_are_kept_and_serve_live_data(browser, dash):  # noqa
 def test_a_page_made_while_the_service_is_down_attaches_once_it_is_up(tmp_path):
     """What a pre-heated kernel does when it runs the notebook while the service is down:
     the page shows why, and attaches by itself (no Retry click) once the service answers."""
-    pytest.importorskip("ipywidgets")
     from test_service import ServiceProcess
 
     from timmy.widgets.page import Page
