@@ -77,7 +77,7 @@ def main() -> None:
                 next_reload = next_sample = next_post = t0
                 posted = 0
                 while (now := time.monotonic()) - t0 < args.minutes * 60:
-                    if now >= next_post:   # about --rate tasks a second: a busy swarm
+                    if args.rate and now >= next_post:   # about --rate tasks a second
                         swarm.post_many(demo_descriptions(args.rate, posted))
                         posted += args.rate
                         next_post = now + 1.0
