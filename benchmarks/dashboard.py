@@ -10,12 +10,15 @@ attaches to the service and draws.
 
 - desktop: until the agents table shows a runner and the task table a task.
 - mobile: until the status header shows the runners and the latest results a task.
-- ``--preheat``: the same with Voilà's pre-heated kernels (``--preheat_kernel``), which run
-  the notebook before the request arrives.
+- ``cold``: Voilà starts a kernel per request (``--preheat 0``).
+- ``preheated``: as `timmy dashboards` runs it by default, with Voilà's pre-heated kernels
+  (``--preheat_kernel``, a pool of one per notebook), which run the notebook before the
+  request arrives; each load waits until the pool is full again (every kernel of Voilà
+  holds its subscriber on the service), as a visitor arriving a few seconds later would.
 
-Prints the median, min and max of ``--loads`` loads per page.
+Prints the median, min and max of ``--loads`` loads per page and mode.
 
-    python benchmarks/dashboard.py [--loads 5] [--tasks 50] [--preheat]
+    python benchmarks/dashboard.py [--loads 5] [--tasks 50] [--modes cold,preheated]
 """
 
 from __future__ import annotations
@@ -47,10 +50,36 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def load_times(browser, url: str, kind: str, loads: int) -> list[float]:
+def kernels(voila_pid: int) -> int:
+    n = 0
+    for entry in Path("/proc").iterdir():
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            if int(fields[1]) == voila_pid and b"ipykernel" in (entry / "cmdline").read_bytes():
+                n += 1
+        except (OSError, ValueError):
+            continue
+    return n
+
+
+def pool_full(dash: Dashboards, swarm, timeout: float = 120.0) -> None:
+    """Until every kernel of Voilà has run its notebook (holds a subscriber), for 2 s."""
+    deadline = time.monotonic() + timeout
+    seen = []
+    while time.monotonic() < deadline:
+        seen.append((kernels(dash.voila.pid), swarm.status()["service"]["subscribers"]))
+        if len(seen) >= 5 and len(set(seen[-5:])) == 1 and seen[-1][0] == seen[-1][1]:
+            return
+        time.sleep(0.5)
+    raise RuntimeError(f"the kernel pool did not fill in {timeout:.0f}s: {seen[-1]}")
+
+
+def load_times(browser, url: str, kind: str, loads: int, ready=None) -> list[float]:
     viewport, mobile, first, second = PAGES[kind]
     times = []
     for _ in range(loads):
+        if ready is not None:
+            ready()
         ctx = browser.new_context(viewport=viewport, is_mobile=mobile, has_touch=mobile)
         page = ctx.new_page()
         t0 = time.perf_counter()
@@ -59,7 +88,6 @@ def load_times(browser, url: str, kind: str, loads: int) -> list[float]:
         page.wait_for_selector(second, timeout=120_000)
         times.append(time.perf_counter() - t0)
         ctx.close()
-        time.sleep(0.5)   # let Voilà shut the page's kernel down before the next load
     return times
 
 
@@ -67,34 +95,38 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--loads", type=int, default=5)
     ap.add_argument("--tasks", type=int, default=50)
-    ap.add_argument("--preheat", action="store_true")
+    ap.add_argument("--modes", default="cold,preheated",
+                    help="comma-separated: cold, preheated")
     args = ap.parse_args()
+    for mode in args.modes.split(","):
+        run_mode(mode.strip(), args.loads, args.tasks)
+
+
+def run_mode(mode: str, loads: int, tasks: int) -> None:
     from playwright.sync_api import sync_playwright
 
-    voila_args = ("--preheat_kernel=True", "--pool_size=1") if args.preheat else ()
+    preheat = {"cold": 0, "preheated": 1}[mode]
     with tempfile.TemporaryDirectory() as tmp:
         dash = Dashboards(f"sqlite:///{Path(tmp) / 'swarm.db'}", ROOT / "dashboards", port=0,
-                          voila_port=free_port(), voila_args=voila_args,
+                          voila_port=free_port(), preheat=preheat,
                           serve_args=("--task-seconds", "0", "--seed", "1"),
                           echo=lambda line: None)
         t0 = time.perf_counter()
         running = dash.start()
-        print(f"service + Voilà up in {time.perf_counter() - t0:.2f}s"
-              + (" (pre-heated kernels)" if args.preheat else ""))
+        print(f"{mode}: service + Voilà up in {time.perf_counter() - t0:.2f}s", flush=True)
         try:
             with timmy.Swarm.attach(running.service_url, token=dash._service_token()) as swarm:
-                swarm.run(demo_descriptions(args.tasks, 1), timeout=60)
-            if args.preheat:
-                time.sleep(5)   # the pool fills after start
-            with sync_playwright() as p:
-                browser = launch(p)
-                for kind in PAGES:
-                    url = running.desktop_url if kind == "desktop" else running.mobile_url
-                    times = load_times(browser, url, kind, args.loads)
-                    print(f"{kind:8} request -> first swarm table: median "
-                          f"{statistics.median(times):.2f}s (min {min(times):.2f}s, "
-                          f"max {max(times):.2f}s, {len(times)} loads)", flush=True)
-                browser.close()
+                swarm.run(demo_descriptions(tasks, 1), timeout=60)
+                with sync_playwright() as p:
+                    browser = launch(p)
+                    for kind in PAGES:
+                        url = running.desktop_url if kind == "desktop" else running.mobile_url
+                        times = load_times(browser, url, kind, loads,
+                                           ready=lambda: pool_full(dash, swarm))
+                        print(f"{mode:9} {kind:8} request -> first swarm table: median "
+                              f"{statistics.median(times):.2f}s (min {min(times):.2f}s, "
+                              f"max {max(times):.2f}s, {len(times)} loads)", flush=True)
+                    browser.close()
         finally:
             dash.stop()
 

@@ -1,31 +1,25 @@
-"""A dashboard soak: the service's and Voilà's RSS while a page is reloaded every few seconds
-over a swarm under steady load (their slopes must be flat).
+"""A dashboard left open and reloaded for a long time: is memory flat?
 
-`timmy.launcher.Dashboards` starts a real ``timmy serve`` (a SQLite file in a temporary
-directory) and a real Voilà; a backlog of about 100 tasks is kept topped up through an
-attached client; headless Chromium reloads the desktop page every ``--reload`` seconds (each
-reload ends the old page's kernel and starts a new one), and every ``--sample`` seconds the
-RSS of the service and of Voilà with all its kernels is sampled. Prints both at start, peak
-and end, the least-squares slope over the second half in MB per hour, and the number of
-kernels alive at the end (closed pages' kernels must not pile up).
+`timmy.launcher.Dashboards` (as `timmy dashboards` runs it: pre-heated kernels, kernels
+of closed pages culled) with nine runners kept busy; headless Chromium reloads the
+desktop page every ``--reload`` seconds (each reload is a new kernel; the old page's
+kernel is culled about a minute later). Every ``--sample`` seconds: the RSS of the
+service, of Voilà, of all Voilà's kernels together, the kernel count and the service's
+subscriber count. Prints the least-squares slope (MB/hour) of each RSS over the run after
+the first ``--warmup`` minutes, and the counts' ranges.
 
-    python benchmarks/dashboard_soak.py [--minutes 10] [--reload 10] [--sample 30]
-
-The issue's figure: ``--minutes 60``.
+    python benchmarks/dashboard_soak.py [--minutes 60] [--reload 10] [--sample 10] [--rate 10]
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import socket
-import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import psutil
-from tqdm import tqdm
 
 import timmy
 from timmy.browser import launch
@@ -33,7 +27,6 @@ from timmy.launcher import Dashboards
 from timmy.workload import demo_descriptions
 
 ROOT = Path(__file__).resolve().parent.parent
-WAITING = ("queued", "bidding", "assigned", "running")
 
 
 def free_port() -> int:
@@ -42,50 +35,38 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def tree_rss_mb(proc: psutil.Process) -> tuple[float, int]:
-    """RSS of a process and all its descendants in MB, and how many descendants there are."""
-    total, children = proc.memory_info().rss, proc.children(recursive=True)
-    for child in children:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            total += child.memory_info().rss
-    return total / 1e6, len(children)
+def kernels(voila: psutil.Process) -> list[psutil.Process]:
+    return [c for c in voila.children() if "ipykernel" in " ".join(c.cmdline())]
 
 
-def slope_mb_per_hour(samples: list[tuple[float, float]]) -> float:
-    """Least-squares slope over the second half of the samples (after warm-up)."""
-    half = [s for s in samples if s[0] >= samples[-1][0] / 2]
-    if len(half) < 2:
-        return float("nan")
-    return statistics.linear_regression([t / 3600 for t, _ in half],
-                                        [mb for _, mb in half]).slope
-
-
-def describe(name: str, samples: list[tuple[float, float]]) -> str:
-    peak = max(mb for _, mb in samples)
-    return (f"{name}: {samples[0][1]:.1f} MB at start, {peak:.1f} MB peak, "
-            f"{samples[-1][1]:.1f} MB at the end; slope over the second half "
-            f"{slope_mb_per_hour(samples):+.2f} MB/hour")
+def slope(points: list[tuple[float, float]]) -> float:
+    """Least-squares slope of (seconds, MB) in MB/hour."""
+    n = len(points)
+    if n < 2:
+        return 0.0
+    mx = sum(t for t, _ in points) / n
+    my = sum(v for _, v in points) / n
+    var = sum((t - mx) ** 2 for t, _ in points)
+    return 0.0 if not var else sum((t - mx) * (v - my) for t, v in points) / var * 3600
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--minutes", type=float, default=10.0)
-    ap.add_argument("--reload", type=float, default=10.0, help="seconds between page reloads")
-    ap.add_argument("--sample", type=float, default=30.0, help="seconds between RSS samples")
+    ap.add_argument("--minutes", type=float, default=60.0)
+    ap.add_argument("--reload", type=float, default=10.0)
+    ap.add_argument("--sample", type=float, default=10.0)
+    ap.add_argument("--rate", type=int, default=10, help="tasks posted a second")
+    ap.add_argument("--warmup", type=float, default=3.0, help="minutes left out of the slopes")
     args = ap.parse_args()
     from playwright.sync_api import sync_playwright
 
     with tempfile.TemporaryDirectory() as tmp:
         dash = Dashboards(f"sqlite:///{Path(tmp) / 'swarm.db'}", ROOT / "dashboards", port=0,
-                          voila_port=free_port(), log_dir=Path(tmp),
-                          serve_args=("--task-seconds", "0.02", "--seed", "3"),
+                          voila_port=free_port(), serve_args=("--task-seconds", "0.05"),
                           echo=lambda line: None)
         running = dash.start()
-        service = psutil.Process(running.service_pid)
-        voila = psutil.Process(running.voila_pid)
-        svc_rss: list[tuple[float, float]] = []
-        voila_rss: list[tuple[float, float]] = []
-        posted = reloads = kernels = 0
+        service, voila = psutil.Process(dash.service.pid), psutil.Process(dash.voila.pid)
+        rows: list[tuple[float, float, float, float, int, int]] = []
         try:
             with timmy.Swarm.attach(running.service_url, token=dash._service_token()) as swarm, \
                     sync_playwright() as p:
@@ -93,32 +74,37 @@ def main() -> None:
                 page = browser.new_context(viewport={"width": 1280, "height": 800}).new_page()
                 page.goto(running.desktop_url)
                 t0 = time.monotonic()
-                next_reload = next_sample = t0
-                with tqdm(total=round(args.minutes * 60), unit="s", desc="dashboard soak") as bar:
-                    while (now := time.monotonic()) - t0 < args.minutes * 60:
-                        counts = swarm.status()["tasks"]
-                        if sum(counts.get(s, 0) for s in WAITING) < 50:
-                            swarm.post_many(demo_descriptions(100, posted))
-                            posted += 100
-                        if now >= next_reload:
-                            page.reload(wait_until="domcontentloaded")
-                            reloads += 1
-                            next_reload = now + args.reload
-                        if now >= next_sample:
-                            svc_rss.append((now - t0, service.memory_info().rss / 1e6))
-                            mb, kernels = tree_rss_mb(voila)
-                            voila_rss.append((now - t0, mb))
-                            next_sample = now + args.sample
-                        bar.update(round(time.monotonic() - t0) - bar.n)
-                        time.sleep(0.2)
+                next_reload = next_sample = next_post = t0
+                posted = 0
+                while (now := time.monotonic()) - t0 < args.minutes * 60:
+                    if args.rate and now >= next_post:   # about --rate tasks a second
+                        swarm.post_many(demo_descriptions(args.rate, posted))
+                        posted += args.rate
+                        next_post = now + 1.0
+                    if now >= next_reload:
+                        page.reload()
+                        page.wait_for_selector(".timmy-header", timeout=120_000)
+                        next_reload = now + args.reload
+                    if now >= next_sample:
+                        ks = kernels(voila)
+                        rows.append((now - t0, service.memory_info().rss / 1e6,
+                                     voila.memory_info().rss / 1e6,
+                                     sum(k.memory_info().rss for k in ks) / 1e6, len(ks),
+                                     swarm.status()["service"]["subscribers"]))
+                        next_sample = now + args.sample
+                    time.sleep(0.2)
                 browser.close()
         finally:
             dash.stop()
-    print(f"dashboard soak: {args.minutes:g} min, {posted:,} tasks posted, {reloads} page "
-          f"reloads, {len(svc_rss)} RSS samples")
-    print(describe("service RSS", svc_rss))
-    print(describe("Voilà + kernels RSS", voila_rss))
-    print(f"Voilà's child processes at the last sample: {kernels}")
+    late = [r for r in rows if r[0] >= args.warmup * 60] or rows
+    print(f"{args.minutes:g} min, a reload every {args.reload:g} s, {posted} tasks posted, "
+          f"{len(rows)} samples ({len(late)} after the {args.warmup:g}-minute warm-up)")
+    for i, name in ((1, "service"), (2, "Voilà"), (3, "kernels (sum)")):
+        values = [r[i] for r in late]
+        print(f"{name:14} RSS {min(values):7.1f}..{max(values):7.1f} MB, slope "
+              f"{slope([(r[0], r[i]) for r in late]):+8.1f} MB/hour")
+    print(f"kernels {min(r[4] for r in late)}..{max(r[4] for r in late)}, "
+          f"subscribers {min(r[5] for r in late)}..{max(r[5] for r in late)}")
 
 
 if __name__ == "__main__":

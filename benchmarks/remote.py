@@ -17,6 +17,7 @@ ratio says what the socket costs over the pipe (the wire protocol is the same).
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import statistics
 import subprocess
@@ -40,8 +41,9 @@ def one_run(tmp: Path, over: str, n: int, warmup: int, seed: int) -> float:
     runners: list[subprocess.Popen] = []
     try:
         if over == "tcp":
+            env = {**os.environ, "TIMMY_TOKEN": token}   # not in argv, where ps shows it
             runners = [subprocess.Popen([sys.executable, "-m", "timmy", "runner", "--connect",
-                                         url, "--token", token, "--persona", persona],
+                                         url, "--persona", persona], env=env,
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                        for persona in PERSONAS]
         with timmy.Swarm.attach(url, token=token) as swarm:

@@ -19,7 +19,6 @@ SIGKILLed, and the coordinator's RSS over a long soak (its slope must be flat).
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import signal
 import statistics
@@ -32,6 +31,7 @@ import psutil
 
 import timmy
 from timmy.chaos import Service, audit, marked_processes, soak
+from timmy.procid import signal_if
 from timmy.workload import demo_descriptions
 
 
@@ -69,12 +69,9 @@ def rss_figures(minutes: float, sample: float, kill_every: float = 0.2) -> None:
                 if now >= next_kill:
                     live = [a.pid for a in swarm.agents() if a.pid and a.status in
                             ("idle", "busy")]
-                    if live:
-                        try:
-                            os.kill(rng.choice(live), signal.SIGKILL)
-                            kills += 1
-                        except ProcessLookupError:
-                            pass
+                    if live and signal_if(rng.choice(live), signal.SIGKILL, "TIMMY_SOAK",
+                                          marker):   # a runner of this soak, nobody else
+                        kills += 1
                     next_kill = now + kill_every * rng.uniform(0.5, 1.5)
                 if now >= next_sample:
                     samples.append((now - t0, proc.memory_info().rss / 1e6))

@@ -250,6 +250,7 @@ def soak(db: Path, descriptions: Sequence[str], *, kill_every: float = 0.2,
     """
     import timmy
     from timmy.errors import TimmyError
+    from timmy.procid import signal_if
 
     marker = uuid.uuid4().hex
     # Runners die here every ~kill_every * 9 s each, far past the crash-loop guard (5 restarts
@@ -272,10 +273,10 @@ def soak(db: Path, descriptions: Sequence[str], *, kill_every: float = 0.2,
         while not done.wait(kill_every * rng.uniform(0.5, 1.5)):
             with killing, contextlib.suppress(TimmyError, OSError):
                 live = [a.pid for a in swarm.agents() if a.pid and a.status in ("idle", "busy")]
-                if live:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(rng.choice(live), signal.SIGKILL)
-                        kills["runners"] += 1
+                # Only a runner of this soak (its marker in its environment): an agent's pid
+                # may be stale, or a remote runner's on another machine.
+                if live and signal_if(rng.choice(live), signal.SIGKILL, "TIMMY_SOAK", marker):
+                    kills["runners"] += 1
 
     thread = threading.Thread(target=killer, daemon=True, name="timmy-chaos")
     thread.start()

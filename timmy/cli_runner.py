@@ -19,6 +19,8 @@ from .executors import EXECUTORS
 def runner_token(token: str | None, token_file: Path | None) -> str:
     """--token, else --token-file, else TIMMY_TOKEN."""
     if token:
+        click.echo("warning: a token on the command line is visible to every local user (ps); "
+                   "use --token-file FILE or TIMMY_TOKEN instead", err=True)
         return token
     if token_file is not None:
         from .service import read_token
@@ -39,7 +41,8 @@ def runner_token(token: str | None, token_file: Path | None) -> str:
               help="The swarm service to join, tcp://HOST:PORT (default: TIMMY_URL).")
 @click.option("--token", default=None, metavar="TOKEN",
               help="The service's runner token (its .runner.token file; the admin token "
-                   "works too). Default: --token-file, else TIMMY_TOKEN.")
+                   "works too), visible to every local user in `ps`: prefer --token-file or "
+                   "TIMMY_TOKEN. Default: --token-file, else TIMMY_TOKEN.")
 @click.option("--token-file", default=None, metavar="FILE",
               type=click.Path(dir_okay=False, path_type=Path),
               help="Read the token from this file (mode 0600, as `timmy serve` writes it).")

@@ -37,8 +37,37 @@ from .service import (
 from .textsafe import clean, text
 
 _URL_HELP = f"The service's address. Default: TIMMY_URL, else {DEFAULT_URL}."
-_TOKEN_HELP = ("The service's token. Default: TIMMY_TOKEN, else the .token file beside the "
-               "database given by --db.")
+_TOKEN_HELP = ("The service's token (visible to every local user in `ps`: prefer --token-file "
+               "or TIMMY_TOKEN). Default: --token-file, else TIMMY_TOKEN, else the .token file "
+               "beside the database given by --db.")
+_ARGV_TOKEN = ("warning: a token on the command line is visible to every local user (ps); "
+               "use --token-file FILE or TIMMY_TOKEN instead")
+
+
+def _keep_token_file(ctx: click.Context, _param, value: Path | None) -> Path | None:
+    if value is not None:
+        ctx.meta["timmy.token_file"] = value
+    return value
+
+
+def _token_file_option(help: str):
+    """``--token-file FILE``, kept in the click context (the commands' signatures stay)."""
+    return click.option("--token-file", default=None, metavar="FILE", expose_value=False,
+                        type=click.Path(dir_okay=False, path_type=Path),
+                        callback=_keep_token_file, is_eager=True, help=help)
+
+
+def _token_not_in_argv(token: str | None) -> str | None:
+    """--token (with a warning: ps shows it), else --token-file, else TIMMY_TOKEN, else None."""
+    if token is not None:
+        click.echo(_ARGV_TOKEN, err=True)
+        return token
+    path = click.get_current_context().meta.get("timmy.token_file")
+    if path is not None:
+        from .service import read_token
+
+        return read_token(path)
+    return os.environ.get("TIMMY_TOKEN") or None
 
 
 @click.command(context_settings=CONTEXT_SETTINGS,
@@ -51,7 +80,10 @@ _TOKEN_HELP = ("The service's token. Default: TIMMY_TOKEN, else the .token file 
               help="TCP port (0: any free port, printed on start).")
 @click.option("--token", default=None, metavar="TOKEN",
               help="Use this token instead of the one stored beside the database (made and "
-                   "printed on first start, mode 0600).")
+                   "printed on first start, mode 0600). Visible to every local user in `ps`: "
+                   "prefer --token-file or TIMMY_TOKEN.")
+@_token_file_option("Use the token in this file (mode 0600). Default: TIMMY_TOKEN, else the "
+                    "one stored beside the database.")
 @click.option("--allow-remote", is_flag=True,
               help="Allow a non-loopback --host: anyone who reaches it with the token controls "
                    "the swarm, and the traffic is not encrypted.")
@@ -124,6 +156,7 @@ def serve_cmd(db: str, host: str, port: int, token: str | None, allow_remote: bo
         click.echo(f"warning: listening on {host}: anyone who reaches it with the token "
                    "controls this swarm, and requests travel unencrypted", err=True)
     url = db_url(db)
+    token = _token_not_in_argv(token)
     if token is None:
         path = token_path(url)
         token, created = load_or_create_token(path)
@@ -173,13 +206,20 @@ def _attach(url: str | None, token: str | None, db: str | None):
     from .client import AttachedSwarm, default_token
 
     url = url or os.environ.get("TIMMY_URL") or DEFAULT_URL
+    token = _token_not_in_argv(token)
     if token is None:
         token = default_token(db_url(db) if db else None)
     return AttachedSwarm(url, token)
 
 
 _url = click.option("--url", default=None, metavar="URL", help=_URL_HELP)
-_token = click.option("--token", default=None, metavar="TOKEN", help=_TOKEN_HELP)
+
+
+def _token(command):
+    """``--token`` and ``--token-file`` (read by `_attach`)."""
+    command = _token_file_option("Read the service's token from this file (mode 0600).")(command)
+    return click.option("--token", default=None, metavar="TOKEN", help=_TOKEN_HELP)(command)
+
 _db = click.option("--db", default=None, metavar="URL",
                    help=f"The service's database, to find its token file. Default: {RUN_DB}.")
 
@@ -276,27 +316,36 @@ def spawn_cmd(personas: tuple[str, ...], url: str | None, token: str | None,
               help="Allow a non-loopback --host (see `timmy serve --help`).")
 @click.option("--stop", "stop", is_flag=True,
               help="Stop the dashboards started for --db from another shell (`make stop`).")
+@click.option("--preheat", default=1, show_default=True, type=click.IntRange(0, 8),
+              help="Kernels per notebook that Voilà starts ahead of a visit (the page then "
+                   "shows sooner); 0 starts a kernel per visit instead.")
 def dashboards_cmd(db: str, host: str, port: int, voila_port: int, notebooks: Path,
-                   allow_remote: bool, stop: bool) -> None:
+                   allow_remote: bool, stop: bool, preheat: int) -> None:
     """Run the swarm service on --db (spawning the nine personas) and Voilà on loopback,
     print the desktop and mobile URLs, and keep both up until Ctrl-C, SIGTERM or
     `timmy dashboards --stop`. Stopping stops Voilà, then the service and its runners;
     everything is kept in the database.
     """
-    from .launcher import Dashboards, stop_running
+    from .launcher import Dashboards, state_file, stop_running
     from .service import check_bind
 
     url = db_url(db)
     if stop:
         was = stop_running(url)
-        click.echo(clean("nothing to stop" if was is None else
-                         f"stopped the dashboards (service {was.service_url}, "
-                         f"pid {was.launcher_pid})"))
+        if was is None:
+            click.echo("nothing to stop")
+        elif was.stale:
+            click.echo(clean(f"nothing to stop: {state_file(url)} was stale (none of its "
+                             "processes is still running); removed it, signalled nothing"))
+        else:
+            click.echo(clean(f"stopped the dashboards (service {was.running.service_url}, "
+                             f"pid {was.running.launcher_pid})"))
         return
     check_bind(host, allow_remote)
     serve_args = ("--allow-remote",) if allow_remote else ()
     dash = Dashboards(url, notebooks, host=host, port=port, voila_port=voila_port,
-                      serve_args=serve_args, echo=lambda line: click.echo(clean(line)))
+                      serve_args=serve_args, echo=lambda line: click.echo(clean(line)),
+                      preheat=preheat)
     click.echo(clean(f"timmy dashboards: starting the swarm service on {describe_db(url)} "
                      "and Voilà…"))
     running = dash.start()

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import sqlalchemy as sa
 
 from .errors import ConfigError, ExportError, require
+from .private import private_dirs, private_file
 from .store import Store, agents_table, bids_table, events_table, tasks_table
 
 if TYPE_CHECKING:
@@ -42,7 +43,7 @@ def export_store(store: Store, out_dir: str | Path, fmt: str = "parquet") -> dic
 
     out = Path(out_dir)
     try:
-        out.mkdir(parents=True, exist_ok=True)
+        private_dirs(out)   # a directory made here is 0700, the files 0600 (timmy.private)
     except OSError as exc:
         raise ConfigError(f"cannot create export directory {out}: {exc.strerror}",
                           hint="choose a directory you can write to") from exc
@@ -108,6 +109,8 @@ def _export_table(pa, conn, table: sa.Table, path: Path, fmt: str) -> Path:
 
     schema = _schema(pa, table)
     tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.unlink(missing_ok=True)
+    private_file(tmp)   # 0600 before the writer opens it (O_TRUNC keeps the mode)
     writer = pq.ParquetWriter(tmp, schema) if fmt == "parquet" else pacsv.CSVWriter(tmp, schema)
     try:
         for chunk in _arrow_chunks(pa, conn, table):

@@ -4,14 +4,22 @@
 processes (each in its own session, so a terminal's Ctrl-C reaches only this
 launcher, which then stops them in order), waits until both answer, prints the
 desktop and mobile URLs and writes them with the pids to ``dashboards.json``
-beside the database. `Dashboards.wait` blocks until Ctrl-C, SIGTERM or a child
-dying; `Dashboards.stop` stops Voilà (and its kernels), then the service (which
+beside the database, with what makes each pid ours: its start time and boot id
+(`timmy.procid`) and a marker in the children's environment (``TIMMY_DASHBOARDS_ID``,
+inherited by the runners and the kernels). `Dashboards.wait` blocks until Ctrl-C,
+SIGTERM or a child dying; `Dashboards.stop` stops Voilà (and its kernels), then the service (which
 stops its runners and saves everything). `stop_running` is ``make stop``: it
-signals the launcher named in that file from another shell.
+signals the launcher named in that file from another shell, after checking that each
+pid is still the process that was started (a file left by a crash or a reboot is stale:
+removed, nothing signalled).
 
 Voilà gets its own random token (in the printed URLs; a cookie after the first
-visit) and the service's address and token in its environment (``TIMMY_URL``,
-``TIMMY_TOKEN``), which `timmy.widgets.dashboard` reads in the kernel.
+visit) through its environment (``JUPYTER_TOKEN``, never its command line, which every
+local user can read in ``ps``), and the service's address and token the same way
+(``TIMMY_URL``, ``TIMMY_TOKEN``), which `timmy.widgets.dashboard` reads in the kernel.
+Voilà pre-heats ``preheat`` kernels per notebook (the page is served from a kernel that
+already ran the notebook) and culls the kernel of a page closed for ``cull_timeout``
+seconds (`timmy.voila_kernels`).
 """
 
 from __future__ import annotations
@@ -27,14 +35,21 @@ import threading
 import time
 import urllib.error
 import urllib.request
+import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from . import procid
 from .errors import ConfigError, TimmyError
+from .private import private_dirs, private_file
 
 VOILA_PORT = 8866
 READY_TIMEOUT = 90.0
 STOP_TIMEOUT = 15.0
+MARKER = "TIMMY_DASHBOARDS_ID"   # in the environment of everything a launcher starts
+PREHEAT = 1            # pre-heated kernels per notebook
+CULL_TIMEOUT = 45.0    # seconds without a page before a kernel is shut down
+CULL_INTERVAL = 10.0   # seconds between culling passes
 
 
 class LaunchError(TimmyError):
@@ -51,6 +66,28 @@ class Running:
     service_url: str
     desktop_url: str
     mobile_url: str
+    boot_id: str = ""          # /proc/sys/kernel/random/boot_id when they started
+    launcher_start: int = 0    # start times (/proc/PID/stat field 22) of the three pids
+    service_start: int = 0
+    voila_start: int = 0
+    marker: str = ""           # TIMMY_DASHBOARDS_ID in the children's environment
+
+    def launcher_is_ours(self) -> bool:
+        return procid.is_same(self.launcher_pid, self.launcher_start, self.boot_id)
+
+    def ours(self) -> list[int]:
+        """Our processes still alive: the launcher, and whatever carries our marker."""
+        pids = [self.launcher_pid] if self.launcher_is_ours() else []
+        return pids + procid.marked(MARKER, self.marker)
+
+
+@dataclass
+class Stopped:
+    """What `stop_running` found: the file's content, and whether it named any process of
+    ours (``stale``: it did not, so nothing was signalled)."""
+
+    running: Running
+    stale: bool
 
 
 def state_file(db_url: str) -> Path:
@@ -68,7 +105,9 @@ class Dashboards:
     def __init__(self, db_url: str, notebooks: str | Path = "dashboards", *,
                  host: str = "127.0.0.1", port: int = 7341, voila_port: int = VOILA_PORT,
                  serve_args: tuple[str, ...] = (), voila_args: tuple[str, ...] = (),
-                 log_dir: Path | None = None, echo=print) -> None:
+                 log_dir: Path | None = None, echo=print, preheat: int = PREHEAT,
+                 cull_timeout: float = CULL_TIMEOUT, cull_interval: float = CULL_INTERVAL
+                 ) -> None:
         self.db_url, self.host, self.port, self.voila_port = db_url, host, port, voila_port
         self.notebooks = Path(notebooks).absolute()
         self.serve_args, self.voila_args = serve_args, voila_args
@@ -79,6 +118,8 @@ class Dashboards:
         self.voila: subprocess.Popen | None = None
         self.running: Running | None = None
         self._stopping = threading.Event()
+        self.preheat, self.cull_timeout, self.cull_interval = preheat, cull_timeout, cull_interval
+        self.marker = uuid.uuid4().hex
 
     # -- start ------------------------------------------------------------------
     def start(self) -> Running:
@@ -87,7 +128,7 @@ class Dashboards:
                 raise ConfigError(f"no {name} in {self.notebooks}",
                                   hint="run from the timmy checkout, or pass --notebooks DIR")
         self._refuse_if_running()
-        self.log_dir.mkdir(parents=True, exist_ok=True)
+        private_dirs(self.log_dir)
         try:
             service_url = self._start_service()
             token = self._service_token()
@@ -97,15 +138,21 @@ class Dashboards:
             self.stop()
             raise
         page = f"{base}/voila/render/{{}}.ipynb?token={voila_token}"
+        me, serve, voila = (procid.identify(p)
+                            for p in (os.getpid(), self.service.pid, self.voila.pid))
         self.running = Running(os.getpid(), self.service.pid, self.voila.pid, service_url,
-                               page.format("desktop"), page.format("mobile"))
+                               page.format("desktop"), page.format("mobile"),
+                               procid.boot_id(), me.start if me else 0,
+                               serve.start if serve else 0, voila.start if voila else 0,
+                               self.marker)
+        private_file(self.state)   # 0600 before anything is in it: the URLs carry Voilà's token
+        os.chmod(self.state, 0o600)   # (an older file may have been made with the umask)
         self.state.write_text(json.dumps(asdict(self.running), indent=2) + "\n")
-        os.chmod(self.state, 0o600)   # the URLs carry Voilà's token
         return self.running
 
     def _refuse_if_running(self) -> None:
         old = read_state(self.state)
-        if old is not None and _alive(old.launcher_pid):
+        if old is not None and old.launcher_is_ours():
             raise ConfigError(f"dashboards already run (pid {old.launcher_pid}): "
                               f"{old.desktop_url}",
                               hint="open that URL, or stop them first: make stop")
@@ -115,6 +162,7 @@ class Dashboards:
                "--host", self.host, "--port", str(self.port), *self.serve_args]
         self.service = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                         stdin=subprocess.DEVNULL, text=True,
+                                        env={**os.environ, MARKER: self.marker},
                                         start_new_session=True)
         ready = threading.Event()
         found: list[str] = []
@@ -143,11 +191,17 @@ class Dashboards:
 
     def _start_voila(self, service_url: str, token: str, voila_token: str) -> str:
         env = {**os.environ, "TIMMY_URL": service_url, "TIMMY_TOKEN": token,
-               "TIMMY_DB": self.db_url}
+               "TIMMY_DB": self.db_url, "JUPYTER_TOKEN": voila_token, MARKER: self.marker}
+        env.pop("JUPYTER_TOKEN_FILE", None)
         cmd = [sys.executable, "-m", "voila", str(self.notebooks), "--no-browser",
                f"--port={self.voila_port}", f"--Voila.ip={self.host}",
-               "--Voila.port_retries=0", f"--token={voila_token}", "--show_tracebacks=True",
-               *self.voila_args]
+               "--Voila.port_retries=0", "--Voila.auto_token=True", "--show_tracebacks=True",
+               "--VoilaConfiguration.multi_kernel_manager_class="
+               "timmy.voila_kernels.ClosedPageKernels",
+               f"--MappingKernelManager.cull_idle_timeout={self.cull_timeout:g}",
+               f"--MappingKernelManager.cull_interval={self.cull_interval:g}",
+               *self._preheat_args(), *self.voila_args]
+        private_file(self.log_dir / "voila.log")   # pages' errors may quote swarm data
         log = open(self.log_dir / "voila.log", "ab")   # noqa: SIM115 (the child owns it)
         try:
             self.voila = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
@@ -170,6 +224,11 @@ class Dashboards:
                 time.sleep(0.1)
         raise LaunchError(f"Voilà did not answer at {base} within {READY_TIMEOUT:.0f}s",
                           hint=f"see {self.log_dir / 'voila.log'}")
+
+    def _preheat_args(self) -> list[str]:
+        if self.preheat <= 0:
+            return []
+        return ["--preheat_kernel=True", f"--pool_size={self.preheat}"]
 
     # -- run and stop -----------------------------------------------------------
     def wait(self) -> int:
@@ -207,8 +266,9 @@ class Dashboards:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
-            with contextlib.suppress(ProcessLookupError):   # kernels Voilà left behind
-                os.killpg(proc.pid, signal.SIGKILL)
+        # Kernels Voilà or runners the service left behind: found by our marker, not by a
+        # process group whose leader is reaped (its number may name a stranger's by now).
+        procid.signal_marked(MARKER, self.marker, signal.SIGKILL)
         old = read_state(self.state)
         if old is not None and old.launcher_pid == os.getpid():
             self.state.unlink(missing_ok=True)
@@ -221,26 +281,34 @@ def read_state(path: Path) -> Running | None:
         return None
 
 
-def stop_running(db_url: str, timeout: float = STOP_TIMEOUT + 10) -> Running | None:
+def stop_running(db_url: str, timeout: float = STOP_TIMEOUT + 10) -> Stopped | None:
     """Stop the dashboards started for ``db_url`` from another shell (``make stop``).
 
-    Returns what was running, or None when nothing was.
+    Only processes proven ours are signalled: the launcher if its pid still has the start
+    time and boot recorded in ``dashboards.json``, and the processes whose environment
+    carries the file's marker (service, runners, Voilà, kernels; they are what is left when
+    the launcher was SIGKILLed). A file that names none of ours (a crash, a reboot, a file
+    from an older timmy without identities) is stale: removed, nothing signalled.
+    Returns what the file said and whether it was stale, or None when there was no file.
     """
     path = state_file(db_url)
     running = read_state(path)
     if running is None:
         return None
-    if _alive(running.launcher_pid):
-        os.kill(running.launcher_pid, signal.SIGTERM)
+    ours = running.ours()
+    if procid.send_checked(running.launcher_pid, signal.SIGTERM,
+                           lambda _pid: running.launcher_is_ours()):
         deadline = time.monotonic() + timeout
-        while _alive(running.launcher_pid) and time.monotonic() < deadline:
+        while running.launcher_is_ours() and time.monotonic() < deadline:
             time.sleep(0.1)
-    for pid in (running.voila_pid, running.service_pid):   # a launcher that was SIGKILLed
-        if _alive(pid):
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(pid, signal.SIGTERM)
+    # What the launcher did not stop (it was SIGKILLed, or hung): politely, then not.
+    if procid.signal_marked(MARKER, running.marker, signal.SIGTERM):
+        deadline = time.monotonic() + STOP_TIMEOUT
+        while procid.marked(MARKER, running.marker) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        procid.signal_marked(MARKER, running.marker, signal.SIGKILL)
     path.unlink(missing_ok=True)
-    return running
+    return Stopped(running, stale=not ours)
 
 
 def _alive(pid: int) -> bool:

@@ -55,6 +55,7 @@ import sqlalchemy as sa
 
 from .dburl import sqlite_file
 from .errors import StoreError
+from .private import private_dirs
 
 log = logging.getLogger("timmy.ownership")
 
@@ -145,10 +146,10 @@ def _claim_file(url: str, path: Path) -> Callable[[], None]:
     real = Path(os.path.realpath(path))   # symlinks, "..", relative to this directory: out
     if not INODE_LOCK:
         with contextlib.suppress(OSError):   # creating the .lock file says why
-            real.parent.mkdir(parents=True, exist_ok=True)
+            private_dirs(real.parent)
         return _claim_side_file(url, Path(f"{real}.lock"))
     try:
-        real.parent.mkdir(parents=True, exist_ok=True)
+        private_dirs(real.parent)
         try:
             fd = os.open(real, os.O_RDWR | os.O_CREAT, 0o600)
         except PermissionError:   # a read-only file: lock it all the same, the store says
@@ -186,6 +187,7 @@ def _claim_side_file(url: str, path: Path) -> Callable[[], None]:
     import fcntl
 
     try:
+        private_dirs(path.parent)   # new directories 0700, as the database's (timmy.private)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as exc:
         raise StoreError(

@@ -161,13 +161,17 @@ def get_engine(url: str, busy_timeout: float = 5.0) -> Engine:
             db = parsed.database
             if db and db != ":memory:" and not db.startswith("file:"):
                 parent = os.path.dirname(os.path.abspath(db))
+                from .private import private_dirs, private_file
+
                 try:
-                    os.makedirs(parent, exist_ok=True)
+                    private_dirs(parent)   # new directories 0700 (timmy.private)
                 except OSError as exc:
                     raise StoreError(
                         f"cannot create the directory {parent} for {url}: {exc.strerror}",
                         hint="pass --db with a path you can write to",
                     ) from exc
+                with contextlib.suppress(OSError):   # else SQLite says why it cannot
+                    private_file(db)   # 0600 before SQLite makes it, its -wal, -shm 0644
             kwargs["connect_args"] = {"check_same_thread": False}
         try:
             engine = sa.create_engine(url, **kwargs)

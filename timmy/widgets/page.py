@@ -5,8 +5,10 @@
 The page attaches to the swarm service named by ``url`` / ``token`` (default:
 ``TIMMY_URL`` and ``TIMMY_TOKEN``, which ``timmy dashboards`` hands to Voilà,
 else the default address and the token file beside ``TIMMY_DB``). When the
-service is out of reach the page says so, with the hint, and a Retry button;
-once attached, a lost service shows a red "reconnecting…" line until it is back.
+service is out of reach the page says so, with the hint, and a Retry button,
+and tries again by itself every `RETRY_EVERY` seconds (a pre-heated Voilà kernel runs
+the page before anyone looks at it, possibly while the service is down); once
+attached, a lost service shows a red "reconnecting…" line until it is back.
 
 The CSS is what makes the mobile page fit a 390×844 phone without sideways
 scrolling: Voilà's lab template pads cells and keeps a prompt column; ipywidgets
@@ -16,10 +18,13 @@ give text boxes and rows fixed minimum widths. Both are reset for this page only
 from __future__ import annotations
 
 import os
+import threading
 
 from ..errors import TimmyError
 from .console import error_html, ipywidgets
 from .render import esc
+
+RETRY_EVERY = 5.0   # seconds between attempts of an unattached page to reach the service
 
 PAGES = {
     "desktop": ("mobile.ipynb", "mobile view →"),
@@ -90,10 +95,25 @@ class Page:
         self.box.add_class("timmy-page")
         self.box.add_class(f"timmy-{kind}")
         self.console = None
+        self._lock = threading.Lock()
+        self._timer: threading.Timer | None = None
         self.attach()
 
     def attach(self, _button=None) -> None:
         """Attach to the service and show its console, or show why not and offer Retry."""
+        with self._lock:
+            if self.console is None:
+                self._attach()
+
+    def _retry_later(self) -> None:
+        timer = self._timer
+        if timer is not None and timer.is_alive() and timer is not threading.current_thread():
+            return
+        self._timer = threading.Timer(RETRY_EVERY, self.attach)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _attach(self) -> None:
         from . import desktop, mobile
 
         try:
@@ -106,6 +126,7 @@ class Page:
             retry.on_click(self.attach)
             message = self.w.HTML(f'<div class="timmy-unreachable">{error_html(exc)}</div>')
             self.body.children = [message, retry]
+            self._retry_later()
             return
         self.body.children = [self.console]
 
