@@ -19,8 +19,11 @@ DIR_MODE = 0o700
 
 
 def private_dirs(path: str | Path) -> None:
-    """``mkdir -p path``; each directory created here gets mode 0700."""
+    """``mkdir -p path``; each directory created here gets mode 0700. Like ``mkdir -p``,
+    raises `NotADirectoryError` when ``path`` (or a parent) is something else."""
     path = Path(path).absolute()
+    if path.exists() and not path.is_dir():
+        raise NotADirectoryError(20, "Not a directory", str(path))
     missing = []
     while not path.exists() and path != path.parent:
         missing.append(path)
