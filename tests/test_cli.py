@@ -199,6 +199,17 @@ def test_run_posts_one_task_per_line_skipping_comments_and_blanks(tmp_path, task
     assert "By persona" in proc.stdout
 
 
+def test_a_tasks_file_line_is_one_task_whatever_unicode_it_holds(tmp_path):
+    from timmy.cli import read_tasks_file
+
+    path = tmp_path / "tasks.txt"
+    # U+2028/U+2029, U+0085, VT and FF are line breaks to str.splitlines, not to a text file
+    path.write_text("fix the bug\u2028in the parser\r\nsum\x0bup \x85the\x0cweek\u2029ok\n",
+                    encoding="utf-8", newline="")
+    assert read_tasks_file(path) == ["fix the bug\u2028in the parser",
+                                     "sum\x0bup \x85the\x0cweek\u2029ok"]
+
+
 def test_run_adds_to_the_database_it_is_given(tmp_path, tasks_file):
     for _ in range(2):
         proc = timmy("run", str(tasks_file), "--db", "sqlite:///shared.db",

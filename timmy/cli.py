@@ -118,7 +118,9 @@ def read_tasks_file(path: Path) -> list[str]:
         why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
         raise ConfigError(f"cannot read tasks file {path}: {why}",
                           hint="pass a readable UTF-8 text file, one task per line") from exc
-    tasks = [line.strip() for line in text.splitlines()]
+    # read_text turned \r\n and \r into \n; str.splitlines would also break a line at
+    # U+2028, U+0085, VT, FF..., which a text file's reader does not see as line ends
+    tasks = [line.strip() for line in text.split("\n")]
     tasks = [t for t in tasks if t and not t.startswith("#")]
     if not tasks:
         raise ConfigError(f"{path} holds no tasks",
