@@ -23,14 +23,18 @@ from timmy.errors import StoreError
 from timmy.store import Store
 
 # Holds the task it wins, running, until the file "go" appears beside it; then completes it.
+# It reads no stdin meanwhile, so it leaves by itself when its owner is gone (no orphans).
 HOLD_UNTIL_GO = """
     hello()
+    owner = os.getppid()
     for msg in messages():
         if msg["type"] == "announce":
             say("bid", task_id=msg["task_id"], sats=20, on_spec=True)
         elif msg["type"] == "assign":
             say("started", task_id=msg["task_id"])
             while not os.path.exists(os.path.join(HERE, "go")):
+                if os.getppid() != owner:
+                    sys.exit(0)
                 time.sleep(0.05)
             say("result", task_id=msg["task_id"], ok=True, output="done by the old owner")
 """
