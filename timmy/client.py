@@ -52,6 +52,11 @@ from .service import (
 log = logging.getLogger(__name__)
 
 MAX_ANSWER = 512 * 1024 * 1024    # bytes in one answer line
+#: Seconds a call waits for its answer (a stopped or wedged service is then an error, not a
+#: hang); `wait` and `run` get their own timeout on top, and `export`, whose work grows with
+#: the history, waits as long as it takes.
+REQUEST_TIMEOUT = 60.0
+UNBOUNDED_OPS = frozenset({"export"})
 BACKOFF = (0.05, 2.0)             # first and longest pause between reconnects
 
 ERRORS: dict[str, type[TimmyError]] = {
@@ -109,6 +114,13 @@ class _Conn:
     def line(self) -> bytes:
         try:
             line = self.file.readline(MAX_ANSWER)
+        except TimeoutError as exc:
+            limit = self.sock.gettimeout()
+            raise ServiceUnavailable(
+                f"no answer from {self.where} within {limit:g}s",
+                hint="the service may be stopped, suspended or overloaded: check it with "
+                     "`timmy status`; to wait longer, attach with request_timeout=SECONDS "
+                     "(None: no limit)") from exc
         except OSError as exc:
             raise ServiceUnavailable(f"lost the connection to {self.where}: {exc}",
                                      hint="is the service still running? `timmy status`") \
@@ -158,11 +170,13 @@ class AttachedSwarm:
     """
 
     def __init__(self, url: str = DEFAULT_URL, token: str | None = None, *,
-                 connect_timeout: float = 5.0, voice: bool = False) -> None:
+                 connect_timeout: float = 5.0, request_timeout: float | None = REQUEST_TIMEOUT,
+                 voice: bool = False) -> None:
         self.url = url
         self._host, self._port = parse_url(url)
         self._token = token if token is not None else default_token()
         self._timeout = connect_timeout
+        self.request_timeout = request_timeout
         self._ids = itertools.count(1)
         self._pool: list[_Conn] = []
         self._lock = threading.Lock()
@@ -201,12 +215,15 @@ class AttachedSwarm:
                 conn = None
         if conn is None:
             conn = self._connect()
+        limit = self._deadline(op, args.get("timeout"))
         try:
             try:
+                conn.sock.settimeout(limit)
                 conn.send(req)
             except OSError:
                 conn.close()             # went away before reading anything: safe to resend
                 conn = self._connect()
+                conn.sock.settimeout(limit)
                 conn.send(req)
             result = conn.answer(req.id)
         except AuthenticationError:
@@ -223,6 +240,15 @@ class AttachedSwarm:
             raise
         self._give_back(conn)
         return result
+
+    def _deadline(self, op: str, timeout: float | None) -> float | None:
+        """How long a call may wait for its answer: ``request_timeout``; for `wait` and
+        `run` their own timeout on top (none: as long as they take); `export` unbounded."""
+        if self.request_timeout is None or op in UNBOUNDED_OPS:
+            return None
+        if op in ("wait", "run"):
+            return None if timeout is None else timeout + self.request_timeout
+        return self.request_timeout
 
     def _give_back(self, conn: _Conn) -> None:
         with self._lock:
