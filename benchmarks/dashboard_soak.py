@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import argparse
 import socket
+import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import psutil
+from tqdm import tqdm
 
 import timmy
 from timmy.browser import launch
@@ -35,19 +37,28 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def kernels(voila: psutil.Process) -> list[psutil.Process]:
-    return [c for c in voila.children() if "ipykernel" in " ".join(c.cmdline())]
+def kernel_rss(voila: psutil.Process) -> tuple[float, int]:
+    """The RSS (MB) of Voilà's live kernels together, and how many there are. A kernel being
+    culled may vanish or be a zombie while it is read: it no longer counts."""
+    total, count = 0, 0
+    for child in voila.children():
+        try:
+            if child.status() == psutil.STATUS_ZOMBIE or \
+                    "ipykernel" not in " ".join(child.cmdline()):
+                continue
+            total += child.memory_info().rss
+            count += 1
+        except psutil.Error:
+            continue
+    return total / 1e6, count
 
 
 def slope(points: list[tuple[float, float]]) -> float:
     """Least-squares slope of (seconds, MB) in MB/hour."""
-    n = len(points)
-    if n < 2:
+    if len(points) < 2:
         return 0.0
-    mx = sum(t for t, _ in points) / n
-    my = sum(v for _, v in points) / n
-    var = sum((t - mx) ** 2 for t, _ in points)
-    return 0.0 if not var else sum((t - mx) * (v - my) for t, v in points) / var * 3600
+    return statistics.linear_regression([t / 3600 for t, _ in points],
+                                        [v for _, v in points]).slope
 
 
 def main() -> None:
@@ -76,6 +87,7 @@ def main() -> None:
                 t0 = time.monotonic()
                 next_reload = next_sample = next_post = t0
                 posted = 0
+                bar = tqdm(total=int(args.minutes * 60), unit="s", desc="dashboard soak")
                 while (now := time.monotonic()) - t0 < args.minutes * 60:
                     if args.rate and now >= next_post:   # about --rate tasks a second
                         swarm.post_many(demo_descriptions(args.rate, posted))
@@ -86,13 +98,14 @@ def main() -> None:
                         page.wait_for_selector(".timmy-header", timeout=120_000)
                         next_reload = now + args.reload
                     if now >= next_sample:
-                        ks = kernels(voila)
+                        kernels_mb, kernels_n = kernel_rss(voila)
                         rows.append((now - t0, service.memory_info().rss / 1e6,
-                                     voila.memory_info().rss / 1e6,
-                                     sum(k.memory_info().rss for k in ks) / 1e6, len(ks),
+                                     voila.memory_info().rss / 1e6, kernels_mb, kernels_n,
                                      swarm.status()["service"]["subscribers"]))
                         next_sample = now + args.sample
+                    bar.update(int(now - t0) - bar.n)
                     time.sleep(0.2)
+                bar.close()
                 browser.close()
         finally:
             dash.stop()
