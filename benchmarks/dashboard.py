@@ -32,7 +32,7 @@ from pathlib import Path
 
 import timmy
 from timmy.browser import launch
-from timmy.launcher import Dashboards
+from timmy.launcher import Dashboards, kernel_processes
 from timmy.workload import demo_descriptions
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -50,24 +50,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def kernels(voila_pid: int) -> int:
-    n = 0
-    for entry in Path("/proc").iterdir():
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            if int(fields[1]) == voila_pid and b"ipykernel" in (entry / "cmdline").read_bytes():
-                n += 1
-        except (OSError, ValueError):
-            continue
-    return n
-
-
 def pool_full(dash: Dashboards, swarm, timeout: float = 120.0) -> None:
     """Until every kernel of Voilà has run its notebook (holds a subscriber), for 2 s."""
     deadline = time.monotonic() + timeout
     seen = []
     while time.monotonic() < deadline:
-        seen.append((kernels(dash.voila.pid), swarm.status()["service"]["subscribers"]))
+        seen.append((len(kernel_processes(dash.voila.pid)),
+                     swarm.status()["service"]["subscribers"]))
         if len(seen) >= 5 and len(set(seen[-5:])) == 1 and seen[-1][0] == seen[-1][1]:
             return
         time.sleep(0.5)

@@ -14,6 +14,7 @@ the first ``--warmup`` minutes, and the counts' ranges.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import socket
 import statistics
 import tempfile
@@ -25,7 +26,7 @@ from tqdm import tqdm
 
 import timmy
 from timmy.browser import launch
-from timmy.launcher import Dashboards
+from timmy.launcher import Dashboards, kernel_processes
 from timmy.workload import demo_descriptions
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -37,20 +38,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def kernel_rss(voila: psutil.Process) -> tuple[float, int]:
-    """The RSS (MB) of Voilà's live kernels together, and how many there are. A kernel being
-    culled may vanish or be a zombie while it is read: it no longer counts."""
-    total, count = 0, 0
-    for child in voila.children():
-        try:
-            if child.status() == psutil.STATUS_ZOMBIE or \
-                    "ipykernel" not in " ".join(child.cmdline()):
-                continue
-            total += child.memory_info().rss
-            count += 1
-        except psutil.Error:
-            continue
-    return total / 1e6, count
+def kernel_rss(voila_pid: int) -> tuple[float, int]:
+    """The RSS (MB) of Voilà's live kernels together, and how many there are."""
+    total, ks = 0, kernel_processes(voila_pid)
+    for k in ks:
+        with contextlib.suppress(psutil.Error):   # culled while it is read
+            total += k.memory_info().rss
+    return total / 1e6, len(ks)
 
 
 def slope(points: list[tuple[float, float]]) -> float:
@@ -98,7 +92,7 @@ def main() -> None:
                         page.wait_for_selector(".timmy-header", timeout=120_000)
                         next_reload = now + args.reload
                     if now >= next_sample:
-                        kernels_mb, kernels_n = kernel_rss(voila)
+                        kernels_mb, kernels_n = kernel_rss(voila.pid)
                         rows.append((now - t0, service.memory_info().rss / 1e6,
                                      voila.memory_info().rss / 1e6, kernels_mb, kernels_n,
                                      swarm.status()["service"]["subscribers"]))

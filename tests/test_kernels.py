@@ -15,26 +15,14 @@ import pytest
 from test_dashboards import DESKTOP, LOAD, browser, free_port  # noqa: F401 (fixture)
 
 import timmy
-from timmy.launcher import Dashboards
+from timmy.launcher import Dashboards, kernel_processes
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def kernels(voila_pid: int) -> set[int]:
-    """Pids of Voilà's kernel processes (its children running ipykernel)."""
-    found = set()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            cmdline = (entry / "cmdline").read_bytes()
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        if ppid == voila_pid and b"ipykernel" in cmdline and stat.rsplit(")", 1)[1][1] != "Z":
-            found.add(int(entry.name))
-    return found
+    """Pids of Voilà's kernel processes."""
+    return {k.pid for k in kernel_processes(voila_pid)}
 
 
 def census(dash: Dashboards, swarm) -> tuple[int, int]:

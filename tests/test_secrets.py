@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 import timmy
-from timmy.launcher import read_state, state_file
+from timmy.launcher import kernel_processes, read_state, state_file
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -60,18 +60,6 @@ def mode(path: Path) -> str:
     return oct(stat.S_IMODE(path.stat().st_mode))
 
 
-def voila_kernels(voila_pid: int) -> int:
-    n = 0
-    for entry in Path("/proc").iterdir():
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            if int(fields[1]) == voila_pid and b"ipykernel" in (entry / "cmdline").read_bytes():
-                n += 1
-        except (OSError, ValueError):
-            continue
-    return n
-
-
 @pytest.mark.timeout(300)
 def test_no_token_on_any_command_line_of_the_dashboards(tmp_path):
     """`timmy dashboards`: the service, its runners, Voilà and Voilà's (pre-heated) kernels
@@ -92,9 +80,9 @@ def test_no_token_on_any_command_line_of_the_dashboards(tmp_path):
         assert running is not None, "timmy dashboards did not start"
         voila_token = re.search(r"token=([^&\s]+)", running.desktop_url).group(1)
         service_token = Path(f"{db}.token").read_text().strip()
-        while voila_kernels(running.voila_pid) < 1 and time.monotonic() < deadline:
+        while len(kernel_processes(running.voila_pid)) < 1 and time.monotonic() < deadline:
             time.sleep(0.5)   # a kernel's command line counts too
-        assert voila_kernels(running.voila_pid) >= 1
+        assert len(kernel_processes(running.voila_pid)) >= 1
         assert command_lines_with(voila_token, service_token) == []
         log = db.parent / "voila.log"
         assert voila_token not in log.read_text(errors="replace")

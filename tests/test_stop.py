@@ -68,13 +68,15 @@ def release(keep: list) -> None:
 KINDS = ["client", "subscriber", "waiting", "runner", "unauthenticated"]
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
-@pytest.mark.parametrize("kind", KINDS)
-def test_a_stop_with_a_connection_open_is_quiet_and_clean(tmp_path, kind, sig):
+def stop_with_open(tmp_path, kinds, sig: int, settle: float = 0.0):
+    """Start `timmy serve`, open a connection of each of ``kinds``, send ``sig``; returns
+    (service, stdout, stderr) once it has ended."""
     svc = ServiceProcess(tmp_path / "swarm.db", 0, "--no-spawn")
     keep: list = []
     try:
-        open_connection(svc, kind, keep)
+        for kind in kinds:
+            open_connection(svc, kind, keep)
+        time.sleep(settle)
         svc.proc.send_signal(sig)
         out, err = svc.proc.communicate(timeout=30)
     finally:
@@ -82,24 +84,19 @@ def test_a_stop_with_a_connection_open_is_quiet_and_clean(tmp_path, kind, sig):
             svc.proc.kill()
             svc.proc.wait(timeout=10)
         release(keep)
+    return svc, out, err
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_stop_with_a_connection_open_is_quiet_and_clean(tmp_path, kind, sig):
+    svc, out, err = stop_with_open(tmp_path, [kind], sig)
     assert svc.proc.returncode == 0, err
     assert "Traceback" not in err and "CancelledError" not in err, err
     assert "timmy serve: stopped" in out
 
 
 def test_a_stop_with_every_kind_of_connection_open_at_once(tmp_path):
-    svc = ServiceProcess(tmp_path / "swarm.db", 0, "--no-spawn")
-    keep: list = []
-    try:
-        for kind in KINDS:
-            open_connection(svc, kind, keep)
-        time.sleep(0.2)
-        svc.proc.send_signal(signal.SIGTERM)
-        _out, err = svc.proc.communicate(timeout=30)
-    finally:
-        if svc.proc.poll() is None:
-            svc.proc.kill()
-            svc.proc.wait(timeout=10)
-        release(keep)
+    svc, _out, err = stop_with_open(tmp_path, KINDS, signal.SIGTERM, settle=0.2)
     assert svc.proc.returncode == 0, err
     assert "Traceback" not in err and "CancelledError" not in err, err

@@ -274,6 +274,24 @@ class Dashboards:
             self.state.unlink(missing_ok=True)
 
 
+def kernel_processes(voila_pid: int) -> list:
+    """Voilà's live kernels (`psutil.Process` each): its children running ipykernel; a
+    culled kernel not yet reaped (a zombie) or gone while it is read does not count."""
+    import psutil
+
+    try:
+        children = psutil.Process(voila_pid).children()
+    except psutil.Error:
+        return []
+    found = []
+    for child in children:
+        with contextlib.suppress(psutil.Error):
+            if child.status() != psutil.STATUS_ZOMBIE \
+                    and "ipykernel" in " ".join(child.cmdline()):
+                found.append(child)
+    return found
+
+
 def read_state(path: Path) -> Running | None:
     try:
         return Running(**json.loads(path.read_text()))
