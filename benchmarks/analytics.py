@@ -28,11 +28,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from timmy import analytics
-from timmy.executors import OFF_SPEC_SUCCESS, ON_SPEC_SUCCESS
-from timmy.export import CHUNK, TABLES, _schema
-from timmy.personas import PERSONAS
-from timmy.store import Store
-from timmy.workload import demo_descriptions
+from timmy.engine.executors import OFF_SPEC_SUCCESS, ON_SPEC_SUCCESS
+from timmy.market.personas import PERSONAS
+from timmy.sim.workloads import demo_descriptions
+from timmy.storage.export import CHUNK, TABLES, _schema
+from timmy.storage.store import Store
 
 MAX_ATTEMPTS = 3
 ARRIVALS_PER_S = 500.0

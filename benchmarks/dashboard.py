@@ -2,7 +2,7 @@
 Chromium, Voilà's kernel start included, for the desktop (1280×800) and the mobile (390×844)
 page.
 
-`timmy.launcher.Dashboards` starts a real ``timmy serve`` (nine runners, a SQLite file in a
+`timmy.ops.launcher.Dashboards` starts a real ``timmy serve`` (nine runners, a SQLite file in a
 temporary directory, ``--tasks`` tasks run first so the tables have rows) and a real Voilà on
 free loopback ports; Playwright drives the system's Chromium. Each load is a fresh browser
 context (no cache, no cookie but the token), so each one starts a kernel, runs the notebook,
@@ -31,9 +31,9 @@ import time
 from pathlib import Path
 
 import timmy
-from timmy.browser import launch
-from timmy.launcher import Dashboards, kernel_processes
-from timmy.workload import demo_descriptions
+from timmy.ops.browser import launch
+from timmy.ops.launcher import Dashboards, kernel_processes
+from timmy.sim.workloads import demo_descriptions
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = {

@@ -1,6 +1,6 @@
 """A dashboard left open and reloaded for a long time: is memory flat?
 
-`timmy.launcher.Dashboards` (as `timmy dashboards` runs it: pre-heated kernels, kernels
+`timmy.ops.launcher.Dashboards` (as `timmy dashboards` runs it: pre-heated kernels, kernels
 of closed pages culled) with nine runners kept busy; headless Chromium reloads the
 desktop page every ``--reload`` seconds (each reload is a new kernel; the old page's
 kernel is culled about a minute later). Every ``--sample`` seconds: the RSS of the
@@ -25,9 +25,9 @@ import psutil
 from tqdm import tqdm
 
 import timmy
-from timmy.browser import launch
-from timmy.launcher import Dashboards, kernel_processes
-from timmy.workload import demo_descriptions
+from timmy.ops.browser import launch
+from timmy.ops.launcher import Dashboards, kernel_processes
+from timmy.sim.workloads import demo_descriptions
 
 ROOT = Path(__file__).resolve().parent.parent
 

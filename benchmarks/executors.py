@@ -38,8 +38,8 @@ from pathlib import Path
 
 import timmy
 from timmy.llm import OllamaExecutor
-from timmy.personas import PERSONAS
-from timmy.workload import demo_descriptions
+from timmy.market.personas import PERSONAS
+from timmy.sim.workloads import demo_descriptions
 
 HERE = Path(__file__).resolve().parent
 

@@ -37,7 +37,7 @@ from pathlib import Path
 
 import timmy
 from timmy.paging import DEFAULT_LIMIT
-from timmy.store import Store
+from timmy.storage.store import Store
 
 LISTENING = re.compile(r"listening on (tcp://[\d.]+:\d+)")
 PERSONAS = ("echo", "mace", "helm", "seer", "forge", "quill", "pixel", "lyra", "reel")

@@ -37,7 +37,7 @@ import sqlalchemy as sa
 from throughput import one_run
 
 import timmy
-from timmy.workload import demo_descriptions
+from timmy.sim.workloads import demo_descriptions
 
 HERE = Path(__file__).resolve().parent
 

@@ -27,9 +27,9 @@ import time
 from pathlib import Path
 
 import timmy
-from timmy.chaos import Service
-from timmy.personas import PERSONAS
-from timmy.workload import demo_descriptions
+from timmy.market.personas import PERSONAS
+from timmy.ops.chaos import Service
+from timmy.sim.workloads import demo_descriptions
 
 
 def one_run(tmp: Path, over: str, n: int, warmup: int, seed: int) -> float:

@@ -20,8 +20,8 @@ from pathlib import Path
 import psutil
 
 import timmy
-from timmy.store import Batch, Store
-from timmy.workload import demo_descriptions
+from timmy.sim.workloads import demo_descriptions
+from timmy.storage.store import Batch, Store
 
 
 def prefill(url: str, n_bids: int) -> None:

@@ -24,8 +24,8 @@ import time
 from pathlib import Path
 
 import timmy
-from timmy.chaos import Service
-from timmy.workload import demo_descriptions
+from timmy.ops.chaos import Service
+from timmy.sim.workloads import demo_descriptions
 
 
 def start(db: Path) -> Service:

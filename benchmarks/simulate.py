@@ -16,8 +16,8 @@ import time
 
 import pyarrow.parquet as pq
 
-from timmy.sim import simulate
-from timmy.workload import demo_descriptions
+from timmy.sim.simulator import simulate
+from timmy.sim.workloads import demo_descriptions
 
 
 def peak_mb() -> float:

@@ -1,7 +1,7 @@
 """Chaos soak figures: tasks/s and lost / duplicated counts while runners and the service are
 SIGKILLed, and the coordinator's RSS over a long soak (its slope must be flat).
 
-1. ``--tasks`` tasks through `timmy.chaos.soak`: runners SIGKILLed every ~200 ms, the
+1. ``--tasks`` tasks through `timmy.ops.chaos.soak`: runners SIGKILLed every ~200 ms, the
    service SIGKILLed and restarted twice; prints tasks/s, how tasks ended, lost or
    duplicated tasks and orphan processes (from the audit of the store). ``--stall 40``
    also SIGSTOPs the service for 40 s halfway through and prints what that cost (it must
@@ -30,9 +30,9 @@ from pathlib import Path
 import psutil
 
 import timmy
-from timmy.chaos import Service, audit, marked_processes, soak
-from timmy.procid import signal_if
-from timmy.workload import demo_descriptions
+from timmy.engine.procid import signal_if
+from timmy.ops.chaos import Service, audit, marked_processes, soak
+from timmy.sim.workloads import demo_descriptions
 
 
 def chaos_figures(n: int, stall: float = 0.0) -> None:

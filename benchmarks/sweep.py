@@ -15,7 +15,7 @@ import argparse
 import os
 import time
 
-from timmy.sweep import local_cluster, sweep
+from timmy.sim.sweeps import local_cluster, sweep
 
 
 def grid(seeds: int) -> dict[str, list]:

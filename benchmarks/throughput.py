@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 import timmy
-from timmy.workload import demo_descriptions
+from timmy.sim.workloads import demo_descriptions
 
 
 def one_run(db: str, n: int, seed: int) -> float:

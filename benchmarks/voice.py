@@ -34,8 +34,8 @@ import time
 from pathlib import Path
 
 import timmy
-from timmy.models import Event
-from timmy.workload import demo_descriptions
+from timmy.market.models import Event
+from timmy.sim.workloads import demo_descriptions
 
 MODES = ("none", "null", "announcer", "voice=True")
 

@@ -1,7 +1,7 @@
 """Shared fixtures for the end-to-end tests: real databases, real runner processes.
 
 Nothing here is a mock. A swarm is a `timmy.Swarm` on a SQLite file in
-``tmp_path`` with real ``python -m timmy.runner`` children. A test marked
+``tmp_path`` with real ``python -m timmy.engine.runner`` children. A test marked
 ``@pytest.mark.postgres`` that takes ``db_url`` (or ``make_swarm``) runs twice:
 on SQLite and on a real PostgreSQL server, in a schema of its own (see
 `pg_server_url` for where the server comes from). Where a test needs a
@@ -53,7 +53,7 @@ def hello():
 
 def become_real_runner():
     """Replace this process with the real runner (same pid, same arguments)."""
-    os.execv(sys.executable, [sys.executable, "-m", "timmy.runner", *sys.argv[1:]])
+    os.execv(sys.executable, [sys.executable, "-m", "timmy.engine.runner", *sys.argv[1:]])
 
 def messages():
     """Coordinator messages until shutdown or until stdin closes (pings are answered)."""
@@ -187,7 +187,7 @@ def pg_url(pg_server_url: str) -> Iterable[str]:
     import psycopg
     import sqlalchemy as sa
 
-    from timmy import store
+    from timmy.storage import store
 
     schema = f"test_{secrets.token_hex(6)}"
     with psycopg.connect(libpq_url(pg_server_url), autocommit=True) as conn:

@@ -29,10 +29,10 @@ import pytest
 import timmy
 from timmy import analytics
 from timmy.errors import ExportError, StoreError, TimmyError
-from timmy.export import export_store
-from timmy.personas import PERSONAS, persona_from_dict
-from timmy.store import Store
-from timmy.workload import GENERIC, demo_descriptions
+from timmy.market.personas import PERSONAS, persona_from_dict
+from timmy.sim.workloads import GENERIC, demo_descriptions
+from timmy.storage.export import export_store
+from timmy.storage.store import Store
 
 TABLES = ("tasks", "bids", "agents", "events")
 
@@ -479,7 +479,7 @@ def test_timmy_report_on_a_bad_directory_exits_2_with_a_hint(tmp_path, args, nee
 
 
 def test_a_simulated_run_is_analysed_directly_or_from_its_export(tmp_path):
-    from timmy.sim import simulate
+    from timmy.sim.simulator import simulate
 
     sim = simulate(demo_descriptions(150, 2), seed=2)
     sim.export(tmp_path / "sim")

@@ -6,7 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from timmy.auction import (
+from timmy.errors import ConfigError, TimmyError
+from timmy.market.auction import (
     LOWEST,
     RULES,
     SECOND_PRICE,
@@ -17,7 +18,6 @@ from timmy.auction import (
     check_rule,
     clear,
 )
-from timmy.errors import ConfigError, TimmyError
 
 
 def run(bids: list[Bid], rule: str = SPECIALIST_FIRST, task_id: int = 1) -> Clearing:

@@ -24,9 +24,9 @@ import pytest
 import sqlalchemy as sa
 
 from timmy import Swarm
-from timmy import protocol as p
+from timmy.engine import protocol as p
 from timmy.errors import ProtocolError, StoreError
-from timmy.store import Batch, Store
+from timmy.storage.store import Batch, Store
 
 ROOT = Path(__file__).resolve().parent.parent
 LISTENING = re.compile(r"listening on (tcp://[\d.]+:(\d+))")

@@ -15,7 +15,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from timmy.bidding import (
+from timmy.errors import PersonaError
+from timmy.market.bidding import (
     MAX_BID,
     MIN_BID,
     BidStats,
@@ -24,8 +25,7 @@ from timmy.bidding import (
     compute_bid,
     quote,
 )
-from timmy.errors import PersonaError
-from timmy.personas import PERSONAS, Persona, persona_from_dict
+from timmy.market.personas import PERSONAS, Persona, persona_from_dict
 
 REPO = Path(__file__).resolve().parents[1]
 OFF_SPEC = "the weather is nice today"  # no built-in keyword occurs in it
@@ -204,7 +204,8 @@ def test_every_on_spec_bid_is_below_every_off_spec_bid_for_any_valid_persona():
             continue
         on, off = max(all_bids(persona, "zork")), min(all_bids(persona, OFF_SPEC))
         assert on < off, (
-            f"BUG timmy.personas: bid_base={bid_base} is accepted, but its highest on-spec bid "
+            f"BUG timmy.market.personas: bid_base={bid_base} is accepted, but its highest on-spec "
+            "bid "
             f"{on} is not below its lowest off-spec bid {off} (off-spec is capped at "
             "MAX_BID=200); the bid_base limit should be [2, 199]"
         )
@@ -312,8 +313,8 @@ def test_keyed_random_reaches_both_ends_of_randint():
 
 SUBPROCESS_SCRIPT = """
 import json, sys
-from timmy.bidding import bid_rng, compute_bid
-from timmy.personas import PERSONAS
+from timmy.market.bidding import bid_rng, compute_bid
+from timmy.market.personas import PERSONAS
 out = []
 for seed, agent, task, attempt in json.loads(sys.argv[1]):
     rng = bid_rng(seed, agent, task, attempt)

@@ -16,9 +16,9 @@ from test_cli import assert_clean_error, timmy
 
 import timmy as timmy_pkg
 from timmy import analytics
-from timmy.dburl import db_url, sqlite_file
 from timmy.errors import PersonaError
-from timmy.personas import MAX_PERSONA_BYTES, persona_from_dict
+from timmy.market.personas import MAX_PERSONA_BYTES, persona_from_dict
+from timmy.storage.address import db_url, sqlite_file
 
 
 @pytest.fixture(scope="module")

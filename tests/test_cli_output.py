@@ -136,7 +136,8 @@ def test_a_remote_runner_prints_what_a_service_says_inert(tmp_path):
 def test_clean_is_what_the_cli_modules_print_through():
     """Every module of the command line imports the one cleaner."""
     root = Path(__file__).resolve().parent.parent / "timmy"
-    for name in ("cli.py", "cli_service.py", "cli_sim.py", "cli_doctor.py", "remote.py"):
+    for name in ("cli/app.py", "cli/service.py", "cli/sim.py", "cli/doctor.py",
+                 "service/remote.py"):
         assert "textsafe" in (root / name).read_text(), name
 
 

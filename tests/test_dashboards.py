@@ -1,4 +1,4 @@
-"""The dashboards for real: ``timmy serve`` and Voilà started by `timmy.launcher.Dashboards`,
+"""The dashboards for real: ``timmy serve`` and Voilà started by `timmy.ops.launcher.Dashboards`,
 driven by Playwright in Debian's headless Chromium at 1280×800 and 390×844.
 
 Screenshots go to ``test-artifacts/dashboards/``. Without Chromium or Playwright the
@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 import timmy
-from timmy.launcher import Dashboards, read_state, state_file
+from timmy.ops.launcher import Dashboards, read_state, state_file
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = Path(os.environ.get("TIMMY_ARTIFACTS", ROOT / "test-artifacts")) / "dashboards"
@@ -42,8 +42,8 @@ def browser():
         from playwright.sync_api import sync_playwright
     except ImportError:
         need("playwright", "pip install -e '.[dev]' (make test does it)")
-    from timmy.browser import chromium_path, launch
     from timmy.errors import MissingDependency
+    from timmy.ops.browser import chromium_path, launch
 
     try:
         chromium_path()
@@ -307,7 +307,7 @@ def test_stop_from_another_shell(tmp_path):
 
 
 def _alive(pid: int) -> bool:
-    from timmy.launcher import _alive as alive
+    from timmy.ops.launcher import _alive as alive
 
     return alive(pid)
 

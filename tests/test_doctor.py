@@ -29,7 +29,7 @@ from click.testing import CliRunner
 
 import timmy
 from timmy import doctor as doctor_module
-from timmy.cli import cli
+from timmy.cli.app import cli
 from timmy.doctor import EXTRAS, MISSING, OK, WARN, Report, ollama_url
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -57,7 +57,7 @@ def timmy_doctor(*args: str, prelude: str = "", env: dict | None = None,
 
     400 columns wide, so each row of the table stays on one line.
     """
-    code = prelude + "import sys\nfrom timmy.cli import main\nsys.argv = ['timmy', 'doctor', " \
+    code = prelude + "import sys\nfrom timmy.cli.app import main\nsys.argv = ['timmy', 'doctor', " \
         + ", ".join(repr(a) for a in args) + "]\nmain()\n"
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=90, cwd=cwd,

@@ -1,4 +1,4 @@
-"""`timmy.heap`: glibc's mmap threshold stays where `pin_mmap_threshold` put it, in a fresh
+"""`timmy.service.heap`: glibc's mmap threshold stays where `pin_mmap_threshold` put it, in a fresh
 interpreter each (the setting is process-wide), and ``timmy serve`` pins it."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="gl
 # 1 MiB one: mmapped (hblkhd grows) only if the threshold stayed below 1 MiB.
 PROBE = """
 import ctypes, json, sys
-from timmy.heap import pin_mmap_threshold
+from timmy.service.heap import pin_mmap_threshold
 class Info(ctypes.Structure):
     _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd",
                 "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]

@@ -18,9 +18,9 @@ import sqlalchemy as sa
 from click.testing import CliRunner
 from test_service import ServiceProcess
 
-from timmy.cli import cli
+from timmy.cli.app import cli
 from timmy.paging import DEFAULT_LIMIT, MAX_LIMIT
-from timmy.store import Store, bids_table, events_table, tasks_table
+from timmy.storage.store import Store, bids_table, events_table, tasks_table
 
 pytestmark = pytest.mark.postgres
 

@@ -1,7 +1,7 @@
 """Voilà kernels that go away: a closed dashboard page's kernel is culled (and with it its
 event subscriber on the service), while the pre-heated pool keeps its kernels.
 
-Real ``timmy serve`` and Voilà (started by `timmy.launcher.Dashboards`), real headless
+Real ``timmy serve`` and Voilà (started by `timmy.ops.launcher.Dashboards`), real headless
 Chromium through Playwright. Without Chromium or Playwright these tests skip, except under
 ``CI=true``, where they fail (as in tests/test_dashboards.py).
 """
@@ -15,7 +15,7 @@ import pytest
 from test_dashboards import DESKTOP, LOAD, browser, free_port  # noqa: F401 (fixture)
 
 import timmy
-from timmy.launcher import Dashboards, kernel_processes
+from timmy.ops.launcher import Dashboards, kernel_processes
 
 ROOT = Path(__file__).resolve().parent.parent
 

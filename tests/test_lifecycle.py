@@ -21,11 +21,11 @@ from pathlib import Path
 import psutil
 import pytest
 
-import timmy.coordinator
+import timmy.engine.coordinator
 from timmy import Swarm
+from timmy.engine.executors import simulated_plan
+from timmy.engine.supervisor import RestartPolicy
 from timmy.errors import ConfigError, RunnerError
-from timmy.executors import simulated_plan
-from timmy.supervisor import RestartPolicy
 
 FORGE_WORK = ["fix the bug in the api client", "refactor the test script"]   # forge's
 QUILL_WORK = ["write the readme", "draft a blog article"]                   # quill's
@@ -195,7 +195,7 @@ def test_a_new_swarm_on_the_same_url_writes_to_a_new_file_after_the_old_one_was_
 @pytest.mark.postgres
 def test_run_returns_every_task_when_more_finish_than_the_finished_task_cache_holds(
         make_swarm, monkeypatch):
-    monkeypatch.setattr(timmy.coordinator, "FINISHED_CACHE", 5)
+    monkeypatch.setattr(timmy.engine.coordinator, "FINISHED_CACHE", 5)
     swarm = make_swarm(executor="echo", task_seconds=0.0)
     swarm.spawn_all(["forge", "quill"])
     descriptions = [f"fix the bug number {i}" for i in range(30)]

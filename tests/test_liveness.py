@@ -24,7 +24,7 @@ import pytest
 from conftest import rows_of
 from test_service import ServiceProcess
 
-from timmy.executors import simulated_plan
+from timmy.engine.executors import simulated_plan
 
 FIX = "fix the bug in the api client"   # forge's speciality
 

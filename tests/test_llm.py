@@ -21,7 +21,7 @@ import pytest
 from ollama_server import FakeOllama
 
 from timmy import ConfigError, Swarm
-from timmy import protocol as p
+from timmy.engine import protocol as p
 from timmy.llm import (
     DEFAULT_HOST,
     DEFAULT_MODEL,
@@ -33,7 +33,7 @@ from timmy.llm import (
     system_prompt,
     unreachable,
 )
-from timmy.personas import PERSONAS, Persona
+from timmy.market.personas import PERSONAS, Persona
 
 FORGE, QUILL = PERSONAS["forge"], PERSONAS["quill"]
 FIX = "fix the bug in the api client"          # forge's speciality
@@ -387,7 +387,7 @@ def test_a_result_carries_usage_and_a_version_1_result_still_decodes():
 
 
 def test_import_timmy_does_not_import_the_ollama_client():
-    code = ("import sys, timmy, timmy.llm, timmy.runner, timmy.coordinator; "
+    code = ("import sys, timmy, timmy.llm, timmy.engine.runner, timmy.engine.coordinator; "
             "timmy.Swarm; print('ollama' in sys.modules, 'httpx' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=30, check=True)

@@ -20,7 +20,7 @@ import pytest
 
 from timmy import Swarm
 from timmy.errors import StoreError
-from timmy.store import Store
+from timmy.storage.store import Store
 
 # Holds the task it wins, running, until the file "go" appears beside it; then completes it.
 # It reads no stdin meanwhile, so it leaves by itself when its owner is gone (no orphans).

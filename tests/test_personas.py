@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from timmy.errors import PersonaError, TimmyError
-from timmy.personas import PERSONAS, Persona, get_persona, load_personas, persona_from_dict
+from timmy.market.personas import PERSONAS, Persona, get_persona, load_personas, persona_from_dict
 
 # The catalog table: id | role | rate_sats | bid_base | bid_jitter | keywords ("..." = a phrase).
 TABLE = """
@@ -377,7 +377,8 @@ def test_bad_bid_base_is_named_even_when_rate_sats_defaults_to_it(tmp_path, bid_
     with pytest.raises(PersonaError) as info:
         load_personas(path)
     assert "'bid_base'" in info.value.message, (
-        "BUG timmy.personas.persona_from_dict: rate_sats (defaulting to bid_base) is checked "
+        "BUG timmy.market.personas.persona_from_dict: rate_sats (defaulting to bid_base) is "
+        "checked "
         "before bid_base, so the error blames 'rate_sats', a field the file does not have: "
         f"{info.value.message}"
     )
@@ -447,7 +448,7 @@ def test_unknown_suffix_raises_persona_error_naming_file_and_suffix(tmp_path, na
         load_personas(path)
     assert_names(info.value, path)
     assert "not valid" not in info.value.message and ".toml" in info.value.hint, (
-        "BUG timmy.personas.load_personas: the unknown-suffix PersonaError is raised inside "
+        "BUG timmy.market.personas.load_personas: the unknown-suffix PersonaError is raised inside "
         "`try: ... except (ValueError, UnicodeDecodeError)` and PersonaError subclasses "
         "ValueError, so it is re-wrapped as 'not valid <SUFFIX>' with the syntax-error hint: "
         f"{info.value}"
@@ -494,7 +495,7 @@ def test_file_that_is_not_utf8_raises_persona_error(tmp_path, fmt):
         assert_names(exc, path)
     except UnicodeDecodeError as exc:  # pragma: no cover - documents the bug
         pytest.fail(
-            f"BUG timmy.personas.load_personas: a non-UTF-8 file leaks {exc!r} instead of "
+            f"BUG timmy.market.personas.load_personas: a non-UTF-8 file leaks {exc!r} instead of "
             "PersonaError (read_text is outside the try that maps ValueError)"
         )
     else:  # pragma: no cover
@@ -509,7 +510,7 @@ def test_deeply_nested_json_raises_persona_error(tmp_path):
         assert_names(exc, path)
     except RecursionError as exc:  # pragma: no cover - documents the bug
         pytest.fail(
-            f"BUG timmy.personas.load_personas: deeply nested JSON leaks {exc!r} "
+            f"BUG timmy.market.personas.load_personas: deeply nested JSON leaks {exc!r} "
             "instead of PersonaError"
         )
     else:  # pragma: no cover

@@ -24,10 +24,10 @@ import pytest
 import sqlalchemy as sa
 
 import timmy
-from timmy import ownership
 from timmy.errors import ConfigError, OwnershipLost, PersonaError, StoreError
-from timmy.personas import persona_from_dict
-from timmy.store import Store
+from timmy.market.personas import persona_from_dict
+from timmy.storage import ownership
+from timmy.storage.store import Store
 
 FIX = "fix the bug in the api client"
 TERMINAL = {"completed", "failed", "cancelled"}
@@ -134,7 +134,7 @@ LOCK_HOLDERS = ("SELECT {what} FROM pg_locks WHERE locktype = 'advisory' AND gra
 
 
 def lock_key(rows_of, url: str) -> dict:
-    """The advisory lock of the schema the URL works in, as timmy.ownership keys it."""
+    """The advisory lock of the schema the URL works in, as timmy.storage.ownership keys it."""
     [(schema,)] = rows_of(url, "SELECT current_schema()")
     return {"a": ownership.LOCK_CLASS, "b": zlib.crc32(schema.encode()) & 0x7FFFFFFF}
 

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from timmy import protocol as p
+from timmy.engine import protocol as p
 from timmy.errors import ProtocolError, TimmyError
 
 TO_RUNNER = [
@@ -133,7 +133,7 @@ def test_largest_valid_result_fits_in_one_line():
     worst = p.Result(task_id=2**62, ok=True, output="\x00" * p.MAX_OUTPUT, elapsed_s=1e300)
     line = p.encode(worst)
     assert len(line) <= p.MAX_LINE, (
-        f"BUG timmy.protocol: a valid Result encodes to {len(line)} bytes, over MAX_LINE="
+        f"BUG timmy.engine.protocol: a valid Result encodes to {len(line)} bytes, over MAX_LINE="
         f"{p.MAX_LINE}, so the coordinator would drop a legitimate result as garbage "
         "(MAX_OUTPUT counts characters; one char can take 6 bytes escaped)"
     )
@@ -288,12 +288,12 @@ def assert_rejected(decode, line) -> ProtocolError:
         assert exc.message and exc.hint, "a ProtocolError needs a message and a hint"
         assert isinstance(exc, TimmyError)
         return exc
-    except BaseException as exc:  # anything but ProtocolError is a bug in timmy.protocol
+    except BaseException as exc:  # anything but ProtocolError is a bug in timmy.engine.protocol
         pytest.fail(
-            f"BUG timmy.protocol.{decode.__name__}: {type(exc).__name__} escaped instead of "
+            f"BUG timmy.engine.protocol.{decode.__name__}: {type(exc).__name__} escaped instead of "
             f"ProtocolError: {str(exc)[:200]}"
         )
-    pytest.fail(f"BUG timmy.protocol.{decode.__name__}: garbage accepted as {msg!r:.200}")
+    pytest.fail(f"BUG timmy.engine.protocol.{decode.__name__}: garbage accepted as {msg!r:.200}")
 
 
 @pytest.mark.parametrize("line", GARBAGE_FROM_RUNNER.values(), ids=GARBAGE_FROM_RUNNER.keys())
@@ -368,7 +368,7 @@ def decoded_or_protocol_error(decode, line) -> None:
         return
     except BaseException as exc:
         raise AssertionError(
-            f"BUG timmy.protocol.{decode.__name__}: {type(exc).__name__} escaped instead of "
+            f"BUG timmy.engine.protocol.{decode.__name__}: {type(exc).__name__} escaped instead of "
             f"ProtocolError for {line!r:.300}: {exc}"
         ) from exc
     assert isinstance(msg, p.Message)

@@ -21,9 +21,9 @@ import psutil
 import pytest
 
 from timmy import Swarm
+from timmy.engine.executors import simulated_plan
+from timmy.engine.supervisor import RestartPolicy
 from timmy.errors import RunnerError, StoreError
-from timmy.executors import simulated_plan
-from timmy.supervisor import RestartPolicy
 
 FIX = "fix the bug in the api client"   # forge's speciality, off-spec for quill
 
@@ -96,7 +96,7 @@ def runner_processes(swarm: Swarm) -> list[psutil.Process]:
 # would: the swarm's child is the wrapper, the runner a grandchild of the swarm's process.
 WRAPPER = """
     import subprocess
-    raise SystemExit(subprocess.call([sys.executable, "-m", "timmy.runner", *sys.argv[1:]]))
+    raise SystemExit(subprocess.call([sys.executable, "-m", "timmy.engine.runner", *sys.argv[1:]]))
 """
 
 
@@ -601,7 +601,7 @@ def test_spawning_a_runner_that_cannot_start_fails_fast_with_its_exit_code(
 @pytest.mark.timeout(60)
 def test_a_replaced_runner_bids_with_what_its_predecessor_had_learned(make_swarm, eventually):
     from timmy import PERSONAS
-    from timmy.bidding import bid_rng, quote
+    from timmy.market.bidding import bid_rng, quote
 
     swarm = make_swarm(seed=3, task_seconds=0)
     swarm.spawn_all(["forge", "quill"])

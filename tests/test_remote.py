@@ -17,11 +17,11 @@ from pathlib import Path
 import pytest
 from test_service import ServiceProcess
 
-from timmy import protocol as p
-from timmy.bidding import BidStats
-from timmy.executors import Outcome, simulated_plan
-from timmy.personas import PERSONAS
-from timmy.remote import RemoteRunner
+from timmy.engine import protocol as p
+from timmy.engine.executors import Outcome, simulated_plan
+from timmy.market.bidding import BidStats
+from timmy.market.personas import PERSONAS
+from timmy.service.remote import RemoteRunner
 
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
 FORGE_WORK = [f"fix the bug in the api client, part {i}" for i in range(20)]

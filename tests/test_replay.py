@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 
 import timmy
-from timmy.auction import Bid, clear
 from timmy.errors import ConfigError, ExportError
+from timmy.market.auction import Bid, clear
 from timmy.sim import replay, simulate
-from timmy.workload import demo_descriptions, keyword_mix
+from timmy.sim.workloads import demo_descriptions, keyword_mix
 
 
 @pytest.fixture(scope="module")

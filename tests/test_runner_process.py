@@ -1,4 +1,4 @@
-"""`python -m timmy.runner` as a real OS process, spoken to over its stdin/stdout pipes."""
+"""`python -m timmy.engine.runner` as a real OS process, spoken to over its stdin/stdout pipes."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from timmy import protocol as p
-from timmy.bidding import BidStats, bid_rng, quote
-from timmy.executors import simulated_plan
-from timmy.personas import PERSONAS, persona_from_dict
+from timmy.engine import protocol as p
+from timmy.engine.executors import simulated_plan
+from timmy.market.bidding import BidStats, bid_rng, quote
+from timmy.market.personas import PERSONAS, persona_from_dict
 
 REPO = Path(__file__).resolve().parents[1]
 HEAVY = ("pandas", "duckdb", "sqlalchemy", "ipywidgets")
@@ -37,7 +37,7 @@ class RunnerProcess:
         self.stderr_path = stderr_path
         self._stderr = open(stderr_path, "wb")  # noqa: SIM115 - closed in close()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "timmy.runner", *args],
+            [sys.executable, "-m", "timmy.engine.runner", *args],
             stdin=stdin,
             stdout=subprocess.PIPE,
             stderr=self._stderr,
@@ -282,7 +282,7 @@ def test_invalid_utf8_line_is_skipped_and_the_runner_keeps_answering(forge):
     forge.send(p.Ping(seq=6))
     time.sleep(0.3)
     assert forge.proc.poll() is None, (
-        "BUG timmy.protocol._decode: a line with invalid UTF-8 inside a string raises "
+        "BUG timmy.engine.protocol._decode: a line with invalid UTF-8 inside a string raises "
         "UnicodeDecodeError (not ProtocolError), which kills the runner; stderr: "
         + forge.stderr()[-300:]
     )
@@ -295,7 +295,7 @@ def test_deeply_nested_line_is_skipped_and_the_runner_keeps_answering(forge):
     forge.send(p.Ping(seq=6))
     time.sleep(0.3)
     assert forge.proc.poll() is None, (
-        "BUG timmy.protocol._decode: deep nesting before the type tag raises RecursionError "
+        "BUG timmy.engine.protocol._decode: deep nesting before the type tag raises RecursionError "
         "(not ProtocolError), which kills the runner; stderr: " + forge.stderr()[-300:]
     )
     assert forge.recv() == p.Pong(seq=6)
@@ -334,7 +334,8 @@ def test_over_long_line_is_dropped_whole_not_its_tail(start_runner, tmp_path, ch
         got = replies(runner)
     seqs = [m.seq for m in got if isinstance(m, p.Pong)]
     assert seqs == [8], (
-        "BUG timmy.runner.Runner.serve: when `pending` exceeds MAX_LINE it is reset to b'' and "
+        "BUG timmy.engine.runner.Runner.serve: when `pending` exceeds MAX_LINE it is reset to "
+        "b'' and "
         "the rest of the over-long line is decoded as a fresh line, so the tail "
         f'\'{{"type":"ping","seq":7}}\' of a {chunks * 64} KiB garbage line was answered: {got}'
     )
@@ -404,7 +405,7 @@ def test_invalid_custom_persona_exits_nonzero_naming_the_field(start_runner):
     runner = start_runner(["--agent-id", "scout-1", "--persona", json.dumps(bad)])
     assert runner.wait_exit() != 0
     assert "'bid_base'" in runner.stderr(), (
-        "BUG timmy.personas.persona_from_dict: with rate_sats left out, bid_base=0 is "
+        "BUG timmy.market.personas.persona_from_dict: with rate_sats left out, bid_base=0 is "
         "reported as a bad 'rate_sats': " + runner.stderr()[-200:]
     )
     assert runner.lines.get(timeout=TIMEOUT) is None, "no hello from a runner that cannot start"
@@ -422,7 +423,7 @@ def test_unknown_persona_id_exits_nonzero_listing_known_ones(start_runner):
 
 def test_importing_timmy_runner_imports_nothing_heavy():
     code = (
-        "import json, sys, timmy.runner; "
+        "import json, sys, timmy.engine.runner; "
         f"print(json.dumps(sorted(m for m in {HEAVY!r} if m in sys.modules)))"
     )
     out = subprocess.run(
@@ -434,7 +435,7 @@ def test_importing_timmy_runner_imports_nothing_heavy():
 
 def test_running_python_m_timmy_runner_imports_nothing_heavy():
     proc = subprocess.run(
-        [sys.executable, "-X", "importtime", "-m", "timmy.runner", *FORGE_ARGS],
+        [sys.executable, "-X", "importtime", "-m", "timmy.engine.runner", *FORGE_ARGS],
         cwd=REPO,
         stdin=subprocess.DEVNULL,
         capture_output=True,

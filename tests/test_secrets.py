@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 import timmy
-from timmy.launcher import kernel_processes, read_state, state_file
+from timmy.ops.launcher import kernel_processes, read_state, state_file
 
 ROOT = Path(__file__).resolve().parent.parent
 

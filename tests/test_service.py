@@ -17,8 +17,8 @@ import pytest
 
 import timmy
 from timmy.errors import ConfigError, TaskNotFound
-from timmy.models import Event
-from timmy.store import Store
+from timmy.market.models import Event
+from timmy.storage.store import Store
 
 LISTENING = re.compile(r"listening on (tcp://[\d.]+:(\d+))")
 
@@ -198,7 +198,7 @@ def test_cli_status_and_post(service):
 
 
 def test_serve_pins_the_mmap_threshold(service):
-    # timmy.heap: keeps the long-running service's RSS flat (benchmarks/soak.py)
+    # timmy.service.heap: keeps the long-running service's RSS flat (benchmarks/soak.py)
     with service.attach() as swarm:
         assert swarm.status()["service"]["mmap_threshold"] == 128 * 1024
 

@@ -16,7 +16,7 @@ from test_service import ServiceProcess, wait_until
 from test_service_security import answer
 
 import timmy
-from timmy.service import MAX_HANDSHAKES, MAX_STRIKES
+from timmy.service.server import MAX_HANDSHAKES, MAX_STRIKES
 
 
 def garbage_sender(svc: ServiceProcess) -> socket.socket:

@@ -17,7 +17,7 @@ from test_service import ServiceProcess
 
 import timmy
 from timmy.errors import ConfigError
-from timmy.service import AuthenticationError, ServiceBusy, check_bind, read_token
+from timmy.service.server import AuthenticationError, ServiceBusy, check_bind, read_token
 
 
 @pytest.fixture(scope="module")

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from timmy import procid
-from timmy.launcher import state_file
+from timmy.engine import procid
+from timmy.ops.launcher import state_file
 
-MARKER = "TIMMY_DASHBOARDS_ID"   # timmy.launcher.MARKER
+MARKER = "TIMMY_DASHBOARDS_ID"   # timmy.ops.launcher.MARKER
 
 
 def stranger(env: dict | None = None) -> subprocess.Popen:

@@ -7,10 +7,10 @@ import pyarrow.parquet as pq
 import pytest
 
 import timmy
-from timmy.bidding import bid_rng, quote
 from timmy.errors import ConfigError
-from timmy.sim import simulate
-from timmy.workload import Arrival, bursts, demo_descriptions, keyword_mix, poisson_arrivals
+from timmy.market.bidding import bid_rng, quote
+from timmy.sim.simulator import simulate
+from timmy.sim.workloads import Arrival, bursts, demo_descriptions, keyword_mix, poisson_arrivals
 
 
 def live_run(tmp_path, descriptions, **kwargs):
@@ -122,7 +122,7 @@ def test_the_compiled_engine_writes_exactly_what_the_python_reference_writes(rul
 def test_streaming_to_parquet_in_chunks_gives_the_same_tables_as_one_go(tmp_path, monkeypatch):
     work = demo_descriptions(3000, seed=2)
     in_memory = simulate(work, seed=2, engine="python")
-    monkeypatch.setattr("timmy.simfast.CHUNK", 700)   # 5 chunks, learning carried across
+    monkeypatch.setattr("timmy.sim.compiled.CHUNK", 700)   # 5 chunks, learning carried across
     streamed = simulate(work, seed=2, out=tmp_path / "run")
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [
         "agents.parquet", "bids.parquet", "events.parquet", "tasks.parquet"]
@@ -144,7 +144,7 @@ def test_run_sequential_reproduces_the_simulation(tmp_path):
 
 @pytest.mark.timeout(60)
 def test_a_sequential_run_over_its_timeout_says_how_many_are_left(tmp_path):
-    from timmy.coordinator import WaitTimeout
+    from timmy.engine.coordinator import WaitTimeout
 
     with timmy.Swarm(f"sqlite:///{tmp_path / 'slow.db'}", seed=1, task_seconds=0.2) as swarm:
         swarm.spawn("forge")

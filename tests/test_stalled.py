@@ -15,10 +15,10 @@ import pytest
 from test_service import ServiceProcess
 
 import timmy
-from timmy.coordinator import WaitTimeout
+from timmy.engine.coordinator import WaitTimeout
+from timmy.engine.supervisor import RestartPolicy
 from timmy.errors import NoRunners
-from timmy.models import AgentInfo
-from timmy.supervisor import RestartPolicy
+from timmy.market.models import AgentInfo
 from timmy.widgets.render import status_line
 
 

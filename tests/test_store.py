@@ -10,7 +10,7 @@ import pytest
 import sqlalchemy as sa
 
 from timmy.errors import OwnershipLost, StoreError, TaskNotFound
-from timmy.store import (
+from timmy.storage.store import (
     BID_COLUMNS,
     EVENT_COLUMNS,
     SCHEMA_VERSION,

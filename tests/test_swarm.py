@@ -5,7 +5,7 @@ PostgreSQL (the ``postgres`` marker, see conftest.py).
 
 Who wins, what they are paid, when auctions close, what every bidder hears,
 and that nothing posted is ever lost. Expected bids are computed with
-`timmy.bidding` itself: a bid is a pure function of (seed, agent_id, task_id,
+`timmy.market.bidding` itself: a bid is a pure function of (seed, agent_id, task_id,
 attempt) and the persona, so a test can know every price before it posts.
 """
 
@@ -22,9 +22,9 @@ import psutil
 import pytest
 
 from timmy import AsyncSwarm, Event, Swarm
-from timmy.auction import Bid, clear
-from timmy.bidding import bid_rng, quote
-from timmy.personas import PERSONAS
+from timmy.market.auction import Bid, clear
+from timmy.market.bidding import bid_rng, quote
+from timmy.market.personas import PERSONAS
 
 pytestmark = pytest.mark.postgres
 

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from timmy.errors import ConfigError
-from timmy.sweep import GRID_PARAMETERS, METRICS, SCHEDULER_ENV, check_grid, load_grid, sweep
+from timmy.sim.sweeps import GRID_PARAMETERS, METRICS, SCHEDULER_ENV, check_grid, load_grid, sweep
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -25,7 +25,7 @@ from test_service import ServiceProcess
 from test_service_security import answer, closed, request
 
 import timmy
-from timmy.bidding import (
+from timmy.market.bidding import (
     MAX_BID,
     MIN_BID,
     BidStats,
@@ -34,8 +34,8 @@ from timmy.bidding import (
     compute_bid,
     quote,
 )
-from timmy.personas import PERSONAS, Persona
-from timmy.service import AuthenticationError
+from timmy.market.personas import PERSONAS, Persona
+from timmy.service.server import AuthenticationError
 
 VIDEO = [f"render the video clip, take {i}" for i in range(40)]   # reel's, off-spec for quill
 
@@ -325,7 +325,7 @@ def test_the_runner_token_file_is_kept_across_restarts(tmp_path):
 def test_honest_runners_never_have_a_bid_refused_or_overruled(make_swarm, rule):
     """Nine real runners learning over 400 tasks (so the multipliers come into play): every
     bid stands, with the on_spec the runner computed itself."""
-    from timmy.workload import demo_descriptions
+    from timmy.sim.workloads import demo_descriptions
 
     swarm = make_swarm(rule=rule, seed=3, task_seconds=0)
     swarm.spawn_all()

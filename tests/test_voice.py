@@ -24,7 +24,7 @@ import pytest
 import timmy
 from timmy import voice
 from timmy.errors import ConfigError, VoiceUnavailable
-from timmy.models import Event
+from timmy.market.models import Event
 
 ROOT = Path(__file__).resolve().parent.parent
 

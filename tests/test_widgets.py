@@ -18,8 +18,8 @@ import pytest
 
 pytest.importorskip("ipywidgets")
 
-from timmy.auction import Bid, clear
-from timmy.models import Event
+from timmy.market.auction import Bid, clear
+from timmy.market.models import Event
 from timmy.widgets import desktop, explain, inspect, mobile
 from timmy.widgets.throttle import Throttle
 
@@ -127,7 +127,7 @@ def test_posting_an_empty_description_says_so(swarm):
 
 
 def test_a_refused_post_shows_the_error_and_its_hint(swarm):
-    from timmy.protocol import MAX_DESCRIPTION
+    from timmy.engine.protocol import MAX_DESCRIPTION
 
     console = mobile(swarm).console
     console.post_text.value = "<b>" * MAX_DESCRIPTION

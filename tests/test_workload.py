@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from timmy.errors import ConfigError
-from timmy.personas import PERSONAS
-from timmy.workload import GENERIC, PHRASES, SUBJECTS, demo_descriptions, demo_workload
+from timmy.market.personas import PERSONAS
+from timmy.sim.workloads import GENERIC, PHRASES, SUBJECTS, demo_descriptions, demo_workload
 
 
 def test_same_seed_same_workload_other_seed_another():

@@ -11,14 +11,14 @@ from typing import TYPE_CHECKING
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "PERSONAS": "personas",
-    "Persona": "personas",
-    "load_personas": "personas",
-    "compute_bid": "bidding",
-    "BidStats": "bidding",
-    "Auction": "auction",
-    "Bid": "auction",
-    "Clearing": "auction",
+    "PERSONAS": "market.personas",
+    "Persona": "market.personas",
+    "load_personas": "market.personas",
+    "compute_bid": "market.bidding",
+    "BidStats": "market.bidding",
+    "Auction": "market.auction",
+    "Bid": "market.auction",
+    "Clearing": "market.auction",
     "TimmyError": "errors",
     "PersonaError": "errors",
     "ConfigError": "errors",
@@ -33,21 +33,20 @@ _EXPORTS = {
     "NoRunners": "errors",
     "QueueFull": "errors",
     "OwnershipLost": "errors",
-    "WaitTimeout": "swarm",
-    "Swarm": "swarm",
-    "AsyncSwarm": "swarm",
-    "Task": "models",
-    "AgentInfo": "models",
-    "Event": "models",
+    "WaitTimeout": "engine.swarm",
+    "Swarm": "engine.swarm",
+    "AsyncSwarm": "engine.swarm",
+    "Task": "market.models",
+    "AgentInfo": "market.models",
+    "Event": "market.models",
 }
 
 __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:
-    from . import doctor, voice
-    from .auction import Auction, Bid, Clearing
-    from .bidding import BidStats, compute_bid
-    from .errors import (
+    from timmy import doctor, voice
+    from timmy.engine.swarm import AsyncSwarm, Swarm, WaitTimeout
+    from timmy.errors import (
         ConfigError,
         ExecutorUnavailable,
         ExportError,
@@ -63,18 +62,21 @@ if TYPE_CHECKING:
         TimmyError,
         VoiceUnavailable,
     )
-    from .models import AgentInfo, Event, Task
-    from .personas import PERSONAS, Persona, load_personas
-    from .swarm import AsyncSwarm, Swarm, WaitTimeout
+    from timmy.market.auction import Auction, Bid, Clearing
+    from timmy.market.bidding import BidStats, compute_bid
+    from timmy.market.models import AgentInfo, Event, Task
+    from timmy.market.personas import PERSONAS, Persona, load_personas
 
 
 # timmy.doctor is a callable module: timmy.doctor() runs the checks (see timmy/doctor.py).
-_SUBMODULES = ("analytics", "doctor", "sim", "sweep", "replay", "voice", "widgets", "workload")
+_SUBMODULES = {"analytics": "analytics", "doctor": "doctor", "sim": "sim", "voice": "voice",
+               "widgets": "widgets", "sweep": "sim.sweeps", "replay": "sim.replays",
+               "workload": "sim.workloads"}
 
 
 def __getattr__(name: str):
     if name in _SUBMODULES:  # timmy.sim, timmy.widgets ... without importing them up front
-        value = importlib.import_module(f".{name}", __name__)
+        value = importlib.import_module(f".{_SUBMODULES[name]}", __name__)
         globals()[name] = value
         return value
     module = _EXPORTS.get(name)

@@ -1,6 +1,6 @@
 """``python -m timmy``: the ``timmy`` command."""
 
-from .cli import main
+from timmy.cli.app import main
 
 if __name__ == "__main__":
     main()

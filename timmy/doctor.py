@@ -43,7 +43,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .errors import ConfigError
+from timmy.errors import ConfigError
 
 OK, WARN, MISSING = "ok", "warn", "missing"
 
@@ -60,10 +60,10 @@ EXTRAS = {
 # Groups that `require` can make required (core always is).
 REQUIRABLE = (*EXTRAS, "dashboard", "audio", "ports")
 
-DEFAULT_DB = "sqlite:///data/timmy.db"   # timmy.swarm.DEFAULT_DB, without importing the engine
+DEFAULT_DB = "sqlite:///data/timmy.db"   # engine.swarm's, without importing it
 OLLAMA_HOST = "http://127.0.0.1:11434"
 OLLAMA_MODEL = "llama3.2"       # what the fix suggests pulling
-SERVICE_PORT = 7341             # timmy serve (timmy.service.DEFAULT_PORT)
+SERVICE_PORT = 7341             # timmy serve (timmy.service.server.DEFAULT_PORT)
 VOILA_PORT = 8866               # Voilà's default
 CHROMIUM = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 
@@ -313,7 +313,7 @@ def _database(db: str, timeout: float) -> Finding:
     except ImportError as exc:
         return ("database", "core", False, f"cannot check it: sqlalchemy does not import ({exc})",
                 "pip install -e .  (reinstall timmy into this environment)")
-    from .dburl import db_url
+    from timmy.storage.address import db_url
 
     url = db_url(db) if db.strip() else db
     fix = "pass a database you can write to: timmy doctor --db PATH (or db=... in Python)"
@@ -444,7 +444,7 @@ def _espeak() -> Finding:
 
 
 def _speech() -> Finding:
-    from . import voice
+    from timmy import voice
 
     try:
         return ("speech synthesis", "voice", True, voice.check(), "")
@@ -453,7 +453,7 @@ def _speech() -> Finding:
 
 
 def _audio() -> Finding:
-    from . import voice
+    from timmy import voice
 
     try:
         return ("audio output", "audio", True, f"{voice.audio_output()} plays sound", "")
@@ -500,7 +500,7 @@ def probe_ollama(base: str, timeout: float = 2.0) -> dict:
 
     The same probe ``executor="auto"`` uses (`timmy.llm.probe`, standard library only).
     """
-    from .llm import probe
+    from timmy.llm import probe
 
     found = probe(base, timeout=timeout)
     if not found.reachable:

@@ -44,10 +44,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from .errors import ConfigError, ExecutorUnavailable, require
-from .executors import Outcome
-from .personas import Persona
-from .protocol import Usage
+from timmy.engine.executors import Outcome
+from timmy.engine.protocol import Usage
+from timmy.errors import ConfigError, ExecutorUnavailable, require
+from timmy.market.personas import Persona
 
 DEFAULT_HOST = "http://127.0.0.1:11434"
 DEFAULT_MODEL = "llama3.2"

@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
-from .errors import ConfigError
+from timmy.errors import ConfigError
 
 DEFAULT_LIMIT = 1000    # rows per page when no limit is given
 MAX_LIMIT = 10_000      # most rows a swarm service returns per call (larger asks are cut)

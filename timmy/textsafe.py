@@ -3,7 +3,7 @@
 A task description, a result, an agent's name or an error message can carry terminal
 escapes: OSC 52 writes the reader's clipboard, OSC 0 retitles the window, CSI 8m hides the
 text after it, a carriage return or backspaces overwrite what was printed. `clean` is the
-one function every printer of the command line (`timmy.cli` and its modules, the remote
+one function every printer of the command line (`timmy.cli.app` and its modules, the remote
 runner, the log lines of ``timmy serve``) passes such text through: control characters
 become visible escapes (``\\x1b``, ``\\r``, ``\\x9b``), and so do the Unicode controls that
 reorder what is shown (bidirectional overrides and isolates). Ordinary Unicode, tabs and

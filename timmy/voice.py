@@ -53,8 +53,8 @@ from pathlib import Path
 from queue import SimpleQueue
 from typing import Any
 
-from .errors import ConfigError, VoiceUnavailable
-from .models import Event
+from timmy.errors import ConfigError, VoiceUnavailable
+from timmy.market.models import Event
 
 __all__ = ["Announcer", "VoiceUnavailable", "announcer", "audio_output", "check", "save",
            "speak"]

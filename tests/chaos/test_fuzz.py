@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from test_service import ServiceProcess
 
-from timmy import protocol
+from timmy.engine import protocol
 
 VALID = [
     {"v": 1, "type": "bid", "task_id": 1, "sats": 12, "on_spec": True},

@@ -1,4 +1,4 @@
-"""Chaos soak (`timmy.chaos`): 2,000 tasks through a real ``timmy serve`` whose runners are
+"""Chaos soak (`timmy.ops.chaos`): 2,000 tasks through a real ``timmy serve`` whose runners are
 SIGKILLed at random every ~200 ms and which is itself SIGKILLed and restarted twice.
 Every task must end (completed, or failed with a reason after max_attempts), none lost,
 duplicated or completed twice, bids and events agreeing with tasks, no orphan process.
@@ -15,8 +15,8 @@ import sqlite3
 
 import pytest
 
-from timmy.chaos import audit, soak
-from timmy.workload import demo_descriptions
+from timmy.ops.chaos import audit, soak
+from timmy.sim.workloads import demo_descriptions
 
 
 def check(report, max_attempts: int = 3) -> None:

@@ -19,8 +19,8 @@ import time
 import pytest
 
 import timmy
-from timmy.chaos import audit
 from timmy.errors import StoreError
+from timmy.ops.chaos import audit
 
 BIG = "x" * 4000
 

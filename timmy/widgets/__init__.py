@@ -24,10 +24,10 @@ redraws), `render` (escaped HTML), `console` (what desktop and mobile share),
 
 from __future__ import annotations
 
-from .desktop import DesktopConsole, desktop
-from .inspector import AuctionStory, Inspector, explain, inspect
-from .mobile import MobileConsole, mobile
-from .page import dashboard
+from timmy.widgets.desktop import DesktopConsole, desktop
+from timmy.widgets.inspector import AuctionStory, Inspector, explain, inspect
+from timmy.widgets.mobile import MobileConsole, mobile
+from timmy.widgets.page import dashboard
 
 __all__ = ["AuctionStory", "DesktopConsole", "Inspector", "MobileConsole", "dashboard",
            "desktop", "explain", "inspect", "mobile"]

@@ -14,10 +14,10 @@ from __future__ import annotations
 import functools
 import threading
 
-from ..errors import TimmyError, require
-from .render import esc
-from .state import SwarmState
-from .throttle import Throttle
+from timmy.errors import TimmyError, require
+from timmy.widgets.render import esc
+from timmy.widgets.state import SwarmState
+from timmy.widgets.throttle import Throttle
 
 TOUCH = {"min_height": "44px"}
 WINDOW = 1000   # newest tasks a console starts from (one page: the history is never loaded)
@@ -80,7 +80,7 @@ class SpeakMixin:
     def _start_speaking(self) -> None:
         import tempfile
 
-        from .. import voice
+        from timmy import voice
 
         try:
             voice.check()
@@ -226,7 +226,7 @@ class Console(SpeakMixin):
 
 def is_attached(swarm) -> bool:
     """True for a `timmy.Swarm.attach` client (its subscribe reports the connection)."""
-    from ..client import AttachedSwarm
+    from timmy.service.client import AttachedSwarm
 
     return isinstance(swarm, AttachedSwarm)
 

@@ -6,11 +6,11 @@ and on an attached client alike (public methods only).
 
 from __future__ import annotations
 
-from ..errors import TimmyError
-from ..models import TASK_STATES
-from . import render
-from .console import TOUCH, Console, console_box, error_html
-from .render import esc
+from timmy.errors import TimmyError
+from timmy.market.models import TASK_STATES
+from timmy.widgets import render
+from timmy.widgets.console import TOUCH, Console, console_box, error_html
+from timmy.widgets.render import esc
 
 ALL = "all"
 
@@ -40,7 +40,7 @@ class DesktopConsole(Console):
                                     layout=w.Layout(**TOUCH))
         self.stop_button.on_click(self._on_stop)
         self.control_message = w.HTML()
-        from .inspector import Inspector
+        from timmy.widgets.inspector import Inspector
 
         self.inspector = Inspector(swarm)
         controls = w.VBox([self.post_box(),
@@ -66,7 +66,7 @@ class DesktopConsole(Console):
         self.redraw_now()
 
     def _personas(self) -> list[str]:
-        from ..personas import PERSONAS
+        from timmy.market.personas import PERSONAS
 
         return sorted(PERSONAS)
 

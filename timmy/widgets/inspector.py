@@ -1,7 +1,7 @@
 """The auction inspector: every bid of a task's auctions and one line saying why the winner won.
 
 `explain` is pure: it groups recorded bids (``swarm.bids(task_id)``) by auction,
-clears them again with the engine's own `timmy.auction.clear` under the rule they
+clears them again with the engine's own `timmy.market.auction.clear` under the rule they
 were recorded with, and says whether that matches the recorded winner (it can
 differ when a cheaper bidder's queue was full at the close and it did not count).
 `Inspector` is the widget around it; ``inspect(swarm, task_id)`` returns one.
@@ -12,12 +12,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from itertools import groupby
 
-from ..auction import Bid, clear
-from ..errors import TaskNotFound, TimmyError
-from ..paging import MAX_LIMIT
-from . import render
-from .console import TOUCH, error_html, ipywidgets
-from .render import esc
+from timmy.errors import TaskNotFound, TimmyError
+from timmy.market.auction import Bid, clear
+from timmy.paging import MAX_LIMIT
+from timmy.widgets import render
+from timmy.widgets.console import TOUCH, error_html, ipywidgets
+from timmy.widgets.render import esc
 
 
 @dataclass(frozen=True, slots=True)

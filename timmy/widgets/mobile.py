@@ -7,10 +7,10 @@ Result text is fetched only for the few newest completed tasks, once each, with
 
 from __future__ import annotations
 
-from ..errors import TimmyError
-from . import render
-from .console import Console, console_box
-from .render import esc
+from timmy.errors import TimmyError
+from timmy.widgets import render
+from timmy.widgets.console import Console, console_box
+from timmy.widgets.render import esc
 
 
 class MobileConsole(Console):

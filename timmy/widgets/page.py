@@ -20,9 +20,9 @@ from __future__ import annotations
 import os
 import threading
 
-from ..errors import TimmyError
-from .console import error_html, ipywidgets
-from .render import esc
+from timmy.errors import TimmyError
+from timmy.widgets.console import error_html, ipywidgets
+from timmy.widgets.render import esc
 
 RETRY_EVERY = 5.0   # seconds between attempts of an unattached page to reach the service
 
@@ -70,7 +70,7 @@ def dashboard(kind: str = "desktop", url: str | None = None, token: str | None =
     that is down: the page shows the error, its hint and a Retry button.
     """
     if kind not in PAGES:
-        from ..errors import ConfigError
+        from timmy.errors import ConfigError
 
         raise ConfigError(f"unknown dashboard {kind!r}", hint='use "desktop" or "mobile"')
     return Page(kind, url, token, interval).box
@@ -114,7 +114,7 @@ class Page:
         self._timer.start()
 
     def _attach(self) -> None:
-        from . import desktop, mobile
+        from timmy.widgets import desktop, mobile
 
         try:
             swarm = self._swarm()
@@ -131,7 +131,7 @@ class Page:
         self.body.children = [self.console]
 
     def _swarm(self):
-        from ..client import AttachedSwarm, default_token
+        from timmy.service.client import AttachedSwarm, default_token
 
         token = self.token or default_token(os.environ.get("TIMMY_DB"))
         swarm = AttachedSwarm(self.url, token) if self.url else AttachedSwarm(token=token)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import html
 from collections.abc import Iterable, Sequence
 
-from ..models import ACTIVE_STATES, AGENT_WORKING_STATES
+from timmy.market.models import ACTIVE_STATES, AGENT_WORKING_STATES
 
 STATUS_COLOURS = {"completed": "#2e7d32", "failed": "#c62828", "cancelled": "#757575",
                   "running": "#1565c0", "assigned": "#6a1b9a", "bidding": "#ef6c00",

@@ -11,7 +11,7 @@ import time
 from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass, field
 
-from ..models import TERMINAL_STATES
+from timmy.market.models import TERMINAL_STATES
 
 AGENT_STATUS = {"agent_joined": "idle", "agent_restarted": "idle",
                 "agent_crashed": "restarting", "agent_left": "stopped",

@@ -1,0 +1,538 @@
+"""DuckDB over bid logs: `connect` to an export or a live store, then ask canned questions.
+
+    con = connect("data/demo-export")          # an export directory (Parquet files)
+    con = connect("data/timmy.db")             # or a live store, read on the fly
+    con = connect(timmy.sim.simulator.simulate(descs))   # or a simulated run, without exporting it
+    win_rate_by_persona(con)                   # -> pandas DataFrame
+    con.sql("SELECT ... FROM bids JOIN agents USING (agent_id)")   # or your own SQL
+
+`connect` gives views ``tasks``, ``bids``, ``agents`` and ``events`` with the
+columns of `timmy.storage.store` (times in epoch seconds), and a table
+``task_keywords(task_id, keyword, persona)``: which catalog keywords each
+task's description matches on word boundaries. Each canned query is a named
+function taking the connection (or anything `connect` accepts) and returning a
+DataFrame; `REPORTS` lists them for ``timmy report`` and the notebooks.
+
+The questions stay SQL run by DuckDB, so they hold at millions of bids. A bid's
+persona comes from ``agents`` (the ``<persona>-<n>`` agent id when an agent is
+missing). "Price paid" is ``tasks.price_sats`` of completed tasks: what the
+winner earned. DuckDB extensions that download (sqlite_scanner, httpfs) are
+never used: a live store is streamed through SQLAlchemy into temporary Parquet
+files (`timmy.storage.export.export_store`), and auto-installing extensions is switched off.
+duckdb and pandas are imported on first use (extra ``analysis``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from timmy.errors import ConfigError, ExportError, StoreError, require
+
+if TYPE_CHECKING:
+    import duckdb
+    import pandas as pd
+
+    from timmy.market.personas import Persona
+
+#: The tables of an export, each a ``<name>.parquet`` file in the directory.
+TABLES = ("tasks", "bids", "agents", "events")
+EXPORT_HINT = "export one with swarm.export(dir) or `timmy export DB DIR`"
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+# No DuckDB extension may be fetched from the network, even by a user's own query.
+_DUCKDB_CONFIG = {"autoinstall_known_extensions": False, "autoload_known_extensions": False,
+                  "allow_community_extensions": False}
+
+
+# -- connecting ------------------------------------------------------------------------
+
+
+def connect(source: str | os.PathLike | Any, *,
+            personas: Mapping[str, Persona] | Iterable[Persona] | None = None
+            ) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB connection over an export or a live store.
+
+    ``source`` is an export directory (``tasks``/``bids``/``agents``/``events``
+    ``.parquet``, as written by ``swarm.export``, ``timmy export`` or
+    ``SimRun.export``), a SQLite file path, an SQLAlchemy URL (a database is
+    exported in one snapshot, a chunk at a time, to temporary Parquet files kept
+    as long as the connection: later writes are not seen, and however long its
+    history, it is never held in memory), or an
+    object with ``tasks``, ``bids``, ``agents`` and ``events`` DataFrames, such
+    as a `timmy.sim.simulator.SimRun`. ``personas`` (default `timmy.PERSONAS`) is the
+    catalog whose keywords fill ``task_keywords``.
+
+    Raises `ExportError` for a path that is neither an export directory nor a
+    database, or an export with a missing, unreadable or foreign table file,
+    `StoreError` when a database cannot be read, `ConfigError` for anything else.
+    """
+    duckdb = require("duckdb", "analysis")
+    con = duckdb.connect(":memory:", config=_DUCKDB_CONFIG)
+    try:
+        if isinstance(source, str | os.PathLike):
+            url = _database_url(source)
+            if url is None:
+                _view_export(con, Path(source))
+            else:
+                _snapshot_store(con, url)
+        elif all(hasattr(source, name) for name in TABLES):
+            _register(con, {name: getattr(source, name) for name in TABLES},
+                      f"the {type(source).__name__}")
+        else:
+            raise ConfigError(f"cannot analyse a {type(source).__name__}",
+                              hint="pass an export directory, a SQLite file or URL, or a "
+                                   "SimRun")
+        _build_task_keywords(con, _catalog(personas))
+    except BaseException:
+        con.close()
+        raise
+    return con
+
+
+def export_files(directory: str | Path) -> dict[str, Path]:
+    """The four table files of an export directory, or `ExportError` naming what is missing."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise ExportError(f"no export directory at {directory}", hint=EXPORT_HINT)
+    files = {name: directory / f"{name}.parquet" for name in TABLES}
+    for name, path in files.items():
+        if not path.is_file():
+            csv = directory / f"{name}.csv"
+            hint = (f"{csv.name} is there, but analytics reads Parquet: export again "
+                    "without --format csv" if csv.is_file() else EXPORT_HINT)
+            raise ExportError(f"{directory} is not a timmy export: it has no {path.name}",
+                              hint=hint)
+    return files
+
+
+def _database_url(source: str | Path) -> str | None:
+    """The database URL ``source`` names, or None when it is an export directory."""
+    if isinstance(source, str) and "://" in source:
+        _check_sqlite_file(source)
+        return source
+    path = Path(source)
+    if path.is_dir():
+        return None
+    if not path.exists():
+        raise ExportError(f"no export directory or database at {path}",
+                          hint=f"pass an export directory or a SQLite file; {EXPORT_HINT}")
+    try:
+        with path.open("rb") as f:
+            head = f.read(len(_SQLITE_MAGIC))
+    except OSError as exc:
+        raise ExportError(f"cannot read {path}: {exc.strerror or exc}",
+                          hint="check the file's permissions") from exc
+    if head == _SQLITE_MAGIC:
+        from timmy.storage.address import db_url
+
+        return db_url(str(path))
+    if path.suffix == ".parquet":
+        raise ExportError(f"{path} is one table of an export, not the export",
+                          hint=f"pass the directory that holds it: {path.parent}")
+    raise ExportError(f"{path} is neither an export directory nor a SQLite database",
+                      hint=f"pass an export directory or a timmy SQLite file; {EXPORT_HINT}")
+
+
+def _check_sqlite_file(url: str) -> None:
+    """Refuse a ``sqlite:///`` URL whose file does not exist (SQLite would create it)."""
+    import sqlalchemy as sa
+
+    try:
+        parsed = sa.engine.make_url(url)
+    except sa.exc.ArgumentError:
+        return  # Store says what is wrong with the URL
+    db = parsed.database
+    if (parsed.get_backend_name() == "sqlite" and db and db != ":memory:"
+            and not db.startswith("file:") and not Path(db).is_file()):
+        raise StoreError(f"no database file at {db}",
+                         hint="pass the path of a timmy SQLite file (e.g. data/timmy.db), "
+                              "an SQLAlchemy URL or an export directory")
+
+
+def _view_export(con: duckdb.DuckDBPyConnection, directory: Path) -> None:
+    import duckdb
+
+    for name, path in export_files(directory).items():
+        literal = _sql_string(_glob_literal(str(path.resolve())))
+        try:
+            con.execute(f"CREATE VIEW {name} AS SELECT * FROM read_parquet({literal})")
+        except duckdb.Error as exc:
+            raise ExportError(f"{path} is not a readable Parquet file "
+                              f"({str(exc).splitlines()[0][:200]})",
+                              hint=f"export it again; {EXPORT_HINT}") from exc
+        _check_columns(con, name, str(path))
+
+
+def _glob_literal(path: str) -> str:
+    """``path`` as a DuckDB file pattern that matches only itself: DuckDB globs every path it
+    reads (``run[1]`` would read ``run1``), and a one-character class is literal."""
+    return "".join(f"[{ch}]" if ch in "[*?" else ch for ch in path)
+
+
+def _sql_string(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+# DuckDB's type names that a numeric column of timmy's may have (a DataFrame with a missing
+# value turns an integer column into a float one, a decimal is a number too).
+_NUMERIC = ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT",
+            "UINTEGER", "UBIGINT", "UHUGEINT", "FLOAT", "DOUBLE", "DECIMAL", "NULL")
+
+
+def _check_columns(con: duckdb.DuckDBPyConnection, name: str, where: str) -> None:
+    """Refuse a table without the columns of timmy's, or with a number column that holds
+    something else (the queries would fail obscurely, or sum text)."""
+    import sqlalchemy as sa
+
+    from timmy.storage.export import TABLES as SCHEMA
+
+    columns = {row[0]: row[1] for row in con.execute(f"DESCRIBE {name}").fetchall()}
+    missing = [c.name for c in SCHEMA[name].columns if c.name not in columns]
+    if missing:
+        raise ExportError(f"{where} has no column {missing[0]!r}: not a timmy {name} table",
+                          hint=f"export it again with this timmy; {EXPORT_HINT}")
+    for column in SCHEMA[name].columns:
+        kind = str(columns[column.name]).upper()
+        if isinstance(column.type, sa.Boolean):
+            ok = kind == "BOOLEAN" or kind.startswith(_NUMERIC)
+        elif isinstance(column.type, sa.Integer | sa.Float):
+            ok = kind.startswith(_NUMERIC)
+        else:
+            continue
+        if not ok:
+            want = "true/false" if isinstance(column.type, sa.Boolean) else "numbers"
+            raise ExportError(f"{where}: column {column.name!r} holds {kind}, not {want}: "
+                              f"not a timmy {name} table",
+                              hint=f"export it again with this timmy; {EXPORT_HINT}")
+
+
+def _snapshot_store(con: duckdb.DuckDBPyConnection, url: str) -> None:
+    """Views over a live store's export, in a temporary directory removed with ``con``."""
+    import shutil
+    import tempfile
+    import weakref
+
+    from timmy.storage.export import export_store
+    from timmy.storage.store import Store
+
+    store = Store(url, create=False)
+    try:
+        tmp = tempfile.mkdtemp(prefix="timmy-analytics-")   # owner-only (0700)
+        weakref.finalize(con, shutil.rmtree, tmp, True)
+        export_store(store, tmp)
+    finally:
+        store.dispose()
+    _view_export(con, Path(tmp))
+
+
+def _register(con: duckdb.DuckDBPyConnection, tables: Mapping[str, Any], where: str) -> None:
+    """Views over in-memory tables (Arrow tables or pandas DataFrames)."""
+    for name, table in tables.items():
+        con.register(name, table)
+        _check_columns(con, name, f"{name} of {where}")
+
+
+def _catalog(personas) -> dict[str, Persona]:
+    if personas is None:
+        from timmy.market.personas import PERSONAS
+
+        return dict(PERSONAS)
+    if isinstance(personas, Mapping):
+        return dict(personas)
+    return {p.id: p for p in personas}
+
+
+def _build_task_keywords(con: duckdb.DuckDBPyConnection, catalog: dict[str, Persona]) -> None:
+    """``task_keywords``: each task's matched keywords, matched once per distinct description
+    (workloads repeat templates, so there are far fewer descriptions than tasks)."""
+    import pyarrow as pa
+
+    descriptions, keywords, owners = [], [], []
+    for (text,) in con.execute(
+            "SELECT DISTINCT description FROM tasks WHERE description IS NOT NULL").fetchall():
+        for pid, persona in catalog.items():
+            for keyword in persona.matched_keywords(text):
+                descriptions.append(text)
+                keywords.append(keyword)
+                owners.append(pid)
+    matched = pa.table({"description": pa.array(descriptions, pa.string()),
+                        "keyword": pa.array(keywords, pa.string()),
+                        "persona": pa.array(owners, pa.string())})
+    con.register("_description_keywords", matched)
+    try:
+        con.execute("""
+            CREATE TABLE task_keywords AS
+            SELECT t.task_id, d.keyword, d.persona
+            FROM tasks t JOIN _description_keywords d USING (description)
+            ORDER BY t.task_id, d.persona, d.keyword""")
+    finally:
+        con.unregister("_description_keywords")
+
+
+def _connection(source) -> duckdb.DuckDBPyConnection:
+    duckdb = require("duckdb", "analysis")
+    return source if isinstance(source, duckdb.DuckDBPyConnection) else connect(source)
+
+
+def _frame(source, sql: str) -> pd.DataFrame:
+    require("pandas", "analysis")
+    duckdb = require("duckdb", "analysis")
+    try:
+        return _connection(source).execute(sql).df()
+    except duckdb.Error as exc:     # a value the table's type allows but the query cannot use
+        raise ExportError(f"a report query failed on this data: {_first_line(exc)}",
+                          hint=f"the tables may come from another program or be edited by "
+                               f"hand; export them again; {EXPORT_HINT}") from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split("\n", 1)[0].split())[:300]
+
+
+# Each bid with its persona (from agents; the agent id's "<persona>-<n>" when unknown).
+_BIDS = """(SELECT b.*, coalesce(a.persona, regexp_replace(b.agent_id, '-[0-9]+$', ''))
+             AS persona FROM bids b LEFT JOIN agents a USING (agent_id))"""
+
+
+# -- the canned queries ---------------------------------------------------------------
+
+
+def win_rate_by_persona(source) -> pd.DataFrame:
+    """Win rate by persona: auctions entered, auctions won, and the share won.
+
+    One row per persona that bid: ``auctions_entered`` (distinct auctions any of
+    its agents bid in; a re-auctioned task counts once per auction), ``won``
+    and ``win_rate`` = won / entered. Most wins first.
+    """
+    return _frame(source, f"""
+        SELECT persona,
+               count(DISTINCT auction_id) AS auctions_entered,
+               count(*) FILTER (WHERE won) AS won,
+               count(*) FILTER (WHERE won) / count(DISTINCT auction_id) AS win_rate
+        FROM {_BIDS} GROUP BY persona
+        ORDER BY won DESC, persona""")
+
+
+def earnings_by_persona(source) -> pd.DataFrame:
+    """Earnings by persona: completed tasks, sats earned, mean price paid.
+
+    One row per persona with an agent (zero when it completed nothing):
+    ``completed`` tasks won and finished, ``sats_earned`` (their prices),
+    ``mean_price`` and ``earnings_share`` (of all sats paid). Richest first.
+    """
+    return _frame(source, """
+        WITH done AS (
+            SELECT coalesce(a.persona, regexp_replace(t.assigned_agent, '-[0-9]+$', ''))
+                   AS persona, t.price_sats
+            FROM tasks t LEFT JOIN agents a ON a.agent_id = t.assigned_agent
+            WHERE t.status = 'completed'),
+        personas AS (SELECT persona FROM agents UNION SELECT persona FROM done)
+        SELECT p.persona,
+               count(d.price_sats) AS completed,
+               coalesce(sum(d.price_sats), 0)::BIGINT AS sats_earned,
+               avg(d.price_sats) AS mean_price,
+               coalesce(sum(d.price_sats), 0)
+                   / nullif(sum(sum(d.price_sats)) OVER (), 0) AS earnings_share
+        FROM personas p LEFT JOIN done d USING (persona)
+        GROUP BY p.persona
+        ORDER BY sats_earned DESC, p.persona""")
+
+
+def price_by_keyword(source) -> pd.DataFrame:
+    """Price by keyword: what tasks mentioning each catalog keyword cost, and who won them.
+
+    One row per matched keyword (``personas``: whose keyword it is), plus
+    ``(none)`` for tasks that match no keyword: ``tasks`` that mention it,
+    ``completed``, ``mean_price`` and ``median_price`` paid for the completed
+    ones, and ``on_spec_share``: the share of their winning bids (every
+    auction, re-auctions included) that were on the winner's speciality.
+    """
+    return _frame(source, """
+        WITH tk AS (
+            SELECT DISTINCT task_id, keyword FROM task_keywords
+            UNION ALL
+            SELECT task_id, '(none)' FROM tasks
+            WHERE task_id NOT IN (SELECT task_id FROM task_keywords)),
+        owners AS (
+            SELECT keyword, string_agg(DISTINCT persona, ', ' ORDER BY persona) AS personas
+            FROM task_keywords GROUP BY keyword),
+        wins AS (
+            SELECT task_id, count(*) AS wins, count(*) FILTER (WHERE on_spec) AS on_spec_wins
+            FROM bids WHERE won GROUP BY task_id)
+        SELECT tk.keyword,
+               coalesce(any_value(o.personas), '') AS personas,
+               count(*) AS tasks,
+               count(*) FILTER (WHERE t.status = 'completed') AS completed,
+               avg(t.price_sats) FILTER (WHERE t.status = 'completed') AS mean_price,
+               median(t.price_sats) FILTER (WHERE t.status = 'completed') AS median_price,
+               sum(w.on_spec_wins) / nullif(sum(w.wins), 0) AS on_spec_share
+        FROM tk JOIN tasks t USING (task_id)
+             LEFT JOIN owners o USING (keyword)
+             LEFT JOIN wins w USING (task_id)
+        GROUP BY tk.keyword
+        ORDER BY tk.keyword = '(none)', tasks DESC, tk.keyword""")
+
+
+def price_by_spec(source) -> pd.DataFrame:
+    """On- vs off-spec winners: how many, at what price, and how often they delivered.
+
+    One row each for winning bids on and off the winner's speciality: ``wins``
+    (auctions won), ``mean_bid`` (what the winners asked), ``completed`` (wins
+    whose task the winner finished), ``mean_price`` and ``median_price`` paid
+    for those, and ``success_rate`` = completed / decided wins, where a win is
+    decided once the task is completed or failed, or a later auction replaced it.
+    """
+    return _frame(source, """
+        WITH last_win AS (
+            SELECT task_id, max(auction_id) AS auction_id FROM bids WHERE won GROUP BY task_id),
+        w AS (
+            SELECT b.on_spec, b.sats, t.price_sats,
+                   b.auction_id = l.auction_id AND t.status = 'completed' AS succeeded,
+                   b.auction_id < l.auction_id OR t.status IN ('completed', 'failed')
+                       AS decided
+            FROM bids b JOIN last_win l USING (task_id) JOIN tasks t USING (task_id)
+            WHERE b.won)
+        SELECT CASE WHEN on_spec THEN 'on-spec' ELSE 'off-spec' END AS spec,
+               count(*) AS wins,
+               avg(sats) AS mean_bid,
+               count(*) FILTER (WHERE succeeded) AS completed,
+               avg(price_sats) FILTER (WHERE succeeded) AS mean_price,
+               median(price_sats) FILTER (WHERE succeeded) AS median_price,
+               count(*) FILTER (WHERE succeeded)
+                   / nullif(count(*) FILTER (WHERE decided), 0) AS success_rate
+        FROM w GROUP BY on_spec
+        ORDER BY on_spec DESC""")
+
+
+def latency_percentiles(source) -> pd.DataFrame:
+    """Latency percentiles (ms): post -> assign, assign -> complete, post -> complete.
+
+    Over completed tasks: ``created_at`` -> ``assigned_at`` (the last
+    assignment, so a re-auctioned task's wait includes its failed attempts)
+    -> ``completed_at``. One row per stage: ``tasks``, ``p50_ms``, ``p90_ms``,
+    ``p99_ms`` (linear interpolation) and ``max_ms``.
+    """
+    return _frame(source, """
+        WITH d AS (
+            SELECT created_at, assigned_at, completed_at FROM tasks
+            WHERE status = 'completed' AND assigned_at IS NOT NULL
+                  AND completed_at IS NOT NULL),
+        ms AS (
+            SELECT 1 AS ord, (assigned_at - created_at) * 1000 AS ms FROM d
+            UNION ALL SELECT 2, (completed_at - assigned_at) * 1000 FROM d
+            UNION ALL SELECT 3, (completed_at - created_at) * 1000 FROM d)
+        SELECT s.stage,
+               count(ms.ms) AS tasks,
+               quantile_cont(ms.ms, 0.5) AS p50_ms,
+               quantile_cont(ms.ms, 0.9) AS p90_ms,
+               quantile_cont(ms.ms, 0.99) AS p99_ms,
+               max(ms.ms) AS max_ms
+        FROM (VALUES (1, 'post -> assign'), (2, 'assign -> complete'),
+                     (3, 'post -> complete')) s(ord, stage)
+             LEFT JOIN ms USING (ord)
+        GROUP BY s.ord, s.stage ORDER BY s.ord""")
+
+
+def reauctions_and_failures(source) -> pd.DataFrame:
+    """Re-auctions and failures: attempts and auctions per task, outcomes, why tasks failed.
+
+    A long table of task counts (``share`` of all tasks), ``what`` being
+    ``attempts`` (tasks by attempts used), ``auctions`` (tasks by auctions
+    held, a re-auction without a used attempt included), ``re-auctioned``
+    (tasks with more than one auction), ``status`` (tasks by state) and
+    ``failure`` (failed tasks by reason, agent ids shown as ``<agent>`` and
+    numbers as ``N`` so alike reasons group together).
+    """
+    return _frame(source, r"""
+        WITH auctions AS (
+            SELECT t.task_id, count(DISTINCT b.auction_id) AS n
+            FROM tasks t LEFT JOIN bids b USING (task_id) GROUP BY t.task_id),
+        rows AS (
+            SELECT 1 AS ord, 'attempts' AS what, attempts::VARCHAR AS value,
+                   attempts AS sort, count(*) AS tasks
+            FROM tasks GROUP BY attempts
+            UNION ALL
+            SELECT 2, 'auctions', n::VARCHAR, n, count(*) FROM auctions GROUP BY n
+            UNION ALL
+            SELECT 3, 're-auctioned', 'more than one auction', 0, count(*)
+            FROM auctions WHERE n > 1
+            UNION ALL
+            SELECT 4, 'status', status, -count(*), count(*) FROM tasks GROUP BY status
+            UNION ALL
+            SELECT 5, 'failure', reason, -count(*), count(*) FROM (
+                SELECT coalesce(regexp_replace(regexp_replace(reason,
+                           '\b[a-z][a-z0-9_]*-[0-9]+\b', '<agent>', 'g'), '[0-9]+', 'N', 'g'),
+                           '(no reason)') AS reason
+                FROM tasks WHERE status = 'failed')
+            GROUP BY reason)
+        SELECT what, value, tasks,
+               tasks / nullif((SELECT count(*) FROM tasks), 0) AS share
+        FROM rows ORDER BY ord, sort, value""")
+
+
+def bids_per_auction(source) -> pd.DataFrame:
+    """Bids per auction: how many auctions drew how many bids.
+
+    One row per bid count: ``bids`` in an auction (``auction_id``), the number
+    of ``auctions`` that drew that many, and their ``share`` of all auctions.
+    Auctions nobody bid in leave no bid rows and do not appear.
+    """
+    return _frame(source, """
+        WITH per AS (SELECT auction_id, count(*) AS bids FROM bids GROUP BY auction_id)
+        SELECT bids, count(*) AS auctions, count(*) / sum(count(*)) OVER () AS share
+        FROM per GROUP BY bids ORDER BY bids""")
+
+
+def price_over_time(source, *, buckets: int = 50, window: int = 5) -> pd.DataFrame:
+    """Price over time: the price paid per completed task by time bucket, with a moving average.
+
+    Completion times are cut into ``buckets`` equal spans from the first
+    completion to the last. One row per non-empty bucket: ``bucket``,
+    ``start_s`` (seconds after the first completion), ``tasks``, ``mean_price``
+    and ``moving_avg``: the mean price of the tasks in this bucket and the
+    ``window - 1`` before it.
+    """
+    buckets, window = int(buckets), int(window)
+    if buckets < 1 or window < 1:
+        raise ConfigError(f"price_over_time needs buckets >= 1 and window >= 1, "
+                          f"got {buckets} and {window}", hint="e.g. buckets=50, window=5")
+    return _frame(source, f"""
+        WITH done AS (
+            SELECT completed_at AS t, price_sats FROM tasks
+            WHERE status = 'completed' AND completed_at IS NOT NULL
+                  AND price_sats IS NOT NULL),
+        span AS (SELECT min(t) AS t0, max(t) - min(t) AS width FROM done),
+        b AS (
+            SELECT CASE WHEN width > 0
+                        THEN least(floor((t - t0) / width * {buckets}), {buckets - 1})
+                        ELSE 0 END::BIGINT AS bucket,
+                   price_sats, width
+            FROM done, span)
+        SELECT bucket,
+               bucket * any_value(width) / {buckets} AS start_s,
+               count(*) AS tasks,
+               avg(price_sats) AS mean_price,
+               sum(sum(price_sats)) OVER w / sum(count(*)) OVER w AS moving_avg
+        FROM b GROUP BY bucket
+        WINDOW w AS (ORDER BY bucket RANGE BETWEEN {window - 1} PRECEDING AND CURRENT ROW)
+        ORDER BY bucket""")
+
+
+#: Every canned query by name, in the order ``timmy report`` prints them.
+REPORTS: dict[str, Callable[..., pd.DataFrame]] = {
+    "win_rate_by_persona": win_rate_by_persona,
+    "earnings_by_persona": earnings_by_persona,
+    "price_by_keyword": price_by_keyword,
+    "price_by_spec": price_by_spec,
+    "latency_percentiles": latency_percentiles,
+    "reauctions_and_failures": reauctions_and_failures,
+    "bids_per_auction": bids_per_auction,
+    "price_over_time": price_over_time,
+}
+
+
+def title(name: str) -> str:
+    """A report's title: the first line of its docstring."""
+    return (REPORTS[name].__doc__ or name).strip().splitlines()[0].rstrip(".")

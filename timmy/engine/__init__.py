@@ -1,0 +1,1 @@
+"""The live swarm: runner processes, their supervisor, the coordinator and `Swarm`."""

@@ -1,0 +1,178 @@
+"""The wire between coordinator and runners: one JSON object per line, typed.
+
+Every message carries ``"v": 1`` and a ``"type"`` tag. `decode_runner` and
+`decode_coordinator` turn a line into a typed struct or raise `ProtocolError`;
+nothing downstream looks at raw dicts. Validation (ranges, lengths) lives in
+the types, and what is stored is bounded by its column (a pid, an agent id).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import msgspec
+from msgspec import Meta
+
+from timmy.errors import ProtocolError
+
+VERSION = 1
+MAX_DESCRIPTION = 8_000          # characters in a task description
+MAX_OUTPUT = 128 * 1024          # characters in a task result
+MAX_LINE = 1024 * 1024           # bytes in one line; longer lines are dropped as garbage
+
+TaskId = Annotated[int, Meta(ge=1, le=2**62)]
+AgentId = Annotated[str, Meta(min_length=1, max_length=64)]
+Sats = Annotated[int, Meta(ge=1, le=10_000)]
+Seq = Annotated[int, Meta(ge=0, le=2**63 - 1)]
+Text = Annotated[str, Meta(max_length=MAX_DESCRIPTION)]
+Seconds = Annotated[float, Meta(ge=0)]
+Count = Annotated[int, Meta(ge=0, le=2**62)]
+# Stored in agents.pid, a 32-bit INTEGER on a server database: a bigger one would make the
+# database refuse the agent's row (no real system hands out pids past 2**31 - 1).
+Pid = Annotated[int, Meta(ge=0, le=2**31 - 1)]
+
+
+class Message(
+    msgspec.Struct, frozen=True, kw_only=True, tag_field="type", forbid_unknown_fields=True
+):
+    v: Literal[1] = 1
+
+
+# coordinator -> runner
+class Announce(Message, tag="announce"):
+    task_id: TaskId
+    description: Text
+    attempt: Annotated[int, Meta(ge=1, le=1000)] = 1
+
+
+class Assign(Message, tag="assign"):
+    task_id: TaskId
+    description: Text
+    attempt: Annotated[int, Meta(ge=1, le=1000)] = 1
+
+
+class AuctionClosed(Message, tag="auction_closed"):
+    task_id: TaskId
+    winner: AgentId | None
+    price_sats: Sats | None
+
+
+class Ping(Message, tag="ping"):
+    seq: Seq
+
+
+class Shutdown(Message, tag="shutdown"):
+    """Exit now. ``reason`` (optional, added after version 1 shipped; left out of the line
+    when not given) says why, for a remote runner to print before it exits."""
+
+    reason: Annotated[str, Meta(max_length=200)] | msgspec.UnsetType = msgspec.UNSET
+
+
+# runner -> coordinator
+class Hello(Message, tag="hello"):
+    agent_id: AgentId
+    persona: AgentId
+    pid: Pid
+
+
+class Bid(Message, tag="bid"):
+    task_id: TaskId
+    sats: Sats
+    on_spec: bool
+
+
+class Decline(Message, tag="decline"):
+    task_id: TaskId
+    reason: Annotated[str, Meta(max_length=200)] = ""
+
+
+class Started(Message, tag="started"):
+    task_id: TaskId
+
+
+class Usage(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """What a model-backed execution (Ollama) cost: the model, its tokens, where time went.
+
+    ``first_token_s`` is measured by the runner (request sent -> first piece of the answer);
+    the ``*_s`` durations after it are the server's own figures (Ollama reports them in
+    nanoseconds): ``server_s`` the whole request, ``load_s`` loading the model, ``eval_s``
+    generating the ``output_tokens``.
+    """
+
+    model: Annotated[str, Meta(min_length=1, max_length=200)]
+    prompt_tokens: Count = 0
+    output_tokens: Count = 0
+    first_token_s: Seconds | None = None
+    server_s: Seconds | None = None
+    load_s: Seconds | None = None
+    eval_s: Seconds | None = None
+
+
+class Result(Message, tag="result"):
+    """The outcome of a task a runner won.
+
+    ``usage`` and ``permanent`` came after version 1 shipped; both are optional, so a
+    runner that sends neither still speaks the same protocol. ``usage`` is set by executors
+    that call a model (tokens and timing, see `Usage`); the coordinator puts it in the
+    task's ``task_completed`` / ``task_failed`` event. ``permanent`` marks a failure that
+    would repeat on any runner (a model the server has not pulled): the coordinator then
+    fails the task at once instead of auctioning it again.
+    """
+
+    task_id: TaskId
+    ok: bool
+    output: Annotated[str, Meta(max_length=MAX_OUTPUT)] = ""
+    elapsed_s: Seconds = 0.0
+    usage: Usage | None = None
+    permanent: bool = False
+
+
+class Pong(Message, tag="pong"):
+    seq: Seq
+
+
+class Bye(Message, tag="bye"):
+    """The runner is leaving on purpose (a remote runner's Ctrl-C or SIGTERM), its
+    connection ending next: what it held is auctioned again without using an attempt, as
+    for a runner the swarm stopped. Added after version 1 shipped; an older coordinator
+    counts it as one bad line."""
+
+    reason: Annotated[str, Meta(max_length=200)] = ""
+
+
+ToRunner = Announce | Assign | AuctionClosed | Ping | Shutdown
+FromRunner = Hello | Bid | Decline | Started | Result | Pong | Bye
+
+_encoder = msgspec.json.Encoder()
+_from_runner = msgspec.json.Decoder(FromRunner)
+_to_runner = msgspec.json.Decoder(ToRunner)
+
+
+def encode(msg: Message) -> bytes:
+    """One message as one line (with the newline)."""
+    return _encoder.encode(msg) + b"\n"
+
+
+def _decode(decoder: msgspec.json.Decoder, line: bytes | str):
+    if len(line) > MAX_LINE:
+        raise ProtocolError(
+            f"line of {len(line)} bytes exceeds the {MAX_LINE}-byte limit",
+            hint="send one JSON message per line, under 1 MiB",
+        )
+    try:
+        return decoder.decode(line)
+    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeError, RecursionError) as exc:
+        raise ProtocolError(
+            f"bad message: {exc}",
+            hint='each line must be one JSON object with "v": 1 and a known "type"',
+        ) from None
+
+
+def decode_runner(line: bytes | str) -> FromRunner:
+    """Decode a runner's line into a typed message, or raise `ProtocolError`."""
+    return _decode(_from_runner, line)
+
+
+def decode_coordinator(line: bytes | str) -> ToRunner:
+    """Decode a coordinator's line into a typed message, or raise `ProtocolError`."""
+    return _decode(_to_runner, line)

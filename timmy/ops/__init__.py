@@ -1,0 +1,1 @@
+"""Operating timmy: the dashboards launcher, Voilà's kernel culling, Chromium, the chaos soak."""

@@ -1,0 +1,1 @@
+"""One swarm, many views: the swarm service, its client and remote runners."""

@@ -1,0 +1,525 @@
+"""Simulate a swarm in-process on a virtual clock, with the live engine's own rules.
+
+`simulate` runs the same `personas`, `bidding` and `auction` code as a live
+swarm: the same keyed draws (seed, agent_id, task_id, attempt), the same
+learned counters per runner, the same clearing rules, the same seeded
+executions (`executors.simulated_plan`), the same ids. Two modes:
+
+* a list of descriptions: posted one at a time, each when the previous one has
+  finished, exactly like ``for d in descs: swarm.wait(swarm.post(d).task_id)``
+  on a fresh live swarm, so both pick the same winner at the same price for
+  every task (the parity the tests check);
+* a list of `workload.Arrival` (`poisson_arrivals`, `bursts`): tasks arrive on
+  the virtual clock and queue up, and runners hold up to ``runner_queue`` tasks
+  each, as in the live engine.
+
+Runners can crash (``crash_rate``): the task running uses its attempt, the ones
+waiting in that runner's queue are auctioned again without losing one, and the
+runner is back after ``restart_seconds`` with what it had learned, as live.
+
+The result, `SimRun`, has ``tasks``, ``bids``, ``agents`` and ``events`` as
+pandas DataFrames with the columns of a live export, and `SimRun.export`
+writes the same Parquet files, so every analytics query works on both. The
+simulator writes no per-bid events (the ``bids`` table has every bid); its
+events are the task and auction ones.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import deque
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from timmy.engine.executors import simulated_plan
+from timmy.errors import ConfigError, require
+from timmy.market.auction import Bid, check_rule, clear
+from timmy.market.bidding import BidStats, bid_rng, quote_matched, text_key
+from timmy.market.personas import PERSONAS, Persona
+from timmy.sim.workloads import Arrival
+
+TABLES = ("tasks", "bids", "agents", "events")
+STREAM_CRASH = text_key("crash")
+
+
+@dataclass(eq=False)
+class _Agent:
+    agent_id: str
+    persona: Persona
+    stats: BidStats = field(default_factory=BidStats)
+    queue: deque = field(default_factory=deque)   # task ids held, the first one running
+    won: int = 0
+    earned: int = 0
+    alive: bool = True
+    restarts: int = 0
+    life: int = 0            # bumped by a crash: clock entries of an earlier life are void
+
+
+@dataclass(eq=False)
+class _Task:
+    task_id: int
+    description: str
+    created_at: float
+    status: str = "queued"
+    attempts: int = 0
+    agent: str | None = None
+    price: int | None = None
+    assigned_at: float | None = None
+    completed_at: float | None = None
+    reason: str | None = None
+    result: str | None = None
+    on_spec: bool = False
+    keywords: tuple[str, ...] = ()
+
+
+class _Rows:
+    """Column lists per table, in the live export's column order."""
+
+    def __init__(self) -> None:
+        from timmy.storage.export import TABLES as LIVE
+
+        self.columns = {name: [c.name for c in LIVE[name].columns] for name in TABLES}
+        self.data: dict[str, list[list]] = {name: [[] for _ in cols]
+                                            for name, cols in self.columns.items()}
+
+    def add(self, table: str, *values) -> None:
+        for col, v in zip(self.data[table], values, strict=True):
+            col.append(v)
+
+    def send(self, sink: Sink) -> None:
+        for name in TABLES:
+            sink(name, dict(zip(self.columns[name], self.data[name], strict=True)))
+
+
+def _column(pa, values, type_):
+    if isinstance(values, pa.Array | pa.ChunkedArray):
+        return values if values.type == type_ else values.cast(type_)
+    return pa.array(values, type_)
+
+
+class Sink:
+    """Where simulated rows go: Arrow tables in memory, or Parquet files written as they come
+    (memory then stays flat however many tasks are simulated)."""
+
+    def __init__(self, out_dir: str | Path | None = None) -> None:
+        self.pa = require("pyarrow", "analysis")
+        from timmy.storage.export import TABLES as LIVE
+        from timmy.storage.export import _arrow_type
+
+        self.schemas = {name: self.pa.schema([(c.name, _arrow_type(self.pa, c))
+                                              for c in LIVE[name].columns]) for name in TABLES}
+        self.out = None if out_dir is None else Path(out_dir)
+        self.chunks: dict[str, list] = {name: [] for name in TABLES}
+        self.writers: dict = {}
+        if self.out is not None:
+            import pyarrow.parquet as pq
+
+            self.out.mkdir(parents=True, exist_ok=True)
+            self.writers = {name: pq.ParquetWriter(self.out / f"{name}.parquet",
+                                                   self.schemas[name]) for name in TABLES}
+
+    def __call__(self, name: str, columns: dict) -> None:
+        pa, schema = self.pa, self.schemas[name]
+        table = pa.table({f.name: _column(pa, columns[f.name], f.type) for f in schema},
+                         schema=schema)
+        if self.writers:
+            self.writers[name].write_table(table)
+        else:
+            self.chunks[name].append(table)
+
+    def close(self) -> SimRun:
+        for w in self.writers.values():
+            w.close()
+        if self.out is not None:
+            return SimRun(paths={name: self.out / f"{name}.parquet" for name in TABLES})
+        return SimRun(tables={name: self.pa.concat_tables(c) if c else
+                              self.schemas[name].empty_table()
+                              for name, c in self.chunks.items()})
+
+
+def agent_ids(runners: dict[str, int] | int | None, catalog: dict[str, Persona]) -> list[str]:
+    """The agent ids a fresh live swarm gives, in spawn order (spawn_all, repeated)."""
+    if runners is None:
+        runners = 1
+    if isinstance(runners, int):
+        runners = {pid: runners for pid in catalog}
+    unknown = sorted(set(runners) - set(catalog))
+    if unknown:
+        raise ConfigError(f"runners names unknown persona {unknown[0]!r}",
+                          hint=f"use persona ids from: {', '.join(catalog)}")
+    most = max(runners.values(), default=0)
+    return [f"{pid}-{n}" for n in range(1, most + 1) for pid in catalog
+            if runners.get(pid, 0) >= n]
+
+
+class Simulator:
+    """One simulated swarm. Use `simulate`; this class holds its state."""
+
+    def __init__(self, *, personas: dict[str, Persona] | None = None, seed: int = 0,
+                 rule: str = "specialist_first", runners: dict[str, int] | int | None = None,
+                 task_seconds: float = 0.05, max_attempts: int = 3,
+                 runner_queue: int = 32, start: float = 0.0, crash_rate: float = 0.0,
+                 restart_seconds: float = 0.5) -> None:
+        self.catalog = dict(PERSONAS if personas is None else personas)
+        self.seed, self.rule = seed, check_rule(rule)
+        self.task_seconds, self.max_attempts = task_seconds, max_attempts
+        self.runner_queue, self.now = runner_queue, start
+        self.crash_rate, self.restart_seconds = crash_rate, restart_seconds
+        self.agents = [_Agent(aid, self.catalog[aid.rsplit("-", 1)[0]])
+                       for aid in agent_ids(runners, self.catalog)]
+        self.by_id = {a.agent_id: a for a in self.agents}
+        self.tasks: list[_Task] = []
+        self.waiting: deque[int] = deque()        # tasks queued with no room anywhere
+        # (time, seq, what, task_id, agent_id, life): what is "done", "crash" or "restart"
+        self.clock: list[tuple[float, int, str, int, str, int]] = []
+        self._seq = 0
+        self._event_id = 0
+        self._matches: dict[str, dict[str, tuple[str, ...]]] = {}
+        self.rows = _Rows()
+        for a in self.agents:
+            self._event("agent_joined", None, a.agent_id)
+
+    # -- records ------------------------------------------------------------
+    def _event(self, kind: str, task_id: int | None, agent_id: str | None = None,
+               data: str = "{}") -> int:
+        self._event_id += 1
+        self.rows.add("events", self._event_id, self.now, kind, task_id, agent_id, data)
+        return self._event_id
+
+    def _matched(self, description: str) -> dict[str, tuple[str, ...]]:
+        m = self._matches.get(description)
+        if m is None:
+            m = {pid: tuple(p.matched_keywords(description)) for pid, p in self.catalog.items()}
+            if len(self._matches) < 100_000:
+                self._matches[description] = m
+        return m
+
+    # -- the rules ----------------------------------------------------------
+    def post(self, description: str) -> _Task:
+        task = _Task(len(self.tasks) + 1, description, self.now)
+        self.tasks.append(task)
+        self._event("task_posted", task.task_id)
+        self._auction(task)
+        return task
+
+    def _has_room(self, a: _Agent) -> bool:
+        return a.alive and len(a.queue) < self.runner_queue
+
+    def _at(self, when: float, what: str, task_id: int, agent: _Agent) -> None:
+        self._seq += 1
+        heapq.heappush(self.clock, (when, self._seq, what, task_id, agent.agent_id, agent.life))
+
+    def _auction(self, task: _Task) -> None:
+        if not any(self._has_room(a) for a in self.agents):
+            task.status = "queued"
+            self.waiting.append(task.task_id)
+            return
+        attempt = task.attempts + 1
+        auction_id = self._event("auction_opened", task.task_id)
+        matched = self._matched(task.description)
+        bids, quotes = [], {}
+        for a in self.agents:
+            if not a.alive:
+                continue
+            rng = bid_rng(self.seed, a.agent_id, task.task_id, attempt)
+            q = quote_matched(a.persona, matched[a.persona.id], rng, a.stats)
+            bids.append(Bid(a.agent_id, q.sats, q.on_spec))
+            quotes[a.agent_id] = q
+        full = {a.agent_id for a in self.agents if not self._has_room(a)}
+        clearing = clear(task.task_id, [b for b in bids if b.agent_id not in full], self.rule)
+        winner = clearing.winner
+        for b in bids:
+            self.rows.add("bids", None, task.task_id, attempt, auction_id, b.agent_id, b.sats,
+                          b.on_spec, b.agent_id == winner, self.rule, self.now)
+            self.by_id[b.agent_id].stats.record_auction(b.agent_id == winner)
+        self._event("auction_closed", task.task_id, winner)
+        agent = self.by_id[winner]
+        q = quotes[winner]
+        task.status, task.agent, task.price = "assigned", winner, clearing.price_sats
+        task.attempts, task.assigned_at = attempt, self.now
+        task.on_spec, task.keywords = q.on_spec, q.keywords
+        agent.won += 1
+        agent.queue.append(task.task_id)
+        self._event("task_assigned", task.task_id, winner)
+        if len(agent.queue) == 1:
+            self._start(agent)
+
+    def _start(self, agent: _Agent) -> None:
+        task = self.tasks[agent.queue[0] - 1]
+        task.status = "running"
+        plan = simulated_plan(self.seed, agent.agent_id, task.task_id, task.attempts,
+                              task.on_spec, self.task_seconds)
+        task.result = "ok" if plan.ok else None
+        if self.crash_rate:
+            draw = bid_rng(self.seed, agent.agent_id, task.task_id, task.attempts, STREAM_CRASH)
+            if draw.random() < self.crash_rate:   # the runner dies part-way through
+                self._at(self.now + plan.seconds * draw.random(), "crash", task.task_id, agent)
+                return
+        self._at(self.now + plan.seconds, "done", task.task_id, agent)
+
+    def _finish(self, task_id: int, agent_id: str) -> _Task:
+        agent, task = self.by_id[agent_id], self.tasks[task_id - 1]
+        agent.queue.popleft()
+        ok = task.result == "ok"
+        agent.stats.record_result(ok, task.keywords)
+        if agent.queue:  # the runner goes straight on to the next task it holds
+            self._start(agent)
+        if ok:
+            task.status, task.completed_at, task.reason = "completed", self.now, None
+            task.result = f"{agent_id} did: {task.description[:200]}"
+            agent.earned += task.price or 0
+            self._event("task_completed", task.task_id, agent_id)
+        else:
+            spec = "on" if task.on_spec else "off"
+            reason = (f"attempt {task.attempts} by {agent_id} failed: simulated failure "
+                      f"({spec}-spec task)")
+            task.result = f"simulated failure ({spec}-spec task)"
+            if task.attempts >= self.max_attempts:
+                task.status, task.completed_at = "failed", self.now
+                task.reason = f"{reason}; gave up after {task.attempts} attempts"
+                self._event("task_failed", task.task_id, agent_id)
+            else:
+                task.reason, task.agent, task.price, task.assigned_at = reason, None, None, None
+                self._event("task_requeued", task.task_id)
+                self._auction(task)
+        self._drain()
+        return task
+
+    def _drain(self) -> None:
+        while self.waiting and any(self._has_room(a) for a in self.agents):
+            self._auction(self.tasks[self.waiting.popleft() - 1])
+
+    def _crash(self, agent: _Agent) -> None:
+        """As live: the running task uses its attempt, the ones waiting behind it do not;
+        the runner comes back after restart_seconds with what it had learned."""
+        agent.alive, agent.life = False, agent.life + 1
+        held = list(agent.queue)
+        agent.queue.clear()
+        self._event("agent_crashed", None, agent.agent_id)
+        self._at(self.now + self.restart_seconds, "restart", 0, agent)
+        for i, task_id in enumerate(held):
+            task = self.tasks[task_id - 1]
+            if i > 0:
+                task.attempts -= 1
+                why = f"runner {agent.agent_id} died before starting it"
+            else:
+                why = f"runner {agent.agent_id} died during attempt {task.attempts}"
+            if i == 0 and task.attempts >= self.max_attempts:
+                task.status, task.completed_at = "failed", self.now
+                task.reason = f"{why}; gave up after {task.attempts} attempts"
+                task.result = None
+                self._event("task_failed", task_id, agent.agent_id)
+                continue
+            task.reason, task.agent, task.price, task.assigned_at = why, None, None, None
+            self._event("task_requeued", task_id)
+            self._auction(task)
+
+    def _restart(self, agent: _Agent) -> None:
+        agent.alive = True   # with its learned counters, which the coordinator hands over
+        agent.restarts += 1
+        self._event("agent_restarted", None, agent.agent_id)
+        self._drain()
+
+    def _step(self) -> _Task | None:
+        """Advance the clock to its next entry; the task it finished or failed, if any."""
+        self.now, _, what, task_id, agent_id, life = heapq.heappop(self.clock)
+        agent = self.by_id[agent_id]
+        if life != agent.life:
+            return None   # the runner died since: its plans died with it
+        if what == "done":
+            return self._finish(task_id, agent_id)
+        if what == "crash":
+            self._crash(agent)
+            task = self.tasks[task_id - 1]
+            return task if task.status == "failed" else None
+        self._restart(agent)
+        return None
+
+    # -- drivers ------------------------------------------------------------
+    def run_sequential(self, descriptions: Iterable[str], progress=None) -> None:
+        """Post each description when the previous one has finished (live: post, wait)."""
+        for description in descriptions:
+            task = self.post(description)
+            while task.status not in ("completed", "failed"):
+                self._step()
+            if progress is not None:
+                progress.update(1)
+
+    def run_arrivals(self, arrivals: Sequence[Arrival], progress=None) -> None:
+        """Tasks arrive on the virtual clock; runners queue what they win."""
+        def step() -> None:
+            task = self._step()
+            if task is not None and task.status in ("completed", "failed") and progress:
+                progress.update(1)
+
+        for arrival in sorted(arrivals, key=lambda a: a.at):
+            while self.clock and self.clock[0][0] <= arrival.at:
+                step()
+            self.now = max(self.now, arrival.at)
+            self.post(arrival.description)
+        while self.clock:
+            step()
+
+    def result(self, sink: Sink) -> None:
+        """Send every table's rows to ``sink``."""
+        rows = self.rows
+        for t in self.tasks:
+            rows.add("tasks", t.task_id, t.description, t.status, t.agent, t.price, t.attempts,
+                     t.result, t.reason, t.created_at, t.assigned_at, t.completed_at)
+        for a in self.agents:
+            rows.add("agents", a.agent_id, a.persona.id, a.persona.name, None, "stopped",
+                     a.restarts, a.won, a.earned, 0.0)
+        bid_ids = rows.data["bids"][0]
+        bid_ids[:] = range(1, len(bid_ids) + 1)
+        rows.send(sink)
+
+
+class SimRun:
+    """The outcome of `simulate`: the four tables of a live export, and `export`."""
+
+    def __init__(self, tables: dict | None = None, paths: dict[str, Path] | None = None) -> None:
+        self._tables, self.paths = tables or {}, paths or {}
+        self._frames: dict = {}
+
+    def table(self, name: str):
+        """One table as a pyarrow Table."""
+        if name not in self._tables:
+            import pyarrow.parquet as pq
+
+            return pq.read_table(self.paths[name])
+        return self._tables[name]
+
+    def _frame(self, name: str):
+        if name not in self._frames:
+            require("pandas", "analysis")
+            self._frames[name] = self.table(name).to_pandas()
+        return self._frames[name]
+
+    @property
+    def tasks(self):
+        return self._frame("tasks")
+
+    @property
+    def bids(self):
+        return self._frame("bids")
+
+    @property
+    def agents(self):
+        return self._frame("agents")
+
+    @property
+    def events(self):
+        return self._frame("events")
+
+    def metrics(self) -> dict[str, float]:
+        """The run in figures: what a sweep records per point.
+
+        ``mean_price``: sats paid per completed task; ``specialist_share``: the share of
+        winning bids that were on-spec; ``success_rate``: completed / tasks; ``failed``:
+        tasks that gave up; ``reauction_rate``: auctions per task - 1; ``latency_p50_s``,
+        ``latency_p95_s``: post to completion of completed tasks; ``makespan_s``: first
+        post to last finish.
+        """
+        tasks, bids = self.tasks, self.bids
+        done = tasks[tasks["status"] == "completed"]
+        won = bids[bids["won"]]
+        latency = done["completed_at"] - done["created_at"]
+        n, nan = len(tasks), float("nan")
+        return {
+            "mean_price": float(done["price_sats"].mean()) if len(done) else nan,
+            "specialist_share": float(won["on_spec"].mean()) if len(won) else nan,
+            "success_rate": len(done) / n if n else nan,
+            "failed": int((tasks["status"] == "failed").sum()),
+            "reauction_rate": len(won) / n - 1 if n else nan,
+            "latency_p50_s": float(latency.quantile(0.5)) if len(done) else nan,
+            "latency_p95_s": float(latency.quantile(0.95)) if len(done) else nan,
+            "makespan_s": float(tasks["completed_at"].max() - tasks["created_at"].min())
+            if n else nan,
+        }
+
+    def export(self, out_dir: str | Path) -> dict[str, Path]:
+        """Write tasks, bids, agents and events as Parquet files, like `Swarm.export`."""
+        import pyarrow.parquet as pq
+
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        written = {}
+        for name in TABLES:
+            path = out / f"{name}.parquet"
+            pq.write_table(self.table(name), path)
+            written[name] = path
+        return written
+
+
+def simulate(workload: Sequence[str] | Sequence[Arrival], *, personas=None, seed: int = 0,
+             rule: str = "specialist_first", runners: dict[str, int] | int | None = None,
+             task_seconds: float = 0.05, max_attempts: int = 3, runner_queue: int = 32,
+             crash_rate: float = 0.0, restart_seconds: float = 0.5, progress: bool = False,
+             out: str | Path | None = None,
+             engine: str = "auto") -> SimRun:
+    """Run ``workload`` through a simulated swarm; see the module docstring.
+
+    ``workload``: descriptions (posted one at a time, as a live ``post``/``wait`` loop)
+    or `Arrival` items (open loop on the virtual clock). ``runners``: runners per persona
+    (an int for all, or {persona: count}); one each by default. ``crash_rate``: the chance
+    that a runner dies during a task (keyed like bids); it is back after
+    ``restart_seconds`` with what it had learned, as live. ``out``: stream the
+    tables to Parquet files in that directory as they are made. ``engine``: "python"
+    (the reference), "compiled" (numba; descriptions only) or "auto" (compiled for
+    descriptions when numba is installed).
+    """
+    items = list(workload)
+    sequential = all(isinstance(i, str) for i in items)
+    if not sequential and not all(isinstance(i, Arrival) for i in items):
+        raise ConfigError("a workload is a list of descriptions or of Arrival items",
+                          hint="use timmy.sim.workloads.demo_descriptions(n, seed) or "
+                          "poisson_arrivals(n, rate, seed)")
+    if engine not in ("auto", "python", "compiled"):
+        raise ConfigError(f"unknown simulation engine {engine!r}",
+                          hint='use "auto", "python" or "compiled"')
+    sim = Simulator(personas=personas, seed=seed, rule=rule, runners=runners,
+                    task_seconds=task_seconds, max_attempts=max_attempts,
+                    runner_queue=runner_queue, crash_rate=crash_rate,
+                    restart_seconds=restart_seconds)
+    if crash_rate and engine == "compiled":
+        raise ConfigError("the compiled engine does not simulate runner crashes",
+                          hint='use engine="python" (or "auto") with crash_rate')
+    compiled = (sequential and not crash_rate and engine != "python"
+                and _numba_available(engine))
+    sink = Sink(out)
+    bar = None
+    if progress:
+        from timmy.engine.coordinator import progress_bar
+
+        bar = progress_bar(len(items))
+    try:
+        if compiled:
+            from timmy.sim.compiled import simulate_sequential
+
+            simulate_sequential(items, catalog=sim.catalog,
+                                agent_ids=[a.agent_id for a in sim.agents], seed=seed,
+                                rule=rule, task_seconds=task_seconds,
+                                max_attempts=max_attempts, sink=sink, progress=bar)
+        else:
+            if sequential:
+                sim.run_sequential(items, bar)
+            else:
+                sim.run_arrivals(items, bar)
+            sim.result(sink)
+    finally:
+        if bar is not None:
+            bar.close()
+    return sink.close()
+
+
+def _numba_available(engine: str) -> bool:
+    try:
+        import numba  # noqa: F401
+    except ImportError:
+        if engine == "compiled":
+            raise ConfigError("the compiled simulation engine needs numba",
+                              hint='pip install "timmy[analysis]"') from None
+        return False
+    return True
+
