@@ -17,7 +17,8 @@ import json
 import pytest
 
 import timmy
-from timmy.bidding import (
+from timmy.errors import PersonaError
+from timmy.market.bidding import (
     MAX_BID,
     MIN_BID,
     MIN_OUTCOMES,
@@ -35,10 +36,9 @@ from timmy.bidding import (
     splitmix64,
     text_key,
 )
-from timmy.errors import PersonaError
-from timmy.personas import MAX_PERSONA_BYTES, PERSONAS, persona_from_dict
-from timmy.sim import STREAM_CRASH, simulate
-from timmy.workload import demo_descriptions
+from timmy.market.personas import MAX_PERSONA_BYTES, PERSONAS, persona_from_dict
+from timmy.sim.simulator import STREAM_CRASH, simulate
+from timmy.sim.workloads import demo_descriptions
 
 MASK = 2**64 - 1
 

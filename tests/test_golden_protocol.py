@@ -11,7 +11,7 @@ from __future__ import annotations
 import msgspec
 import pytest
 
-from timmy import protocol as P
+from timmy.engine import protocol as P
 from timmy.errors import ProtocolError
 
 
