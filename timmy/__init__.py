@@ -10,6 +10,10 @@ from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
 
+from timmy import moved as _moved
+
+_moved.install()  # old flat module paths (timmy.workload, timmy.store ...) keep importing
+
 _EXPORTS = {
     "PERSONAS": "market.personas",
     "Persona": "market.personas",
