@@ -55,7 +55,8 @@ EXTRAS = {
     "llm": ("ollama",),
     "notebooks": ("ipywidgets", "jupyterlab", "voila", "ipykernel"),
     "postgres": ("psycopg",),
-    "dev": ("pytest", "pytest_timeout", "hypothesis", "nbval", "ruff", "psutil", "pyinstrument"),
+    "dev": ("pytest", "pytest_timeout", "hypothesis", "nbval", "ruff", "psutil", "pyinstrument",
+            "mkdocs", "material"),
 }
 # Groups that `require` can make required (core always is).
 REQUIRABLE = (*EXTRAS, "dashboard", "audio", "ports")
