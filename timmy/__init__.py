@@ -1,6 +1,5 @@
-"""timmy: a swarm of persona agents that win work in sealed-bid auctions.
-
-``import timmy`` is cheap: names are loaded on first use, nothing starts at import.
+"""timmy: a swarm of persona agents that win work in sealed-bid auctions. ``import timmy`` is
+cheap: names are loaded on first use, and nothing starts at import.
 """
 
 from __future__ import annotations

@@ -1,25 +1,5 @@
-"""`timmy.doctor()` and ``timmy doctor``: what works on this machine, and the fix for the rest.
-
-    >>> timmy.doctor()                     # a table in a notebook, plain text elsewhere
-    >>> timmy.doctor(require=["voice"])    # voice problems count as missing, not warnings
-
-Each `Check` is a row: check, status, detail, fix. The status is ``ok``;
-``missing`` when something *required* fails; ``warn`` when an optional thing
-does. Required: Python >= 3.11, the core dependencies, and a database that can
-be opened for writing. Everything else (the extras, espeak-ng and speech, an
-audio device, an Ollama server with a model, Chromium and Playwright for the
-dashboard tests, Voilà, free ports for ``timmy serve`` and Voilà) is optional
-unless named in ``require`` (groups: `REQUIRABLE`). ``timmy doctor`` exits
-with 1 when something required is missing.
-
-Nothing here changes the machine: the database is probed (a write lock taken
-and rolled back; a file created and removed where a new one would go), ports
-are bound and released, speech is synthesised into a temporary directory.
-
-A module that can be called: ``timmy.doctor`` is this module *and* the
-function, so ``timmy.doctor()`` works whichever of ``import timmy.doctor`` or
-``timmy.doctor`` happened first (an import would otherwise replace a function
-of that name on the package with the module).
+"""`timmy.doctor()` and ``timmy doctor``: what works on this machine, and the fix for the rest,
+as a `Report` of `Check` rows; nothing on the machine is changed by a check.
 """
 
 from __future__ import annotations
@@ -55,7 +35,8 @@ EXTRAS = {
     "llm": ("ollama",),
     "notebooks": ("ipywidgets", "jupyterlab", "voila", "ipykernel"),
     "postgres": ("psycopg",),
-    "dev": ("pytest", "pytest_timeout", "hypothesis", "nbval", "ruff", "psutil", "pyinstrument"),
+    "dev": ("pytest", "pytest_timeout", "hypothesis", "nbval", "ruff", "psutil", "pyinstrument",
+            "mkdocs", "material"),
 }
 # Groups that `require` can make required (core always is).
 REQUIRABLE = (*EXTRAS, "dashboard", "audio", "ports")
@@ -169,6 +150,19 @@ def doctor(db: str = DEFAULT_DB, *, require: Iterable[str] = (), ollama_host: st
     groups that count as required here (`REQUIRABLE`, or "all"). ``ollama_host``: default
     ``OLLAMA_HOST``, else http://127.0.0.1:11434. ``imports``: import every module of every
     extra in a child process (seconds), instead of only finding them.
+
+        >>> timmy.doctor()                     # a table in a notebook, plain text elsewhere
+        >>> timmy.doctor(require=["voice"])    # voice problems count as missing, not warnings
+
+    A check's status is ``ok``; ``missing`` when something *required* fails; ``warn``
+    when an optional thing does. Required: Python >= 3.11, the core dependencies, and a
+    database that can be opened for writing. Everything else (the extras, espeak-ng and
+    speech, an audio device, an Ollama server with a model, Chromium and Playwright for
+    the dashboard tests, Voilà, free ports for ``timmy serve`` and Voilà) is optional
+    unless named in ``require``. ``timmy doctor`` exits with 1 when something required
+    is missing. Nothing is changed: the database is probed (a write lock taken and
+    rolled back; a file created and removed where a new one would go), ports are bound
+    and released, speech is synthesised into a temporary directory.
     """
     required = _required_groups(require)
     findings = [
@@ -562,8 +556,12 @@ def _port(port: int, who: str, fix: str) -> Finding:
     return (name, "ports", True, f"127.0.0.1:{port} is free", "")
 
 
-# `timmy.doctor` is this module; calling it runs `doctor` (see the module docstring).
+# `timmy.doctor` is this module; calling it runs `doctor`.
 class _CallableModule(types.ModuleType):
+    """``timmy.doctor`` is this module *and* the function, so ``timmy.doctor()`` works
+    whichever of ``import timmy.doctor`` or ``timmy.doctor`` happened first (an import would
+    otherwise replace a function of that name on the package with the module)."""
+
     def __call__(self, *args, **kwargs) -> Report:
         return doctor(*args, **kwargs)
 

@@ -1,17 +1,17 @@
-"""Every error timmy raises, each with a ``hint`` that says what to do about it.
-
-The hierarchy::
+"""Every error timmy raises, each with a ``hint`` that says what to do about it::
 
     TimmyError                 base of everything below; ``.hint`` names the fix
     ├── PersonaError           unknown persona, bad persona file or field
     ├── ConfigError            a bad argument: rule, executor, description, URL...
     ├── StoreError             the database cannot be opened, read or written
-    │   └── OwnershipLost      another swarm took the database over (PostgreSQL)
+    │   └── OwnershipLost      another swarm took the database over
     ├── ExportError            a directory that is not a readable export (analytics)
     ├── ProtocolError          a wire message that does not decode
     ├── RunnerError            a runner process could not start or keeps dying
     ├── TaskNotFound           no task with that id
     ├── SwarmClosed            the swarm was used after it stopped
+    ├── QueueFull              too many unfinished tasks: a post is refused
+    ├── NoRunners              a wait that no runner is left to finish
     ├── ExecutorUnavailable    an executor's backend (Ollama...) cannot be reached
     ├── VoiceUnavailable       speech was asked for and cannot be produced
     └── MissingDependency      an optional extra is not installed

@@ -1,34 +1,6 @@
-"""The Ollama executor: the winning runner's persona answers its task through an Ollama server.
-
-    runner wins a task -> OllamaExecutor.run -> POST /api/chat, streamed, with
-        system: system_prompt(persona)   user: the task description
-    -> Outcome(ok, the answer, elapsed_s, usage=Usage(model, tokens, timing))
-
-Where the server and the model come from (the first one set wins):
-
-- server: ``ollama_host=`` (Swarm) / ``--ollama-host`` (runner), else ``OLLAMA_HOST``,
-  else http://127.0.0.1:11434. The parent resolves it once and hands it to every runner.
-- model: the persona's entry in ``model={"forge": "qwen2.5-coder", ...}``, else
-  ``model="llama3.2"`` for everyone (``timmy run --model``), else ``TIMMY_OLLAMA_MODEL``,
-  else `DEFAULT_MODEL`.
-
-What a failure does (the reason becomes the task's reason, hint included):
-
-    server down, connection refused    re-auctioned (up to max_attempts)  hint: ollama serve
-    no answer within the timeout       re-auctioned                       hint: raise the timeout
-    HTTP 5xx, an error mid-stream      re-auctioned                       hint: the server's log
-    connection dropped mid-answer      re-auctioned                       hint: ollama serve
-    model not pulled (HTTP 404)        fails now: every runner would too  hint: ollama pull NAME
-    any other refusal (HTTP 4xx)       fails now
-
-``timeout`` is how long the server may stay silent: to connect, before its first
-byte, and between two pieces of a streamed answer. It is not a cap on a long answer
-that keeps coming.
-
-`probe` asks a server what it runs and holds (``GET /api/version``, ``/api/tags``)
-with the standard library only, so ``executor="auto"`` (and a ``timmy doctor``) can
-decide even where the ``ollama`` package is missing. Nothing here imports ``ollama``
-until an `OllamaExecutor` is built, and only a runner builds one.
+"""The Ollama executor: the winning runner's persona answers its task through an Ollama server
+(`OllamaExecutor`, streamed ``/api/chat``), and `probe` asks a server what it holds with the
+standard library only; ``ollama`` is imported only when a runner builds an executor.
 """
 
 from __future__ import annotations
@@ -121,7 +93,9 @@ def check_models(model: object, personas: Iterable[str]) -> None:
 
 
 def model_for(persona_id: str, model: str | Mapping[str, str] | None = None) -> str:
-    """The model a persona's runner asks for (see the module docstring for the order)."""
+    """The model a persona's runner asks for; the first one set wins: the persona's entry in
+    ``model={"forge": "qwen2.5-coder", ...}``, else ``model="llama3.2"`` for everyone
+    (``timmy run --model``), else ``TIMMY_OLLAMA_MODEL``, else `DEFAULT_MODEL`."""
     if isinstance(model, Mapping):
         model = model.get(persona_id)
     if model:
@@ -297,6 +271,25 @@ class OllamaExecutor:
     Runs on the runner's worker thread (``instant`` is False), so the runner keeps
     bidding and answering pings while the model writes. Never raises for a server that
     fails: the `Outcome` says why, with the hint, and whether another attempt can help.
+
+        runner wins a task -> OllamaExecutor.run -> POST /api/chat, streamed, with
+            system: system_prompt(persona)   user: the task description
+        -> Outcome(ok, the answer, elapsed_s, usage=Usage(model, tokens, timing))
+
+    What a failure does (the reason becomes the task's reason, hint included):
+
+        server down, connection refused  re-auctioned (up to max_attempts)  hint: ollama serve
+        no answer within the timeout     re-auctioned                       hint: raise the timeout
+        HTTP 5xx, an error mid-stream    re-auctioned                       hint: the server's log
+        connection dropped mid-answer    re-auctioned                       hint: ollama serve
+        model not pulled (HTTP 404)      fails now: every runner would too  hint: ollama pull NAME
+        any other refusal (HTTP 4xx)     fails now
+
+    ``timeout`` is how long the server may stay silent: to connect, before its first
+    byte, and between two pieces of a streamed answer. It is not a cap on a long answer
+    that keeps coming. The server is ``ollama_host=`` (Swarm) / ``--ollama-host``
+    (runner), else ``OLLAMA_HOST``, else http://127.0.0.1:11434, resolved once by the
+    parent and handed to every runner.
     """
 
     instant = False

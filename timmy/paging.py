@@ -1,18 +1,5 @@
-"""Pages of history: how big a page is, and walking every page with a cursor.
-
-Every list call (``tasks``, ``bids``, ``events``, ``agents``) returns one page
-of at most ``limit`` rows (default `DEFAULT_LIMIT`), always oldest first (by id):
-
-- no cursor: the newest ``limit`` rows (the recent window);
-- ``after=ID``: the oldest ``limit`` rows with an id above ``ID`` (walk forward:
-  the next cursor is the last row's id);
-- ``before=ID``: the newest ``limit`` rows with an id below ``ID`` (walk backward:
-  the next cursor is the first row's id).
-
-``iter_tasks``/``iter_bids``/``iter_events``/``iter_agents`` walk every page
-forward from the oldest (`walk`), one query per page, so nothing holds the whole
-history. Agents are ordered by ``agent_id`` and their default page is the first.
-A swarm service answers at most `MAX_LIMIT` rows per call, whatever is asked.
+"""Pages of history: how big a page is (`DEFAULT_LIMIT`, at most `MAX_LIMIT` from a service),
+and `walk`, which reads every page with a cursor so nothing holds the whole history.
 """
 
 from __future__ import annotations
@@ -45,6 +32,15 @@ def walk(fetch: Callable[[Any, int], Sequence[T]], key: Callable[[T], Any], afte
 
     ``key`` is a row's id (the next cursor). Stops at the first page shorter than
     ``page``, which is at most `MAX_LIMIT` so a service's cap cannot end it early.
+
+    Every list call (``tasks``, ``bids``, ``events``, ``agents``) returns one page
+    of at most ``limit`` rows, always oldest first (by id): with no cursor the newest
+    ``limit`` rows (the recent window); ``after=ID`` the oldest ``limit`` rows above
+    ``ID`` (walk forward: the next cursor is the last row's id); ``before=ID`` the
+    newest ``limit`` rows below ``ID`` (walk backward: the next cursor is the first
+    row's id). ``iter_tasks``/``iter_bids``/``iter_events``/``iter_agents`` are this
+    walk, one query per page. Agents are ordered by ``agent_id`` and their default
+    page is the first.
     """
     page = min(max(page_limit(page), 1), MAX_LIMIT)
     cursor = after

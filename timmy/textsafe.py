@@ -1,13 +1,5 @@
-"""Text from users and agents made safe to print on a terminal.
-
-A task description, a result, an agent's name or an error message can carry terminal
-escapes: OSC 52 writes the reader's clipboard, OSC 0 retitles the window, CSI 8m hides the
-text after it, a carriage return or backspaces overwrite what was printed. `clean` is the
-one function every printer of the command line (`timmy.cli.app` and its modules, the remote
-runner, the log lines of ``timmy serve``) passes such text through: control characters
-become visible escapes (``\\x1b``, ``\\r``, ``\\x9b``), and so do the Unicode controls that
-reorder what is shown (bidirectional overrides and isolates). Ordinary Unicode, tabs and
-newlines are kept. `text` is the same for a rich cell, which is never read as markup.
+"""Text from users and agents made safe to print on a terminal: `clean` shows control
+characters and bidi overrides as visible escapes; `text` does the same for a rich cell.
 """
 
 from __future__ import annotations
@@ -35,7 +27,16 @@ def _escape(match: re.Match[str]) -> str:
 def clean(value: Any, *, newlines: bool = True) -> str:
     """``str(value)`` with every control character shown as an escape instead of acting on
     the terminal; ``newlines=False`` escapes newlines (``\\n``) and tabs too, for text that
-    must stay on one line."""
+    must stay on one line.
+
+    A task description, a result, an agent's name or an error message can carry terminal
+    escapes: OSC 52 writes the reader's clipboard, OSC 0 retitles the window, CSI 8m hides the
+    text after it, a carriage return or backspaces overwrite what was printed. Every printer of
+    the command line (`timmy.cli` and its modules, the remote runner, the log lines of
+    ``timmy serve``) passes such text through here: C0/C1 controls and DEL become ``\\x1b``,
+    ``\\r``, ``\\x9b``..., and so do the Unicode controls that reorder what is shown
+    (bidirectional overrides and isolates). Ordinary Unicode is kept.
+    """
     out = _UNSAFE.sub(_escape, str(value))
     if not newlines:
         out = out.replace("\n", "\\n").replace("\t", "\\t")

@@ -1,37 +1,6 @@
-"""Speech: `speak`, `save` (a WAV file) and an `announcer` that reads out a swarm's news.
-
-    timmy.voice.save("forge wins task 12", "news.wav")     # a real WAV (22,050 Hz, 16-bit mono)
-    timmy.voice.speak("forge wins task 12")                # through the machine's audio device
-    swarm.subscribe(timmy.voice.announcer())               # or timmy.Swarm(..., voice=True)
-
-How it works, and why:
-
-- pyttsx3 (the ``voice`` extra) drives espeak-ng on Linux (NSSpeech / SAPI5
-  elsewhere). Its engine is not thread-safe and espeak-ng initialises once per
-  process, so one daemon thread, the *voice thread*, owns the engine and does
-  every synthesis and playback; `speak` and `save` hand it a job and wait.
-- On Linux pyttsx3 only ever *synthesises* here (``save_to_file``); `speak`
-  plays the WAV itself with ``aplay`` (or ``paplay``/``pw-play``) and checks
-  the exit status. pyttsx3's own ``say`` shells out to ``aplay`` and ignores
-  the result, so on a machine without a sound card it "succeeds" in silence;
-  `speak` raises `VoiceUnavailable` instead.
-- Synthesis goes through pyttsx3 rather than the ``espeak-ng -w`` binary:
-  measured on the dev box, 100+ saves, none failed, 11 ms median per
-  announcement in-process against 14-22 ms for a process per utterance. Its
-  quirks are handled here: it prints "Audio saved to ..." on stdout after each
-  save (silenced), asserts on empty text (we refuse it first), and swallows a
-  write error inside a C callback (we write to a file we have just created).
-- An `Announcer` is a swarm subscriber. Its callback runs on the engine's
-  thread and only counts the event under a lock: no I/O, no speech, no queue
-  that can grow. Its own thread speaks at most once per ``min_interval``
-  seconds; whatever arrived meanwhile is merged into one summary ("12 auctions
-  won, 11 tasks completed and 1 task failed"), so speech never slows an
-  auction and never falls behind.
-
-When speech cannot work (pyttsx3 missing, espeak-ng missing, no audio device):
-`speak`, `save` and `check` raise `VoiceUnavailable` whose ``hint`` names the
-fix; an announcer logs one line once (on the ``timmy.voice`` logger) and stays
-silent, counting what it could not say in ``dropped``. Nothing here crashes a swarm.
+"""Speech: `speak` (through the audio device), `save` (a WAV file) and an `announcer` that
+reads out a swarm's news; when speech cannot work, `VoiceUnavailable` names the fix and an
+announcer stays silent, so nothing here crashes a swarm (how it is built: docs/guide.md).
 """
 
 from __future__ import annotations
@@ -77,7 +46,18 @@ MAX_TEXT = 10_000        # characters; espeak-ng is happy with more, a listener 
 
 
 class _VoiceThread:
-    """One daemon thread running jobs in order; it owns the pyttsx3 engine."""
+    """One daemon thread running jobs in order; it owns the pyttsx3 engine.
+
+    pyttsx3 (the ``voice`` extra) drives espeak-ng on Linux (NSSpeech / SAPI5 elsewhere).
+    Its engine is not thread-safe and espeak-ng initialises once per process, so this one
+    thread does every synthesis and playback; `speak` and `save` hand it a job and wait.
+    On Linux pyttsx3 only ever *synthesises* (``save_to_file``): `speak` plays the WAV
+    itself with ``aplay`` (or ``paplay``/``pw-play``) and checks the exit status, because
+    pyttsx3's own ``say`` ignores the player's result and "succeeds" in silence on a
+    machine without a sound card. pyttsx3's quirks handled here: it prints "Audio saved
+    to ..." after each save (silenced), asserts on empty text (refused first), and
+    swallows a write error inside a C callback (we write to a file we have just created).
+    """
 
     def __init__(self) -> None:
         self.jobs: SimpleQueue[tuple[Callable[..., Any], tuple, Future]] = SimpleQueue()
@@ -369,6 +349,11 @@ class Announcer:
     something said), ``spoken`` (utterances), ``dropped`` (not said: voice unavailable,
     or closed before it could speak). ``said`` keeps the last 100 sentences, ``silenced``
     why the announcer went quiet (None while it can speak).
+
+    Its callback runs on the engine's thread and only counts the event under a lock: no
+    I/O, no speech, no queue that can grow, so speech never slows an auction and never
+    falls behind. Without a voice it logs one line once (on the ``timmy.voice`` logger)
+    and stays silent, counting what it could not say in ``dropped``.
     """
 
     def __init__(self, to: str | Path | None = None, *, min_interval: float = 2.0,

@@ -1,25 +1,6 @@
-"""DuckDB over bid logs: `connect` to an export or a live store, then ask canned questions.
-
-    con = connect("data/demo-export")          # an export directory (Parquet files)
-    con = connect("data/timmy.db")             # or a live store, read on the fly
-    con = connect(timmy.sim.simulator.simulate(descs))   # or a simulated run, without exporting it
-    win_rate_by_persona(con)                   # -> pandas DataFrame
-    con.sql("SELECT ... FROM bids JOIN agents USING (agent_id)")   # or your own SQL
-
-`connect` gives views ``tasks``, ``bids``, ``agents`` and ``events`` with the
-columns of `timmy.storage.store` (times in epoch seconds), and a table
-``task_keywords(task_id, keyword, persona)``: which catalog keywords each
-task's description matches on word boundaries. Each canned query is a named
-function taking the connection (or anything `connect` accepts) and returning a
-DataFrame; `REPORTS` lists them for ``timmy report`` and the notebooks.
-
-The questions stay SQL run by DuckDB, so they hold at millions of bids. A bid's
-persona comes from ``agents`` (the ``<persona>-<n>`` agent id when an agent is
-missing). "Price paid" is ``tasks.price_sats`` of completed tasks: what the
-winner earned. DuckDB extensions that download (sqlite_scanner, httpfs) are
-never used: a live store is streamed through SQLAlchemy into temporary Parquet
-files (`timmy.storage.export.export_store`), and auto-installing extensions is switched off.
-duckdb and pandas are imported on first use (extra ``analysis``).
+"""DuckDB over bid logs: `connect` to an export, a live store or a simulated run, then ask the
+canned questions (`REPORTS`: each a function of the connection returning a pandas DataFrame)
+or your own SQL. duckdb and pandas are imported on first use (extra ``analysis``).
 """
 
 from __future__ import annotations
@@ -67,6 +48,23 @@ def connect(source: str | os.PathLike | Any, *,
     Raises `ExportError` for a path that is neither an export directory nor a
     database, or an export with a missing, unreadable or foreign table file,
     `StoreError` when a database cannot be read, `ConfigError` for anything else.
+
+        con = connect("data/demo-export")          # an export directory (Parquet files)
+        con = connect("data/timmy.db")             # or a live store, read on the fly
+        con = connect(timmy.sim.simulate(descs))   # or a simulated run, without exporting it
+        win_rate_by_persona(con)                   # -> pandas DataFrame
+        con.sql("SELECT ... FROM bids JOIN agents USING (agent_id)")   # or your own SQL
+
+    The connection has views ``tasks``, ``bids``, ``agents`` and ``events`` with the
+    columns of `timmy.storage.store` (times in epoch seconds), and a table
+    ``task_keywords(task_id, keyword, persona)``: which catalog keywords each task's
+    description matches on word boundaries. The questions stay SQL run by DuckDB, so
+    they hold at millions of bids. A bid's persona comes from ``agents`` (the
+    ``<persona>-<n>`` agent id when an agent is missing); "price paid" is
+    ``tasks.price_sats`` of completed tasks. DuckDB extensions that download
+    (sqlite_scanner, httpfs) are never used: a live store is streamed through
+    SQLAlchemy into temporary Parquet files (`timmy.storage.export.export_store`), and
+    auto-installing extensions is switched off.
     """
     duckdb = require("duckdb", "analysis")
     con = duckdb.connect(":memory:", config=_DUCKDB_CONFIG)

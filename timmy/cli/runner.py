@@ -1,6 +1,5 @@
-"""``timmy runner --connect``: join a swarm service from another machine (`timmy.service.remote`).
-
-Registered by `timmy.cli.app`.
+"""``timmy runner --connect``: join a swarm service from another machine
+(`timmy.service.remote`); registered by `timmy.cli.app`.
 """
 
 from __future__ import annotations

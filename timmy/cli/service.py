@@ -1,7 +1,6 @@
-"""``timmy serve``, ``timmy status`` and ``timmy post``: the swarm service from a shell.
-
-Registered by `timmy.cli.app`. ``serve`` is `timmy.service.server.run_service`; ``status``,
-``spawn`` and ``post`` are `timmy.Swarm.attach` calls.
+"""``timmy serve``, ``status``, ``spawn`` and ``post``: the swarm service from a shell
+(`timmy.service.server.run_service` and `timmy.Swarm.attach` calls); registered by
+`timmy.cli.app`.
 """
 
 from __future__ import annotations

@@ -1,7 +1,6 @@
-"""``timmy simulate`` and ``timmy sweep``: the simulator's commands (registered by `timmy.cli.app`).
-
-Thin wrappers over `timmy.sim.simulator.simulate`, `timmy.sim.sweeps.sweep` and the analytics
-queries, printed with the same tables as ``timmy report``.
+"""``timmy simulate`` and ``timmy sweep``: thin wrappers over `timmy.sim.simulator.simulate`,
+`timmy.sim.sweeps.sweep` and the analytics queries, printed like ``timmy report``; registered
+by `timmy.cli.app`.
 """
 
 from __future__ import annotations

@@ -1,13 +1,5 @@
-"""What a runner does with a task it won: `SimulatedExecutor`, `EchoExecutor`, Ollama.
-
-An executor's ``run`` returns an `Outcome`. The simulated one is seeded by
-(swarm seed, agent_id, task_id, attempt), like bids, so a seeded run repeats:
-it takes an exponential time with mean ``task_seconds`` (capped at 5x) and
-succeeds with probability `ON_SPEC_SUCCESS` on its speciality and
-`OFF_SPEC_SUCCESS` off it. The Ollama executor lives in `timmy.llm` and is
-imported only by a runner that uses it (it pulls in the ``ollama`` client).
-"auto" is resolved by the coordinator before any runner starts (one probe of
-the server), so a runner is only ever told "simulated", "echo" or "ollama".
+"""What a runner does with a task it won: `SimulatedExecutor` (seeded like bids), `EchoExecutor`,
+and the Ollama executor of `timmy.llm`, imported only by a runner that uses it.
 """
 
 from __future__ import annotations
@@ -72,7 +64,15 @@ def simulated_plan(
 
 
 class SimulatedExecutor:
-    """Pretends to work: sleeps a seeded time, succeeds with a seeded chance."""
+    """Pretends to work: sleeps a seeded time, succeeds with a seeded chance.
+
+    Seeded by (swarm seed, agent_id, task_id, attempt), like bids, so a seeded run
+    repeats: it takes an exponential time with mean ``task_seconds`` (capped at 5x) and
+    succeeds with probability `ON_SPEC_SUCCESS` on its speciality and
+    `OFF_SPEC_SUCCESS` off it. (``executor="auto"`` is resolved by the coordinator
+    before any runner starts, so a runner is only ever told "simulated", "echo" or
+    "ollama".)
+    """
 
     def __init__(self, seed: int, agent_id: str, task_seconds: float) -> None:
         self.seed, self.agent_id, self.task_seconds = seed, agent_id, task_seconds

@@ -1,15 +1,5 @@
-"""Is pid N still the process we started? Identity checks before any signal.
-
-A pid written to a file (``dashboards.json``) outlives its process: after a crash or a
-reboot the same number names some unrelated process, and signalling it (or its process
-group) kills a stranger. `ProcessId` records what cannot be reused together with the pid:
-its start time (``/proc/PID/stat`` field 22, clock ticks since boot) and the boot it
-belongs to (``/proc/sys/kernel/random/boot_id``). `marked` finds the processes that carry
-a marker in their environment (``NAME=VALUE``, inherited by every descendant: runners,
-kernels), which is how a launcher finds what it started even when the leader is gone.
-Signals go through a pidfd opened *before* the check (`send_checked`), so the process
-checked is the process signalled even if the pid is reused in between. Linux only
-(``/proc``); elsewhere nothing is ever "ours", so nothing is signalled.
+"""Is pid N still the process we started? `ProcessId` (pid, start time, boot id), `marked`
+(processes carrying our marker) and `send_checked` (a signal only after the check). Linux only.
 """
 
 from __future__ import annotations
@@ -24,7 +14,15 @@ PROC = Path("/proc")
 
 @dataclass(frozen=True)
 class ProcessId:
-    """A pid with its start time and boot id: equal only for the very same process."""
+    """A pid with its start time and boot id: equal only for the very same process.
+
+    A pid written to a file (``dashboards.json``) outlives its process: after a crash or
+    a reboot the same number names some unrelated process, and signalling it (or its
+    process group) kills a stranger. So the pid is kept with what cannot be reused
+    together with it: its start time (``/proc/PID/stat`` field 22, clock ticks since
+    boot) and the boot it belongs to (``/proc/sys/kernel/random/boot_id``). Elsewhere
+    than Linux nothing is ever "ours", so nothing is signalled.
+    """
 
     pid: int
     start: int
@@ -72,7 +70,11 @@ def environ_has(pid: int, name: str, value: str) -> bool:
 
 
 def marked(name: str, value: str) -> list[int]:
-    """Pids of live processes (not zombies) whose environment carries ``name=value``."""
+    """Pids of live processes (not zombies) whose environment carries ``name=value``.
+
+    A marker (``NAME=VALUE``) is inherited by every descendant (runners, kernels), which
+    is how a launcher finds what it started even when the leader is gone.
+    """
     if not value:
         return []
     pids = []

@@ -1,9 +1,6 @@
-"""The wire between coordinator and runners: one JSON object per line, typed.
-
-Every message carries ``"v": 1`` and a ``"type"`` tag. `decode_runner` and
-`decode_coordinator` turn a line into a typed struct or raise `ProtocolError`;
-nothing downstream looks at raw dicts. Validation (ranges, lengths) lives in
-the types, and what is stored is bounded by its column (a pid, an agent id).
+"""The wire between coordinator and runners: one JSON object per line with ``"v": 1`` and a
+``"type"`` tag, decoded into typed structs (`decode_runner`, `decode_coordinator`) that carry
+their own validation, or a `ProtocolError`.
 """
 
 from __future__ import annotations

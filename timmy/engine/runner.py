@@ -1,14 +1,6 @@
-"""``python -m timmy.engine.runner``: one persona agent in one OS process.
-
-Reads coordinator messages as JSON lines on stdin and answers on stdout. It
-bids on every announced task, executes the tasks it wins one after another
-(the coordinator decides how many it may hold) and learns from every clearing
-price. It exits by itself when stdin closes (the coordinator or the
-notebook kernel died), so a crash never leaves it orphaned. It imports nothing
-heavy: the persona catalog, the bidding rules, the protocol and the executors.
-
-Replies are batched: everything read in one ``os.read`` is answered with one
-``os.write``, which is what lets a swarm clear thousands of auctions a second.
+"""``python -m timmy.engine.runner``: one persona agent in one OS process, speaking JSON lines
+on stdin/stdout. It bids, executes what it wins and learns from every clearing price; it
+exits when stdin closes, and imports nothing heavy.
 """
 
 from __future__ import annotations
@@ -31,6 +23,14 @@ READ_SIZE = 1 << 16
 
 
 class Runner:
+    """One persona's bidding, execution and learning, over any byte stream.
+
+    It bids on every announced task, executes the tasks it wins one after another (the
+    coordinator decides how many it may hold) and learns from every clearing price.
+    Replies are batched: everything read in one ``os.read`` is answered with one
+    ``os.write``, which is what lets a swarm clear thousands of auctions a second.
+    """
+
     def __init__(self, persona, agent_id: str, seed: int, executor, out_fd: int = 1,
                  stats: BidStats | None = None) -> None:
         self.persona, self.agent_id, self.seed = persona, agent_id, seed

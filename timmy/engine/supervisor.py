@@ -1,27 +1,6 @@
-"""Runners: start, watch, restart with backoff, stop. Nothing more.
-
-Each agent gets one `Slot` that outlives its connections. A connection to a
-runner is a `Link`: two byte streams and a way to cut them. A `ProcessLink` is a
-``python -m timmy.engine.runner`` child and its pipes; a `SocketLink` is a runner on
-another machine that dialled in to the swarm service (``timmy runner
---connect``). Both speak the same wire protocol, so the rest is shared: the
-supervisor reads JSON lines (decoded into typed messages), batches what the
-coordinator sends into one write per turn of the event loop, and a runner that
-keeps sending garbage or stops reading is cut off.
-
-When a child process dies it is restarted, after a wait that doubles while it keeps
-dying young (before ``healthy_after``) and is short again once it ran a while; at
-most ``max_restarts`` times in ``restart_window`` seconds. A remote runner is never
-restarted from here: when its connection drops the agent is "disconnected"
-until the runner dials in again (`serve_remote`). The coordinator hears about
-all of it through three callbacks.
-
-Processes are asyncio subprocesses, not `anyio.open_process`: profiling showed
-anyio's per-call stream overhead (cancel scopes, checkpoints) was the largest
-cost per auction, and writing straight to the asyncio transport lets all the
-messages for a runner in one loop turn go out in one syscall. The rest of the
-engine (task groups, timeouts, threads, the blocking portal) is anyio, run on
-its asyncio backend.
+"""Runners: start, watch, restart with backoff, stop. Nothing more: `Supervisor` owns one
+`Slot` per agent, and each connection to a runner is a `Link` (a child process or a remote
+runner's socket).
 """
 
 from __future__ import annotations
@@ -141,7 +120,24 @@ class Slot:
 
 
 class Supervisor:
-    """Owns the runners of one swarm, inside the swarm's task group."""
+    """Owns the runners of one swarm, inside the swarm's task group.
+
+    Each agent gets one `Slot` that outlives its connections. A `ProcessLink` is a
+    ``python -m timmy.engine.runner`` child and its pipes; a `SocketLink` is a runner on
+    another machine that dialled in to the swarm service (``timmy runner --connect``).
+    Both speak the same wire protocol, so the rest is shared: the supervisor reads JSON
+    lines (decoded into typed messages), batches what the coordinator sends into one
+    write per turn of the event loop, and cuts off a runner that keeps sending garbage
+    or stops reading.
+
+    When a child process dies it is restarted, after a wait that doubles while it keeps
+    dying young (before ``healthy_after``) and is short again once it ran a while; at
+    most ``max_restarts`` times in ``restart_window`` seconds. A remote runner is never
+    restarted from here: when its connection drops the agent is "disconnected" until
+    the runner dials in again (`serve_remote`). The coordinator hears about all of it
+    through three callbacks. Processes are asyncio subprocesses, not
+    `anyio.open_process` (why: docs/design.md, "Choices we made").
+    """
 
     def __init__(
         self,

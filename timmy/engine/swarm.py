@@ -1,12 +1,6 @@
-"""`AsyncSwarm` (the engine's face for ``async with``) and `Swarm` (the same, synchronous).
-
-`Swarm` runs an `AsyncSwarm` on an anyio `BlockingPortal` thread, so it works
-from a plain script and inside a Jupyter kernel that already runs an event
-loop. Each of its methods is one line: logic belongs in the engine.
-
-Leaving a ``with`` block stops every runner. A swarm used without ``with``
-starts on first use and stops at `Swarm.close` or at interpreter exit; runners
-also exit by themselves if the process that started them dies.
+"""`AsyncSwarm` (the engine's face for ``async with``) and `Swarm` (the same, synchronous, on an
+anyio `BlockingPortal` thread, so it works in a script and inside a running Jupyter kernel);
+leaving a ``with`` block, `Swarm.close` or interpreter exit stops every runner.
 """
 
 from __future__ import annotations
@@ -325,6 +319,10 @@ class Swarm:
     """The synchronous swarm: the same methods as `AsyncSwarm`, for scripts and notebooks.
 
     ``with timmy.Swarm(seed=1) as swarm: swarm.spawn_all(); swarm.run([...])``
+
+    Each method is one line over the `AsyncSwarm` it runs: logic belongs in the engine.
+    A swarm used without ``with`` starts on first use and stops at `Swarm.close` or at
+    interpreter exit; its runners also exit by themselves if this process dies.
     """
 
     def __init__(self, db: str = DEFAULT_DB, **kwargs: Any) -> None:

@@ -1,22 +1,5 @@
-"""Sealed-bid auctions: `Bid`, `Auction`, `Clearing` and the three clearing rules.
-
-Pure: no clock, no I/O. The coordinator decides *when* an auction closes (every
-eligible runner answered, or the window ended); the auction decides *who* wins.
-
-Clearing rules:
-
-``specialist_first`` (default)
-    The lowest on-spec bid wins; with no on-spec bid, the lowest bid.
-``lowest``
-    The lowest bid wins, on-spec or not (the old system's rule).
-``second_price``
-    specialist_first's winner, paid the second-lowest price among the bids
-    that could have won (the on-spec bids when there are any); when no other
-    bid is in that pool, the lowest other bid; with a single bid, its own price.
-    The winner is never paid less than it bid (a cheaper off-spec bid that lost
-    to a specialist does not lower the price).
-
-Ties go to the lower ``agent_id`` so a seeded run is reproducible.
+"""Sealed-bid auctions, pure (no clock, no I/O): `Bid`, `Auction`, `Clearing` and the clearing
+rules of `clear`. The coordinator decides *when* an auction closes; the auction decides *who*.
 """
 
 from __future__ import annotations
@@ -71,7 +54,23 @@ class Clearing:
 
 
 def clear(task_id: int, bids: Iterable[Bid], rule: str = SPECIALIST_FIRST) -> Clearing:
-    """Apply ``rule`` to ``bids``: the winner, the price and a one-line reason."""
+    """Apply ``rule`` to ``bids``: the winner, the price and a one-line reason.
+
+    The rules:
+
+    ``specialist_first`` (default)
+        The lowest on-spec bid wins; with no on-spec bid, the lowest bid.
+    ``lowest``
+        The lowest bid wins, on-spec or not (the old system's rule).
+    ``second_price``
+        specialist_first's winner, paid the second-lowest price among the bids
+        that could have won (the on-spec bids when there are any); when no other
+        bid is in that pool, the lowest other bid; with a single bid, its own price.
+        The winner is never paid less than it bid (a cheaper off-spec bid that lost
+        to a specialist does not lower the price).
+
+    Ties go to the lower ``agent_id`` so a seeded run is reproducible.
+    """
     check_rule(rule)
     bids = tuple(sorted(bids, key=Bid.order))
     if not bids:

@@ -1,21 +1,6 @@
-"""How a persona prices a task: `compute_bid`, the keyed RNG it draws from, `BidStats`.
-
-Pure: no I/O, no clock, no shared random stream. A bid is a function of the
-persona, the description, the random draws keyed by (swarm seed, agent_id,
-task_id, attempt) and the persona's learned counters, so a live swarm and the
-simulator that replay the same work pick the same bids.
-
-The rules (from the system timmy grows out of, with its substring bug fixed):
-
-* on-spec (a preferred keyword occurs as a whole word): ``max(1, base - U[0, jitter])``
-* off-spec: ``min(200, floor(1.8 * base) + U[0, jitter])``
-* after at least `MIN_OUTCOMES` auctions, `BidStats.multiplier` scales the bid:
-  win rate > 80 % -> x1.15, < 20 % -> x0.85, success rate on won tasks < 50 %
-  -> x1.2, a matched keyword it has completed `PROVEN_AFTER` tasks on -> x0.9.
-  The result is rounded and kept within [`MIN_BID`, `MAX_BID`].
-
-`bid_range` is where those rules can land for a persona: what the swarm service
-accepts from a runner.
+"""How a persona prices a task, pure (no I/O, no clock, no shared random stream):
+`compute_bid`, the keyed RNG it draws from (seed, agent_id, task_id, attempt), the learned
+`BidStats`, and `bid_range`, where those rules can land.
 """
 
 from __future__ import annotations
@@ -195,7 +180,20 @@ def quote_matched(
 def compute_bid(
     persona: Persona, description: str, rng: Rng, stats: BidStats | None = None
 ) -> int:
-    """The sats ``persona`` bids for ``description``, drawing its jitter from ``rng``."""
+    """The sats ``persona`` bids for ``description``, drawing its jitter from ``rng``.
+
+    A bid is a function of the persona, the description, the keyed draws and the
+    learned counters, so a live swarm and the simulator replaying the same work pick
+    the same bids. The rules (from the system timmy grows out of, with its substring
+    bug fixed):
+
+    * on-spec (a preferred keyword occurs as a whole word): ``max(1, base - U[0, jitter])``
+    * off-spec: ``min(200, floor(1.8 * base) + U[0, jitter])``
+    * after at least `MIN_OUTCOMES` auctions, `BidStats.multiplier` scales the bid:
+      win rate > 80 % -> x1.15, < 20 % -> x0.85, success rate on won tasks < 50 %
+      -> x1.2, a matched keyword it has completed `PROVEN_AFTER` tasks on -> x0.9.
+      The result is rounded and kept within [`MIN_BID`, `MAX_BID`].
+    """
     return quote(persona, description, rng, stats).sats
 
 

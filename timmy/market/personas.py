@@ -1,8 +1,5 @@
-"""The persona catalog: who bids, at what base price, on which keywords.
-
-The nine built-ins are facts of the system timmy grows out of ("Timmy Time").
-`load_personas` reads more from TOML or JSON files and names the bad field and
-file when one is wrong.
+"""The persona catalog: who bids, at what base price, on which keywords. The nine built-ins
+are facts of the system timmy grows out of ("Timmy Time"); `load_personas` reads more.
 """
 
 from __future__ import annotations

@@ -1,9 +1,6 @@
-"""Headless Chromium for dashboard tests and benchmarks: where it is, how to start it.
-
-Playwright's own browser download cannot run everywhere (no network, no
-`playwright install`), so timmy drives the system's Chromium (Debian's
-``chromium``, which ``make test`` installs) through Playwright's
-``executable_path``.
+"""Headless Chromium for dashboard tests and benchmarks: the system's Chromium (Debian's
+``chromium``), driven by Playwright through ``executable_path``, since Playwright's own browser
+download cannot run everywhere.
 """
 
 from __future__ import annotations

@@ -1,19 +1,5 @@
 """Chaos soak: a real ``timmy serve`` whose runners are SIGKILLed at random and which is itself
-SIGKILLed and restarted, then an audit of what the database says happened.
-
-`soak` posts ``tasks`` tasks to a service on a SQLite file, kills a random live runner
-every ``kill_every`` seconds (the supervisor restarts it), SIGKILLs the whole service
-after each of ``service_kills`` shares of the work and starts a new one on the same
-database and port, waits until every task has ended, stops the service, looks for
-runner processes left behind, and audits the store. With ``stall``, the service is
-also SIGSTOPped for that many seconds halfway through (what a laptop's sleep does to
-it) and `stall_audit` checks that this cost no attempt and killed no runner. `audit` can
-be run on any
-database: it checks that every task ended, none was lost or duplicated or completed
-twice, and that the ``bids`` and ``events`` tables agree with ``tasks``.
-
-Runners are found by a marker in their environment (``TIMMY_SOAK``, inherited from
-the service), so orphans are found even among processes the soak never saw.
+SIGKILLed and restarted (`soak`), then an `audit` of what the database says happened.
 """
 
 from __future__ import annotations
@@ -54,7 +40,12 @@ class Audit:
 
 def audit(db: str | Path, posted: Sequence[str] | None = None,
           max_attempts: int = 3) -> Audit:
-    """Check a swarm's SQLite file; ``posted``: the descriptions that were posted, in order."""
+    """Check a swarm's SQLite file; ``posted``: the descriptions that were posted, in order.
+
+    It checks that every task ended, none was lost or duplicated or completed twice, and
+    that the ``bids`` and ``events`` tables agree with ``tasks``; it can be run on any
+    database.
+    """
     con = sqlite3.connect(f"{Path(db).absolute().as_uri()}?mode=ro", uri=True)
     try:
         tasks = con.execute("SELECT task_id, description, status, assigned_agent, price_sats,"
@@ -247,6 +238,15 @@ def soak(db: Path, descriptions: Sequence[str], *, kill_every: float = 0.2,
 
     ``stall``: SIGSTOP the service for this many seconds once half the tasks have ended
     (runner SIGKILLs pause from a second before until 10 s after), then SIGCONT it.
+
+    It posts ``tasks`` tasks to a service on a SQLite file, kills a random live runner
+    every ``kill_every`` seconds (the supervisor restarts it), SIGKILLs the whole service
+    after each of ``service_kills`` shares of the work and starts a new one on the same
+    database and port, waits until every task has ended, stops the service, looks for
+    runner processes left behind, and audits the store; `stall_audit` checks that a stall
+    cost no attempt and killed no runner. Runners are found by a marker in their
+    environment (``TIMMY_SOAK``, inherited from the service), so orphans are found even
+    among processes the soak never saw.
     """
     import timmy
     from timmy.engine.procid import signal_if

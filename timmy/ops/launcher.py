@@ -1,25 +1,5 @@
-"""``timmy dashboards``: the swarm service and Voilà, started together and stopped together.
-
-`Dashboards.start` runs ``timmy serve`` and ``voila dashboards/`` as child
-processes (each in its own session, so a terminal's Ctrl-C reaches only this
-launcher, which then stops them in order), waits until both answer, prints the
-desktop and mobile URLs and writes them with the pids to ``dashboards.json``
-beside the database, with what makes each pid ours: its start time and boot id
-(`timmy.engine.procid`) and a marker in the children's environment (``TIMMY_DASHBOARDS_ID``,
-inherited by the runners and the kernels). `Dashboards.wait` blocks until Ctrl-C,
-SIGTERM or a child dying; `Dashboards.stop` stops Voilà (and its kernels), then the service (which
-stops its runners and saves everything). `stop_running` is ``make stop``: it
-signals the launcher named in that file from another shell, after checking that each
-pid is still the process that was started (a file left by a crash or a reboot is stale:
-removed, nothing signalled).
-
-Voilà gets its own random token (in the printed URLs; a cookie after the first
-visit) through its environment (``JUPYTER_TOKEN``, never its command line, which every
-local user can read in ``ps``), and the service's address and token the same way
-(``TIMMY_URL``, ``TIMMY_TOKEN``), which `timmy.widgets.dashboard` reads in the kernel.
-Voilà pre-heats ``preheat`` kernels per notebook (the page is served from a kernel that
-already ran the notebook) and culls the kernel of a page closed for ``cull_timeout``
-seconds (`timmy.ops.voila_kernels`).
+"""``timmy dashboards``: the swarm service and Voilà, started together (`Dashboards`) and
+stopped together, from this process or from another shell (`stop_running`, ``make stop``).
 """
 
 from __future__ import annotations
@@ -100,7 +80,24 @@ def state_file(db_url: str) -> Path:
 
 
 class Dashboards:
-    """The service and Voilà as child processes of this one."""
+    """The service and Voilà as child processes of this one.
+
+    `start` runs ``timmy serve`` and ``voila dashboards/`` as child processes (each in its
+    own session, so a terminal's Ctrl-C reaches only this launcher, which then stops them
+    in order), waits until both answer, prints the desktop and mobile URLs and writes them
+    with the pids to ``dashboards.json`` beside the database, with what makes each pid
+    ours: its start time and boot id (`timmy.engine.procid`) and a marker in the
+    children's environment (``TIMMY_DASHBOARDS_ID``, inherited by the runners and the
+    kernels). `wait` blocks until Ctrl-C, SIGTERM or a child dying; `stop` stops Voilà
+    (and its kernels), then the service (which stops its runners and saves everything).
+
+    Voilà gets its own random token through its environment (``JUPYTER_TOKEN``, never its
+    command line, which every local user can read in ``ps``), and the service's address
+    and token the same way (``TIMMY_URL``, ``TIMMY_TOKEN``), which
+    `timmy.widgets.dashboard` reads in the kernel. Voilà pre-heats ``preheat`` kernels per
+    notebook and culls the kernel of a page closed for ``cull_timeout`` seconds
+    (`timmy.ops.voila_kernels`).
+    """
 
     def __init__(self, db_url: str, notebooks: str | Path = "dashboards", *,
                  host: str = "127.0.0.1", port: int = 7341, voila_port: int = VOILA_PORT,

@@ -1,17 +1,5 @@
-"""Voilà's kernel manager for the dashboards: the kernel of a closed page is culled.
-
-jupyter_server culls a kernel only when nothing happened on it for ``cull_idle_timeout``
-seconds, and "happened" is any message the kernel sends. A dashboard's kernel sends widget
-updates for every swarm event whether a page is watching or not, so it is never idle and
-lives (with its ~70 MB and its subscriber on the swarm service) until Voilà stops.
-
-`ClosedPageKernels` culls on what matters instead: no page connected for
-``cull_idle_timeout`` seconds (counted from the first cull pass that saw it alone) and
-not executing. Pre-heated kernels waiting in Voilà's pool are spared by Voilà's own
-wrapper of this class, which never hands them to this method; a kernel this method did
-not see in the last passes (it was in the pool) starts its count afresh, so a page just
-served from the pool is not culled before its browser connects. `timmy.ops.launcher` passes it
-as ``--VoilaConfiguration.multi_kernel_manager_class``; this module runs inside Voilà.
+"""Voilà's kernel manager for the dashboards: `ClosedPageKernels` culls the kernel of a page
+that was closed; this module runs inside Voilà.
 """
 
 from __future__ import annotations
@@ -23,7 +11,20 @@ from jupyter_server.services.kernels.kernelmanager import AsyncMappingKernelMana
 
 
 class ClosedPageKernels(AsyncMappingKernelManager):
-    """`AsyncMappingKernelManager` whose culler counts time without a page, not silence."""
+    """`AsyncMappingKernelManager` whose culler counts time without a page, not silence.
+
+    jupyter_server culls a kernel only when nothing happened on it for
+    ``cull_idle_timeout`` seconds, and "happened" is any message the kernel sends. A
+    dashboard's kernel sends widget updates for every swarm event whether a page is
+    watching or not, so it is never idle. This culls on what matters instead: no page
+    connected for ``cull_idle_timeout`` seconds (counted from the first cull pass that saw
+    it alone) and not executing. Pre-heated kernels waiting in Voilà's pool are spared by
+    Voilà's own wrapper of this class; a kernel not seen in the last passes (it was in the
+    pool) starts its count afresh, so a page just served from the pool is not culled
+    before its browser connects. `timmy.ops.launcher` passes it as
+    ``--VoilaConfiguration.multi_kernel_manager_class``. Why and what it saves:
+    docs/operating.md.
+    """
 
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)

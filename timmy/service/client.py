@@ -1,18 +1,6 @@
-"""`AttachedSwarm`: the swarm of a running ``timmy serve``, with the methods of `timmy.Swarm`.
-
-``swarm = timmy.Swarm.attach("tcp://127.0.0.1:7341", token=...)`` returns one.
-Each call is one request over the service's control endpoint (`timmy.service.server`)
-and returns the same model types (`Task`, `AgentInfo`, `Event`). An error the
-service reports is raised here as the same `TimmyError` subclass, with its
-message and hint.
-
-`AttachedSwarm.subscribe` reads the event stream on a background thread; when
-the connection is lost (the service restarted) it reconnects with backoff and
-resumes after the last ``event_id`` it saw, so the callback sees every event
-once, in order.
-
-Sockets are blocking, one request at a time per connection; connections are
-pooled, so several threads can call one client at once.
+"""`AttachedSwarm`: the swarm of a running ``timmy serve`` (``timmy.Swarm.attach(url)``), with
+the methods and model types of `timmy.Swarm`, one request per call over the service's control
+endpoint; the service's errors are raised here as the same `TimmyError` subclasses.
 """
 
 from __future__ import annotations
@@ -167,6 +155,9 @@ class AttachedSwarm:
 
     ``voice=True`` speaks the service's auction winners and completions here, in this
     process, with a `timmy.voice.announcer` subscribed to its event stream.
+
+    Sockets are blocking, one request at a time per connection; connections are pooled,
+    so several threads can call one client at once.
     """
 
     def __init__(self, url: str = DEFAULT_URL, token: str | None = None, *,

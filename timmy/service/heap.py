@@ -1,17 +1,6 @@
-"""Keep a long-running process's memory flat under glibc's malloc.
-
-glibc serves a big block (at least the *mmap threshold*, 128 KiB at start) with its
-own ``mmap`` and gives it back on ``free``. But the threshold is dynamic: each
-time such a block is freed, it rises to that block's size (up to 32 MiB). From
-then on the big blocks a busy coordinator keeps replacing (the table of its
-50,000-task finished cache, batch buffers) come from the heap instead, where
-small long-lived allocations settle into the holes they leave, so the heap only
-grows. Measured on ``timmy serve`` at full load: RSS crept up about 40 MB an
-hour after its caches were full, with malloc's in-use bytes flat and its free
-bytes growing; with the threshold pinned, it is flat once the caches are full
-(1-hour soak, 1.2 million tasks: slope +0.00 MB/hour; ``benchmarks/soak.py``).
-Pinning it is what glibc's own ``MALLOC_MMAP_THRESHOLD_`` does;
-`pin_mmap_threshold` does it from inside, for ``timmy serve``.
+"""Keep a long-running process's memory flat under glibc's malloc: `pin_mmap_threshold` fixes
+the mmap threshold that glibc otherwise raises as big blocks are freed (the measurements:
+docs/operating.md, "Memory that stays flat under glibc").
 """
 
 from __future__ import annotations
@@ -30,6 +19,12 @@ def pin_mmap_threshold(nbytes: int = DEFAULT_THRESHOLD) -> int | None:
 
     Does nothing (None) off glibc, or when ``MALLOC_MMAP_THRESHOLD_`` is already set in
     the environment (the user's own choice wins).
+
+    glibc serves a block of at least the threshold (128 KiB at start) with its own ``mmap``
+    and gives it back on ``free``, but each such free raises the threshold to that block's
+    size (up to 32 MiB); from then on big blocks come from the heap, where small long-lived
+    allocations pin the holes they leave, and RSS only grows. This is what glibc's own
+    ``MALLOC_MMAP_THRESHOLD_`` does, from inside, for ``timmy serve``.
     """
     if not sys.platform.startswith("linux") or "MALLOC_MMAP_THRESHOLD_" in os.environ:
         return None

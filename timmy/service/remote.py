@@ -1,30 +1,6 @@
-"""``timmy runner --connect``: a runner on another machine that dials in to a swarm service.
-
-    timmy runner --connect tcp://HOST:7341 --token T --persona forge --agent-id forge-r1
-
-The runner opens a TCP connection to the service's one port and sends one
-control request, ``{"op": "runner", "token": ..., "args": {"persona": ...}}``
-with the service's runner token (``<db>.runner.token``, which allows that and
-nothing else; the admin token works too): a wrong token is refused as on any
-other request. The answer (`Welcome`) names
-the agent and carries the persona, the swarm's seed and executor and the
-counters learned so far. From then on the connection carries the runner wire
-protocol of `timmy.engine.protocol` exactly as a local runner's pipes do, answered by
-the same `timmy.engine.runner.Runner`.
-
-When the connection drops (the network, the service restarting), the service
-re-auctions what the runner held and the runner dials in again with backoff
-(0.05 s doubling to 2 s), as the same agent: it gets back the counters the
-service mirrored, so its bids go on where they left off (it sends back the
-``rejoin_key`` of its last welcome: with a runner token, only that key may replace a
-connection the service still holds). Work won over the lost
-connection is dropped, never answered on the new one. A connection that stays
-silent past the swarm's ping timeout counts as lost. A ``shutdown`` from the
-service (``swarm.stop(agent_id)``, or a newer connection of the same agent) ends
-the runner; so do Ctrl-C and SIGTERM, after a ``bye`` that tells the service it
-left on purpose: what it held is auctioned again without using an attempt.
-
-Imports nothing heavy, like `timmy.engine.runner`.
+"""``timmy runner --connect``: a runner on another machine that dials in to a swarm service
+with the runner token and then speaks the runner wire protocol over TCP, answered by the
+same `timmy.engine.runner.Runner`; it imports nothing heavy.
 """
 
 from __future__ import annotations
@@ -220,6 +196,24 @@ def run(opts: Options, say: Callable[..., None] = _print) -> int:
     0: shut down by the service, or interrupted (Ctrl-C, SIGTERM). 1: gave up after
     ``max_retries`` failed attempts in a row. 2: refused (wrong token, unknown persona,
     an agent_id that is taken) or misconfigured: retrying would not help.
+
+    ``timmy runner --connect tcp://HOST:7341 --token-file F --persona forge --agent-id forge-r1``.
+    The runner opens a TCP connection to the service's one port and sends one control
+    request, ``{"op": "runner", "token": ..., "args": {"persona": ...}}`` (`handshake`),
+    with the service's runner token (``<db>.runner.token``; the admin token works too). The
+    answer (`Welcome`) names the agent and carries the persona, the swarm's seed and
+    executor and the counters learned so far.
+
+    When the connection drops (the network, the service restarting), the service
+    re-auctions what the runner held and the runner dials in again with backoff (0.05 s
+    doubling to 2 s), as the same agent: it gets back the counters the service mirrored,
+    so its bids go on where they left off (it sends back the ``rejoin_key`` of its last
+    welcome: with a runner token, only that key may replace a connection the service still
+    holds). Work won over the lost connection is dropped, never answered on the new one.
+    A connection that stays silent past the swarm's ping timeout counts as lost. A
+    ``shutdown`` from the service (``swarm.stop(agent_id)``, or a newer connection of the
+    same agent) ends the runner; so do Ctrl-C and SIGTERM, after a ``bye`` that tells the
+    service it left on purpose: what it held is auctioned again without using an attempt.
     """
     restore = _sigterm_interrupts()
     runner: RemoteRunner | None = None

@@ -1,5 +1,4 @@
 """Simulate a swarm with the live rules on a virtual clock; replay and sweep what was recorded.
-
 ``import timmy.sim`` is cheap: each name loads its module on first use.
 """
 

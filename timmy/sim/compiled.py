@@ -1,11 +1,6 @@
-"""The simulator's compiled path: the live rules for tasks posted one at a time, in numba.
-
-`bidding`, `auction` and `executors.simulated_plan` restated over arrays, step by
-step in the same order and with the same float operations, so it picks the same
-winners, prices and bids as `sim.Simulator` (tests compare the two). It exists
-for speed: the Python path clears ~10k auctions a second, this one hundreds of
-thousands. It covers the sequential mode (one task in flight, all runners idle at
-each auction); arrivals on a clock stay in Python.
+"""The simulator's compiled engine: the live rules for tasks posted one at a time, restated
+over arrays in numba, step by step and float for float, so it picks the same winners, prices
+and bids as `timmy.sim.simulator.Simulator` (tests compare the two), hundreds of times faster.
 """
 
 from __future__ import annotations
@@ -233,6 +228,9 @@ def simulate_sequential(descriptions, *, catalog, agent_ids, seed, rule, task_se
 
     ``sink(name, columns)`` receives each chunk's rows per table (dict of arrays/lists),
     so a long run can stream to Parquet with flat memory.
+
+    It covers the sequential mode only (one task in flight, all runners idle at each
+    auction); arrivals on a clock stay in the Python engine.
     """
     chunk = chunk or CHUNK
     arr = _arrays(descriptions, catalog, agent_ids)

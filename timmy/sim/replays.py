@@ -1,11 +1,5 @@
-"""What-if replay: re-clear recorded auctions under another clearing rule.
-
-Every auction in an export (live or simulated) keeps all its sealed bids, so
-the same bids can be cleared again under ``specialist_first``, ``lowest`` or
-``second_price`` with the very `auction.clear` the engine uses. The replay
-answers "who would have won, at what price" for the bids as they were; it does
-not re-run what would have followed (other learning, other failures): for that,
-simulate the workload under the other rule with `timmy.sim.simulator.simulate`.
+"""What-if replay: every recorded auction (live or simulated) re-cleared under another rule
+with the engine's own `timmy.market.auction.clear`: who would have won, at what price.
 """
 
 from __future__ import annotations
@@ -33,6 +27,11 @@ def replay(source, rule: str):
 
     Columns: task_id, attempt, auction_id, bids, actual_winner, actual_price,
     actual_on_spec, winner, price, on_spec, changed (another winner or price).
+
+    Every auction in an export keeps all its sealed bids, so the same bids can be
+    cleared again. The replay does not re-run what would have followed (other
+    learning, other failures): for that, simulate the workload under the other rule
+    with `timmy.sim.simulator.simulate`.
     """
     pd = require("pandas", "analysis")
     check_rule(rule)

@@ -1,27 +1,6 @@
-"""Simulate a swarm in-process on a virtual clock, with the live engine's own rules.
-
-`simulate` runs the same `personas`, `bidding` and `auction` code as a live
-swarm: the same keyed draws (seed, agent_id, task_id, attempt), the same
-learned counters per runner, the same clearing rules, the same seeded
-executions (`executors.simulated_plan`), the same ids. Two modes:
-
-* a list of descriptions: posted one at a time, each when the previous one has
-  finished, exactly like ``for d in descs: swarm.wait(swarm.post(d).task_id)``
-  on a fresh live swarm, so both pick the same winner at the same price for
-  every task (the parity the tests check);
-* a list of `workload.Arrival` (`poisson_arrivals`, `bursts`): tasks arrive on
-  the virtual clock and queue up, and runners hold up to ``runner_queue`` tasks
-  each, as in the live engine.
-
-Runners can crash (``crash_rate``): the task running uses its attempt, the ones
-waiting in that runner's queue are auctioned again without losing one, and the
-runner is back after ``restart_seconds`` with what it had learned, as live.
-
-The result, `SimRun`, has ``tasks``, ``bids``, ``agents`` and ``events`` as
-pandas DataFrames with the columns of a live export, and `SimRun.export`
-writes the same Parquet files, so every analytics query works on both. The
-simulator writes no per-bid events (the ``bids`` table has every bid); its
-events are the task and auction ones.
+"""Simulate a swarm in-process on a virtual clock with the live engine's own rules (personas,
+bidding, auction, seeded executions): `simulate` returns a `SimRun` whose tables are those of
+a live export, so every analytics query works on both.
 """
 
 from __future__ import annotations
@@ -376,7 +355,13 @@ class Simulator:
 
 
 class SimRun:
-    """The outcome of `simulate`: the four tables of a live export, and `export`."""
+    """The outcome of `simulate`: the four tables of a live export, and `export`.
+
+    ``tasks``, ``bids``, ``agents`` and ``events`` are pandas DataFrames with the columns
+    of a live export, and `export` writes the same Parquet files. The simulator writes no
+    per-bid events (the ``bids`` table has every bid); its events are the task and
+    auction ones.
+    """
 
     def __init__(self, tables: dict | None = None, paths: dict[str, Path] | None = None) -> None:
         self._tables, self.paths = tables or {}, paths or {}
@@ -458,7 +443,7 @@ def simulate(workload: Sequence[str] | Sequence[Arrival], *, personas=None, seed
              crash_rate: float = 0.0, restart_seconds: float = 0.5, progress: bool = False,
              out: str | Path | None = None,
              engine: str = "auto") -> SimRun:
-    """Run ``workload`` through a simulated swarm; see the module docstring.
+    """Run ``workload`` through a simulated swarm with the live rules; returns a `SimRun`.
 
     ``workload``: descriptions (posted one at a time, as a live ``post``/``wait`` loop)
     or `Arrival` items (open loop on the virtual clock). ``runners``: runners per persona
@@ -468,6 +453,16 @@ def simulate(workload: Sequence[str] | Sequence[Arrival], *, personas=None, seed
     tables to Parquet files in that directory as they are made. ``engine``: "python"
     (the reference), "compiled" (numba; descriptions only) or "auto" (compiled for
     descriptions when numba is installed).
+
+    It runs the same code as a live swarm: the same keyed draws (seed, agent_id,
+    task_id, attempt), the same learned counters per runner, the same clearing rules,
+    the same seeded executions (`timmy.engine.executors.simulated_plan`), the same ids.
+    Descriptions posted one at a time pick, task for task, the same winner at the same
+    price as ``for d in descs: swarm.wait(swarm.post(d).task_id)`` on a fresh live
+    swarm (the parity the tests check). With `Arrival` items, tasks queue up and
+    runners hold up to ``runner_queue`` tasks each, as in the live engine. A crashed
+    runner's running task uses its attempt; the ones waiting in its queue are auctioned
+    again without losing one.
     """
     items = list(workload)
     sequential = all(isinstance(i, str) for i in items)

@@ -1,23 +1,6 @@
-"""Parameter sweeps: many simulations over a grid, in parallel on Dask.
-
-A grid names values for some of the `GRID_PARAMETERS` (clearing rule, bid
-jitter, load, runners, seed); `sweep` simulates every combination of them with
-`timmy.sim.simulator.simulate` and returns one pandas DataFrame, a row per point, of the
-point's parameters and its metrics (`METRICS`)::
-
-    grid = {"rule": ["specialist_first", "second_price"], "runners": [1, 2], "seed": [0, 1]}
-    df = sweep(grid, tasks=500)                 # a local Dask cluster, started for the call
-    df = sweep(grid, client=client)             # an existing dask.distributed Client
-    df = sweep(grid, scheduler="tcp://host:8786")   # any Dask cluster (or TIMMY_DASK_SCHEDULER)
-    df = sweep(load_grid("examples/grid.toml"))     # a grid (and its [settings]) from TOML
-
-Each point is one `run_point` call: a Poisson workload at ``load`` tasks per
-second, posted to a simulated swarm of the nine built-in personas with their
-bid jitter scaled by ``jitter``. A point is a pure function of its parameters
-and the fixed settings (`SETTINGS`), so a sweep gives the same numbers serially,
-on a local cluster or on a remote one. Remote workers need timmy installed.
-
-Dask is imported only inside `sweep`: ``import timmy.sim.sweeps`` stays cheap.
+"""Parameter sweeps: `sweep` simulates every combination of a grid of `GRID_PARAMETERS` (rule,
+jitter, load, runners, seed), in parallel on Dask, and returns one DataFrame, a row a point.
+Dask is imported only inside `sweep`.
 """
 
 from __future__ import annotations
@@ -294,6 +277,18 @@ def sweep(grid: Mapping[str, object], *, client=None, scheduler: str | None = No
     `CONNECT_TIMEOUT` seconds); else `local_cluster()`, started for this call and
     closed after it. ``serial=True`` runs them one after another in this process,
     without Dask. ``progress`` shows a bar that advances as points finish.
+
+        grid = {"rule": ["specialist_first", "second_price"], "runners": [1, 2], "seed": [0, 1]}
+        df = sweep(grid, tasks=500)                 # a local Dask cluster, started for the call
+        df = sweep(grid, client=client)             # an existing dask.distributed Client
+        df = sweep(grid, scheduler="tcp://host:8786")   # any Dask cluster
+        df = sweep(load_grid("examples/grid.toml"))     # a grid (and its [settings]) from TOML
+
+    Each point is one `run_point` call: a Poisson workload at ``load`` tasks per second,
+    posted to a simulated swarm of the nine built-in personas with their bid jitter
+    scaled by ``jitter``. A point is a pure function of its parameters and the settings,
+    so a sweep gives the same numbers serially, on a local cluster or on a remote one
+    (remote workers need timmy installed).
     """
     pd = require("pandas", "analysis")
     checked = check_grid(grid, where=getattr(grid, "source", "grid"))

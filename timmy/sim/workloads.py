@@ -1,10 +1,5 @@
-"""Seeded task workloads: descriptions that exercise every persona's speciality.
-
-`demo_workload(n, seed)` mixes, in a fixed proportion, tasks written for each
-of the nine built-in personas (each carries at least one of its keywords) with
-a few generic tasks that match no persona's keywords, so the clearing rule has
-to fall back to the cheapest off-spec bid. The same ``(n, seed)`` always gives
-the same list: draws come from one ``random.Random(seed)`` and nothing else.
+"""Seeded task workloads: `demo_workload` (descriptions that exercise every persona's
+speciality, plus generic ones no keyword matches), Poisson arrivals and bursts.
 """
 
 from __future__ import annotations
@@ -103,7 +98,14 @@ GENERIC_SHARE = 0.1
 
 
 def demo_workload(n: int, seed: int) -> list[tuple[str, str | None]]:
-    """``n`` seeded tasks as ``(description, intended persona id or None for generic)``."""
+    """``n`` seeded tasks as ``(description, intended persona id or None for generic)``.
+
+    Tasks written for each of the nine built-in personas (each carries at least one of
+    its keywords) are mixed in a fixed proportion with a few generic tasks that match no
+    persona's keywords, so the clearing rule has to fall back to the cheapest off-spec
+    bid. The same ``(n, seed)`` always gives the same list: draws come from one
+    ``random.Random(seed)`` and nothing else.
+    """
     if isinstance(n, bool) or not isinstance(n, int) or n < 0:
         from timmy.errors import ConfigError
 

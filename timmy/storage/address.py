@@ -1,7 +1,5 @@
-"""Database addresses: a path or an SQLAlchemy URL, in, a URL out; and the file behind one.
-
-``timmy.Swarm(db="data/timmy.db")``, ``--db data/timmy.db`` and
-``--db sqlite:///data/timmy.db`` all mean the same SQLite file.
+"""Database addresses: a path or an SQLAlchemy URL in, a URL out, and the file behind one
+(``data/timmy.db`` and ``sqlite:///data/timmy.db`` are the same SQLite file).
 """
 
 from __future__ import annotations

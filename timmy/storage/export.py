@@ -1,8 +1,5 @@
-"""Export a store's tables (tasks, bids, agents, events) to Parquet or CSV files,
-or read them into Arrow tables (`read_tables`, what analytics reads a live store with).
-
-Times are epoch seconds (float64). Rows are streamed in chunks, so an export
-of millions of bids does not hold them all in memory.
+"""Export a store's tables (tasks, bids, agents, events) to Parquet or CSV files, or read them
+into Arrow tables (`read_tables`), streamed in chunks; times are epoch seconds (float64).
 """
 
 from __future__ import annotations

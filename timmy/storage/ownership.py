@@ -1,42 +1,7 @@
-"""One live swarm per database: an exclusive lock held for the swarm's lifetime.
-
-Two coordinators on one database would re-queue each other's running tasks and
-number events from their own counters (event ids are the coordinator's, handed
-out in memory and written in batches), and each keeps its open auctions, its
-runners' queues and what they learned in memory. So a database has one owner
-at a time, whatever it is, and a second swarm is refused with a `StoreError`
-that names the owner:
-
-- An SQLite file: ``flock`` on the database file itself, however the URL spells it
-  (see `_claim_file`): a symlink, a hard link, a relative path from another directory
-  and a ``file:`` URI all reach the same inode, so the same lock. The OS frees it if
-  the owner dies, so a crashed swarm never leaves a stale lock. Its writes are fenced
-  by an ownership epoch too, like a server's (below), so a swarm that got in anyway
-  (an older timmy, a lock the file system does not keep) can never write over it.
-- PostgreSQL: a session-level advisory lock (``pg_try_advisory_lock``) held on a
-  connection of its own for the swarm's lifetime, keyed by the schema the URL
-  works in (so swarms in different schemas of one database do not collide). The
-  server frees it when that connection ends: at once when the owner's process
-  dies, and within about half a minute when its machine vanishes (the
-  connection asks the server for TCP keepalives). The lock connection carries
-  ``application_name`` "timmy swarm pid N on HOST", which is how a refused
-  swarm learns whom to name. A thread checks the connection every few seconds
-  and, should it have died (a server restart), takes the lock again.
-
-Why not several coordinators sharing one PostgreSQL store, each claiming tasks
-with ``FOR UPDATE SKIP LOCKED``? Auctions, runner queues and learned bids live
-in a coordinator's memory, and event ids are its own: sharing would mean moving
-all of that into the database and paying a round trip per bid. One owner
-matches the SQLite behaviour exactly; scale-out is remote runners dialling in
-to one swarm service, and a standby coordinator simply waits for the lock.
-
-A lock alone is not enough, least of all on a server: if the lock connection drops (a server
-restart, a network cut) the old owner may go on writing while a new one takes
-over. The store therefore fences writes with an ownership epoch (see
-`timmy.storage.store`): the new owner's first transaction bumps it, and every later
-write of the old owner fails with `timmy.errors.OwnershipLost`.
-
-Other URLs (MySQL, ...) are not guarded here: run one swarm per database.
+"""One live swarm per database: `claim` takes an exclusive lock for the swarm's lifetime (an
+``flock`` on an SQLite file however its path is spelled, an advisory lock on PostgreSQL) and
+refuses a second swarm with a `StoreError` naming the owner; the store's ownership epoch
+fences whoever gets past it (why one owner, and how: docs/design.md, docs/operating.md).
 """
 
 from __future__ import annotations
@@ -275,7 +240,17 @@ def _flock_holders(dev: int, ino: int) -> list[int]:
 
 
 def _claim_postgres(url: str) -> Callable[[], None]:
-    """The advisory lock, on a connection of its own, kept by a `_LockKeeper` thread."""
+    """The advisory lock, on a connection of its own, kept by a `_LockKeeper` thread.
+
+    A session-level ``pg_try_advisory_lock`` keyed by the schema the URL works in (so
+    swarms in different schemas of one database do not collide). The server frees it when
+    that connection ends: at once when the owner's process dies, and within about half a
+    minute when its machine vanishes (the connection asks the server for TCP keepalives).
+    The connection carries ``application_name`` "timmy swarm pid N on HOST", which is how a
+    refused swarm learns whom to name. The thread checks the connection every few seconds
+    and, should it have died (a server restart), takes the lock again. Other URLs (MySQL,
+    ...) are not guarded: run one swarm per database.
+    """
     from timmy.storage.store import explain
 
     engine = sa.create_engine(url, poolclass=sa.pool.NullPool, isolation_level="AUTOCOMMIT")

@@ -1,12 +1,6 @@
-"""Files for the owner only: the database, its WAL and SHM, and the exports.
-
-A swarm's database holds every task description and result; with the usual umask
-(022) a file made by ``open()`` is readable by every local user. These helpers create
-files 0600 and the directories they create 0700 up front, without touching the
-process-wide umask (other threads create files too). SQLite gives its ``-wal`` and
-``-shm`` files the mode of the database file, so a database created 0600 here, before
-SQLite opens it, keeps its WAL and SHM private too. Existing files and directories are
-left as the user made them.
+"""Files for the owner only: the database (and so its WAL and SHM, which SQLite creates with
+the database's mode) and the exports are created 0600, the directories made for them 0700,
+without touching the process-wide umask.
 """
 
 from __future__ import annotations

@@ -1,12 +1,6 @@
-"""Rows the database refuses: telling them from other failures, and saying what is wrong.
-
-A batch (`timmy.storage.store.Batch`) is one transaction. One row the database will not
-take (a number past its column's range, a NUL character in PostgreSQL text, a
-string longer than its column, a constraint someone added) used to fail the
-whole batch, and the retry of it, for ever: nothing more was saved. `Store.apply`
-now finds such rows (see `is_row_error`), leaves them out and saves the rest;
-each is described by a `Refused` (table, key, column and why), which the
-coordinator logs, counts and records as a ``row_quarantined`` event.
+"""Rows the database refuses: `is_row_error` tells them from other failures, `refusal` says
+what is wrong as a `Refused`, so `Store.apply` saves the rest of a batch and the coordinator
+records a ``row_quarantined`` event.
 """
 
 from __future__ import annotations

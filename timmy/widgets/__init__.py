@@ -1,4 +1,6 @@
-"""ipywidgets consoles for a running swarm (extra ``notebooks``).
+"""ipywidgets consoles for a running swarm, local or attached (extra ``notebooks``; ipywidgets
+is loaded only when a console is built). Each updates from ``swarm.subscribe``, redraws at most
+every ``interval`` seconds, and unsubscribes when its box is closed:
 
 =====================================  ==============================================
 ``timmy.widgets.desktop(swarm)``       agents, open auctions and their bids, tasks with
@@ -11,15 +13,6 @@
                                        to the swarm service, with its CSS and a link to
                                        the other page (``dashboards/*.ipynb``)
 =====================================  ==============================================
-
-``swarm`` is a local `timmy.Swarm` or an attached client: only its public methods
-are used. Consoles update from ``swarm.subscribe`` (no polling) and redraw at most
-every ``interval`` seconds; closing the returned box unsubscribes. Importing this
-package imports no widget library: ipywidgets is loaded when a console is built.
-
-Modules, one job each: `state` (events folded into a model), `throttle` (coalesced
-redraws), `render` (escaped HTML), `console` (what desktop and mobile share),
-`desktop`, `mobile`, `inspector`, `page` (the dashboards).
 """
 
 from __future__ import annotations

@@ -1,12 +1,5 @@
-"""`Console`: what the desktop and mobile consoles share.
-
-A console subscribes to a swarm (a local `timmy.Swarm` or an attached client: only
-the public methods are used), folds every event into a `SwarmState` on the
-engine's thread (quick, under a lock), and redraws its widgets through a
-`Throttle`, at most every ``interval`` seconds, from a timer thread. The database
-is read once, for the snapshot it starts from (the newest `WINDOW` tasks, however
-long the history); after that only events count.
-Closing the returned box unsubscribes.
+"""`Console`: what the desktop and mobile consoles share (subscription, state, throttled
+redraws, the post box and the "Speak events" toggle).
 """
 
 from __future__ import annotations
@@ -115,7 +108,15 @@ class SpeakMixin:
 
 
 class Console(SpeakMixin):
-    """Subscription, state and throttled redraws; subclasses build widgets and `render`."""
+    """Subscription, state and throttled redraws; subclasses build widgets and `render`.
+
+    A console subscribes to a swarm (a local `timmy.Swarm` or an attached client: only
+    the public methods are used), folds every event into a `SwarmState` on the engine's
+    thread (quick, under a lock), and redraws its widgets through a `Throttle`, at most
+    every ``interval`` seconds, from a timer thread. The database is read once, for the
+    snapshot it starts from (the newest `WINDOW` tasks, however long the history); after
+    that only events count. Closing the returned box unsubscribes.
+    """
 
     def __init__(self, swarm, interval: float = 0.25, feed_size: int = 50) -> None:
         self.w = ipywidgets()

@@ -1,7 +1,5 @@
-"""The desktop console: agents, open auctions, tasks, controls, live charts, an inspector.
-
-``timmy.widgets.desktop(swarm)`` in a notebook cell; works on a local `timmy.Swarm`
-and on an attached client alike (public methods only).
+"""The desktop console: agents, open auctions, tasks, controls, live charts and an inspector;
+``timmy.widgets.desktop(swarm)`` in a notebook cell, on a local swarm or an attached client.
 """
 
 from __future__ import annotations

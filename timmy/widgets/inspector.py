@@ -1,10 +1,5 @@
-"""The auction inspector: every bid of a task's auctions and one line saying why the winner won.
-
-`explain` is pure: it groups recorded bids (``swarm.bids(task_id)``) by auction,
-clears them again with the engine's own `timmy.market.auction.clear` under the rule they
-were recorded with, and says whether that matches the recorded winner (it can
-differ when a cheaper bidder's queue was full at the close and it did not count).
-`Inspector` is the widget around it; ``inspect(swarm, task_id)`` returns one.
+"""The auction inspector: `explain` (pure) re-clears a task's recorded bids and says why the
+winner won; `Inspector` is the widget around it, ``inspect(swarm, task_id)`` returns one.
 """
 
 from __future__ import annotations
@@ -52,7 +47,13 @@ class AuctionStory:
 
 
 def explain(bids: list[dict], personas: dict[str, str] | None = None) -> list[AuctionStory]:
-    """The stories of the auctions in ``bids`` (rows of ``swarm.bids()``), oldest first."""
+    """The stories of the auctions in ``bids`` (rows of ``swarm.bids()``), oldest first.
+
+    The bids are grouped by auction and cleared again with the engine's own
+    `timmy.market.auction.clear` under the rule they were recorded with; each story says
+    whether that matches the recorded winner (it can differ when a cheaper bidder's queue
+    was full at the close and its bid did not count).
+    """
     personas = personas or {}
     key = lambda b: (b["task_id"], b["auction_id"])  # noqa: E731
     stories = []

@@ -1,8 +1,5 @@
-"""The mobile console: a status header, a live feed, a post box, the latest results.
-
-One column at 100% width, buttons at least 44 px tall (a thumb's touch target).
-Result text is fetched only for the few newest completed tasks, once each, with
-``swarm.wait(task_id)`` (which answers at once for a finished task).
+"""The mobile console: a status header, a live feed, a post box and the latest results, in one
+column at 100% width with buttons at least 44 px tall (a thumb's touch target).
 """
 
 from __future__ import annotations
@@ -14,6 +11,12 @@ from timmy.widgets.render import esc
 
 
 class MobileConsole(Console):
+    """The phone-sized console.
+
+    Result text is fetched only for the few newest completed tasks, once each, with
+    ``swarm.wait(task_id)`` (which answers at once for a finished task).
+    """
+
     def __init__(self, swarm, interval: float = 0.25, feed_lines: int = 15,
                  results: int = 5) -> None:
         super().__init__(swarm, interval=interval, feed_size=max(feed_lines, 50))

@@ -1,18 +1,5 @@
-"""A whole dashboard page: the console of a swarm service, the page's CSS, a link to the other.
-
-``dashboards/desktop.ipynb`` and ``dashboards/mobile.ipynb`` are one call each,
-``timmy.widgets.dashboard("desktop")``, rendered by Voilà (``make dashboards``).
-The page attaches to the swarm service named by ``url`` / ``token`` (default:
-``TIMMY_URL`` and ``TIMMY_TOKEN``, which ``timmy dashboards`` hands to Voilà,
-else the default address and the token file beside ``TIMMY_DB``). When the
-service is out of reach the page says so, with the hint, and a Retry button,
-and tries again by itself every `RETRY_EVERY` seconds (a pre-heated Voilà kernel runs
-the page before anyone looks at it, possibly while the service is down); once
-attached, a lost service shows a red "reconnecting…" line until it is back.
-
-The CSS is what makes the mobile page fit a 390×844 phone without sideways
-scrolling: Voilà's lab template pads cells and keeps a prompt column; ipywidgets
-give text boxes and rows fixed minimum widths. Both are reset for this page only.
+"""A whole dashboard page (`dashboard`): the console of a swarm service, the page's CSS and a
+link to the other page; ``dashboards/*.ipynb`` are one call each, rendered by Voilà.
 """
 
 from __future__ import annotations
@@ -68,6 +55,14 @@ def dashboard(kind: str = "desktop", url: str | None = None, token: str | None =
     ``url``/``token`` default to ``TIMMY_URL``/``TIMMY_TOKEN`` (then the default
     service and the token file beside ``TIMMY_DB``). Never raises for a service
     that is down: the page shows the error, its hint and a Retry button.
+
+    When the service is out of reach the page says so, with the hint, and tries again by
+    itself every `RETRY_EVERY` seconds (a pre-heated Voilà kernel runs the page before
+    anyone looks at it, possibly while the service is down); once attached, a lost
+    service shows a red "reconnecting…" line until it is back. The CSS is what makes
+    the mobile page fit a 390×844 phone without sideways scrolling: Voilà's lab template
+    pads cells and keeps a prompt column, ipywidgets give text boxes and rows fixed
+    minimum widths; both are reset for this page only.
     """
     if kind not in PAGES:
         from timmy.errors import ConfigError

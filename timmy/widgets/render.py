@@ -1,7 +1,5 @@
-"""HTML for the consoles: tables, the live feed, sparklines. Pure functions, strings out.
-
-Everything that came from a user or an agent (descriptions, results, reasons, agent
-ids, personas) goes through `esc`; the page must show ``<script>`` as text.
+"""HTML for the consoles: tables, the live feed, sparklines; pure functions, strings out, and
+everything that came from a user or an agent goes through `esc`.
 """
 
 from __future__ import annotations

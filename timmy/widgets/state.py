@@ -1,8 +1,5 @@
-"""What a console knows about a swarm: a snapshot at start, then every event folded in.
-
-Pure (no widgets, no I/O): `SwarmState.apply` takes one `Event` and updates agents,
-tasks, open auctions, the feed and the chart series in O(1), so a subscriber
-callback on the engine's thread stays quick. Consoles render from it on a timer.
+"""What a console knows about a swarm: `SwarmState`, a snapshot at start with every event
+folded in by `SwarmState.apply` in O(1); pure (no widgets, no I/O).
 """
 
 from __future__ import annotations

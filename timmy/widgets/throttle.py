@@ -1,9 +1,5 @@
-"""`Throttle`: many "something changed" pokes, at most one redraw per interval.
-
-Events can arrive a thousand a second; a browser cannot take a thousand widget
-updates a second. A poke only marks the view dirty and, if no redraw is pending,
-arms one timer for when the interval since the last redraw has passed. The redraw
-runs on that timer thread, never on the engine's thread that delivered the event.
+"""`Throttle`: many "something changed" pokes, at most one redraw per interval, run on a timer
+thread, never on the engine's thread that delivered the event.
 """
 
 from __future__ import annotations
@@ -18,7 +14,12 @@ log = logging.getLogger(__name__)
 
 class Throttle:
     """Coalesce pokes into redraws at most every ``interval`` seconds (the last poke always
-    gets a redraw, at most ``interval`` later). ``redraws`` counts the redraws done."""
+    gets a redraw, at most ``interval`` later). ``redraws`` counts the redraws done.
+
+    Events can arrive a thousand a second; a browser cannot take a thousand widget
+    updates a second. A poke only marks the view dirty and, if no redraw is pending, arms
+    one timer for when the interval since the last redraw has passed.
+    """
 
     def __init__(self, redraw: Callable[[], None], interval: float = 0.25) -> None:
         self._redraw = redraw
