@@ -33,6 +33,9 @@ def test_simulation_and_live_swarm_pick_the_same_winner_at_the_same_price(tmp_pa
     sim = list(run.tasks.itertuples())
     assert [(t.task_id, t.status, t.assigned_agent, t.price_sats, t.attempts) for t in live] \
         == [(t.task_id, t.status, t.assigned_agent, t.price_sats, t.attempts) for t in sim]
+    # the same reason texts (one lifecycle words them), and failures took part
+    assert [t.reason for t in live] == [None if r != r else r for r in run.tasks.reason]
+    assert any(t.reason for t in live) or any(t.attempts > 1 for t in live)
     assert sorted((b["task_id"], b["attempt"], b["agent_id"], b["sats"], b["on_spec"], b["won"])
                   for b in live_bids) == sorted(
         zip(run.bids.task_id, run.bids.attempt, run.bids.agent_id, run.bids.sats,

@@ -60,6 +60,16 @@ from timmy.errors import (
 from timmy.llm import DEFAULT_TIMEOUT, base_url, check_models, choose_executor, model_for
 from timmy.market.auction import Auction, Bid, check_rule
 from timmy.market.bidding import BidStats, bid_range
+from timmy.market.lifecycle import (
+    CANCELLED_REASON,
+    FINISH_EVENT,
+    Action,
+    Decision,
+    after_deadline,
+    after_failure,
+    after_runner_exit,
+    exit_how,
+)
 from timmy.market.models import (
     AGENT_WORKING_STATES,
     ASSIGNED,
@@ -906,7 +916,7 @@ class Coordinator:
             for aid in open_.auction.bids:
                 self.supervisor.send(aid, data)
                 self.agents[aid].stats.record_auction(False)
-        task.reason = "cancelled"
+        task.reason = CANCELLED_REASON
         self._finish(task, CANCELLED)
         self._pump()
         return copy(task)
@@ -927,22 +937,20 @@ class Coordinator:
             task.result = result
         self._dirty(task)
         self._remember(task)
-        kind = {COMPLETED: "task_completed", FAILED: "task_failed",
-                CANCELLED: "task_cancelled"}[status]
-        self._emit(kind, task.task_id, task.assigned_agent, price_sats=task.price_sats,
-                   attempts=task.attempts, reason=task.reason if status != COMPLETED else None,
-                   **data)
+        self._emit(FINISH_EVENT[status], task.task_id, task.assigned_agent,
+                   price_sats=task.price_sats, attempts=task.attempts,
+                   reason=task.reason if status != COMPLETED else None, **data)
         for watch in self._watchers.pop(task.task_id, ()):
             watch(task)
 
-    def _requeue_or_fail(self, task: Task, reason: str, **data) -> None:
-        """After a lost or failed attempt: auction again, or fail once attempts are used up."""
-        task.reason = reason
-        if task.attempts >= self.cfg.max_attempts:
-            task.reason = f"{reason}; gave up after {task.attempts} attempts"
+    def _decided(self, task: Task, decision: Decision, **data) -> None:
+        """After an attempt ended without a result: what `timmy.market.lifecycle` decided
+        (auction again, with or without the attempt spent, or fail)."""
+        task.attempts, task.reason = decision.attempts, decision.reason
+        if decision.action == Action.FAIL:
             self._finish(task, FAILED, **data)
-            return
-        self._requeue(task, reason, **data)
+        else:
+            self._requeue(task, decision.reason, **data)
 
     def _requeue(self, task: Task, reason: str, **data) -> None:
         task.reason = reason
@@ -1165,14 +1173,8 @@ class Coordinator:
             if task is None or task.status not in (ASSIGNED, RUNNING) \
                     or task.assigned_agent != agent_id:
                 continue
-            if i == 0:
-                self._requeue_or_fail(task, f"no result within {limit:g}s from {agent_id} "
-                                            f"(attempt {task.attempts}; the runner was "
-                                            "restarted)")
-            else:
-                task.attempts -= 1
-                self._requeue(task, f"runner {agent_id} was restarted before starting it "
-                                    f"(task {tid} ahead of it got no result within {limit:g}s)")
+            self._decided(task, after_deadline(task.attempts, self.cfg.max_attempts, agent_id,
+                                               limit, first=i == 0, head_task_id=tid))
         agent.info.status = "restarting"
         self._dirty_agent(agent)
         self.supervisor.kill(agent_id)
@@ -1306,12 +1308,9 @@ class Coordinator:
                 self._finish(task, COMPLETED, result=output, **measured)
             else:
                 task.result = output
-                reason = f"attempt {task.attempts} by {agent.info.agent_id} failed: {output[:200]}"
-                if result.permanent:  # it would fail the same way on any runner: stop here
-                    task.reason = f"{reason} (not auctioned again: it would fail the same way)"
-                    self._finish(task, FAILED, **measured)
-                else:
-                    self._requeue_or_fail(task, reason, **measured)
+                self._decided(task, after_failure(task.attempts, self.cfg.max_attempts,
+                                                  agent.info.agent_id, output,
+                                                  permanent=result.permanent), **measured)
         self._dirty_agent(agent)
         self._pump()
 
@@ -1346,8 +1345,7 @@ class Coordinator:
         held = list(agent.tasks)
         agent.tasks.clear()
         agent.head = None
-        how = {"stopped": "stopped", "disconnected": "lost its connection"}.get(
-            verdict, f"died (exit code {returncode})")
+        how = exit_how(verdict, returncode)
         # The runner works its queue in order: the first task it held was (about to be)
         # running and uses up its attempt, even if "started" never arrived (a task that kills
         # its runner must not loop forever); the tasks waiting behind it keep theirs. A runner
@@ -1360,13 +1358,9 @@ class Coordinator:
             task = self.active.get(held[i])
             if task is None or task.status not in (ASSIGNED, RUNNING):
                 continue
-            if crashed and (i == 0 or task.status == RUNNING):
-                self._requeue_or_fail(task, f"runner {agent_id} {how} during attempt "
-                                            f"{task.attempts}")
-            else:
-                when = "before finishing" if task.status == RUNNING else "before starting"
-                task.attempts -= 1
-                self._requeue(task, f"runner {agent_id} {how} {when} it")
+            self._decided(task, after_runner_exit(
+                task.attempts, self.cfg.max_attempts, agent_id, how,
+                running=task.status == RUNNING, first=i == 0, crashed=crashed))
         self._dirty_agent(agent)
         kind = {"restart": "agent_crashed", "stopped": "agent_left",
                 "disconnected": "agent_disconnected"}.get(verdict, "agent_failed")

@@ -6,13 +6,19 @@ from typing import Any
 
 import msgspec
 
-QUEUED, BIDDING, ASSIGNED, RUNNING = "queued", "bidding", "assigned", "running"
-COMPLETED, FAILED, CANCELLED = "completed", "failed", "cancelled"
-TASK_STATES = (QUEUED, BIDDING, ASSIGNED, RUNNING, COMPLETED, FAILED, CANCELLED)
-ACTIVE_STATES = (QUEUED, BIDDING, ASSIGNED, RUNNING)
-TERMINAL_STATES = (COMPLETED, FAILED, CANCELLED)
-# An agent in one of these states works tasks now, or will again without anyone's help.
-AGENT_WORKING_STATES = frozenset({"starting", "idle", "busy", "restarting", "disconnected"})
+from timmy.market.lifecycle import (  # noqa: F401  (the task states, importable from here)
+    ACTIVE_STATES,
+    AGENT_WORKING_STATES,
+    ASSIGNED,
+    BIDDING,
+    CANCELLED,
+    COMPLETED,
+    FAILED,
+    QUEUED,
+    RUNNING,
+    TASK_STATES,
+    TERMINAL_STATES,
+)
 
 
 class Task(msgspec.Struct, kw_only=True):

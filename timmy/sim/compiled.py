@@ -19,13 +19,46 @@ from timmy.market.bidding import (
     STREAM_EXEC,
     text_key,
 )
+from timmy.market.lifecycle import (
+    AGENT_JOINED,
+    AUCTION_CLOSED,
+    AUCTION_OPENED,
+    COMPLETED,
+    FAILED,
+    TASK_ASSIGNED,
+    TASK_COMPLETED,
+    TASK_FAILED,
+    TASK_POSTED,
+    TASK_REQUEUED,
+    Action,
+    after_failure,
+    spent_action,
+)
 
 CHUNK = 100_000   # tasks per kernel call: bounds the memory a long streamed run holds
 RULE_CODES = {"specialist_first": 0, "lowest": 1, "second_price": 2}
-# event kinds, in the order `sim.Simulator` writes them
-EVENT_KINDS = ("agent_joined", "task_posted", "auction_opened", "auction_closed",
-               "task_assigned", "task_completed", "task_requeued", "task_failed")
-(_POSTED, _OPENED, _CLOSED, _ASSIGNED, _COMPLETED, _REQUEUED, _FAILED) = range(1, 8)
+# event kinds (`timmy.market.lifecycle`'s), in the order `sim.Simulator` writes them; the
+# kernel writes their codes (positions here)
+EVENT_KINDS = (AGENT_JOINED, TASK_POSTED, AUCTION_OPENED, AUCTION_CLOSED, TASK_ASSIGNED,
+               TASK_COMPLETED, TASK_REQUEUED, TASK_FAILED)
+(_POSTED, _OPENED, _CLOSED, _ASSIGNED, _COMPLETED, _REQUEUED, _FAILED) = (
+    EVENT_KINDS.index(k) for k in (TASK_POSTED, AUCTION_OPENED, AUCTION_CLOSED, TASK_ASSIGNED,
+                                   TASK_COMPLETED, TASK_REQUEUED, TASK_FAILED))
+# a finished task's status, by the kernel's code
+END_STATES = (COMPLETED, FAILED)
+_FAIL = int(Action.FAIL)
+
+
+def failure_actions(max_attempts: int) -> np.ndarray:
+    """`lifecycle.spent_action` for attempts 1, 2, ... up to the first that fails the task,
+    as the kernel's table: what becomes of a task whose attempt n failed is
+    ``actions[n - 1]`` (numba cannot call the Python rule, so it looks it up)."""
+    top = max(max_attempts, 1)
+    actions = np.array([int(spent_action(n, max_attempts)) for n in range(1, top + 1)],
+                       np.int64)
+    if actions[-1] != _FAIL:
+        raise ValueError(f"the lifecycle lets a task fail more than {max_attempts} times")
+    return actions
 
 _G = np.uint64(0x9E3779B97F4A7C15)
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
@@ -58,7 +91,7 @@ def _random(key, n):
 @njit(cache=True)
 def run_sequential(desc_idx, on_spec, kw_start, kw_ids, agent_persona, agent_key, agent_rank,
                    base, jitter, auctions, wins, won_ok, won_failed, kw_success,
-                   seed, stream_bid, stream_exec, rule, max_attempts, task_seconds,
+                   seed, stream_bid, stream_exec, rule, actions, task_seconds,
                    first_task_id, first_event_id, now,
                    t_status, t_agent, t_price, t_attempts, t_created, t_assigned, t_completed,
                    b_task, b_attempt, b_auction, b_agent, b_sats, b_on_spec, b_won, b_time,
@@ -66,7 +99,8 @@ def run_sequential(desc_idx, on_spec, kw_start, kw_ids, agent_persona, agent_key
     """Post each task when the previous one has finished; fill the output arrays.
 
     Learned counters (``auctions`` ... ``kw_success``) are updated in place, so a long
-    run can be fed in chunks. Returns (bids written, events written, the clock).
+    run can be fed in chunks. ``actions``: `failure_actions`, what a failed attempt
+    leads to. Returns (bids written, events written, the clock).
     """
     n_agents = agent_persona.shape[0]
     n_personas = base.shape[0]
@@ -172,7 +206,7 @@ def run_sequential(desc_idx, on_spec, kw_start, kw_ids, agent_persona, agent_key
                 won_failed[best] += 1
             if ok:
                 kind, who = _COMPLETED, best
-            elif attempt >= max_attempts:
+            elif actions[attempt - 1] == _FAIL:
                 kind, who = _FAILED, best
             else:
                 kind, who = _REQUEUED, -1
@@ -233,6 +267,7 @@ def simulate_sequential(descriptions, *, catalog, agent_ids, seed, rule, task_se
     auction); arrivals on a clock stay in the Python engine.
     """
     chunk = chunk or CHUNK
+    actions = failure_actions(max_attempts)
     arr = _arrays(descriptions, catalog, agent_ids)
     n_agents = len(agent_ids)
     auctions = np.zeros(n_agents, np.int64)
@@ -253,8 +288,8 @@ def simulate_sequential(descriptions, *, catalog, agent_ids, seed, rule, task_se
     for lo in range(0, len(descriptions), chunk):
         idx = arr["desc_idx"][lo:lo + chunk]
         n = len(idx)
-        cap_b = n * max_attempts * n_agents
-        cap_e = n * (1 + 4 * max_attempts)
+        cap_b = n * len(actions) * n_agents
+        cap_e = n * (1 + 4 * len(actions))
         t = {k: np.zeros(n, dt) for k, dt in (
             ("status", np.int8), ("agent", np.int64), ("price", np.int64),
             ("attempts", np.int64), ("created", np.float64), ("assigned", np.float64),
@@ -270,7 +305,7 @@ def simulate_sequential(descriptions, *, catalog, agent_ids, seed, rule, task_se
             idx, arr["on_spec"], arr["kw_start"], arr["kw_ids"], arr["agent_persona"],
             arr["agent_key"], arr["agent_rank"], arr["base"], arr["jitter"],
             auctions, wins, won_ok, won_failed, kw_success, seed_u, np.uint64(STREAM_BID),
-            np.uint64(STREAM_EXEC), RULE_CODES[rule], max_attempts, float(task_seconds),
+            np.uint64(STREAM_EXEC), RULE_CODES[rule], actions, float(task_seconds),
             lo + 1, event_id, now,
             t["status"], t["agent"], t["price"], t["attempts"], t["created"], t["assigned"],
             t["completed"], b["task"], b["attempt"], b["auction"], b["agent"], b["sats"],
@@ -278,7 +313,8 @@ def simulate_sequential(descriptions, *, catalog, agent_ids, seed, rule, task_se
             e["time"])
         event_id += ne
         _emit_chunk(sink, lo, idx, t, {k: v[:nb] for k, v in b.items()},
-                    {k: v[:ne] for k, v in e.items()}, names, unique, arr, rule, bid_id, earned)
+                    {k: v[:ne] for k, v in e.items()}, names, unique, arr, rule, bid_id, earned,
+                    max_attempts)
         bid_id += nb
         if progress is not None:
             progress.update(n)
@@ -294,7 +330,8 @@ def _repeat(pa, value, n: int):
     return pa.array([value]).take(pa.array(np.zeros(n, np.int64)))
 
 
-def _emit_chunk(sink, lo, idx, t, b, e, names, unique, arr, rule, bid_id, earned) -> None:
+def _emit_chunk(sink, lo, idx, t, b, e, names, unique, arr, rule, bid_id, earned,
+                max_attempts) -> None:
     """Turn one chunk's arrays into rows: Arrow takes and joins, Python only for failures."""
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -316,11 +353,11 @@ def _emit_chunk(sink, lo, idx, t, b, e, names, unique, arr, rule, bid_id, earned
         mask = pa.array(~ok)
         result = pc.replace_with_mask(result, mask, pa.array(what))
         reason = pc.replace_with_mask(reason, mask, pa.array([
-            f"attempt {k} by {a} failed: {w}; gave up after {k} attempts"
+            after_failure(int(k), max_attempts, a, w).reason
             for a, w, k in zip(who, what, tries, strict=True)]))
     sink("tasks", {
         "task_id": np.arange(lo + 1, lo + n + 1), "description": texts,
-        "status": pa.array(["completed", "failed"]).take(pa.array(t["status"])),
+        "status": pa.array(END_STATES).take(pa.array(t["status"])),
         "assigned_agent": agents, "price_sats": t["price"], "attempts": t["attempts"],
         "result": result, "reason": reason, "created_at": t["created"],
         "assigned_at": t["assigned"], "completed_at": t["completed"]})

@@ -15,6 +15,16 @@ from timmy.engine.executors import simulated_plan
 from timmy.errors import ConfigError, require
 from timmy.market.auction import Bid, check_rule, clear
 from timmy.market.bidding import BidStats, bid_rng, quote_matched, text_key
+from timmy.market.lifecycle import (
+    FAILED,
+    RUNNING,
+    TASK_FAILED,
+    TASK_REQUEUED,
+    Action,
+    Decision,
+    after_failure,
+    after_runner_exit,
+)
 from timmy.market.personas import PERSONAS, Persona
 from timmy.sim.workloads import Arrival
 
@@ -250,20 +260,22 @@ class Simulator:
             agent.earned += task.price or 0
             self._event("task_completed", task.task_id, agent_id)
         else:
-            spec = "on" if task.on_spec else "off"
-            reason = (f"attempt {task.attempts} by {agent_id} failed: simulated failure "
-                      f"({spec}-spec task)")
-            task.result = f"simulated failure ({spec}-spec task)"
-            if task.attempts >= self.max_attempts:
-                task.status, task.completed_at = "failed", self.now
-                task.reason = f"{reason}; gave up after {task.attempts} attempts"
-                self._event("task_failed", task.task_id, agent_id)
-            else:
-                task.reason, task.agent, task.price, task.assigned_at = reason, None, None, None
-                self._event("task_requeued", task.task_id)
-                self._auction(task)
+            task.result = f"simulated failure ({'on' if task.on_spec else 'off'}-spec task)"
+            self._decided(task, after_failure(task.attempts, self.max_attempts, agent_id,
+                                              task.result), agent_id)
         self._drain()
         return task
+
+    def _decided(self, task: _Task, decision: Decision, agent_id: str) -> None:
+        """As live: what `timmy.market.lifecycle` decided after an attempt without a result."""
+        task.attempts, task.reason = decision.attempts, decision.reason
+        if decision.action == Action.FAIL:
+            task.status, task.completed_at = FAILED, self.now
+            self._event(TASK_FAILED, task.task_id, agent_id)
+        else:
+            task.agent, task.price, task.assigned_at = None, None, None
+            self._event(TASK_REQUEUED, task.task_id)
+            self._auction(task)
 
     def _drain(self) -> None:
         while self.waiting and any(self._has_room(a) for a in self.agents):
@@ -279,20 +291,12 @@ class Simulator:
         self._at(self.now + self.restart_seconds, "restart", 0, agent)
         for i, task_id in enumerate(held):
             task = self.tasks[task_id - 1]
-            if i > 0:
-                task.attempts -= 1
-                why = f"runner {agent.agent_id} died before starting it"
-            else:
-                why = f"runner {agent.agent_id} died during attempt {task.attempts}"
-            if i == 0 and task.attempts >= self.max_attempts:
-                task.status, task.completed_at = "failed", self.now
-                task.reason = f"{why}; gave up after {task.attempts} attempts"
+            decision = after_runner_exit(task.attempts, self.max_attempts, agent.agent_id,
+                                         "died", running=task.status == RUNNING, first=i == 0,
+                                         crashed=True)
+            if decision.action == Action.FAIL:
                 task.result = None
-                self._event("task_failed", task_id, agent.agent_id)
-                continue
-            task.reason, task.agent, task.price, task.assigned_at = why, None, None, None
-            self._event("task_requeued", task_id)
-            self._auction(task)
+            self._decided(task, decision, agent.agent_id)
 
     def _restart(self, agent: _Agent) -> None:
         agent.alive = True   # with its learned counters, which the coordinator hands over

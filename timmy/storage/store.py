@@ -31,6 +31,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from timmy.errors import OwnershipLost, StoreError, TaskNotFound, TimmyError
+from timmy.market.lifecycle import FAILED, Action, after_coordinator_restart
 from timmy.market.models import ACTIVE_STATES, QUEUED, AgentInfo, Event, Task
 from timmy.paging import page_limit
 from timmy.storage.address import sqlite_file
@@ -750,15 +751,14 @@ class Store:
                 for t in unfinished:
                     if t.status == QUEUED:
                         continue
-                    if t.status in ("assigned", "running") and t.attempts >= max_attempts:
-                        t.status, t.completed_at = "failed", now
-                        t.reason = (f"coordinator stopped during attempt {t.attempts} "
-                                    f"of {max_attempts}")
+                    decision = after_coordinator_restart(t.status, t.attempts, max_attempts)
+                    t.reason = decision.reason
+                    if decision.action == Action.FAIL:
+                        t.status, t.completed_at = FAILED, now
                         failed.append(t)
                     else:
                         t.status, t.assigned_agent, t.price_sats, t.assigned_at = (
                             QUEUED, None, None, None)
-                        t.reason = "re-queued after a coordinator restart"
                         requeued.append(t)
                 if requeued or failed:
                     conn.execute(

@@ -8,16 +8,10 @@ import time
 from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass, field
 
-from timmy.market.models import TERMINAL_STATES
+from timmy.market.lifecycle import AGENT_EVENT_STATUS, TASK_EVENT_STATUS, TERMINAL_STATES
 
-AGENT_STATUS = {"agent_joined": "idle", "agent_restarted": "idle",
-                "agent_crashed": "restarting", "agent_left": "stopped",
-                "agent_failed": "failed", "agent_reconnected": "idle",
-                "agent_disconnected": "disconnected"}
-TASK_STATUS = {"task_posted": "queued", "auction_opened": "bidding",
-               "task_assigned": "assigned", "task_started": "running",
-               "task_completed": "completed", "task_failed": "failed",
-               "task_cancelled": "cancelled", "task_requeued": "queued"}
+AGENT_STATUS = AGENT_EVENT_STATUS   # the status each event implies: the lifecycle's
+TASK_STATUS = TASK_EVENT_STATUS
 
 
 @dataclass(slots=True)
