@@ -33,11 +33,14 @@ from timmy import Swarm
 # The first lines of every scripted runner: arguments, and small helpers to speak the protocol.
 RUNNER_PREAMBLE = '''\
 import argparse, json, os, sys, time
+from timmy.engine.protocol import decode_spec
 
 ap = argparse.ArgumentParser()
-for flag in ("--agent-id", "--persona", "--seed", "--executor", "--task-seconds", "--stats"):
-    ap.add_argument(flag)
-args = ap.parse_args()
+ap.add_argument("--spec", required=True)
+args = decode_spec(ap.parse_args().spec)   # a RunnerSpec: args.agent_id, args.seed, ...
+if not isinstance(args.persona, str):      # a persona outside the catalog: by its fields
+    args = argparse.Namespace(**{f: getattr(args, f) for f in args.__struct_fields__})
+    args.persona = args.persona["id"]
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 def send(line):

@@ -84,6 +84,7 @@ def runner_cmd(url: str, token: str | None, token_file: Path | None, persona: st
 
     parse_url(url)
     opts = Options(url=url, token=runner_token(token, token_file), persona=persona,
-                   agent_id=agent_id, executor=executor, seed=seed, task_seconds=task_seconds,
-                   model=model, ollama_host=ollama_host, max_retries=max_retries)
+                   agent_id=agent_id, max_retries=max_retries,
+                   spec=dict(executor=executor, seed=seed, task_seconds=task_seconds,
+                             model=model, ollama_host=ollama_host))
     sys.exit(run(opts))

@@ -42,7 +42,6 @@ from anyio.abc import TaskGroup
 
 from timmy.engine import protocol as p
 from timmy.engine.executors import check_executor
-from timmy.engine.runner import stats_from_dict
 from timmy.engine.supervisor import RestartPolicy, Supervisor
 from timmy.errors import (
     ConfigError,
@@ -555,25 +554,27 @@ class Coordinator:
                 self._flush_wake.set()
 
     # -- agents -------------------------------------------------------------
+    def _runner_spec(self, agent_id: str, persona: Persona,
+                     stats: BidStats | None = None) -> p.RunnerSpec:
+        """What a runner of ``persona`` starts with: a catalog persona by id, another by its
+        fields; the Ollama settings resolved here, so every runner asks the same server."""
+        ollama = self.executor == "ollama"
+        return p.RunnerSpec(
+            agent_id=agent_id, seed=self.cfg.seed, executor=self.executor,
+            persona=persona.id if PERSONAS.get(persona.id) == persona
+            else _persona_fields(persona),
+            task_seconds=self.cfg.task_seconds, ollama_timeout=self.cfg.ollama_timeout,
+            model=model_for(persona.id, self.cfg.model) if ollama else None,
+            ollama_host=base_url(self.cfg.ollama_host) if ollama else msgspec.UNSET,
+            stats=stats.to_dict() if stats is not None and stats.auctions else None)
+
     def _runner_argv(self, agent_id: str, persona: Persona,
                      stats: BidStats | None = None) -> list[str]:
         if self.cfg.runner_command is not None:
             base = list(self.cfg.runner_command)
         else:
             base = [sys.executable, "-m", "timmy.engine.runner"]
-        if PERSONAS.get(persona.id) == persona:
-            spec = persona.id
-        else:
-            spec = msgspec.json.encode(_persona_fields(persona)).decode()
-        argv = [*base, "--agent-id", agent_id, "--persona", spec, "--seed", str(self.cfg.seed),
-                "--executor", self.executor, "--task-seconds", repr(self.cfg.task_seconds)]
-        if self.executor == "ollama":   # resolved here, so every runner asks the same server
-            argv += ["--model", model_for(persona.id, self.cfg.model),
-                     "--ollama-host", base_url(self.cfg.ollama_host),
-                     "--ollama-timeout", repr(self.cfg.ollama_timeout)]
-        if stats is not None and stats.auctions:
-            argv += ["--stats", msgspec.json.encode(stats.to_dict()).decode()]
-        return argv
+        return [*base, "--spec", p.encode_spec(self._runner_spec(agent_id, persona, stats))]
 
     async def spawn(self, persona_id: str, timeout: float = 15.0) -> AgentInfo:
         """Start one runner for ``persona_id`` and wait until it says hello."""
@@ -663,7 +664,7 @@ class Coordinator:
     # -- remote runners -----------------------------------------------------
     async def serve_remote(self, persona_id: str, agent_id: str | None, stats: dict | None,
                            reader, writer, peer: str,
-                           answer: Callable[[dict], Awaitable[None]]) -> None:
+                           answer: Callable[[p.Welcome], Awaitable[None]]) -> None:
         """A runner that dialled in to the swarm service (``timmy runner --connect``).
 
         Admits it as ``agent_id`` (an agent it was before, or a new one; the service names
@@ -677,7 +678,7 @@ class Coordinator:
         persona = get_persona(persona_id, self.cfg.personas)
         agent = self.agents.get(agent_id) if agent_id else None
         if agent is None:
-            learned = None if stats is None else stats_from_dict(stats, "the runner's stats")
+            learned = None if stats is None else BidStats.from_dict(stats, "the runner's stats")
             agent_id = agent_id or self._new_agent_id(persona)
             agent = Agent(AgentInfo(agent_id=agent_id, persona=persona.id, name=persona.name),
                           persona)
@@ -697,14 +698,11 @@ class Coordinator:
         link = self.supervisor.connect(agent_id, reader, writer, peer)
         agent.info.peer = peer
         self._dirty_agent(agent)
-        welcome = {
-            "agent_id": agent_id, "persona": _persona_fields(persona), "seed": self.cfg.seed,
-            "executor": self.executor, "task_seconds": self.cfg.task_seconds,
-            "model": model_for(persona.id, self.cfg.model) if self.executor == "ollama"
-            else None,
-            "ollama_timeout": self.cfg.ollama_timeout, "stats": agent.stats.to_dict(),
-            "ping_interval": self.cfg.ping_interval, "ping_timeout": self.cfg.ping_timeout,
-        }
+        welcome = p.Welcome(**{   # the spec, the persona by its fields, the server not named
+            **msgspec.structs.asdict(self._runner_spec(agent_id, persona)),
+            "persona": _persona_fields(persona), "ollama_host": msgspec.UNSET,
+            "stats": agent.stats.to_dict(),
+            "ping_interval": self.cfg.ping_interval, "ping_timeout": self.cfg.ping_timeout})
         await self.supervisor.serve_remote(slot, link, answer(welcome))
 
     # -- tasks --------------------------------------------------------------

@@ -5,12 +5,12 @@ their own validation, or a `ProtocolError`.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 from msgspec import Meta
 
-from timmy.errors import ProtocolError
+from timmy.errors import ConfigError, ProtocolError
 
 VERSION = 1
 MAX_DESCRIPTION = 8_000          # characters in a task description
@@ -135,6 +135,76 @@ class Bye(Message, tag="bye"):
     counts it as one bad line."""
 
     reason: Annotated[str, Meta(max_length=200)] = ""
+
+
+# a runner's start-up settings
+class RunnerSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Everything a runner needs to start: who it is, how it bids, how it executes.
+
+    A local runner gets it as ``python -m timmy.engine.runner --spec JSON`` (the flags
+    ``--agent-id``, ``--persona``... build the same spec by hand); a remote runner gets it
+    as the fields of its `Welcome`. ``persona`` is a built-in persona id or the fields
+    `timmy.market.personas.persona_from_dict` reads. ``model``, ``ollama_host`` and
+    ``ollama_timeout`` are for the "ollama" executor (None: its defaults and environment
+    variables); ``ollama_host`` is left out of a welcome (the service's server address
+    means nothing on the runner's machine). ``stats`` are the learned counters to start
+    from (`timmy.market.bidding.BidStats.to_dict`; None: none learned yet).
+    """
+
+    agent_id: AgentId
+    persona: Annotated[str, Meta(min_length=1, max_length=64)] | dict[str, Any]
+    seed: Annotated[int, Meta(ge=-(2**63), le=2**63 - 1)] = 0
+    executor: Annotated[str, Meta(min_length=1, max_length=64)] = "simulated"
+    task_seconds: Annotated[float, Meta(ge=0, le=3600)] = 0.05
+    model: Annotated[str, Meta(min_length=1, max_length=200)] | None = None
+    ollama_host: Annotated[str, Meta(max_length=2048)] | msgspec.UnsetType | None = msgspec.UNSET
+    ollama_timeout: Annotated[float, Meta(gt=0)] | None = None
+    stats: dict[str, Any] | None = None
+
+
+class Welcome(RunnerSpec, frozen=True, kw_only=True, forbid_unknown_fields=False):
+    """The service's answer to a remote runner's ``runner`` request: its `RunnerSpec`
+    (``persona`` always as fields, ``stats`` always given) and the connection's settings.
+    Unknown fields are ignored, so a newer service can say more; the field names are the
+    wire protocol's (a runner of any version reads them)."""
+
+    ping_interval: Seconds
+    ping_timeout: Seconds
+    rejoin_key: str | None = None     # to send back as ``key`` when dialling in again
+
+    def spec(self, **changes: Any) -> RunnerSpec:
+        """The runner's spec, with ``changes`` (what the runner's command line said
+        otherwise; None values are left as the service said)."""
+        fields = {f: v for f, v in msgspec.to_builtins(self).items()
+                  if f in RunnerSpec.__struct_fields__}
+        fields.update({k: v for k, v in changes.items() if v is not None})
+        return convert_spec(fields, "the service's welcome")
+
+
+def encode_spec(spec: RunnerSpec) -> str:
+    """A spec as the JSON text of one ``--spec`` argument."""
+    return _encoder.encode(spec).decode()
+
+
+def convert_spec(data: Any, where: str = "--spec") -> RunnerSpec:
+    """A `RunnerSpec` from decoded JSON (a dict), or `ConfigError` naming ``where``."""
+    try:
+        return msgspec.convert(data, RunnerSpec)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"{where} is not a runner spec: {exc}", hint=SPEC_HINT) from None
+
+
+def decode_spec(text: str | bytes, where: str = "--spec") -> RunnerSpec:
+    """A `RunnerSpec` from its JSON text, or `ConfigError` naming ``where``."""
+    try:
+        return msgspec.json.decode(text, type=RunnerSpec)
+    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeError, RecursionError) as exc:
+        raise ConfigError(f"{where} is not a runner spec: {exc}", hint=SPEC_HINT) from None
+
+
+SPEC_HINT = ('a JSON object such as {"agent_id": "forge-1", "persona": "forge", "seed": 1} '
+             "(fields: " + ", ".join(RunnerSpec.__struct_fields__) + "); or start the runner "
+             "with flags: --agent-id ID --persona forge")
 
 
 ToRunner = Announce | Assign | AuctionClosed | Ping | Shutdown

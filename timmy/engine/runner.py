@@ -17,7 +17,7 @@ from timmy.engine import protocol as p
 from timmy.engine.executors import Outcome, make_executor
 from timmy.errors import ConfigError, PersonaError, TimmyError
 from timmy.market.bidding import BidStats, bid_rng, quote
-from timmy.market.personas import get_persona, persona_from_dict
+from timmy.market.personas import Persona, get_persona, persona_from_dict
 
 READ_SIZE = 1 << 16
 
@@ -30,6 +30,8 @@ class Runner:
     Replies are batched: everything read in one ``os.read`` is answered with one
     ``os.write``, which is what lets a swarm clear thousands of auctions a second.
     """
+
+    spec: p.RunnerSpec | None = None   # what it was started from (`from_spec`)
 
     def __init__(self, persona, agent_id: str, seed: int, executor, out_fd: int = 1,
                  stats: BidStats | None = None) -> None:
@@ -46,6 +48,21 @@ class Runner:
         self._work: queue.SimpleQueue = queue.SimpleQueue()
         if not executor.instant:
             threading.Thread(target=self._worker, daemon=True).start()
+
+    @classmethod
+    def from_spec(cls, spec: p.RunnerSpec, out_fd: int = 1,
+                  where: tuple[str, str] = ("--spec persona", "--spec stats")) -> Runner:
+        """The runner ``spec`` describes, or the `TimmyError` saying which setting is wrong;
+        ``where`` names the persona's and the counters' source in that error."""
+        persona = load_persona(spec.persona, where[0])
+        executor = make_executor(
+            spec.executor, seed=spec.seed, agent_id=spec.agent_id,
+            task_seconds=spec.task_seconds, persona=persona, model=spec.model,
+            host=spec.ollama_host or None, timeout=spec.ollama_timeout)
+        stats = None if spec.stats is None else BidStats.from_dict(spec.stats, where[1])
+        runner = cls(persona, spec.agent_id, spec.seed, executor, out_fd=out_fd, stats=stats)
+        runner.spec = spec
+        return runner
 
     # -- output -------------------------------------------------------------
     def write(self, data: bytes, generation: int | None = None) -> None:
@@ -147,40 +164,31 @@ class Runner:
                 self.write(b"".join(out))
 
 
-def stats_from_json(text: str) -> BidStats:
-    """Learned counters from ``--stats``, or `ConfigError` saying what is wrong."""
-    try:
-        data = json.loads(text)
-    except ValueError as exc:
-        raise ConfigError(f"--stats is not a set of learned counters: {exc}",
-                          hint='e.g. {"auctions": 5, "wins": 1, "won_ok": 1, "won_failed": 0}'
-                          ) from None
-    return stats_from_dict(data)
+def load_persona(value: str | dict, where: str) -> Persona:
+    """A spec's persona: a built-in id, or the fields of one (`PersonaError` otherwise)."""
+    if isinstance(value, dict):
+        return persona_from_dict(value, where=where)
+    return get_persona(value)
 
 
-def stats_from_dict(data: object, where: str = "--stats") -> BidStats:
-    """Learned counters from their `BidStats.to_dict` form, or `ConfigError`."""
-    try:
-        counts = {k: int(data.get(k, 0)) for k in ("auctions", "wins", "won_ok", "won_failed")}
-        keywords = {str(k): int(v) for k, v in data.get("keyword_successes", {}).items()}
-        if min([*counts.values(), *keywords.values(), 0]) < 0 or counts["wins"] > counts[
-                "auctions"]:
-            raise ValueError("counts must be >= 0 and wins <= auctions")
-    except (ValueError, TypeError, AttributeError) as exc:
-        raise ConfigError(f"{where} is not a set of learned counters: {exc}",
-                          hint='e.g. {"auctions": 5, "wins": 1, "won_ok": 1, "won_failed": 0}'
-                          ) from None
-    return BidStats(**counts, keyword_successes=keywords)
+# The flags that build a spec by hand, each a `RunnerSpec` field of the same name.
+FLAGS = ("agent_id", "persona", "seed", "executor", "task_seconds", "model", "ollama_host",
+         "ollama_timeout", "stats")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="python -m timmy.engine.runner",
-                                 description=__doc__.split("\n")[0])
-    ap.add_argument("--agent-id", required=True)
-    ap.add_argument("--persona", required=True, help="a built-in persona id, or JSON of one")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--executor", default="simulated")
-    ap.add_argument("--task-seconds", type=float, default=0.05)
+    ap = argparse.ArgumentParser(
+        prog="python -m timmy.engine.runner", description=__doc__.split("\n")[0],
+        epilog="The coordinator starts a runner with --spec; the other flags build the same "
+               "settings by hand (--agent-id and --persona at least).")
+    ap.add_argument("--spec", metavar="JSON",
+                    help="every setting at once: a RunnerSpec (timmy.engine.protocol) as JSON")
+    ap.add_argument("--agent-id")
+    ap.add_argument("--persona", help="a built-in persona id, or JSON of one")
+    ap.add_argument("--seed", type=int, help="seeds the bids and simulated runs (default: 0)")
+    ap.add_argument("--executor", help="simulated (default), echo or ollama")
+    ap.add_argument("--task-seconds", type=float,
+                    help="mean simulated task duration (default: 0.05)")
     ap.add_argument("--model", default=None,
                     help="ollama: the model to ask (default: TIMMY_OLLAMA_MODEL, else llama3.2)")
     ap.add_argument("--ollama-host", default=None,
@@ -189,7 +197,38 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="ollama: seconds the server may stay silent before the task fails")
     ap.add_argument("--stats", default=None,
                     help="learned counters to start from (JSON; given to a replacement runner)")
-    return ap.parse_args(argv)
+    args = ap.parse_args(argv)
+    given = [f for f in FLAGS if getattr(args, f) is not None]
+    if args.spec is not None and given:
+        ap.error("--spec carries every setting: give it alone, or "
+                 + ", ".join("--" + f.replace("_", "-") for f in given) + " without it")
+    if args.spec is None and (args.agent_id is None or args.persona is None):
+        ap.error("the following arguments are required: --agent-id, --persona (or --spec)")
+    return args
+
+
+def spec_from_args(args: argparse.Namespace) -> p.RunnerSpec:
+    """The `RunnerSpec` the command line gives: ``--spec``, or one built from the flags;
+    `ConfigError` (`PersonaError` for a persona that is not JSON) saying what is wrong."""
+    if args.spec is not None:
+        return p.decode_spec(args.spec)
+    fields = {f: getattr(args, f) for f in FLAGS if getattr(args, f) is not None}
+    if args.persona.startswith("{"):
+        try:
+            fields["persona"] = json.loads(args.persona)
+        except ValueError as exc:
+            raise PersonaError(f"--persona is not valid JSON: {exc}",
+                               hint="pass a persona id or a JSON object") from None
+    if args.stats is not None:
+        try:
+            fields["stats"] = json.loads(args.stats)
+        except ValueError as exc:
+            raise ConfigError(f"--stats is not a set of learned counters: {exc}",
+                              hint='e.g. {"auctions": 5, "wins": 1, "won_ok": 1, '
+                                   '"won_failed": 0}') from None
+        if not isinstance(fields["stats"], dict):   # BidStats.from_dict names the flag
+            BidStats.from_dict(fields["stats"], "--stats")
+    return p.convert_spec(fields, "the command line")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -197,25 +236,15 @@ def main(argv: list[str] | None = None) -> int:
     # Ctrl-C in a terminal reaches the whole process group; the coordinator stops us cleanly.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
-        if args.persona.startswith("{"):
-            try:
-                data = json.loads(args.persona)
-            except ValueError as exc:
-                raise PersonaError(f"--persona is not valid JSON: {exc}",
-                                   hint="pass a persona id or a JSON object") from None
-            persona = persona_from_dict(data, where="--persona")
-        else:
-            persona = get_persona(args.persona)
-        executor = make_executor(
-            args.executor, seed=args.seed, agent_id=args.agent_id, task_seconds=args.task_seconds,
-            persona=persona, model=args.model, host=args.ollama_host, timeout=args.ollama_timeout,
-        )
-        stats = None if args.stats is None else stats_from_json(args.stats)
+        spec = spec_from_args(args)
+        by_hand = args.spec is None
+        runner = Runner.from_spec(spec, where=("--persona", "--stats") if by_hand
+                                  else ("--spec persona", "--spec stats"))
     except TimmyError as exc:
         print(f"timmy.engine.runner: {exc}", file=sys.stderr)
         return 2
     try:
-        return Runner(persona, args.agent_id, args.seed, executor, stats=stats).serve()
+        return runner.serve()
     except (BrokenPipeError, KeyboardInterrupt):
         return 0
 

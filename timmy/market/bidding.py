@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Protocol
 
+from timmy.errors import ConfigError
 from timmy.market.personas import Persona
 
 MIN_BID = 1
@@ -135,6 +136,24 @@ class BidStats:
         if any(self.keyword_successes.get(k, 0) >= PROVEN_AFTER for k in keywords):
             m *= 0.9
         return m
+
+    @classmethod
+    def from_dict(cls, data: object, where: str = "stats") -> BidStats:
+        """Counters from their `to_dict` form (missing ones are 0), or `ConfigError` naming
+        ``where`` they came from: a count below 0, more wins than auctions, a non-number."""
+        try:
+            counts = {k: int(data.get(k, 0))  # type: ignore[attr-defined]
+                      for k in ("auctions", "wins", "won_ok", "won_failed")}
+            keywords = {str(k): int(v)
+                        for k, v in data.get("keyword_successes", {}).items()}  # type: ignore
+            if min([*counts.values(), *keywords.values(), 0]) < 0 \
+                    or counts["wins"] > counts["auctions"]:
+                raise ValueError("counts must be >= 0 and wins <= auctions")
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise ConfigError(f"{where} is not a set of learned counters: {exc}",
+                              hint='e.g. {"auctions": 5, "wins": 1, "won_ok": 1, '
+                                   '"won_failed": 0}') from None
+        return cls(**counts, keyword_successes=keywords)
 
     def to_dict(self) -> dict:
         return {

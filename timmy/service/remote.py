@@ -13,17 +13,16 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import msgspec
 
 from timmy.engine import protocol as p
-from timmy.engine.executors import make_executor
-from timmy.engine.protocol import MAX_LINE
-from timmy.engine.runner import Runner, stats_from_dict
+from timmy.engine.protocol import MAX_LINE, Welcome
+from timmy.engine.runner import Runner
 from timmy.errors import ProtocolError, SwarmClosed, TimmyError
 from timmy.market.bidding import BidStats
-from timmy.market.personas import persona_from_dict
 from timmy.service.server import (
     AuthenticationError,
     ErrorInfo,
@@ -32,7 +31,6 @@ from timmy.service.server import (
     ServiceBusy,
     ServiceError,
     ServiceUnavailable,
-    Welcome,
     encode,
     parse_url,
 )
@@ -46,18 +44,15 @@ RETRY = (ServiceUnavailable, ServiceBusy, SwarmClosed)
 
 @dataclass
 class Options:
-    """What ``timmy runner`` was asked for; None means: as the swarm says."""
+    """What ``timmy runner`` was asked for."""
 
     url: str
     token: str
     persona: str
     agent_id: str | None = None
-    executor: str | None = None
-    seed: int | None = None
-    task_seconds: float | None = None
-    model: str | None = None
-    ollama_host: str | None = None
-    ollama_timeout: float | None = None
+    # `RunnerSpec` fields to run with instead of the swarm's (executor, seed, task_seconds,
+    # model, ollama_host, ollama_timeout): one left out, or None, is as the welcome says.
+    spec: dict[str, Any] = field(default_factory=dict)
     max_retries: int | None = None          # failed attempts in a row; None: forever
     connect_timeout: float = HANDSHAKE_TIMEOUT
 
@@ -171,17 +166,11 @@ def _refusal(info: ErrorInfo) -> TimmyError:
 
 
 def make_runner(opts: Options, welcome: Welcome) -> RemoteRunner:
-    """The runner for the agent the service admitted: its persona, with the swarm's seed,
-    executor and task time unless the command line said otherwise."""
-    persona = persona_from_dict(welcome.persona, where="the service's persona")
-    seed = welcome.seed if opts.seed is None else opts.seed
-    executor = make_executor(
-        opts.executor or welcome.executor, seed=seed, agent_id=welcome.agent_id,
-        task_seconds=welcome.task_seconds if opts.task_seconds is None else opts.task_seconds,
-        persona=persona, model=opts.model or welcome.model, host=opts.ollama_host,
-        timeout=opts.ollama_timeout if opts.ollama_timeout is not None
-        else welcome.ollama_timeout)
-    return RemoteRunner(persona, welcome.agent_id, seed, executor, out_fd=-1)
+    """The runner for the agent the service admitted: the welcome's spec (its persona, the
+    swarm's seed, executor and task time) with what the command line said otherwise."""
+    spec = welcome.spec(**opts.spec)
+    return RemoteRunner.from_spec(spec, out_fd=-1,
+                                  where=("the service's persona", "the service's stats"))
 
 
 def _print(text: str, err: bool = False) -> None:
@@ -246,7 +235,7 @@ def run(opts: Options, say: Callable[..., None] = _print) -> int:
             try:
                 if runner is None:
                     runner = make_runner(opts, welcome)
-                stats = stats_from_dict(welcome.stats, "the service's stats")
+                stats = BidStats.from_dict(welcome.stats or {}, "the service's stats")
             except TimmyError as exc:
                 sock.close()
                 say(f"timmy runner {name()}: {type(exc).__name__}: {exc.message}", err=True)
@@ -256,7 +245,7 @@ def run(opts: Options, say: Callable[..., None] = _print) -> int:
             agent_id, key = welcome.agent_id, welcome.rejoin_key
             runner.attach(sock, stats)
             say(f"timmy runner {agent_id}: joined {opts.url} (persona {runner.persona.id}, "
-                f"executor {opts.executor or welcome.executor}, seed {runner.seed}, "
+                f"executor {runner.spec.executor}, seed {runner.seed}, "
                 f"{stats.auctions} auctions learned)")
             try:
                 runner.serve(sock.fileno(), rest)

@@ -58,7 +58,7 @@ from urllib.parse import urlsplit
 import msgspec
 from msgspec import Meta
 
-from timmy.engine.protocol import MAX_LINE
+from timmy.engine.protocol import MAX_LINE, Welcome  # Welcome: re-exported
 from timmy.errors import ConfigError, ProtocolError, TimmyError
 from timmy.market.models import Event
 from timmy.paging import DEFAULT_LIMIT, MAX_LIMIT
@@ -217,23 +217,6 @@ class RunnerArgs(Args):
     # The rejoin_key of its last welcome: lets a runner token replace the agent's connection
     # while the service still holds one (a half-open connection the runner gave up on).
     key: Annotated[str, Meta(max_length=128)] | None = None
-
-
-class Welcome(msgspec.Struct, frozen=True):
-    """The answer to ``runner``: who the runner is and how to bid (unknown fields ignored,
-    so a newer service can say more)."""
-
-    agent_id: str
-    persona: dict[str, Any]
-    seed: int
-    executor: str
-    task_seconds: float
-    stats: dict[str, Any]
-    ping_interval: float
-    ping_timeout: float
-    model: str | None = None
-    ollama_timeout: float | None = None
-    rejoin_key: str | None = None     # to send back as ``key`` when dialling in again
 
 
 _encoder = msgspec.json.Encoder()
@@ -628,10 +611,11 @@ class Service:
         until the connection ends (`Coordinator.serve_remote`)."""
         peer = _peer(writer)
 
-        async def answer(welcome: dict) -> None:
+        async def answer(welcome: Welcome) -> None:
             key = secrets.token_urlsafe(24)      # a fresh one per connection
-            self._rejoin_keys[welcome["agent_id"]] = key
-            await self._send(writer, Response(req.id, True, {**welcome, "rejoin_key": key}))
+            self._rejoin_keys[welcome.agent_id] = key
+            await self._send(writer, Response(
+                req.id, True, msgspec.structs.replace(welcome, rejoin_key=key)))
 
         try:
             args = _args(RunnerArgs, req)
