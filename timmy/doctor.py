@@ -179,7 +179,7 @@ def doctor(db: str = DEFAULT_DB, *, require: Iterable[str] = (), ollama_host: st
         _espeak(),
         _speech(),
         _audio(),
-        _ollama(ollama_host or os.environ.get("OLLAMA_HOST") or OLLAMA_HOST, timeout),
+        _ollama(ollama_host, timeout),
         _chromium(),
         _playwright(),
         _voila(),
@@ -467,8 +467,13 @@ def _audio() -> Finding:
 # -- Ollama -----------------------------------------------------------------------------
 
 
-def _ollama(host: str, timeout: float) -> Finding:
-    base = ollama_url(host)
+def _ollama(host: str | None, timeout: float) -> Finding:
+    from timmy.errors import ConfigError
+
+    try:
+        base = ollama_url(host)
+    except ConfigError as exc:
+        return ("ollama", "llm", False, exc.message, exc.hint)
     status = probe_ollama(base, timeout)
     if status["error"]:
         return ("ollama", "llm", False, f"no Ollama server at {base}: {status['error']}",
@@ -482,17 +487,13 @@ def _ollama(host: str, timeout: float) -> Finding:
             f"Ollama {status['version']} at {base}; models: {', '.join(models)}", "")
 
 
-def ollama_url(host: str) -> str:
-    """OLLAMA_HOST as Ollama reads it: ``host``, ``host:port`` or a URL -> http://host:port."""
-    host = host.strip().rstrip("/")
-    if "://" not in host:
-        host = f"http://{host}"
-    scheme, rest = host.split("://", 1)
-    if ":" not in rest.rsplit("]", 1)[-1]:
-        rest += ":11434"
-    if rest.startswith("0.0.0.0"):        # a bind-all address: the server is on loopback
-        rest = "127.0.0.1" + rest[len("0.0.0.0"):]
-    return f"{scheme}://{rest}"
+def ollama_url(host: str | None = None) -> str:
+    """The Ollama server's URL for ``host``, else OLLAMA_HOST, else the local default: the
+    executor's own reading (`timmy.llm.base_url`), so the doctor probes where it will call.
+    A bad address is a `ConfigError`."""
+    from timmy.llm import base_url
+
+    return base_url(host)
 
 
 def probe_ollama(base: str, timeout: float = 2.0) -> dict:
