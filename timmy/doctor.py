@@ -313,18 +313,17 @@ def _database(db: str, timeout: float) -> Finding:
     except ImportError as exc:
         return ("database", "core", False, f"cannot check it: sqlalchemy does not import ({exc})",
                 "pip install -e .  (reinstall timmy into this environment)")
-    from timmy.storage.address import db_url
+    from timmy.storage.address import DatabaseAddress
 
-    url = db_url(db) if db.strip() else db
     fix = "pass a database you can write to: timmy doctor --db PATH (or db=... in Python)"
     try:
-        parsed = sa.engine.make_url(url)
-    except sa.exc.ArgumentError as exc:
-        return ("database", "core", False, f"{db!r} is not a database URL: {exc}",
+        address = DatabaseAddress.parse(db)
+    except ConfigError as exc:
+        return ("database", "core", False, f"{db!r} is not a database URL: {exc.message}",
                 "pass a file path (data/timmy.db) or an SQLAlchemy URL")
-    if parsed.get_backend_name() == "sqlite":
-        return _sqlite(parsed.database or "", fix)
-    return _server_database(sa, parsed, timeout)
+    if address.is_sqlite:
+        return _sqlite(address.database or "", fix)
+    return _server_database(sa, address, timeout)
 
 
 def _sqlite(database: str, fix: str) -> Finding:
@@ -391,12 +390,12 @@ def _task_count(path: Path) -> str:
         return "no timmy tables yet"
 
 
-def _server_database(sa, parsed, timeout: float) -> Finding:
-    shown = parsed.render_as_string(hide_password=True)
+def _server_database(sa, address, timeout: float) -> Finding:
+    shown = address.display
     connect_args = {"connect_timeout": max(1, round(timeout))} \
-        if parsed.get_backend_name() == "postgresql" else {}
+        if address.backend == "postgresql" else {}
     try:
-        engine = sa.create_engine(parsed, connect_args=connect_args)
+        engine = sa.create_engine(address.url, connect_args=connect_args)
     except (ImportError, sa.exc.NoSuchModuleError) as exc:
         return ("database", "core", False, f"{shown}: no driver ({exc})",
                 'pip install "timmy[postgres]"')
@@ -468,8 +467,6 @@ def _audio() -> Finding:
 
 
 def _ollama(host: str | None, timeout: float) -> Finding:
-    from timmy.errors import ConfigError
-
     try:
         base = ollama_url(host)
     except ConfigError as exc:

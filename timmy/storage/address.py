@@ -99,12 +99,16 @@ class DatabaseAddress:
         return str(self.file.resolve()) if self.file is not None else self.display
 
     @property
+    def real_file(self) -> Path | None:
+        """The SQLite file with symlinks and ``..`` resolved now (absolute); None without one."""
+        return None if self.file is None else Path(os.path.realpath(self.file))
+
+    @property
     def lock_file(self) -> Path | None:
-        """``<real path>.lock``: the lock file beside the SQLite file (symlinks and ``..``
-        resolved now, so every spelling of the file meets it); None without a file."""
-        if self.file is None:
-            return None
-        return Path(f"{os.path.realpath(self.file)}.lock")
+        """``<real path>.lock``: the lock file beside the SQLite file (see `real_file`), so
+        every spelling of the file meets it; None without a file."""
+        real = self.real_file
+        return None if real is None else Path(f"{real}.lock")
 
     def beside(self, suffix: str) -> Path | None:
         """``<database as written, absolute><suffix>`` (e.g. the service's token file,

@@ -30,10 +30,10 @@ import msgspec
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from timmy.errors import OwnershipLost, StoreError, TaskNotFound, TimmyError
+from timmy.errors import ConfigError, OwnershipLost, StoreError, TaskNotFound, TimmyError
 from timmy.market.models import ACTIVE_STATES, QUEUED, AgentInfo, Event, Task
 from timmy.paging import page_limit
-from timmy.storage.address import sqlite_file
+from timmy.storage.address import DatabaseAddress, safe_url
 from timmy.storage.quarantine import Refused, is_row_error, refusal
 
 SCHEMA_VERSION = 1
@@ -141,24 +141,26 @@ def _sqlite_pragmas(busy_timeout_ms: int):
     return on_connect
 
 
-def get_engine(url: str, busy_timeout: float = 5.0) -> Engine:
+def address_of(url: str | DatabaseAddress) -> DatabaseAddress:
+    """``url`` parsed (`DatabaseAddress.parse`); a URL it cannot read is a `StoreError`."""
+    try:
+        return DatabaseAddress.parse(url)
+    except ConfigError as exc:
+        raise StoreError(exc.message, hint=exc.hint) from None
+
+
+def get_engine(url: str | DatabaseAddress, busy_timeout: float = 5.0) -> Engine:
     """The one pooled engine for ``url`` in this process (created on first use)."""
+    address = address_of(url)
+    url = address.url
     key = f"{url}#{busy_timeout}"
     with _engines_lock:
         engine = _engines.get(key)
         if engine is not None:
             return engine
-        try:
-            parsed = sa.engine.make_url(url)
-        except sa.exc.ArgumentError as exc:
-            raise StoreError(
-                f"bad database URL {url!r}",
-                hint="use an SQLAlchemy URL such as sqlite:///data/timmy.db or "
-                "postgresql+psycopg://user@host/db",
-            ) from exc
         kwargs: dict[str, Any] = {}
-        if parsed.get_backend_name() == "sqlite":
-            db = parsed.database
+        if address.is_sqlite:
+            db = address.database
             if db and db != ":memory:" and not db.startswith("file:"):
                 parent = os.path.dirname(os.path.abspath(db))
                 from timmy.storage.private import private_dirs, private_file
@@ -180,21 +182,13 @@ def get_engine(url: str, busy_timeout: float = 5.0) -> Engine:
                 f"cannot use database URL {url!r}: {exc}",
                 hint="check the dialect name; PostgreSQL needs pip install 'timmy[postgres]'",
             ) from exc
-        if parsed.get_backend_name() == "sqlite":
+        if address.is_sqlite:
             sa.event.listen(engine, "connect", _sqlite_pragmas(int(busy_timeout * 1000)))
         _engines[key] = engine
         return engine
 
 
-def safe_url(url: str) -> str:
-    """A URL fit for messages and logs: its password masked."""
-    try:
-        return sa.engine.make_url(url).render_as_string(hide_password=True)
-    except sa.exc.ArgumentError:
-        return url
-
-
-def explain(url: str, exc: Exception) -> StoreError:
+def explain(url: str | DatabaseAddress, exc: Exception) -> StoreError:
     """Turn a database exception into a `StoreError` that says what to do."""
     text = str(getattr(exc, "orig", None) or exc)
     low = text.lower()
@@ -233,7 +227,8 @@ def explain(url: str, exc: Exception) -> StoreError:
                 "database name and credentials are right")
         what = "database error"
     first = text.strip().splitlines()[0][:300] if text.strip() else type(exc).__name__
-    return StoreError(f"{safe_url(url)}: {what} ({first})", hint=hint)
+    where = url.display if isinstance(url, DatabaseAddress) else safe_url(url)
+    return StoreError(f"{where}: {what} ({first})", hint=hint)
 
 
 def _refused_value(exc: Exception, low: str) -> bool:
@@ -313,7 +308,7 @@ class Batch:
         return older
 
 
-def _refuse_foreign_sqlite(url: str) -> None:
+def _refuse_foreign_sqlite(address: DatabaseAddress) -> None:
     """Refuse an SQLite file without timmy's tables, looking through a read-only handle.
 
     Our engine switches a file to WAL as it connects, which would change someone
@@ -321,7 +316,8 @@ def _refuse_foreign_sqlite(url: str) -> None:
     """
     from urllib.parse import quote
 
-    file = sqlite_file(url)   # the same URL -> file rule as the lock's
+    url = address.url
+    file = address.file   # the same URL -> file rule as the lock's
     if file is None or not file.exists():
         return
     path = quote(os.path.abspath(file), safe="/")
@@ -332,7 +328,7 @@ def _refuse_foreign_sqlite(url: str) -> None:
         with contextlib.closing(sqlite3.connect(uri, uri=True)) as conn:
             names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
     except sqlite3.Error as exc:
-        raise explain(url, exc) from exc
+        raise explain(address, exc) from exc
     missing = [t for t in metadata.tables if t not in names]
     if missing:
         raise StoreError(f"{url} is not a timmy database (no table {missing[0]!r})",
@@ -346,17 +342,20 @@ def _task(row) -> Task:
 class Store:
     """A timmy database: schema, transactions, reads. Thread-safe (one pooled engine)."""
 
-    def __init__(self, url: str, busy_timeout: float = 5.0, create: bool = True) -> None:
-        """Open (``create=True``: and set up or migrate) the timmy database at ``url``.
+    def __init__(self, url: str | DatabaseAddress, busy_timeout: float = 5.0,
+                 create: bool = True) -> None:
+        """Open (``create=True``: and set up or migrate) the timmy database at ``url`` (a
+        URL, a path, or a parsed `DatabaseAddress`).
 
         ``create=False`` only reads: a database without timmy's tables is refused.
         """
-        self.url = url
-        self._file = sqlite_file(url)   # None for a server database
+        self.address = address_of(url)
+        self.url = self.address.url
+        self._file = self.address.file   # None for a server database
         self.create = create
         if not create:
-            _refuse_foreign_sqlite(url)  # before our engine's connect-time settings touch it
-        self.engine = get_engine(url, busy_timeout)
+            _refuse_foreign_sqlite(self.address)   # before our engine's connect-time settings
+        self.engine = get_engine(self.address, busy_timeout)
         server = self._server = self.engine.dialect.name != "sqlite"
         # A server's integer column is 32 bits; an id past it cannot exist, so is not asked for.
         self._max_id = 2**31 - 1 if server else 2**63 - 1
@@ -405,16 +404,16 @@ class Store:
         try:
             return fn(*args)
         except sa.exc.DBAPIError as exc:
-            raise explain(self.url, exc) from exc
+            raise explain(self.address, exc) from exc
         except self.engine.dialect.loaded_dbapi.Error as exc:  # from the raw DBAPI fast paths
-            raise explain(self.url, exc) from exc
+            raise explain(self.address, exc) from exc
         except sa.exc.SQLAlchemyError as exc:
-            raise StoreError(f"{safe_url(self.url)}: {exc}",
+            raise StoreError(f"{self.address.display}: {exc}",
                              hint="check the URL's driver, database name and credentials") from exc
         except TimmyError:
             raise
         except (ValueError, OverflowError) as exc:   # a value the driver cannot send
-            raise explain(self.url, exc) from exc
+            raise explain(self.address, exc) from exc
 
     def _migrate(self) -> None:
         with self.engine.begin() as conn:
@@ -422,7 +421,7 @@ class Store:
                 missing = [t for t in metadata.tables if not sa.inspect(conn).has_table(t)]
                 if missing:
                     raise StoreError(
-                        f"{safe_url(self.url)} is not a timmy database (no table "
+                        f"{self.address.display} is not a timmy database (no table "
                         f"{missing[0]!r})",
                         hint="pass the database a swarm wrote (default data/timmy.db)")
             metadata.create_all(conn)
@@ -438,7 +437,7 @@ class Store:
                                                         value=str(SCHEMA_VERSION)))
             elif int(row[0]) > SCHEMA_VERSION:
                 raise StoreError(
-                    f"{safe_url(self.url)} has schema version {row[0]}, newer than this timmy "
+                    f"{self.address.display} has schema version {row[0]}, newer than this timmy "
                     f"({SCHEMA_VERSION})",
                     hint="upgrade timmy (pip install -U timmy) or use another --db",
                 )
@@ -471,7 +470,7 @@ class Store:
                    for d in descriptions]
             named = [r for r in why if r.column] or why
             raise StoreError(
-                f"{safe_url(self.url)}: the database refused the task's row: "
+                f"{self.address.display}: the database refused the task's row: "
                 f"tasks.description: {named[0].reason}",
                 hint="the database works; that description does not fit its column: fix it "
                      "and post it again (nothing of this post was stored)") from cause
@@ -702,7 +701,7 @@ class Store:
 
     def _lost(self, owner: str) -> OwnershipLost:
         return OwnershipLost(
-            f"{safe_url(self.url)} was taken over by {owner}: this swarm stops writing to it",
+            f"{self.address.display} was taken over by {owner}: this swarm stops writing to it",
             hint="the swarm that took over re-queued this one's unfinished tasks; run one "
             "swarm per database (close this one, or use the other)")
 
