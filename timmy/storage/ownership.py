@@ -260,7 +260,7 @@ def _flock_holders(dev: int, ino: int) -> list[int]:
 
 def _claim_postgres(address: DatabaseAddress) -> Callable[[], None]:
     """The advisory lock, on a connection of its own, kept by a `_LockKeeper` thread."""
-    from timmy.storage.store import explain
+    from timmy.storage.explain import explain
 
     engine = sa.create_engine(address.url, poolclass=sa.pool.NullPool,
                               isolation_level="AUTOCOMMIT")

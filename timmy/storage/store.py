@@ -1,20 +1,6 @@
-"""Storage: SQLAlchemy Core tables, one pooled engine per URL per process, recovery.
-
-SQLite by default (WAL, ``synchronous=NORMAL`` and a busy timeout on every
-connection); any SQLAlchemy URL works, so PostgreSQL can be the shared store.
-Writes go through a few functions that each run one transaction:
-`Store.insert_tasks` (a post) and `Store.apply` (a batch of state transitions:
-task rows, bids, events, agents; an auction close is always inside one batch).
-
-One swarm owns a database at a time (see `timmy.storage.ownership`). The owner's
-writes are also *fenced*: `Store.recover`, which a swarm runs as it starts,
-opens a new ownership epoch (a counter in ``timmy_meta``), and every later write
-of that swarm checks, inside its transaction, that the epoch is still its own
-(a server: under a share lock on that row, before writing; SQLite: reading it
-after writing, under the database's write lock the writes took). A swarm that lost its lock without
-noticing (its lock connection dropped, another swarm took over, a second swarm
-got past the file lock) therefore fails its next write with `OwnershipLost`
-instead of overwriting the new owner's work.
+"""The timmy database: `Store` opens it (creating or migrating the schema of
+`timmy.storage.tables`), takes over from a previous owner, and reads it a page at a time;
+its fenced writes are `timmy.storage.writes`. SQLite by default, any SQLAlchemy URL works.
 """
 
 from __future__ import annotations
@@ -93,7 +79,22 @@ def _task(row) -> Task:
 
 
 class Store(Writer):
-    """A timmy database: schema, transactions, reads. Thread-safe (one pooled engine)."""
+    """A timmy database: schema, transactions, reads. Thread-safe (one pooled engine).
+
+    Writes go through a few methods that each run one transaction (`Writer`):
+    `insert_tasks` (a post) and `apply` (a batch of state transitions: task rows, bids,
+    events, agents; an auction close is always inside one batch).
+
+    One swarm owns a database at a time (see `timmy.storage.ownership`). The owner's
+    writes are also *fenced*: `recover`, which a swarm runs as it starts, opens a new
+    ownership epoch (a counter in ``timmy_meta``), and every later write of that swarm
+    checks, inside its transaction, that the epoch is still its own (a server: under a
+    share lock on that row, before writing; SQLite: reading it after writing, under the
+    database's write lock the writes took). A swarm that lost its lock without noticing
+    (its lock connection dropped, another swarm took over, a second swarm got past the
+    file lock) therefore fails its next write with `OwnershipLost` instead of
+    overwriting the new owner's work.
+    """
 
     def __init__(self, url: str | DatabaseAddress, busy_timeout: float = 5.0,
                  create: bool = True) -> None:
@@ -112,7 +113,7 @@ class Store(Writer):
         server = self._server = self.engine.dialect.name != "sqlite"
         # A server's integer column is 32 bits; an id past it cannot exist, so is not asked for.
         self._max_id = 2**31 - 1 if server else 2**63 - 1
-        # Fencing (see the module docstring), on every database: SQLite's flock keeps a
+        # Fencing (see the class docstring), on every database: SQLite's flock keeps a
         # second swarm out only where every opener takes it (an older timmy does not).
         self._fenced = True
         # Inserts by COPY (see _copy_rows): PostgreSQL through psycopg 3.
@@ -194,7 +195,7 @@ class Store(Writer):
         assigned or running, now queued again; and those whose attempts were used up,
         now failed with a reason. Agents it left alive are marked "lost". On a server
         database it first opens a new ownership epoch for ``owner`` (fencing: see the
-        module docstring), so the tasks it reads are final: the old owner writes no more.
+        class docstring), so the tasks it reads are final: the old owner writes no more.
         """
         def run():
             with self.engine.begin() as conn:
