@@ -74,10 +74,12 @@ def checks_of(stdout: str) -> dict[str, dict]:
 
 class FakeOllama(BaseHTTPRequestHandler):
     models: ClassVar[list[dict]] = []
+    prefix: ClassVar[str] = ""   # served under this path, as behind a reverse proxy
 
     def do_GET(self) -> None:
+        path = self.path[len(self.prefix):] if self.path.startswith(self.prefix) else ""
         body = {"/api/version": {"version": "0.5.7"},
-                "/api/tags": {"models": self.models}}.get(self.path)
+                "/api/tags": {"models": self.models}}.get(path)
         if body is None:
             self.send_error(404)
             return
@@ -93,12 +95,14 @@ class FakeOllama(BaseHTTPRequestHandler):
 
 
 @pytest.fixture
-def ollama() -> Iterator[Callable[[list[str]], int]]:
-    """``ollama(models)`` starts a server answering /api/version and /api/tags; its port."""
+def ollama() -> Iterator[Callable[..., int]]:
+    """``ollama(models, prefix="")`` starts a server answering /api/version and /api/tags
+    (under ``prefix``); its port."""
     servers = []
 
-    def start(models: list[str]) -> int:
-        handler = type("Handler", (FakeOllama,), {"models": [{"name": m} for m in models]})
+    def start(models: list[str], prefix: str = "") -> int:
+        handler = type("Handler", (FakeOllama,), {"models": [{"name": m} for m in models],
+                                                  "prefix": prefix})
         server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
         threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
         servers.append(server)
@@ -184,6 +188,37 @@ def test_ollama_with_a_model_is_ok(ollama, tmp_path, ports):
     assert check["status"] == OK, check
     assert check["detail"] == (f"Ollama 0.5.7 at http://127.0.0.1:{port}; "
                                "models: llama3.2:latest, qwen2.5:0.5b")
+
+
+@pytest.mark.parametrize("host", [":{port}", "localhost:{port}/ollama",
+                                  "http://127.0.0.1:{port}/ollama/"])
+def test_the_doctor_probes_the_server_the_executor_calls(ollama, ports, monkeypatch, host):
+    """One OLLAMA_HOST, one server: the doctor asks where the llm executor will ask (an
+    address without a host is loopback, a path is kept, as behind a reverse proxy)."""
+    port = ollama(["llama3.2:latest"], prefix="/ollama" if "ollama" in host else "")
+    monkeypatch.setenv("OLLAMA_HOST", host.format(port=port))
+    from timmy.llm import base_url
+
+    check = timmy.doctor(**ports)["ollama"]
+    assert check.status == OK, check
+    assert check.detail.startswith(f"Ollama 0.5.7 at {base_url()}; models: llama3.2:latest")
+
+
+@pytest.mark.parametrize("host", ["https://gpu.example.com/ollama", "http://gpu-box/ollama/",
+                                  "https://ollama.example.com", ":11435", "gpu-box/ollama",
+                                  "0.0.0.0", "[::1]:9000"])
+def test_the_doctor_and_the_executor_read_ollama_host_alike(host):
+    from timmy.llm import base_url
+
+    assert ollama_url(host) == base_url(host)
+
+
+def test_a_bad_ollama_host_is_a_failed_check_not_a_crash(ports, monkeypatch):
+    monkeypatch.setenv("OLLAMA_HOST", "ftp://gpu-box")
+    check = timmy.doctor(**ports)["ollama"]
+    assert check.status == WARN
+    assert "OLLAMA_HOST 'ftp://gpu-box' is not an http(s) address" in check.detail
+    assert check.fix.startswith("e.g. http://127.0.0.1:11434")
 
 
 def test_ollama_without_models_says_what_to_pull(ollama, ports):

@@ -173,7 +173,7 @@ def doctor(db: str = DEFAULT_DB, *, require: Iterable[str] = (), ollama_host: st
         _espeak(),
         _speech(),
         _audio(),
-        _ollama(ollama_host or os.environ.get("OLLAMA_HOST") or OLLAMA_HOST, timeout),
+        _ollama(ollama_host, timeout),
         _chromium(),
         _playwright(),
         _voila(),
@@ -307,18 +307,17 @@ def _database(db: str, timeout: float) -> Finding:
     except ImportError as exc:
         return ("database", "core", False, f"cannot check it: sqlalchemy does not import ({exc})",
                 "pip install -e .  (reinstall timmy into this environment)")
-    from timmy.storage.address import db_url
+    from timmy.storage.address import DatabaseAddress
 
-    url = db_url(db) if db.strip() else db
     fix = "pass a database you can write to: timmy doctor --db PATH (or db=... in Python)"
     try:
-        parsed = sa.engine.make_url(url)
-    except sa.exc.ArgumentError as exc:
-        return ("database", "core", False, f"{db!r} is not a database URL: {exc}",
+        address = DatabaseAddress.parse(db)
+    except ConfigError as exc:
+        return ("database", "core", False, f"{db!r} is not a database URL: {exc.message}",
                 "pass a file path (data/timmy.db) or an SQLAlchemy URL")
-    if parsed.get_backend_name() == "sqlite":
-        return _sqlite(parsed.database or "", fix)
-    return _server_database(sa, parsed, timeout)
+    if address.is_sqlite:
+        return _sqlite(address.database or "", fix)
+    return _server_database(sa, address, timeout)
 
 
 def _sqlite(database: str, fix: str) -> Finding:
@@ -385,12 +384,12 @@ def _task_count(path: Path) -> str:
         return "no timmy tables yet"
 
 
-def _server_database(sa, parsed, timeout: float) -> Finding:
-    shown = parsed.render_as_string(hide_password=True)
+def _server_database(sa, address, timeout: float) -> Finding:
+    shown = address.display
     connect_args = {"connect_timeout": max(1, round(timeout))} \
-        if parsed.get_backend_name() == "postgresql" else {}
+        if address.backend == "postgresql" else {}
     try:
-        engine = sa.create_engine(parsed, connect_args=connect_args)
+        engine = sa.create_engine(address.url, connect_args=connect_args)
     except (ImportError, sa.exc.NoSuchModuleError) as exc:
         return ("database", "core", False, f"{shown}: no driver ({exc})",
                 'pip install "timmy[postgres]"')
@@ -461,8 +460,11 @@ def _audio() -> Finding:
 # -- Ollama -----------------------------------------------------------------------------
 
 
-def _ollama(host: str, timeout: float) -> Finding:
-    base = ollama_url(host)
+def _ollama(host: str | None, timeout: float) -> Finding:
+    try:
+        base = ollama_url(host)
+    except ConfigError as exc:
+        return ("ollama", "llm", False, exc.message, exc.hint)
     status = probe_ollama(base, timeout)
     if status["error"]:
         return ("ollama", "llm", False, f"no Ollama server at {base}: {status['error']}",
@@ -476,17 +478,13 @@ def _ollama(host: str, timeout: float) -> Finding:
             f"Ollama {status['version']} at {base}; models: {', '.join(models)}", "")
 
 
-def ollama_url(host: str) -> str:
-    """OLLAMA_HOST as Ollama reads it: ``host``, ``host:port`` or a URL -> http://host:port."""
-    host = host.strip().rstrip("/")
-    if "://" not in host:
-        host = f"http://{host}"
-    scheme, rest = host.split("://", 1)
-    if ":" not in rest.rsplit("]", 1)[-1]:
-        rest += ":11434"
-    if rest.startswith("0.0.0.0"):        # a bind-all address: the server is on loopback
-        rest = "127.0.0.1" + rest[len("0.0.0.0"):]
-    return f"{scheme}://{rest}"
+def ollama_url(host: str | None = None) -> str:
+    """The Ollama server's URL for ``host``, else OLLAMA_HOST, else the local default: the
+    executor's own reading (`timmy.llm.base_url`), so the doctor probes where it will call.
+    A bad address is a `ConfigError`."""
+    from timmy.llm import base_url
+
+    return base_url(host)
 
 
 def probe_ollama(base: str, timeout: float = 2.0) -> dict:

@@ -39,7 +39,9 @@ def base_url(host: str | None = None) -> str:
 
     Read like the ``ollama`` client and CLI read OLLAMA_HOST: "example.com", ":11435",
     "10.0.0.5:11434" and "https://example.com/ollama" all work; without a scheme the
-    port defaults to 11434.
+    port defaults to 11434. A bind-all address ("0.0.0.0", what a server is often told to
+    listen on) means the server on this machine: 127.0.0.1. The one reading of an Ollama
+    address: the executor calls it and `timmy.doctor` probes it.
     """
     where = "ollama_host" if host else HOST_ENV
     raw = (host or os.environ.get(HOST_ENV) or "").strip()
@@ -60,6 +62,8 @@ def base_url(host: str | None = None) -> str:
         raise ConfigError(f"{where} {raw!r} is not a valid address: {exc}",
                           hint="e.g. http://127.0.0.1:11434") from None
     name = split.hostname or "127.0.0.1"
+    if name == "0.0.0.0":   # a bind-all address: the server is on loopback
+        name = "127.0.0.1"
     if ":" in name:
         name = f"[{name}]"
     path = split.path.strip("/")

@@ -135,14 +135,14 @@ def _database_url(source: str | Path) -> str | None:
 
 def _check_sqlite_file(url: str) -> None:
     """Refuse a ``sqlite:///`` URL whose file does not exist (SQLite would create it)."""
-    import sqlalchemy as sa
+    from timmy.storage.address import DatabaseAddress
 
     try:
-        parsed = sa.engine.make_url(url)
-    except sa.exc.ArgumentError:
+        address = DatabaseAddress.parse(url)
+    except ConfigError:
         return  # Store says what is wrong with the URL
-    db = parsed.database
-    if (parsed.get_backend_name() == "sqlite" and db and db != ":memory:"
+    db = address.database
+    if (address.is_sqlite and db and db != ":memory:"
             and not db.startswith("file:") and not Path(db).is_file()):
         raise StoreError(f"no database file at {db}",
                          hint="pass the path of a timmy SQLite file (e.g. data/timmy.db), "

@@ -29,7 +29,7 @@ from timmy.engine.executors import EXECUTORS
 from timmy.errors import ConfigError, StoreError, TimmyError
 from timmy.market.auction import RULES
 from timmy.market.models import TERMINAL_STATES
-from timmy.storage.address import db_url, describe_db, sqlite_file
+from timmy.storage.address import DatabaseAddress, db_url, describe_db
 from timmy.textsafe import clean, text
 
 DEMO_DB = "data/demo.db"
@@ -467,13 +467,13 @@ def export(db: str, out_dir: Path, fmt: str) -> None:
     from timmy.storage.export import export_store
     from timmy.storage.store import Store
 
-    url = db_url(db)
-    path = sqlite_file(url)
+    address = DatabaseAddress.parse(db)
+    path = address.file
     if path is not None and not path.is_file():
         raise StoreError(f"no database file at {path}",
                          hint="pass the path of a timmy SQLite file (e.g. data/timmy.db) or "
                               "an SQLAlchemy URL")
-    store = Store(url, create=False)
+    store = Store(address, create=False)
     try:
         written = export_store(store, out_dir, fmt)
     finally:

@@ -30,7 +30,7 @@ from timmy.paging import (
     task_key,
     walk,
 )
-from timmy.storage.address import db_url
+from timmy.storage.address import DatabaseAddress
 from timmy.storage.ownership import claim
 from timmy.storage.store import Store
 
@@ -98,7 +98,8 @@ class AsyncSwarm:
                              runner_command=runner_command,
                              model=dict(model) if isinstance(model, Mapping) else model,
                              ollama_host=ollama_host, ollama_timeout=ollama_timeout, **kwargs)
-        self.db = db_url(str(db))   # a path is an SQLite file
+        self.address = DatabaseAddress.parse(db)   # a path is an SQLite file
+        self.db = self.address.url
         self.voice = voice
         self.announcer = None  # a timmy.voice.Announcer while a swarm with voice=True runs
         self._db_timeout = db_timeout
@@ -117,9 +118,9 @@ class AsyncSwarm:
                 hint="run it under asyncio (anyio.run(main) or asyncio.run(main)), or use the "
                 "synchronous timmy.Swarm, which brings its own event loop",
             ) from None
-        self._release = claim(self.db)   # before opening: never migrate a database in use
+        self._release = claim(self.address)   # before opening: never migrate one in use
         try:
-            self.store = await anyio.to_thread.run_sync(Store, self.db, self._db_timeout)
+            self.store = await anyio.to_thread.run_sync(Store, self.address, self._db_timeout)
         except BaseException:
             self._release()
             raise

@@ -72,9 +72,9 @@ class Stopped:
 
 def state_file(db_url: str) -> Path:
     """``dashboards.json`` beside the SQLite file (else under ./data)."""
-    from timmy.cli.app import sqlite_file
+    from timmy.storage.address import DatabaseAddress
 
-    path = sqlite_file(db_url)
+    path = DatabaseAddress.parse(db_url).file
     folder = path.parent if path is not None else Path("data")
     return folder.absolute() / "dashboards.json"
 

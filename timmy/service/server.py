@@ -721,12 +721,10 @@ async def _close(writer) -> None:
 
 def token_path(db: str) -> Path:
     """Where the service's token is kept: beside an SQLite file, else under ./data."""
-    from timmy.storage.ownership import lock_path
+    from timmy.storage.address import DatabaseAddress
 
-    lock = lock_path(db)
-    if lock is None:
-        return Path("data", "timmy-service.token").absolute()
-    return lock.with_name(lock.name.removesuffix(".lock") + ".token")
+    beside = DatabaseAddress.parse(db).beside(".token")
+    return beside if beside is not None else Path("data", "timmy-service.token").absolute()
 
 
 def runner_token_path(db: str) -> Path:

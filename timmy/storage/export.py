@@ -11,7 +11,8 @@ import sqlalchemy as sa
 
 from timmy.errors import ConfigError, ExportError, require
 from timmy.storage.private import private_dirs, private_file
-from timmy.storage.store import Store, agents_table, bids_table, events_table, tasks_table
+from timmy.storage.store import Store
+from timmy.storage.tables import agents_table, bids_table, events_table, tasks_table
 
 if TYPE_CHECKING:
     import pyarrow as pa

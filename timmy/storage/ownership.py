@@ -18,8 +18,8 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from timmy.errors import StoreError
-from timmy.storage.address import sqlite_file
+from timmy.errors import ConfigError, StoreError
+from timmy.storage.address import DatabaseAddress
 from timmy.storage.private import private_dirs
 
 log = logging.getLogger("timmy.storage.ownership")
@@ -40,50 +40,31 @@ def whoami() -> str:
     return f"timmy swarm pid {os.getpid()} on {socket.gethostname()}"
 
 
-def lock_path(url: str) -> Path | None:
-    """``<database as written>.lock`` for an SQLite file URL; None for memory databases and
-    other URLs. Not the lock itself any more (see `_claim_file`): where the token file
-    lives beside it (`timmy.service.server.token_path`)."""
-    try:
-        parsed = sa.engine.make_url(url)
-    except sa.exc.ArgumentError:
-        return None  # not a URL: opening the store says so, with a hint
-    db = parsed.database
-    if parsed.get_backend_name() != "sqlite" or db in (None, "", ":memory:"):
-        return None
-    if db.startswith("file:"):
-        return None
-    return Path(os.path.abspath(db) + ".lock")
-
-
-def claim(url: str) -> Callable[[], None]:
+def claim(url: str | DatabaseAddress) -> Callable[[], None]:
     """Take the database for this process, or raise `StoreError` naming the owner.
 
     Returns a function that gives it back.
     """
-    path = sqlite_file(url)
-    if path is not None:
-        return _claim_file(url, path)
     try:
-        backend = sa.engine.make_url(url).get_backend_name()
-    except sa.exc.ArgumentError:
-        return lambda: None
-    if backend == "postgresql":
-        return _claim_postgres(url)
+        address = DatabaseAddress.parse(url)
+    except ConfigError:
+        return lambda: None   # not a URL: opening the store says so, with a hint
+    if address.file is not None:
+        return _claim_file(address)
+    if address.backend == "postgresql":
+        return _claim_postgres(address)
     return lambda: None
 
 
-def _refused(url: str, owner: str) -> StoreError:
-    from timmy.storage.store import safe_url
-
+def _refused(address: DatabaseAddress, owner: str) -> StoreError:
     return StoreError(
-        f"cannot open {safe_url(url)}: it is in use by another swarm ({owner})",
+        f"cannot open {address.display}: it is in use by another swarm ({owner})",
         hint="close the other swarm using it (swarm.close(), or end its process), or "
         "pass another database (db=... / --db)",
     )
 
 
-def _claim_file(url: str, path: Path) -> Callable[[], None]:
+def _claim_file(address: DatabaseAddress) -> Callable[[], None]:
     """``flock`` the database file itself, then ``<real path>.lock`` beside it.
 
     Why the database file: a lock keyed by a name can be dodged by another name (a
@@ -108,11 +89,13 @@ def _claim_file(url: str, path: Path) -> Callable[[], None]:
     """
     import fcntl
 
-    real = Path(os.path.realpath(path))   # symlinks, "..", relative to this directory: out
+    url = address.url
+    real = address.real_file   # symlinks, "..", relative to this directory: out
+    lock_file = address.lock_file   # <real path>.lock
     if not INODE_LOCK:
         with contextlib.suppress(OSError):   # creating the .lock file says why
             private_dirs(real.parent)
-        return _claim_side_file(url, Path(f"{real}.lock"))
+        return _claim_side_file(address, lock_file)
     try:
         private_dirs(real.parent)
         try:
@@ -130,11 +113,11 @@ def _claim_file(url: str, path: Path) -> Callable[[], None]:
     except BlockingIOError:
         st = os.fstat(fd)
         os.close(fd)
-        raise _refused(url, _file_owner(st, real)) from None
+        raise _refused(address, _file_owner(st, real, lock_file)) from None
     except OSError:   # a file system without flock: the .lock file and the epoch remain
         log.warning("cannot flock %s: relying on %s.lock and the ownership epoch", real, real)
     try:
-        release_side = _claim_side_file(url, Path(f"{real}.lock"))
+        release_side = _claim_side_file(address, lock_file)
     except BaseException:
         os.close(fd)
         raise
@@ -148,9 +131,10 @@ def _claim_file(url: str, path: Path) -> Callable[[], None]:
     return release
 
 
-def _claim_side_file(url: str, path: Path) -> Callable[[], None]:
+def _claim_side_file(address: DatabaseAddress, path: Path) -> Callable[[], None]:
     import fcntl
 
+    url = address.url
     try:
         private_dirs(path.parent)   # new directories 0700, as the database's
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -164,7 +148,7 @@ def _claim_side_file(url: str, path: Path) -> Callable[[], None]:
     except BlockingIOError:
         owner = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
         os.close(fd)
-        raise _refused(url, owner) from None
+        raise _refused(address, owner) from None
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
 
@@ -177,14 +161,14 @@ def _claim_side_file(url: str, path: Path) -> Callable[[], None]:
     return release
 
 
-def _file_owner(st: os.stat_result, real: Path) -> str:
+def _file_owner(st: os.stat_result, real: Path, lock_file: Path) -> str:
     """Who holds the flock on the database file ``st``: "pid N on HOST" from /proc/locks
     (Linux), else what the owner wrote in the ``.lock`` file beside this name or in the
     database, else "unknown"."""
     pids = _flock_holders(st.st_dev, st.st_ino)
     if pids:
         return ", ".join(f"pid {p}" for p in pids) + f" on {socket.gethostname()}"
-    text = _held_side_file(Path(f"{real}.lock"))
+    text = _held_side_file(lock_file)
     if text:
         return text
     import sqlite3
@@ -239,7 +223,7 @@ def _flock_holders(dev: int, ino: int) -> list[int]:
     return sorted(set(pids))
 
 
-def _claim_postgres(url: str) -> Callable[[], None]:
+def _claim_postgres(address: DatabaseAddress) -> Callable[[], None]:
     """The advisory lock, on a connection of its own, kept by a `_LockKeeper` thread.
 
     A session-level ``pg_try_advisory_lock`` keyed by the schema the URL works in (so
@@ -251,17 +235,18 @@ def _claim_postgres(url: str) -> Callable[[], None]:
     and, should it have died (a server restart), takes the lock again. Other URLs (MySQL,
     ...) are not guarded: run one swarm per database.
     """
-    from timmy.storage.store import explain
+    from timmy.storage.explain import explain
 
-    engine = sa.create_engine(url, poolclass=sa.pool.NullPool, isolation_level="AUTOCOMMIT")
+    engine = sa.create_engine(address.url, poolclass=sa.pool.NullPool,
+                              isolation_level="AUTOCOMMIT")
     try:
         conn, key = _lock_session(engine)
         if conn is None:
-            raise _refused(url, key)
+            raise _refused(address, key)
     except sa.exc.DBAPIError as exc:
         engine.dispose()
-        raise explain(url, exc) from exc
-    keeper = _LockKeeper(url, engine, conn)
+        raise explain(address, exc) from exc
+    keeper = _LockKeeper(address, engine, conn)
     keeper.start()
     return keeper.release
 
@@ -301,9 +286,9 @@ class _LockKeeper(threading.Thread):
     than taking over. Should another swarm have got the lock in the gap, this one is fenced
     out at its next write (see `timmy.storage.store`) and the keeper says so in the log."""
 
-    def __init__(self, url: str, engine: sa.Engine, conn) -> None:
+    def __init__(self, address: DatabaseAddress, engine: sa.Engine, conn) -> None:
         super().__init__(name="timmy-lock-keeper", daemon=True)
-        self.url, self.engine, self.conn = url, engine, conn
+        self.address, self.engine, self.conn = address, engine, conn
         self.stopping = threading.Event()
         self.lock = threading.Lock()   # the connection: the keeper's, or release()'s
 
@@ -315,8 +300,6 @@ class _LockKeeper(threading.Thread):
                 self._check()
 
     def _check(self) -> None:
-        from timmy.storage.store import safe_url
-
         if self.conn is not None:
             try:
                 self.conn.exec_driver_sql("SELECT 1")
@@ -326,20 +309,20 @@ class _LockKeeper(threading.Thread):
                     self.conn.close()
                 self.conn = None
                 log.warning("lost the lock connection to %s: taking the lock again",
-                            safe_url(self.url))
+                            self.address.display)
         try:
             conn, key = _lock_session(self.engine)
         except sa.exc.DBAPIError as exc:
-            log.warning("cannot take the lock on %s again yet: %s", safe_url(self.url),
+            log.warning("cannot take the lock on %s again yet: %s", self.address.display,
                         str(exc.orig or exc).strip().splitlines()[0][:200])
             return
         if conn is None:
             log.error("%s is now locked by %s: this swarm will stop at its next write",
-                      safe_url(self.url), key)
+                      self.address.display, key)
             self.stopping.set()
             return
         self.conn = conn
-        log.warning("took the lock on %s again", safe_url(self.url))
+        log.warning("took the lock on %s again", self.address.display)
 
     def release(self) -> None:
         self.stopping.set()

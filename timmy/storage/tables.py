@@ -1,0 +1,87 @@
+"""timmy's database schema: the SQLAlchemy Core tables, their indexes, and the column orders
+the write path sends rows in."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+SCHEMA_VERSION = 1
+
+metadata = sa.MetaData()
+
+meta_table = sa.Table(
+    "timmy_meta", metadata,
+    sa.Column("key", sa.String(64), primary_key=True),
+    sa.Column("value", sa.String(256), nullable=False),
+)
+agents_table = sa.Table(
+    "agents", metadata,
+    sa.Column("agent_id", sa.String(64), primary_key=True),
+    sa.Column("persona", sa.String(64), nullable=False, index=True),
+    sa.Column("name", sa.String(128), nullable=False),
+    sa.Column("pid", sa.Integer),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("restarts", sa.Integer, nullable=False, default=0),
+    sa.Column("tasks_won", sa.Integer, nullable=False, default=0),
+    sa.Column("earned_sats", sa.BigInteger, nullable=False, default=0),
+    sa.Column("joined_at", sa.Float),
+)
+tasks_table = sa.Table(
+    "tasks", metadata,
+    sa.Column("task_id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("description", sa.Text, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False, index=True),
+    sa.Column("assigned_agent", sa.String(64)),
+    sa.Column("price_sats", sa.Integer),
+    sa.Column("attempts", sa.Integer, nullable=False, default=0),
+    sa.Column("result", sa.Text),
+    sa.Column("reason", sa.Text),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("assigned_at", sa.Float),
+    sa.Column("completed_at", sa.Float),
+)
+bids_table = sa.Table(
+    "bids", metadata,
+    sa.Column("bid_id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("task_id", sa.Integer, nullable=False, index=True),
+    sa.Column("attempt", sa.Integer, nullable=False),
+    # The event_id of the auction's auction_opened event. A task re-auctioned without
+    # using an attempt (no bidder with room, its runner died before starting it) has
+    # several auctions with the same attempt number: one winner per auction_id.
+    sa.Column("auction_id", sa.BigInteger, nullable=False),
+    sa.Column("agent_id", sa.String(64), nullable=False),
+    sa.Column("sats", sa.Integer, nullable=False),
+    sa.Column("on_spec", sa.Boolean, nullable=False),
+    sa.Column("won", sa.Boolean, nullable=False),
+    sa.Column("rule", sa.String(32), nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+)
+events_table = sa.Table(
+    "events", metadata,
+    sa.Column("event_id", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("ts", sa.Float, nullable=False),
+    sa.Column("kind", sa.String(32), nullable=False),
+    sa.Column("task_id", sa.Integer),
+    sa.Column("agent_id", sa.String(64)),
+    sa.Column("data", sa.Text, nullable=False),
+)
+
+TASK_COLUMNS = tuple(c.name for c in tasks_table.columns)
+AGENT_COLUMNS = tuple(c.name for c in agents_table.columns)
+TASK_UPDATE_COLUMNS = tuple(c for c in TASK_COLUMNS
+                            if c not in ("task_id", "description", "created_at"))
+AGENT_UPDATE_COLUMNS = tuple(c for c in AGENT_COLUMNS if c not in ("agent_id", "joined_at"))
+_TASK_UPDATE_BINDS = ("b_task_id", *(f"b_{c}" for c in TASK_UPDATE_COLUMNS))
+_AGENT_UPDATE_BINDS = ("b_agent_id", *(f"b_{c}" for c in AGENT_UPDATE_COLUMNS))
+#: Column order of the tuples in `Batch.bids` and `Batch.events` (tuples, not dicts: at
+#: thousands of rows a second, building dicts was a visible share of the engine's time).
+BID_COLUMNS = ("task_id", "attempt", "auction_id", "agent_id", "sats", "on_spec", "won", "rule",
+               "created_at")
+EVENT_COLUMNS = ("event_id", "ts", "kind", "task_id", "agent_id", "data")
+# A page of one state, newest first (`Store.tasks`), is a range scan of this index. SQLite's
+# ix_tasks_status already is one (its entries end with the rowid, which is task_id).
+sa.Index("ix_tasks_status_task_id", tasks_table.c.status,
+         tasks_table.c.task_id).ddl_if(dialect="postgresql")
+
+OWNER_EPOCH = "owner_epoch"   # timmy_meta key: the fencing token of the swarm that owns it
+OWNER = "owner"               # timmy_meta key: who that is, for humans
