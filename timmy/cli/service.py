@@ -1,6 +1,6 @@
 """``timmy serve``, ``timmy status`` and ``timmy post``: the swarm service from a shell.
 
-Registered by `timmy.cli.app`. ``serve`` is `timmy.service.server.run_service`; ``status``,
+Registered by `timmy.cli.app`. ``serve`` is `timmy.service.host.run_service`; ``status``,
 ``spawn`` and ``post`` are `timmy.Swarm.attach` calls.
 """
 
@@ -26,14 +26,12 @@ from timmy.cli.app import (
 )
 from timmy.errors import ConfigError
 from timmy.service.server import (
-    DEFAULT_HOST,
-    DEFAULT_PORT,
-    DEFAULT_URL,
     FIRST_LINE_TIMEOUT,
     MAX_CONNECTIONS,
     MAX_HANDSHAKES,
     SEND_TIMEOUT,
 )
+from timmy.service.wire import DEFAULT_HOST, DEFAULT_PORT, DEFAULT_URL
 from timmy.textsafe import clean, text
 
 _URL_HELP = f"The service's address. Default: TIMMY_URL, else {DEFAULT_URL}."
@@ -64,7 +62,7 @@ def _token_not_in_argv(token: str | None) -> str | None:
         return token
     path = click.get_current_context().meta.get("timmy.token_file")
     if path is not None:
-        from timmy.service.server import read_token
+        from timmy.service.tokens import read_token
 
         return read_token(path)
     return os.environ.get("TIMMY_TOKEN") or None
@@ -143,13 +141,8 @@ def serve_cmd(db: str, host: str, port: int, token: str | None, allow_remote: bo
     kept in the database.
     """
     from timmy.market.personas import load_personas
-    from timmy.service.server import (
-        check_bind,
-        load_or_create_token,
-        run_service,
-        runner_token_path,
-        token_path,
-    )
+    from timmy.service.host import check_bind, run_service
+    from timmy.service.tokens import load_or_create_token, runner_token_path, token_path
 
     check_bind(host, allow_remote)
     if allow_remote and host not in ("127.0.0.1", "::1", "localhost"):
@@ -327,7 +320,7 @@ def dashboards_cmd(db: str, host: str, port: int, voila_port: int, notebooks: Pa
     everything is kept in the database.
     """
     from timmy.ops.launcher import Dashboards, state_file, stop_running
-    from timmy.service.server import check_bind
+    from timmy.service.host import check_bind
 
     url = db_url(db)
     if stop:

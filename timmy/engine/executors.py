@@ -4,7 +4,7 @@ An executor's ``run`` returns an `Outcome`. The simulated one is seeded by
 (swarm seed, agent_id, task_id, attempt), like bids, so a seeded run repeats:
 it takes an exponential time with mean ``task_seconds`` (capped at 5x) and
 succeeds with probability `ON_SPEC_SUCCESS` on its speciality and
-`OFF_SPEC_SUCCESS` off it. The Ollama executor lives in `timmy.llm` and is
+`OFF_SPEC_SUCCESS` off it. The Ollama executor lives in `timmy.engine.ollama` and is
 imported only by a runner that uses it (it pulls in the ``ollama`` client).
 "auto" is resolved by the coordinator before any runner starts (one probe of
 the server), so a runner is only ever told "simulated", "echo" or "ollama".
@@ -105,7 +105,7 @@ def make_executor(name: str, *, seed: int, agent_id: str, task_seconds: float,
     """Build the executor a runner uses.
 
     ``persona``, ``model``, ``host`` and ``timeout`` are for "ollama" (see
-    `timmy.llm.OllamaExecutor`; None means its defaults and environment variables).
+    `timmy.engine.ollama.OllamaExecutor`; None means its defaults and environment variables).
     "auto" reaching a runner (one started by hand) means simulated: deciding needs a probe
     of the server, which the coordinator makes once for the whole swarm.
     """
@@ -114,7 +114,8 @@ def make_executor(name: str, *, seed: int, agent_id: str, task_seconds: float,
         return SimulatedExecutor(seed, agent_id, task_seconds)
     if name == "echo":
         return EchoExecutor()
-    from timmy.llm import DEFAULT_TIMEOUT, OllamaExecutor
+    from timmy.engine.ollama import OllamaExecutor
+    from timmy.llm import DEFAULT_TIMEOUT
 
     if persona is None:
         raise ConfigError("the ollama executor needs the runner's persona",

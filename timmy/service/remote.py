@@ -48,7 +48,7 @@ from timmy.engine.runner import Runner, stats_from_dict
 from timmy.errors import ProtocolError, SwarmClosed, TimmyError
 from timmy.market.bidding import BidStats
 from timmy.market.personas import persona_from_dict
-from timmy.service.server import (
+from timmy.service.wire import (
     AuthenticationError,
     ErrorInfo,
     Request,

@@ -78,7 +78,7 @@ def whoami() -> str:
 def lock_path(url: str) -> Path | None:
     """``<database as written>.lock`` for an SQLite file URL; None for memory databases and
     other URLs. Not the lock itself any more (see `_claim_file`): where the token file
-    lives beside it (`timmy.service.server.token_path`)."""
+    lives beside it (`timmy.service.tokens.token_path`)."""
     try:
         parsed = sa.engine.make_url(url)
     except sa.exc.ArgumentError:
