@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from timmy.cli.app import CONTEXT_SETTINGS
+from timmy.cli.common import CONTEXT_SETTINGS
 from timmy.engine.executors import EXECUTORS
 from timmy.errors import ConfigError
 

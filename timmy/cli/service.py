@@ -12,15 +12,13 @@ from pathlib import Path
 
 import click
 
-from timmy.cli.app import (
+from timmy.cli.common import (
     CONTEXT_SETTINGS,
     RUN_DB,
-    _console,
-    _status_line,
-    db_url,
-    describe_db,
+    make_console,
     model_option,
     say_executor,
+    status_line,
     swarm_options,
     task_timeout_option,
 )
@@ -32,6 +30,7 @@ from timmy.service.server import (
     SEND_TIMEOUT,
 )
 from timmy.service.wire import DEFAULT_HOST, DEFAULT_PORT, DEFAULT_URL
+from timmy.storage.address import db_url, describe_db
 from timmy.textsafe import clean, text
 
 _URL_HELP = f"The service's address. Default: TIMMY_URL, else {DEFAULT_URL}."
@@ -229,7 +228,7 @@ def status_cmd(url: str | None, token: str | None, db: str | None) -> None:
     with _attach(url, token, db) as swarm:
         status = swarm.status()
         agents = swarm.agents()
-    console = _console()
+    console = make_console()
     table = Table(title=text(f"{len(agents)} agents at {swarm.url}"), title_justify="left")
     for name, justify in (("agent", "left"), ("status", "left"), ("where", "left"),
                           ("pid", "right"), ("restarts", "right"), ("won", "right"),
@@ -240,7 +239,7 @@ def status_cmd(url: str | None, token: str | None, db: str | None) -> None:
                       str(a.pid or "-"),
                       str(a.restarts), str(a.tasks_won), str(a.earned_sats))
     console.print(table)
-    console.print(text(_status_line(status)))
+    console.print(text(status_line(status)))
     service = status.get("service", {})
     console.print(f"service: {service.get('connections', 0)} connections, "
                   f"{service.get('runners', 0)} remote runners, "

@@ -17,11 +17,11 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from timmy.engine.outcome import Outcome
 from timmy.errors import ConfigError
 from timmy.market.bidding import STREAM_EXEC, bid_rng
 
 if TYPE_CHECKING:
-    from timmy.engine.protocol import Usage
     from timmy.market.personas import Persona
 
 EXECUTORS = ("simulated", "echo", "ollama", "auto")
@@ -34,22 +34,6 @@ def check_executor(name: str) -> str:
     if name not in EXECUTORS:
         raise ConfigError(f"unknown executor {name!r}", hint=f"use one of: {', '.join(EXECUTORS)}")
     return name
-
-
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """What an execution came to. ``output`` is the result, or on failure the reason.
-
-    ``usage``: tokens and timing, from executors that call a model. ``permanent``: the
-    failure would repeat on any runner (see `timmy.engine.protocol.Result`), so re-auctioning
-    the task cannot help.
-    """
-
-    ok: bool
-    output: str
-    elapsed_s: float
-    usage: Usage | None = None
-    permanent: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 
-from timmy.engine.executors import Outcome
+from timmy.engine.outcome import Outcome
 from timmy.engine.protocol import Usage
 from timmy.errors import ExecutorUnavailable, require
 from timmy.llm import (

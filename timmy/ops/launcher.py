@@ -92,7 +92,7 @@ class Stopped:
 
 def state_file(db_url: str) -> Path:
     """``dashboards.json`` beside the SQLite file (else under ./data)."""
-    from timmy.cli.app import sqlite_file
+    from timmy.storage.address import sqlite_file
 
     path = sqlite_file(db_url)
     folder = path.parent if path is not None else Path("data")
