@@ -13,7 +13,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "PERSONAS": "market.personas",
     "Persona": "market.personas",
-    "load_personas": "market.personas",
+    "load_personas": "storage.persona_files",
     "compute_bid": "market.bidding",
     "BidStats": "market.bidding",
     "Auction": "market.auction",
@@ -65,7 +65,8 @@ if TYPE_CHECKING:
     from timmy.market.auction import Auction, Bid, Clearing
     from timmy.market.bidding import BidStats, compute_bid
     from timmy.market.models import AgentInfo, Event, Task
-    from timmy.market.personas import PERSONAS, Persona, load_personas
+    from timmy.market.personas import PERSONAS, Persona
+    from timmy.storage.persona_files import load_personas
 
 
 # timmy.doctor is a callable module: timmy.doctor() runs the checks (see timmy/doctor.py).

@@ -62,7 +62,8 @@ def personas_cmd(file: Path | None) -> None:
     """Show the persona catalog: id, role, rate, bid base, jitter and keywords."""
     from rich.table import Table
 
-    from timmy.market.personas import PERSONAS, load_personas
+    from timmy.market.personas import PERSONAS
+    from timmy.storage.persona_files import load_personas
 
     catalog = load_personas(file) if file is not None else PERSONAS
     where = f"from {file}" if file is not None else "built in"

@@ -266,7 +266,8 @@ def run_cmd(tasks_file: Path, db: str, seed: int, rule: str, executor: str, task
     from rich.table import Table
 
     from timmy.engine.swarm import Swarm
-    from timmy.market.personas import PERSONAS, load_personas
+    from timmy.market.personas import PERSONAS
+    from timmy.storage.persona_files import load_personas
 
     descriptions = read_tasks_file(tasks_file)
     catalog = load_personas(personas_file) if personas_file is not None else dict(PERSONAS)

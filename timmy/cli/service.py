@@ -139,9 +139,9 @@ def serve_cmd(db: str, host: str, port: int, token: str | None, allow_remote: bo
     and do nothing else. Stopping the service stops its runners; everything is
     kept in the database.
     """
-    from timmy.market.personas import load_personas
     from timmy.service.host import check_bind, run_service
     from timmy.service.tokens import load_or_create_token, runner_token_path, token_path
+    from timmy.storage.persona_files import load_personas
 
     check_bind(host, allow_remote)
     if allow_remote and host not in ("127.0.0.1", "::1", "localhost"):
