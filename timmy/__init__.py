@@ -33,7 +33,7 @@ _EXPORTS = {
     "NoRunners": "errors",
     "QueueFull": "errors",
     "OwnershipLost": "errors",
-    "WaitTimeout": "engine.swarm",
+    "WaitTimeout": "errors",
     "Swarm": "engine.swarm",
     "AsyncSwarm": "engine.swarm",
     "Task": "market.models",
@@ -45,7 +45,7 @@ __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:
     from timmy import doctor, voice
-    from timmy.engine.swarm import AsyncSwarm, Swarm, WaitTimeout
+    from timmy.engine.swarm import AsyncSwarm, Swarm
     from timmy.errors import (
         ConfigError,
         ExecutorUnavailable,
@@ -61,6 +61,7 @@ if TYPE_CHECKING:
         TaskNotFound,
         TimmyError,
         VoiceUnavailable,
+        WaitTimeout,
     )
     from timmy.market.auction import Auction, Bid, Clearing
     from timmy.market.bidding import BidStats, compute_bid
