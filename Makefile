@@ -5,7 +5,8 @@
 #   make stop          stop what `make dashboards` started (from another shell)
 #   make venv          .venv with timmy installed editable with every extra (fast when done)
 #   make system-deps   the Debian packages in DEBIAN_PACKAGES (apt-get, as root, if missing)
-#   make test          ruff, the docs build (links checked), then pytest (all but tests marked slow)
+#   make test          ruff, the import-linter contracts of pyproject.toml (layers, no cycles),
+#                      the docs build (links checked), then pytest (all but tests marked slow)
 #   make docs          the documentation site (MkDocs, docs/ -> site/; --strict: broken links fail)
 #   make demo          a seeded 200-task swarm run: table by persona, SQLite file, Parquet export
 #   make soak          the long chaos soak (tests/chaos, -m slow; SOAK_TASKS=20000)
@@ -62,6 +63,7 @@ system-deps:
 test: venv
 	$(BIN)/ruff check .
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
+	$(BIN)/lint-imports
 	$(BIN)/pytest -q -m "not slow" tests notebooks --nbval-lax $(PYTEST_ARGS)
 
 docs: venv
@@ -95,7 +97,7 @@ lint: venv
 	$(BIN)/ruff check .
 
 clean:
-	rm -rf build dist site *.egg-info .pytest_cache .ruff_cache .hypothesis test-artifacts
+	rm -rf build dist site *.egg-info .pytest_cache .ruff_cache .import_linter_cache .hypothesis test-artifacts
 	rm -rf data/demo.db data/demo.db-wal data/demo.db-shm data/demo-export
 	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
 

@@ -3,7 +3,7 @@
 Section ``ollama``, against the Ollama look-alike of tests/ollama_server.py run in a
 process of its own (no model runs, and the server reports its own time per request):
 
-- overhead per task: `timmy.llm.OllamaExecutor.run` called directly, the server waiting
+- overhead per task: `timmy.engine.ollama.OllamaExecutor.run` called directly, the server waiting
   ``--delay`` seconds before each answer. Overhead = the executor's elapsed time minus
   the server's own duration for that request (what Ollama reports as
   ``total_duration``): building the request, the client, HTTP on loopback, parsing the
@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import timmy
-from timmy.llm import OllamaExecutor
+from timmy.engine.ollama import OllamaExecutor
 from timmy.market.personas import PERSONAS
 from timmy.sim.workloads import demo_descriptions
 

@@ -21,10 +21,12 @@ import duckdb
 import pytest
 from click.testing import CliRunner
 
-from timmy.cli.app import _TimmyGroup, cli, db_url, persona_summary, report_error
+from timmy.cli.app import _TimmyGroup, cli, report_error
+from timmy.cli.run import persona_summary
 from timmy.errors import ConfigError, PersonaError
 from timmy.market.models import Task
 from timmy.market.personas import PERSONAS
+from timmy.storage.address import db_url
 
 TABLES = ("tasks", "bids", "agents", "events")
 
@@ -200,7 +202,7 @@ def test_run_posts_one_task_per_line_skipping_comments_and_blanks(tmp_path, task
 
 
 def test_a_tasks_file_line_is_one_task_whatever_unicode_it_holds(tmp_path):
-    from timmy.cli.app import read_tasks_file
+    from timmy.cli.run import read_tasks_file
 
     path = tmp_path / "tasks.txt"
     # U+2028/U+2029, U+0085, VT and FF are line breaks to str.splitlines, not to a text file

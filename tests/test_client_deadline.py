@@ -10,7 +10,7 @@ import threading
 import pytest
 from test_service import ServiceProcess
 
-from timmy.service.server import ServiceUnavailable
+from timmy.service.wire import ServiceUnavailable
 
 
 @pytest.fixture

@@ -22,10 +22,10 @@ from ollama_server import FakeOllama
 
 from timmy import ConfigError, Swarm
 from timmy.engine import protocol as p
+from timmy.engine.ollama import OllamaExecutor
 from timmy.llm import (
     DEFAULT_HOST,
     DEFAULT_MODEL,
-    OllamaExecutor,
     base_url,
     choose_executor,
     model_for,

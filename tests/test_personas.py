@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from timmy.errors import PersonaError, TimmyError
-from timmy.market.personas import PERSONAS, Persona, get_persona, load_personas, persona_from_dict
+from timmy.market.personas import PERSONAS, Persona, get_persona, persona_from_dict
+from timmy.storage.persona_files import load_personas
 
 # The catalog table: id | role | rate_sats | bid_base | bid_jitter | keywords ("..." = a phrase).
 TABLE = """

@@ -17,7 +17,9 @@ from test_service import ServiceProcess
 
 import timmy
 from timmy.errors import ConfigError
-from timmy.service.server import AuthenticationError, ServiceBusy, check_bind, read_token
+from timmy.service.host import check_bind
+from timmy.service.tokens import read_token
+from timmy.service.wire import AuthenticationError, ServiceBusy
 
 
 @pytest.fixture(scope="module")

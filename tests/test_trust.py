@@ -35,7 +35,7 @@ from timmy.market.bidding import (
     quote,
 )
 from timmy.market.personas import PERSONAS, Persona
-from timmy.service.server import AuthenticationError
+from timmy.service.wire import AuthenticationError
 
 VIDEO = [f"render the video clip, take {i}" for i in range(40)]   # reel's, off-spec for quill
 

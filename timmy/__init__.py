@@ -16,7 +16,7 @@ _moved.install()  # old flat module paths (timmy.workload, timmy.store ...) keep
 _EXPORTS = {
     "PERSONAS": "market.personas",
     "Persona": "market.personas",
-    "load_personas": "market.personas",
+    "load_personas": "storage.persona_files",
     "compute_bid": "market.bidding",
     "BidStats": "market.bidding",
     "Auction": "market.auction",
@@ -36,7 +36,7 @@ _EXPORTS = {
     "NoRunners": "errors",
     "QueueFull": "errors",
     "OwnershipLost": "errors",
-    "WaitTimeout": "engine.swarm",
+    "WaitTimeout": "errors",
     "Swarm": "engine.swarm",
     "AsyncSwarm": "engine.swarm",
     "Task": "market.models",
@@ -48,7 +48,7 @@ __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:
     from timmy import doctor, voice
-    from timmy.engine.swarm import AsyncSwarm, Swarm, WaitTimeout
+    from timmy.engine.swarm import AsyncSwarm, Swarm
     from timmy.errors import (
         ConfigError,
         ExecutorUnavailable,
@@ -64,11 +64,13 @@ if TYPE_CHECKING:
         TaskNotFound,
         TimmyError,
         VoiceUnavailable,
+        WaitTimeout,
     )
     from timmy.market.auction import Auction, Bid, Clearing
     from timmy.market.bidding import BidStats, compute_bid
     from timmy.market.models import AgentInfo, Event, Task
-    from timmy.market.personas import PERSONAS, Persona, load_personas
+    from timmy.market.personas import PERSONAS, Persona
+    from timmy.storage.persona_files import load_personas
 
 
 # timmy.doctor is a callable module: timmy.doctor() runs the checks (see timmy/doctor.py).

@@ -44,7 +44,7 @@ REQUIRABLE = (*EXTRAS, "dashboard", "audio", "ports")
 DEFAULT_DB = "sqlite:///data/timmy.db"   # engine.swarm's, without importing it
 OLLAMA_HOST = "http://127.0.0.1:11434"
 OLLAMA_MODEL = "llama3.2"       # what the fix suggests pulling
-SERVICE_PORT = 7341             # timmy serve (timmy.service.server.DEFAULT_PORT)
+SERVICE_PORT = 7341             # timmy serve (timmy.service.wire.DEFAULT_PORT)
 VOILA_PORT = 8866               # Voilà's default
 CHROMIUM = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 

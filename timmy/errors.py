@@ -82,6 +82,10 @@ class NoRunners(TimmyError, RuntimeError):
     """
 
 
+class WaitTimeout(TimmyError, TimeoutError):
+    """A wait ran out of time before its tasks finished."""
+
+
 class ExecutorUnavailable(TimmyError):
     """An executor's backend (an Ollama server, a model) cannot be used."""
 

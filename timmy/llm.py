@@ -1,6 +1,6 @@
-"""The Ollama executor: the winning runner's persona answers its task through an Ollama server
-(`OllamaExecutor`, streamed ``/api/chat``), and `probe` asks a server what it holds with the
-standard library only; ``ollama`` is imported only when a runner builds an executor.
+"""Ollama for timmy: where the server and the model come from, probing a server, model names and
+the persona's prompt, with the standard library only (the executor that sends a won task to the
+server is `timmy.engine.ollama.OllamaExecutor`, which imports ``ollama``).
 """
 
 from __future__ import annotations
@@ -9,16 +9,13 @@ import importlib.util
 import json
 import os
 import re
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from timmy.engine.executors import Outcome
-from timmy.engine.protocol import Usage
-from timmy.errors import ConfigError, ExecutorUnavailable, require
+from timmy.errors import ConfigError, ExecutorUnavailable
 from timmy.market.personas import Persona
 
 DEFAULT_HOST = "http://127.0.0.1:11434"
@@ -28,7 +25,7 @@ PROBE_TIMEOUT = 2.0
 HOST_ENV = "OLLAMA_HOST"
 MODEL_ENV = "TIMMY_OLLAMA_MODEL"
 _MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,199}")
-_CLIP = 120   # characters of a server's error text kept in a reason
+CLIP = 120   # characters of a server's error text kept in a reason
 
 
 # -- configuration ---------------------------------------------------------------------
@@ -124,27 +121,27 @@ def system_prompt(persona: Persona, on_spec: bool = True) -> str:
     return "\n".join(lines)
 
 
-def _ollama_command(host: str, args: str) -> str:
+def ollama_command(host: str, args: str) -> str:
     """The exact ``ollama`` command line for ``host`` (OLLAMA_HOST set when not the default)."""
     return f"ollama {args}" if host == DEFAULT_HOST else f"OLLAMA_HOST={host} ollama {args}"
 
 
-def _serve_hint(host: str) -> str:
+def serve_hint(host: str) -> str:
     """What to run so that a server answers at ``host``."""
     name = urlsplit(host).hostname or ""
     if host == DEFAULT_HOST or name in ("127.0.0.1", "localhost", "::1"):
-        return _ollama_command(host, "serve")
+        return ollama_command(host, "serve")
     return f"start `ollama serve` on {name}, or set {HOST_ENV} to a server that runs"
 
 
 def unreachable(host: str, why: str) -> ExecutorUnavailable:
     return ExecutorUnavailable(f"cannot reach the Ollama server at {host} ({why})",
-                               hint=_serve_hint(host))
+                               hint=serve_hint(host))
 
 
 def model_missing(host: str, model: str) -> ExecutorUnavailable:
     return ExecutorUnavailable(f'model "{model}" is not on the Ollama server at {host}',
-                               hint=_ollama_command(host, f"pull {model}"))
+                               hint=ollama_command(host, f"pull {model}"))
 
 
 def client_missing() -> ExecutorUnavailable:
@@ -258,142 +255,9 @@ def choose_executor(host: str | None, models: Iterable[str],
     if missing:
         error = model_missing(found.host, missing[0])
         more = f" (nor {', '.join(missing[1:])})" if len(missing) > 1 else ""
-        pulls = " && ".join(_ollama_command(found.host, f"pull {m}") for m in missing)
+        pulls = " && ".join(ollama_command(found.host, f"pull {m}") for m in missing)
         return "simulated", f"{error.message}{more}; hint: {pulls}"
     if not found.client_installed:
         return "simulated", one_line(client_missing())
     return "ollama", (f"the Ollama server at {found.host} (version {found.version or '?'}) "
                       f"has {', '.join(models)}")
-
-
-# -- the executor --------------------------------------------------------------------------
-
-
-class OllamaExecutor:
-    """Sends a won task to an Ollama server as the persona, streams the answer back.
-
-    Runs on the runner's worker thread (``instant`` is False), so the runner keeps
-    bidding and answering pings while the model writes. Never raises for a server that
-    fails: the `Outcome` says why, with the hint, and whether another attempt can help.
-
-        runner wins a task -> OllamaExecutor.run -> POST /api/chat, streamed, with
-            system: system_prompt(persona)   user: the task description
-        -> Outcome(ok, the answer, elapsed_s, usage=Usage(model, tokens, timing))
-
-    What a failure does (the reason becomes the task's reason, hint included):
-
-        server down, connection refused  re-auctioned (up to max_attempts)  hint: ollama serve
-        no answer within the timeout     re-auctioned                       hint: raise the timeout
-        HTTP 5xx, an error mid-stream    re-auctioned                       hint: the server's log
-        connection dropped mid-answer    re-auctioned                       hint: ollama serve
-        model not pulled (HTTP 404)      fails now: every runner would too  hint: ollama pull NAME
-        any other refusal (HTTP 4xx)     fails now
-
-    ``timeout`` is how long the server may stay silent: to connect, before its first
-    byte, and between two pieces of a streamed answer. It is not a cap on a long answer
-    that keeps coming. The server is ``ollama_host=`` (Swarm) / ``--ollama-host``
-    (runner), else ``OLLAMA_HOST``, else http://127.0.0.1:11434, resolved once by the
-    parent and handed to every runner.
-    """
-
-    instant = False
-
-    def __init__(self, persona: Persona, *, model: str | None = None, host: str | None = None,
-                 timeout: float = DEFAULT_TIMEOUT) -> None:
-        self._ollama = require("ollama", "llm")   # MissingDependency: pip install "timmy[llm]"
-        import httpx  # the client's transport, a dependency of ollama: its errors are ours
-
-        self._httpx = httpx
-        self.persona = persona
-        self.model = check_model(model) if model else model_for(persona.id)
-        self.host = base_url(host)
-        self.timeout = timeout
-        self._client = self._ollama.Client(host=self.host, timeout=timeout)
-
-    def run(self, task_id: int, description: str, attempt: int, on_spec: bool) -> Outcome:
-        messages = [{"role": "system", "content": system_prompt(self.persona, on_spec)},
-                    {"role": "user", "content": description}]
-        started = time.perf_counter()
-        first_token = None
-        parts: list[str] = []
-        final = None
-        try:
-            for chunk in self._client.chat(model=self.model, messages=messages, stream=True):
-                content = chunk.message.content if chunk.message is not None else None
-                if content:
-                    if first_token is None:
-                        first_token = time.perf_counter() - started
-                    parts.append(content)
-                if chunk.done:
-                    final = chunk
-        except Exception as exc:
-            explained = self.explain(exc)
-            if explained is None:
-                raise
-            error, permanent = explained
-            return Outcome(False, one_line(error), time.perf_counter() - started,
-                           permanent=permanent)
-        elapsed = time.perf_counter() - started
-        if final is None:
-            error = ExecutorUnavailable(
-                f"the Ollama server at {self.host} ended the answer before it was done",
-                hint=f"check that it still runs: {_serve_hint(self.host)}")
-            return Outcome(False, one_line(error), elapsed)
-        usage = Usage(model=final.model or self.model,
-                      prompt_tokens=final.prompt_eval_count or 0,
-                      output_tokens=final.eval_count or 0,
-                      first_token_s=first_token,
-                      server_s=_seconds(final.total_duration),
-                      load_s=_seconds(final.load_duration),
-                      eval_s=_seconds(final.eval_duration))
-        return Outcome(True, "".join(parts), elapsed, usage=usage)
-
-    def explain(self, exc: BaseException) -> tuple[ExecutorUnavailable, bool] | None:
-        """The error a failed request comes to, and whether it is permanent; None: a bug."""
-        httpx, host = self._httpx, self.host
-        if isinstance(exc, self._ollama.ResponseError):
-            text = " ".join(str(exc.error).split())[:_CLIP]
-            status = exc.status_code
-            if status == 404 and "not found" in text.lower():
-                return model_missing(host, self.model), True
-            if status == -1:  # an {"error": ...} line inside a streamed answer
-                return ExecutorUnavailable(
-                    f"the Ollama server at {host} failed mid-answer: {text}",
-                    hint="see the server's log; the task is auctioned again"), False
-            if status >= 500:
-                return ExecutorUnavailable(
-                    f"the Ollama server at {host} failed (HTTP {status}): {text}",
-                    hint="see the server's log; the task is auctioned again"), False
-            return ExecutorUnavailable(
-                f"the Ollama server at {host} refused the request (HTTP {status}): {text}",
-                hint=f"check the model name ({_ollama_command(host, 'list')})"), True
-        if isinstance(exc, httpx.ConnectTimeout):
-            return unreachable(host, f"no connection within {self.timeout:g}s"), False
-        if isinstance(exc, httpx.TimeoutException):
-            return ExecutorUnavailable(
-                f"the Ollama server at {host} sent nothing for {self.timeout:g}s",
-                hint="a first request loads the model and can be slow: raise ollama_timeout, "
-                     "or use a smaller model"), False
-        if isinstance(exc, ConnectionError | httpx.ConnectError):
-            # httpx says "[Errno 111] Connection refused"; the client replaces that with a
-            # generic "Failed to connect to Ollama..." in some calls (not in streamed ones).
-            text = " ".join(str(exc).split())
-            refused = isinstance(exc, ConnectionRefusedError) or "refused" in text.lower()
-            generic = "Failed to connect to Ollama" in text
-            why = "connection refused" if refused else "no connection" if generic else text
-            return unreachable(host, why[:_CLIP]), False
-        if isinstance(exc, httpx.TransportError):
-            return ExecutorUnavailable(
-                f"the connection to the Ollama server at {host} broke mid-answer "
-                f"({type(exc).__name__}: {' '.join(str(exc).split())[:_CLIP]})",
-                hint=f"check that it still runs: {_serve_hint(host)}"), False
-        if isinstance(exc, ValueError):  # a line that is not JSON, or not an answer's shape
-            return ExecutorUnavailable(
-                f"the server at {host} sent something that is not an Ollama answer: "
-                f"{' '.join(str(exc).split())[:_CLIP]}",
-                hint=f"check that {host} is an Ollama server ({HOST_ENV})"), False
-        return None
-
-
-def _seconds(nanoseconds: int | None) -> float | None:
-    return None if nanoseconds is None else max(nanoseconds, 0) / 1e9

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from timmy.cli.app import CONTEXT_SETTINGS, RUN_DB, _console
+from timmy.cli.common import CONTEXT_SETTINGS, RUN_DB, make_console
 from timmy.doctor import REQUIRABLE, SERVICE_PORT, VOILA_PORT, doctor
 from timmy.textsafe import text
 
@@ -61,7 +61,7 @@ def doctor_cmd(db: str, require: list[str], ollama_host: str | None, service_por
             # Text, not markup: a fix such as pip install "timmy[voice]" has brackets.
             table.add_row(text(check.name), text(check.status.upper(), STYLES[check.status]),
                           text(check.detail), text(check.fix))
-        console = _console()
+        console = make_console()
         console.print(table)
         console.print(Text(report.summary(), STYLES["missing" if report.missing else "ok"]))
     click.get_current_context().exit(report.exit_code)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from timmy.cli.app import CONTEXT_SETTINGS
+from timmy.cli.common import CONTEXT_SETTINGS
 from timmy.engine.executors import EXECUTORS
 from timmy.errors import ConfigError
 
@@ -22,7 +22,7 @@ def runner_token(token: str | None, token_file: Path | None) -> str:
                    "use --token-file FILE or TIMMY_TOKEN instead", err=True)
         return token
     if token_file is not None:
-        from timmy.service.server import read_token
+        from timmy.service.tokens import read_token
 
         return read_token(token_file)
     env = os.environ.get("TIMMY_TOKEN")
@@ -80,7 +80,7 @@ def runner_cmd(url: str, token: str | None, token_file: Path | None, persona: st
     token, unknown persona, an agent_id in use by a local runner: exit code 2).
     """
     from timmy.service.remote import Options, run
-    from timmy.service.server import parse_url
+    from timmy.service.wire import parse_url
 
     parse_url(url)
     opts = Options(url=url, token=runner_token(token, token_file), persona=persona,

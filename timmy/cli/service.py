@@ -1,5 +1,5 @@
 """``timmy serve``, ``status``, ``spawn`` and ``post``: the swarm service from a shell
-(`timmy.service.server.run_service` and `timmy.Swarm.attach` calls); registered by
+(`timmy.service.host.run_service` and `timmy.Swarm.attach` calls); registered by
 `timmy.cli.app`.
 """
 
@@ -11,28 +11,25 @@ from pathlib import Path
 
 import click
 
-from timmy.cli.app import (
+from timmy.cli.common import (
     CONTEXT_SETTINGS,
     RUN_DB,
-    _console,
-    _status_line,
-    db_url,
-    describe_db,
+    make_console,
     model_option,
     say_executor,
+    status_line,
     swarm_options,
     task_timeout_option,
 )
 from timmy.errors import ConfigError
 from timmy.service.server import (
-    DEFAULT_HOST,
-    DEFAULT_PORT,
-    DEFAULT_URL,
     FIRST_LINE_TIMEOUT,
     MAX_CONNECTIONS,
     MAX_HANDSHAKES,
     SEND_TIMEOUT,
 )
+from timmy.service.wire import DEFAULT_HOST, DEFAULT_PORT, DEFAULT_URL
+from timmy.storage.address import db_url, describe_db
 from timmy.textsafe import clean, text
 
 _URL_HELP = f"The service's address. Default: TIMMY_URL, else {DEFAULT_URL}."
@@ -63,7 +60,7 @@ def _token_not_in_argv(token: str | None) -> str | None:
         return token
     path = click.get_current_context().meta.get("timmy.token_file")
     if path is not None:
-        from timmy.service.server import read_token
+        from timmy.service.tokens import read_token
 
         return read_token(path)
     return os.environ.get("TIMMY_TOKEN") or None
@@ -141,14 +138,9 @@ def serve_cmd(db: str, host: str, port: int, token: str | None, allow_remote: bo
     and do nothing else. Stopping the service stops its runners; everything is
     kept in the database.
     """
-    from timmy.market.personas import load_personas
-    from timmy.service.server import (
-        check_bind,
-        load_or_create_token,
-        run_service,
-        runner_token_path,
-        token_path,
-    )
+    from timmy.service.host import check_bind, run_service
+    from timmy.service.tokens import load_or_create_token, runner_token_path, token_path
+    from timmy.storage.persona_files import load_personas
 
     check_bind(host, allow_remote)
     if allow_remote and host not in ("127.0.0.1", "::1", "localhost"):
@@ -235,7 +227,7 @@ def status_cmd(url: str | None, token: str | None, db: str | None) -> None:
     with _attach(url, token, db) as swarm:
         status = swarm.status()
         agents = swarm.agents()
-    console = _console()
+    console = make_console()
     table = Table(title=text(f"{len(agents)} agents at {swarm.url}"), title_justify="left")
     for name, justify in (("agent", "left"), ("status", "left"), ("where", "left"),
                           ("pid", "right"), ("restarts", "right"), ("won", "right"),
@@ -246,7 +238,7 @@ def status_cmd(url: str | None, token: str | None, db: str | None) -> None:
                       str(a.pid or "-"),
                       str(a.restarts), str(a.tasks_won), str(a.earned_sats))
     console.print(table)
-    console.print(text(_status_line(status)))
+    console.print(text(status_line(status)))
     service = status.get("service", {})
     console.print(f"service: {service.get('connections', 0)} connections, "
                   f"{service.get('runners', 0)} remote runners, "
@@ -326,7 +318,7 @@ def dashboards_cmd(db: str, host: str, port: int, voila_port: int, notebooks: Pa
     everything is kept in the database.
     """
     from timmy.ops.launcher import Dashboards, state_file, stop_running
-    from timmy.service.server import check_bind
+    from timmy.service.host import check_bind
 
     url = db_url(db)
     if stop:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from timmy.cli.app import CONTEXT_SETTINGS, _console, _frame_table
+from timmy.cli.common import CONTEXT_SETTINGS, frame_table, make_console
 from timmy.market.auction import RULES
 from timmy.textsafe import text
 
@@ -48,10 +48,10 @@ def simulate_cmd(n_tasks: int, rule: str, seed: int, runners: int, task_seconds:
                    out=out, engine=engine, progress=True)
     elapsed = time.perf_counter() - t0
     con = analytics.connect(run)
-    console = _console()
+    console = make_console()
     for name in ("earnings_by_persona", "price_by_spec"):
         console.print(f"[bold]{analytics.title(name)}[/bold]")
-        console.print(_frame_table(analytics.REPORTS[name](con)))
+        console.print(frame_table(analytics.REPORTS[name](con)))
     auctions = con.execute("select count(distinct auction_id) from bids").fetchone()[0]
     console.print(f"{n_tasks:,} tasks, {auctions:,} auctions in {elapsed:.2f}s "
                   f"({auctions / elapsed:,.0f} auctions/s), rule {rule}, seed {seed}")
@@ -81,10 +81,10 @@ def sweep_cmd(grid_file: Path, scheduler: str | None, out: Path | None) -> None:
     varying = [p for p in GRID_PARAMETERS if len(grid.get(p, ())) > 1]
     shown = [*varying, "mean_price", "specialist_share", "success_rate", "latency_p95_s",
              "makespan_s"]
-    _console().print(_frame_table(results[shown]))
+    make_console().print(frame_table(results[shown]))
     if out is not None:
         if out.suffix == ".parquet":
             results.to_parquet(out)
         else:
             results.to_csv(out, index=False)
-        _console().print(text(f"results: {out}"))
+        make_console().print(text(f"results: {out}"))

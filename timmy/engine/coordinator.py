@@ -54,7 +54,7 @@ from timmy.errors import (
     StoreError,
     SwarmClosed,
     TaskNotFound,
-    TimmyError,
+    WaitTimeout,
 )
 from timmy.llm import DEFAULT_TIMEOUT, base_url, check_models, choose_executor, model_for
 from timmy.market.auction import Auction, Bid, check_rule
@@ -86,6 +86,7 @@ from timmy.market.models import (
 )
 from timmy.market.personas import PERSONAS, Persona, Words, get_persona
 from timmy.paging import page_limit
+from timmy.progress import progress_bar
 from timmy.storage.quarantine import Refused, storable
 from timmy.storage.store import Batch, Store
 
@@ -105,10 +106,6 @@ def _boottime() -> float:
     """A clock that goes on through a system suspend (CLOCK_MONOTONIC does not, on Linux);
     the monotonic clock where there is none."""
     return time.clock_gettime(_BOOTTIME) if _BOOTTIME is not None else time.monotonic()
-
-
-class WaitTimeout(TimmyError, TimeoutError):
-    """A wait ran out of time before its tasks finished."""
 
 
 @dataclass
@@ -258,13 +255,6 @@ def check_timeout(timeout: object) -> None:
                                 or not isinstance(timeout, int | float) or timeout < 0):
         raise ConfigError(f"timeout must be a number of seconds or None, got {timeout!r}",
                           hint="e.g. timeout=10, or None to wait as long as it takes")
-
-
-def progress_bar(total: int):
-    """A tqdm bar for ``total`` tasks: a widget in Jupyter, a text bar in a terminal."""
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc="tasks", unit="task")
 
 
 def check_description(description: object) -> str:

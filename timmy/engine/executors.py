@@ -1,5 +1,5 @@
 """What a runner does with a task it won: `SimulatedExecutor` (seeded like bids), `EchoExecutor`,
-and the Ollama executor of `timmy.llm`, imported only by a runner that uses it.
+and `timmy.engine.ollama.OllamaExecutor`, imported only by a runner that uses it.
 """
 
 from __future__ import annotations
@@ -9,11 +9,11 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from timmy.engine.outcome import Outcome
 from timmy.errors import ConfigError
 from timmy.market.bidding import STREAM_EXEC, bid_rng
 
 if TYPE_CHECKING:
-    from timmy.engine.protocol import Usage
     from timmy.market.personas import Persona
 
 EXECUTORS = ("simulated", "echo", "ollama", "auto")
@@ -26,22 +26,6 @@ def check_executor(name: str) -> str:
     if name not in EXECUTORS:
         raise ConfigError(f"unknown executor {name!r}", hint=f"use one of: {', '.join(EXECUTORS)}")
     return name
-
-
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """What an execution came to. ``output`` is the result, or on failure the reason.
-
-    ``usage``: tokens and timing, from executors that call a model. ``permanent``: the
-    failure would repeat on any runner (see `timmy.engine.protocol.Result`), so re-auctioning
-    the task cannot help.
-    """
-
-    ok: bool
-    output: str
-    elapsed_s: float
-    usage: Usage | None = None
-    permanent: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,7 +89,7 @@ def make_executor(name: str, *, seed: int, agent_id: str, task_seconds: float,
     """Build the executor a runner uses.
 
     ``persona``, ``model``, ``host`` and ``timeout`` are for "ollama" (see
-    `timmy.llm.OllamaExecutor`; None means its defaults and environment variables).
+    `timmy.engine.ollama.OllamaExecutor`; None means its defaults and environment variables).
     "auto" reaching a runner (one started by hand) means simulated: deciding needs a probe
     of the server, which the coordinator makes once for the whole swarm.
     """
@@ -114,7 +98,8 @@ def make_executor(name: str, *, seed: int, agent_id: str, task_seconds: float,
         return SimulatedExecutor(seed, agent_id, task_seconds)
     if name == "echo":
         return EchoExecutor()
-    from timmy.llm import DEFAULT_TIMEOUT, OllamaExecutor
+    from timmy.engine.ollama import OllamaExecutor
+    from timmy.llm import DEFAULT_TIMEOUT
 
     if persona is None:
         raise ConfigError("the ollama executor needs the runner's persona",

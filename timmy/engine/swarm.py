@@ -14,9 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from timmy.engine.coordinator import Config, Coordinator, WaitTimeout, progress_bar
-from timmy.engine.supervisor import RestartPolicy
-from timmy.errors import ConfigError, StoreError, SwarmClosed
+from timmy.errors import ConfigError, StoreError, SwarmClosed, WaitTimeout
 from timmy.llm import DEFAULT_TIMEOUT
 from timmy.market.models import TASK_STATES, AgentInfo, Event, Task
 from timmy.market.personas import Persona
@@ -30,14 +28,17 @@ from timmy.paging import (
     task_key,
     walk,
 )
-from timmy.storage.address import DatabaseAddress
-from timmy.storage.ownership import claim
-from timmy.storage.store import Store
+from timmy.progress import progress_bar
+from timmy.storage.address import DEFAULT_DB, DatabaseAddress
 
 if TYPE_CHECKING:
+    from timmy.engine.coordinator import Config, Coordinator
+    from timmy.engine.supervisor import RestartPolicy
     from timmy.service.client import AttachedSwarm
+    from timmy.storage.store import Store
 
-DEFAULT_DB = "sqlite:///data/timmy.db"
+# The coordinator and the store (SQLAlchemy) are imported when a swarm is made, not here:
+# `Swarm.attach` (a client of a service) needs neither.
 
 __all__ = ["DEFAULT_DB", "AsyncSwarm", "Swarm", "WaitTimeout"]
 
@@ -83,6 +84,8 @@ class AsyncSwarm:
         ollama_timeout: float = DEFAULT_TIMEOUT,
         voice: bool = False,
     ) -> None:
+        from timmy.engine.coordinator import Config
+
         kwargs: dict[str, Any] = {}
         if personas is not None:
             kwargs["personas"] = dict(personas)
@@ -118,6 +121,10 @@ class AsyncSwarm:
                 hint="run it under asyncio (anyio.run(main) or asyncio.run(main)), or use the "
                 "synchronous timmy.Swarm, which brings its own event loop",
             ) from None
+        from timmy.engine.coordinator import Coordinator
+        from timmy.storage.ownership import claim
+        from timmy.storage.store import Store
+
         self._release = claim(self.address)   # before opening: never migrate one in use
         try:
             self.store = await anyio.to_thread.run_sync(Store, self.address, self._db_timeout)

@@ -1,5 +1,6 @@
 """The persona catalog: who bids, at what base price, on which keywords. The nine built-ins
-are facts of the system timmy grows out of ("Timmy Time"); `load_personas` reads more.
+are facts of the system timmy grows out of ("Timmy Time"); `parse_personas` reads more from
+TOML or JSON text (`timmy.load_personas` reads a file).
 """
 
 from __future__ import annotations
@@ -8,7 +9,6 @@ import json
 import re
 import shlex
 from dataclasses import dataclass, field, fields
-from pathlib import Path
 from typing import Any
 
 from timmy.errors import PersonaError
@@ -235,28 +235,16 @@ def persona_from_dict(data: dict[str, Any], where: str = "<dict>") -> Persona:
         raise PersonaError(f"{where}: {exc.message}", hint=exc.hint) from None
 
 
-def load_personas(path: str | Path) -> dict[str, Persona]:
-    """Read personas from a TOML (``[[persona]]`` tables) or JSON (a list) file.
+def parse_personas(text: str, kind: str, where: str) -> dict[str, Persona]:
+    """Personas from the text of a TOML (``kind=".toml"``: ``[[persona]]`` tables) or JSON
+    (``".json"``: a list) file; ``where`` names it in errors (`timmy.load_personas` reads
+    the file).
 
     Raises `PersonaError` naming the file and the bad field.
     """
-    path = Path(path)
-    if path.suffix.lower() not in (".toml", ".json"):
-        raise PersonaError(
-            f"{path}: unknown persona file type {path.suffix or '(none)'!r}",
-            hint="name the file .toml or .json",
-        )
+    kind = kind.lower()
     try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise PersonaError(f"{path}: not UTF-8: {exc}", hint="save the file as UTF-8") from exc
-    except OSError as exc:
-        raise PersonaError(
-            f"cannot read persona file {path}: {exc.strerror or exc}",
-            hint="check the path; persona files are .toml or .json",
-        ) from exc
-    try:
-        if path.suffix.lower() == ".toml":
+        if kind == ".toml":
             import tomllib
 
             records = tomllib.loads(text).get("persona")
@@ -265,21 +253,22 @@ def load_personas(path: str | Path) -> dict[str, Persona]:
             records = loaded.get("persona") if isinstance(loaded, dict) else loaded
     except (ValueError, RecursionError) as exc:
         raise PersonaError(
-            f"{path}: not valid {path.suffix.lstrip('.').upper()}: {exc}",
+            f"{where}: not valid {kind.lstrip('.').upper()}: {exc}",
             hint="fix the syntax error at the position shown",
         ) from exc
     if not isinstance(records, list) or not records:
         raise PersonaError(
-            f"{path}: no personas found",
+            f"{where}: no personas found",
             hint="TOML: one [[persona]] table per persona; JSON: a list of objects",
         )
     result: dict[str, Persona] = {}
     for i, record in enumerate(records):
-        persona = persona_from_dict(record, where=f"{path} persona #{i + 1}")
+        persona = persona_from_dict(record, where=f"{where} persona #{i + 1}")
         if persona.id in result:
             raise PersonaError(
-                f"{path} persona #{i + 1}: field 'id' repeats {persona.id!r}",
+                f"{where} persona #{i + 1}: field 'id' repeats {persona.id!r}",
                 hint="give every persona a unique id",
             )
         result[persona.id] = persona
     return result
+

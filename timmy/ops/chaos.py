@@ -248,9 +248,9 @@ def soak(db: Path, descriptions: Sequence[str], *, kill_every: float = 0.2,
     environment (``TIMMY_SOAK``, inherited from the service), so orphans are found even
     among processes the soak never saw.
     """
-    import timmy
     from timmy.engine.procid import signal_if
     from timmy.errors import TimmyError
+    from timmy.service.client import AttachedSwarm
 
     marker = uuid.uuid4().hex
     # Runners die here every ~kill_every * 9 s each, far past the crash-loop guard (5 restarts
@@ -264,7 +264,7 @@ def soak(db: Path, descriptions: Sequence[str], *, kill_every: float = 0.2,
     done = threading.Event()
     killing = threading.Lock()     # held by the stall: no runner SIGKILL around it
     stalled: list[float] = []      # wall-clock times of the SIGSTOP and the SIGCONT
-    swarm = timmy.Swarm.attach(service.url, token=service.token())
+    swarm = AttachedSwarm(service.url, token=service.token())
     for start in range(0, n, 500):
         swarm.post_many(descriptions[start:start + 500])
     t0 = time.perf_counter()

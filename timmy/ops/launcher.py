@@ -182,7 +182,7 @@ class Dashboards:
         return found[0]
 
     def _service_token(self) -> str:
-        from timmy.service.server import read_token, token_path
+        from timmy.service.tokens import read_token, token_path
 
         return os.environ.get("TIMMY_TOKEN") or read_token(token_path(self.db_url))
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
-import os
 import select
 import socket
 import threading
@@ -19,11 +18,11 @@ from typing import Any
 import msgspec
 
 from timmy import errors as _errors
-from timmy.engine.coordinator import WaitTimeout
-from timmy.errors import ProtocolError, TimmyError
+from timmy.errors import ProtocolError, TimmyError, WaitTimeout
 from timmy.market.models import AgentInfo, Event, Task
 from timmy.paging import DEFAULT_LIMIT, agent_key, bid_key, event_key, task_key, walk
-from timmy.service.server import (
+from timmy.service.tokens import default_token
+from timmy.service.wire import (
     DEFAULT_URL,
     AuthenticationError,
     Request,
@@ -33,8 +32,6 @@ from timmy.service.server import (
     ServiceUnavailable,
     encode,
     parse_url,
-    read_token,
-    token_path,
 )
 
 log = logging.getLogger(__name__)
@@ -60,16 +57,6 @@ def raise_error(info) -> None:
     cls = ERRORS.get(info.type)
     message = info.message if cls is not None else f"{info.type}: {info.message}"
     raise (cls or ServiceError)(message, hint=info.hint)
-
-
-def default_token(db: str | None = None) -> str:
-    """TIMMY_TOKEN, else the token file beside ``db`` (default: the default database)."""
-    env = os.environ.get("TIMMY_TOKEN")
-    if env:
-        return env
-    from timmy.engine.swarm import DEFAULT_DB
-
-    return read_token(token_path(db or DEFAULT_DB))
 
 
 class _Conn:
@@ -317,7 +304,7 @@ class AttachedSwarm:
                                    list[Task])
         import time
 
-        from timmy.engine.coordinator import progress_bar
+        from timmy.progress import progress_bar
 
         bar = progress_bar(len(descriptions)) if progress is True else progress
         deadline = None if timeout is None else time.monotonic() + timeout

@@ -23,7 +23,7 @@ from timmy.engine.protocol import MAX_LINE, Welcome
 from timmy.engine.runner import Runner
 from timmy.errors import ProtocolError, SwarmClosed, TimmyError
 from timmy.market.bidding import BidStats
-from timmy.service.server import (
+from timmy.service.wire import (
     AuthenticationError,
     ErrorInfo,
     Request,

@@ -1,41 +1,7 @@
-"""The swarm service: one swarm hosted by ``timmy serve``, many views attached over TCP.
+"""The swarm service: one `AsyncSwarm` served to many TCP connections (`Service`).
 
-A notebook can own a swarm; dashboards and other notebooks look at the SAME one
-through this service. The control endpoint speaks JSON lines, one message per
-line, typed with msgspec like the runner wire (`timmy.engine.protocol`)::
-
-    -> {"id": 7, "token": "...", "op": "post", "args": {"description": "fix the bug"}}
-    <- {"id": 7, "ok": true, "result": {"task_id": 12, "status": "queued", ...}}
-    <- {"id": 8, "ok": false, "error": {"type": "TaskNotFound", "message": "...", "hint": "..."}}
-
-``subscribe {"after": N}`` turns a connection into an event stream: an ``ok``
-answer saying where the stream starts, then every stored event after ``N``,
-then live ones, one `Event` per line. An event is sent only once it is stored,
-so a client that resumes from the last ``event_id`` it saw (after a service
-restart too) misses none and sees none twice.
-
-``runner {"persona": "forge", "agent_id": "forge-r1"}`` turns a connection into a
-remote runner (``timmy runner --connect``, `timmy.service.remote`): an ``ok`` answer with
-what the runner needs (its agent_id, persona, seed, executor, learned counters),
-then the runner wire protocol of `timmy.engine.protocol`, exactly as over a local
-runner's pipes, starting with the runner's ``hello``. The service stays the one
-listener, on one port: runners dial in, nothing dials out.
-
-Two tokens: the admin token allows every op; the runner token (`runner_token_path`,
-written beside the admin one) allows ``runner`` and nothing else, so a machine that only
-runs a persona cannot post, cancel, stop, kill, export or read the swarm.
-
-What the endpoint refuses, always with an error line that says why, while the
-service stays up: a missing or wrong token (the connection is closed), a line
-that is not a request (answered; the connection stays usable), a line over
-1 MiB (closed), more than ``max_connections`` authenticated connections at once
-(closed), a connection that sends no request with the token within ``first_line_timeout``
-of connecting, whatever else it sends (closed: one deadline for the whole handshake),
-more than ``max_handshakes`` such unauthenticated connections at once (the oldest is
-closed, so garbage senders cannot lock out a client with the token), a connection that
-sends nothing for too long (closed). A subscriber that stops
-reading is disconnected after ``SEND_TIMEOUT`` seconds instead of buffering
-without bound; one that falls behind is caught up from the store.
+The control protocol is `timmy.service.wire`; `timmy.service.host.serve` hosts a swarm
+with it, and the token files are `timmy.service.tokens`.
 """
 
 from __future__ import annotations
@@ -43,31 +9,31 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
-import ipaddress
 import logging
-import os
 import secrets
 import socket
-import stat
 from collections import deque
-from collections.abc import Awaitable, Callable
-from pathlib import Path
-from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
 
 import msgspec
-from msgspec import Meta
 
-from timmy.engine.protocol import MAX_LINE, Welcome  # Welcome: re-exported
-from timmy.errors import ConfigError, ProtocolError, TimmyError
+from timmy.engine.protocol import MAX_LINE, Welcome
+from timmy.errors import ProtocolError, TimmyError
 from timmy.market.models import Event
-from timmy.paging import DEFAULT_LIMIT, MAX_LIMIT
+from timmy.service.ops import OPS, NoArgs, RunnerArgs, SubscribeArgs, op_args
+from timmy.service.wire import (
+    AuthenticationError,
+    Request,
+    Response,
+    ServiceBusy,
+    ServiceError,
+    decode_request,
+    encode,
+    error_info,
+    url_host,
+)
 
 log = logging.getLogger(__name__)
 
-DEFAULT_HOST = "127.0.0.1"
-DEFAULT_PORT = 7341
-DEFAULT_URL = f"tcp://{DEFAULT_HOST}:{DEFAULT_PORT}"
 MAX_CONNECTIONS = 64          # authenticated connections served at once; more are refused
 MAX_HANDSHAKES = 16           # connections at once not yet authenticated; past it the oldest goes
 EVENT_BACKLOG = 4096          # live events held per subscriber; past it, caught up from the store
@@ -82,213 +48,24 @@ LONG_OPS = frozenset({"wait", "run"})   # ops that may block: dropped when their
 CLOSE_ROUNDS = 10             # seconds a stop waits for the connections' handlers to end
 
 
-class ServiceError(TimmyError):
-    """The swarm service refused a request or failed to answer it."""
-
-
-class ServiceUnavailable(ServiceError, ConnectionError):
-    """No swarm service answers at that address (or it closed the connection)."""
-
-
-class AuthenticationError(ServiceError, PermissionError):
-    """The request carried no token, the wrong one, or a runner token for another op."""
-
-
-class ServiceBusy(ServiceError):
-    """The service already serves as many connections as it allows."""
-
-
-# -- the wire ---------------------------------------------------------------------
-
-RequestId = Annotated[int, Meta(ge=0, le=2**53)]
-Name = Annotated[str, Meta(min_length=1, max_length=64)]
-TaskId = Annotated[int, Meta(ge=1, le=2**62)]
-Seconds = Annotated[float, Meta(ge=0, le=10**7)]
-Count = Annotated[int, Meta(ge=0, le=10**9)]
-EventId = Annotated[int, Meta(ge=0, le=2**62)]
-
-
-class Request(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    id: RequestId
-    token: Annotated[str, Meta(max_length=512)]
-    op: Annotated[str, Meta(min_length=1, max_length=32)]
-    args: dict[str, Any] = {}
-
-
-class ErrorInfo(msgspec.Struct, frozen=True):
-    type: str
-    message: str
-    hint: str = ""
-
-
-class Response(msgspec.Struct, frozen=True, omit_defaults=True):
-    id: int | None
-    ok: bool
-    result: Any = None
-    error: ErrorInfo | None = None
-
-
-class Args(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """Base of every op's arguments: unknown fields are refused."""
-
-
-class NoArgs(Args):
-    pass
-
-
-class PersonaArgs(Args):
-    persona: Name
-
-
-class SpawnAllArgs(Args):
-    personas: Annotated[list[Name], Meta(max_length=1000)] | None = None
-
-
-class AgentArgs(Args):
-    agent_id: Name
-
-
-class PostArgs(Args):
-    description: str             # the engine checks length and content
-    task_timeout: float | None = None   # seconds; None: the swarm's (the engine checks it)
-
-
-class PostManyArgs(Args):
-    descriptions: Annotated[list[str], Meta(max_length=100_000)]
-    task_timeout: float | None = None
-
-
-class TaskArgs(Args):
-    task_id: TaskId
-
-
-class WaitArgs(Args):
-    task_id: TaskId
-    timeout: Seconds | None = None
-
-
-class RunArgs(Args):
-    descriptions: Annotated[list[str], Meta(max_length=100_000)]
-    timeout: Seconds | None = None
-    sequential: bool = False
-
-
-class TasksArgs(Args):
-    status: Name | None = None
-    limit: Count | None = None       # default DEFAULT_LIMIT, at most MAX_LIMIT (`_cap`)
-    after: EventId | None = None     # cursors: task_ids (`timmy.paging`)
-    before: EventId | None = None
-
-
-class BidsArgs(Args):
-    task_id: TaskId | None = None
-    limit: Count | None = None
-    after: EventId | None = None     # bid_ids
-    before: EventId | None = None
-
-
-class EventsArgs(Args):
-    after: EventId | None = None     # None: the newest page
-    limit: Count | None = None
-    before: EventId | None = None
-
-
-class AgentsArgs(Args):
-    limit: Count | None = None
-    after: Name | None = None
-
-
-class ExportArgs(Args):
-    out_dir: Annotated[str, Meta(min_length=1, max_length=4096)]
-    fmt: Literal["parquet", "csv"] = "parquet"
-
-
-class SubscribeArgs(Args):
-    after: EventId | None = None   # None: from now on
-
-
-AgentName = Annotated[str, Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
-
-
-class RunnerArgs(Args):
-    persona: Name
-    agent_id: AgentName | None = None     # None: the service names it (persona-N)
-    stats: dict[str, Any] | None = None   # what it learned: adopted if the swarm knows less
-    # The rejoin_key of its last welcome: lets a runner token replace the agent's connection
-    # while the service still holds one (a half-open connection the runner gave up on).
-    key: Annotated[str, Meta(max_length=128)] | None = None
-
-
-_encoder = msgspec.json.Encoder()
-_request = msgspec.json.Decoder(Request)
-
-
-def encode(msg: Any) -> bytes:
-    """One message (a Response, a Request, an Event) as one line."""
-    return _encoder.encode(msg) + b"\n"
-
-
-def decode_request(line: bytes) -> Request:
-    try:
-        return _request.decode(line)
-    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeError, RecursionError) as exc:
-        raise ProtocolError(
-            f"bad request: {exc}",
-            hint='send one JSON object per line: {"id": 1, "token": "...", "op": "status", '
-                 '"args": {}}',
-        ) from None
-
-
-def error_info(exc: TimmyError) -> ErrorInfo:
-    return ErrorInfo(type=type(exc).__name__, message=exc.message, hint=exc.hint)
-
-
-# -- the ops ----------------------------------------------------------------------
-
-Op = tuple[type[Args], Callable[[Any, Any], Awaitable[Any]]]
-
-
-async def _export(swarm, a: ExportArgs) -> dict[str, str]:
-    return {k: str(v) for k, v in (await swarm.export(a.out_dir, a.fmt)).items()}
-
-
-OPS: dict[str, Op] = {
-    "ping": (NoArgs, lambda s, a: _const("pong")),
-    "spawn": (PersonaArgs, lambda s, a: s.spawn(a.persona)),
-    "spawn_all": (SpawnAllArgs, lambda s, a: s.spawn_all(a.personas)),
-    "stop": (AgentArgs, lambda s, a: s.stop(a.agent_id)),
-    "kill": (AgentArgs, lambda s, a: s.kill(a.agent_id)),
-    "agents": (AgentsArgs, lambda s, a: s.agents(_cap(a.limit), a.after)),
-    "post": (PostArgs, lambda s, a: s.post(a.description, a.task_timeout)),
-    "post_many": (PostManyArgs, lambda s, a: s.post_many(a.descriptions, a.task_timeout)),
-    "wait": (WaitArgs, lambda s, a: s.wait(a.task_id, a.timeout)),
-    "run": (RunArgs, lambda s, a: s.run(a.descriptions, a.timeout, False, a.sequential)),
-    "cancel": (TaskArgs, lambda s, a: s.cancel(a.task_id)),
-    "tasks": (TasksArgs, lambda s, a: s.tasks(a.status, _cap(a.limit), after=a.after,
-                                              before=a.before)),
-    "task": (TaskArgs, lambda s, a: s.task(a.task_id)),
-    "bids": (BidsArgs, lambda s, a: s.bids(a.task_id, _cap(a.limit), after=a.after,
-                                           before=a.before)),
-    "events": (EventsArgs, lambda s, a: s.events(a.after, _cap(a.limit), before=a.before)),
-    "export": (ExportArgs, _export),
-}
-
-
-async def _const(value):
-    return value
-
-
-def _cap(limit: int | None) -> int:
-    """A list op's page size: the default, and never more than `MAX_LIMIT` rows, whatever a
-    client asks (one answer is held in memory and written in one piece)."""
-    return DEFAULT_LIMIT if limit is None else min(limit, MAX_LIMIT)
-
-
 # -- the server -------------------------------------------------------------------
 
 
 class Service:
-    """Serves one `AsyncSwarm` to TCP connections (use through `serve`)."""
+    """Serves one `AsyncSwarm` to TCP connections (use through `timmy.service.host.serve`).
+
+    What the endpoint refuses, always with an error line that says why, while the
+    service stays up: a missing or wrong token (the connection is closed), a line
+    that is not a request (answered; the connection stays usable), a line over
+    1 MiB (closed), more than ``max_connections`` authenticated connections at once
+    (closed), a connection that sends no request with the token within ``first_line_timeout``
+    of connecting, whatever else it sends (closed: one deadline for the whole handshake),
+    more than ``max_handshakes`` such unauthenticated connections at once (the oldest is
+    closed, so garbage senders cannot lock out a client with the token), a connection that
+    sends nothing for too long (closed). A subscriber that stops
+    reading is disconnected after ``SEND_TIMEOUT`` seconds instead of buffering
+    without bound; one that falls behind is caught up from the store.
+    """
 
     def __init__(self, swarm, token: str, max_connections: int = MAX_CONNECTIONS, *,
                  send_timeout: float = SEND_TIMEOUT,
@@ -470,7 +247,7 @@ class Service:
             self.requests += 1
             if req.op == "subscribe":
                 try:
-                    args = _args(SubscribeArgs, req)
+                    args = op_args(SubscribeArgs, req)
                 except ProtocolError as exc:
                     await self._send(writer, Response(req.id, False, error=error_info(exc)))
                     continue
@@ -515,7 +292,7 @@ class Service:
     async def _answer(self, req: Request) -> Response:
         if req.op == "status":
             try:
-                _args(NoArgs, req)
+                op_args(NoArgs, req)
                 status = await self.swarm.status()
             except TimmyError as exc:
                 return Response(req.id, False, error=error_info(exc))
@@ -532,7 +309,7 @@ class Service:
                 known = ", ".join(sorted([*OPS, "status", "subscribe", "runner"]))
                 raise ProtocolError(f"unknown op {req.op!r}", hint=f"use one of: {known}")
             args_type, fn = op
-            result = await fn(self.swarm, _args(args_type, req))
+            result = await fn(self.swarm, op_args(args_type, req))
         except TimmyError as exc:
             return Response(req.id, False, error=error_info(exc))
         except Exception as exc:
@@ -618,7 +395,7 @@ class Service:
                 req.id, True, msgspec.structs.replace(welcome, rejoin_key=key)))
 
         try:
-            args = _args(RunnerArgs, req)
+            args = op_args(RunnerArgs, req)
             if role != "admin":
                 self._check_takeover(args)
             self.runners += 1
@@ -684,16 +461,7 @@ def _peer(writer) -> str:
     where = writer.get_extra_info("peername")
     if not isinstance(where, tuple):
         return str(where or "?")
-    return f"{_url_host(where[0])}:{where[1]}"
-
-
-def _args(args_type: type[Args], req: Request) -> Any:
-    try:
-        return msgspec.convert(req.args, args_type)
-    except msgspec.ValidationError as exc:
-        raise ProtocolError(f"bad arguments for {req.op}: {exc}",
-                            hint=f"see the {req.op} method of timmy.Swarm for its arguments") \
-            from None
+    return f"{url_host(where[0])}:{where[1]}"
 
 
 async def _discard(reader, writer, seconds: float = 1.0, most: int = 64 * MAX_LINE) -> None:
@@ -716,170 +484,3 @@ async def _close(writer) -> None:
         await asyncio.wait_for(writer.wait_closed(), 1.0)
 
 
-# -- tokens and binding -------------------------------------------------------------
-
-
-def token_path(db: str) -> Path:
-    """Where the service's token is kept: beside an SQLite file, else under ./data."""
-    from timmy.storage.address import DatabaseAddress
-
-    beside = DatabaseAddress.parse(db).beside(".token")
-    return beside if beside is not None else Path("data", "timmy-service.token").absolute()
-
-
-def runner_token_path(db: str) -> Path:
-    """Where the service's runner token is kept: beside its admin token, ``.runner.token``
-    for ``.token`` (e.g. data/timmy.db.runner.token)."""
-    path = token_path(db)
-    return path.with_name(path.name.removesuffix(".token") + ".runner.token")
-
-
-def load_or_create_token(path: Path) -> tuple[str, bool]:
-    """The token stored at ``path``, or a new one written there with mode 0600.
-
-    Returns ``(token, created)``.
-    """
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return read_token(path), False
-    except OSError as exc:
-        raise ConfigError(f"cannot create the token file {path}: {exc.strerror}",
-                          hint="pass --token, or a --db in a directory you can write to") \
-            from exc
-    token = secrets.token_urlsafe(32)
-    with os.fdopen(fd, "w") as f:
-        f.write(token + "\n")
-    return token, True
-
-
-def read_token(path: Path) -> str:
-    try:
-        mode = path.stat().st_mode
-        token = path.read_text(encoding="utf-8").strip()
-    except FileNotFoundError:
-        raise ConfigError(f"no token file at {path}",
-                          hint="start the service with `timmy serve` (it writes one), or pass "
-                               "the token (token=... / --token / TIMMY_TOKEN)") from None
-    except (OSError, UnicodeError) as exc:
-        raise ConfigError(f"cannot read the token file {path}: {exc}",
-                          hint="pass the token (token=... / --token / TIMMY_TOKEN)") from exc
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise ConfigError(f"the token file {path} can be read by other users "
-                          f"(mode {stat.S_IMODE(mode):o})",
-                          hint=f"chmod 600 {path}")
-    if not token:
-        raise ConfigError(f"the token file {path} is empty",
-                          hint="delete it and restart `timmy serve` to make a new token")
-    return token
-
-
-def parse_url(url: str) -> tuple[str, int]:
-    """``tcp://HOST:PORT`` (or ``HOST:PORT``) as (host, port), or `ConfigError`."""
-    parts = urlsplit(url if "://" in url else f"tcp://{url}")
-    if parts.scheme != "tcp" or not parts.hostname:
-        raise ConfigError(f"not a swarm service address: {url!r}",
-                          hint=f"use tcp://HOST:PORT, e.g. {DEFAULT_URL}")
-    try:
-        port = parts.port or DEFAULT_PORT
-    except ValueError:
-        raise ConfigError(f"bad port in {url!r}", hint=f"use tcp://HOST:PORT, e.g. {DEFAULT_URL}") \
-            from None
-    return parts.hostname, port
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False              # a host name: it may resolve to anything
-
-
-def check_bind(host: str, allow_remote: bool) -> None:
-    """Refuse a non-loopback address unless asked for explicitly."""
-    if is_loopback(host) or allow_remote:
-        return
-    raise ConfigError(
-        f"refusing to listen on {host}: it is not a loopback address, so anyone who can reach "
-        "it could control this swarm with the token, and requests and the token travel "
-        "unencrypted",
-        hint="keep the default --host 127.0.0.1 (tunnel with `ssh -L 7341:127.0.0.1:7341`), "
-             "or pass --allow-remote on a network you trust")
-
-
-# -- running it ---------------------------------------------------------------------
-
-
-async def serve(db: str, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, token: str,
-                allow_remote: bool = False, spawn: bool = True,
-                max_connections: int = MAX_CONNECTIONS, send_timeout: float = SEND_TIMEOUT,
-                first_line_timeout: float = FIRST_LINE_TIMEOUT,
-                max_handshakes: int = MAX_HANDSHAKES,
-                on_ready: Callable[[str, Any], None] | None = None,
-                stop: asyncio.Event | None = None, mmap_threshold: int | None = None,
-                runner_token: str | None = None, **swarm_options: Any) -> None:
-    """Host one swarm on ``db`` until SIGINT/SIGTERM (or ``stop``); stops its runners on exit.
-
-    ``token`` allows every op; ``runner_token`` (if given) only joining as a remote runner.
-
-    ``on_ready(url, swarm)`` is called once the endpoint answers. ``mmap_threshold`` is
-    only reported, in ``status()["service"]``: `run_service` sets it (`timmy.service.heap`).
-    """
-    import signal
-
-    import anyio
-
-    from timmy.engine.swarm import AsyncSwarm
-
-    check_bind(host, allow_remote)
-    async with AsyncSwarm(db, **swarm_options) as swarm:
-        swarm.engine.accepts_remote = True   # runners may dial in: no agents is not stalled
-        if spawn:
-            await swarm.spawn_all()
-        service = Service(swarm, token, max_connections, send_timeout=send_timeout,
-                          first_line_timeout=first_line_timeout, max_handshakes=max_handshakes,
-                          runner_token=runner_token)
-        service.mmap_threshold = mmap_threshold
-        try:
-            server = await asyncio.start_server(service.handle, host, port,
-                                                limit=MAX_LINE + 1, backlog=256)
-        except OSError as exc:
-            raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}",
-                              hint="another `timmy serve` may use that port: stop it or pass "
-                                   "--port") from exc
-        try:
-            sockname = server.sockets[0].getsockname()
-            if on_ready is not None:
-                on_ready(f"tcp://{_url_host(sockname[0])}:{sockname[1]}", swarm)
-            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-                async with anyio.create_task_group() as tg:
-                    async def on_signal() -> None:
-                        async for _ in signals:
-                            break
-                        tg.cancel_scope.cancel()
-
-                    tg.start_soon(on_signal)
-                    if stop is not None:
-                        await stop.wait()
-                        tg.cancel_scope.cancel()
-        finally:
-            server.close()
-            await service.close()
-
-
-def _url_host(host: str) -> str:
-    return f"[{host}]" if ":" in host else host
-
-
-def run_service(db: str, **options: Any) -> None:
-    """`serve` on a fresh asyncio loop (what ``timmy serve`` calls), with glibc's mmap
-    threshold pinned so the service's RSS stays flat for days (`timmy.service.heap`)."""
-    import anyio
-
-    from timmy.service.heap import pin_mmap_threshold
-
-    options.setdefault("mmap_threshold", pin_mmap_threshold())
-    anyio.run(lambda: serve(db, **options), backend="asyncio")

@@ -489,7 +489,7 @@ def simulate(workload: Sequence[str] | Sequence[Arrival], *, personas=None, seed
     sink = Sink(out)
     bar = None
     if progress:
-        from timmy.engine.coordinator import progress_bar
+        from timmy.progress import progress_bar
 
         bar = progress_bar(len(items))
     try:

@@ -12,6 +12,8 @@ from pathlib import Path
 
 from timmy.errors import ConfigError
 
+DEFAULT_DB = "sqlite:///data/timmy.db"   # the database of a swarm given none
+
 # What SQLAlchemy's URL parser would take from a path: ``?`` starts the query (``x?y.db``
 # silently opened ``x``), and it percent-decodes the database, so ``%`` must be escaped too;
 # ``#`` is escaped for any other URL parser the address meets.

@@ -1,0 +1,145 @@
+"""What the ``timmy`` commands share: click settings and options, the console, tables."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import click
+
+from timmy.engine.executors import EXECUTORS
+from timmy.errors import ConfigError
+from timmy.market.auction import RULES
+from timmy.storage.address import DEFAULT_DB
+from timmy.textsafe import clean, text
+
+RUN_DB = DEFAULT_DB
+CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+def make_console():
+    from rich.console import Console
+
+    console = Console(highlight=False)
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console.width = 120  # piped or captured: rich's 80 columns would wrap every table
+    return console
+
+
+def status_line(status: dict) -> str:
+    counts = status.get("tasks", {})
+    tasks = ", ".join(f"{n} {state}" for state, n in sorted(counts.items())) or "no tasks"
+    return (f"status: tasks {tasks} · runners live {status.get('runners_live', 0)} · "
+            f"protocol errors {status.get('protocol_errors', 0)} · rule {status.get('rule')} · "
+            f"executor {status.get('executor')} · seed {status.get('seed')}"
+            + (f"\nstalled: {status['stalled']}; spawn runners (`timmy spawn`, a dashboard's "
+               "Spawn) and the waiting tasks run" if status.get("stalled") else ""))
+
+
+SEQUENTIAL_HELP = (
+    "--sequential posts one task at a time and waits for it: every auction hears every "
+    "runner with the same history, so the same seed gives exactly the same table. "
+    "--concurrent posts all tasks at once (fastest): every runner still bids and holds a "
+    "queue of won tasks, so specialists keep their work until their queues fill, but the "
+    "order in which outcomes reach the runners (and so what they learn) varies from run to run."
+)
+
+
+def model_option(values: Sequence[str], catalog: Iterable[str]) -> str | dict[str, str] | None:
+    """``--model`` values as `timmy.Swarm`'s ``model=``: NAME for all, PERSONA=NAME for one.
+
+    ``--model llama3.2 --model forge=qwen2.5-coder``: forge asks qwen2.5-coder, every other
+    persona llama3.2. Personas left without one use TIMMY_OLLAMA_MODEL, else llama3.2.
+    """
+    catalog = list(catalog)
+    default: str | None = None
+    per_persona: dict[str, str] = {}
+    for value in values:
+        persona, sep, name = value.partition("=")
+        if not sep:
+            default = value
+        elif persona not in catalog:
+            raise ConfigError(f"--model {value}: no persona {persona!r} in this swarm",
+                              hint=f"personas: {', '.join(catalog)}")
+        else:
+            per_persona[persona] = name
+    if not per_persona:
+        return default
+    return {pid: per_persona.get(pid) or default for pid in catalog
+            if per_persona.get(pid) or default}
+
+
+def say_executor(swarm) -> None:
+    """On stderr: what "auto" chose, and why (nothing for an executor given by name)."""
+    if swarm.executor_reason:
+        click.echo(clean(f"executor auto: {swarm.executor} ({swarm.executor_reason})"),
+                   err=True)
+
+
+task_timeout_option = click.option(
+    "--task-timeout", default=None, type=click.FloatRange(0.01, 30 * 86400), metavar="SECONDS",
+    help="Restart a runner that holds one task longer than this and auction the task again "
+         "(an attempt spent; the tasks queued behind it keep theirs). Default: no limit.")
+
+
+def swarm_options(command):
+    """--seed, --rule, --executor, --task-seconds, --model: how a live swarm behaves (run,
+    serve)."""
+    options = [
+        click.option("--seed", default=1, show_default=True, type=int,
+                     help="Seeds the bids and the simulated executions."),
+        click.option("--rule", type=click.Choice(RULES), default="specialist_first",
+                     show_default=True, help="Clearing rule of every auction."),
+        click.option("--executor", type=click.Choice(EXECUTORS), default="simulated",
+                     show_default=True, help="What a runner does with a task it won."),
+        click.option("--task-seconds", default=0.05, show_default=True,
+                     type=click.FloatRange(0, 3600), help="Mean simulated task duration."),
+        click.option("--model", "models", multiple=True, metavar="[PERSONA=]NAME",
+                     help="Ollama model (executor ollama or auto): NAME for every persona, "
+                          "PERSONA=NAME for one; repeatable. Default: TIMMY_OLLAMA_MODEL, "
+                          "else llama3.2. The server is OLLAMA_HOST (default "
+                          "http://127.0.0.1:11434)."),
+        task_timeout_option,
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+
+def frame_table(frame):
+    """A DataFrame as a rich table: numbers right-aligned, rates as percentages."""
+    import pandas as pd
+    from rich.table import Table
+
+    table = Table()
+    numeric = {c: pd.api.types.is_numeric_dtype(frame[c]) and not
+               pd.api.types.is_bool_dtype(frame[c]) for c in frame.columns}
+    for column in frame.columns:
+        table.add_column(text(column.replace("_", " ")),
+                         justify="right" if numeric[column] else "left")
+    for row in frame.itertuples(index=False):
+        table.add_row(*(cell(column, value) for column, value in zip(frame.columns, row,
+                                                                      strict=True)))
+    if frame.empty:
+        table.caption, table.caption_justify = "no rows", "left"
+    return table
+
+
+def cell(column: str, value: Any):
+    import numbers
+
+    import pandas as pd
+
+    if value is None or (not isinstance(value, str) and pd.isna(value)):
+        return "-"
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        return f"{value:,}"
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        if column.endswith(("rate", "share")):
+            return f"{value:.1%}"
+        if column.endswith("_s"):
+            return f"{value:,.3f}"
+        return f"{value:,.2f}" if column.endswith("_ms") else f"{value:,.1f}"
+    return text(value)

@@ -1,0 +1,110 @@
+"""Hosting a swarm: `serve` checks the address, listens and runs a `Service` until a
+signal; `run_service` is what ``timmy serve`` calls."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+from collections.abc import Callable
+from typing import Any
+
+from timmy.engine.protocol import MAX_LINE
+from timmy.errors import ConfigError
+from timmy.service.server import (
+    FIRST_LINE_TIMEOUT,
+    MAX_CONNECTIONS,
+    MAX_HANDSHAKES,
+    SEND_TIMEOUT,
+    Service,
+)
+from timmy.service.wire import DEFAULT_HOST, DEFAULT_PORT, url_host
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False              # a host name: it may resolve to anything
+
+
+def check_bind(host: str, allow_remote: bool) -> None:
+    """Refuse a non-loopback address unless asked for explicitly."""
+    if is_loopback(host) or allow_remote:
+        return
+    raise ConfigError(
+        f"refusing to listen on {host}: it is not a loopback address, so anyone who can reach "
+        "it could control this swarm with the token, and requests and the token travel "
+        "unencrypted",
+        hint="keep the default --host 127.0.0.1 (tunnel with `ssh -L 7341:127.0.0.1:7341`), "
+             "or pass --allow-remote on a network you trust")
+
+
+
+async def serve(db: str, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, token: str,
+                allow_remote: bool = False, spawn: bool = True,
+                max_connections: int = MAX_CONNECTIONS, send_timeout: float = SEND_TIMEOUT,
+                first_line_timeout: float = FIRST_LINE_TIMEOUT,
+                max_handshakes: int = MAX_HANDSHAKES,
+                on_ready: Callable[[str, Any], None] | None = None,
+                stop: asyncio.Event | None = None, mmap_threshold: int | None = None,
+                runner_token: str | None = None, **swarm_options: Any) -> None:
+    """Host one swarm on ``db`` until SIGINT/SIGTERM (or ``stop``); stops its runners on exit.
+
+    ``token`` allows every op; ``runner_token`` (if given) only joining as a remote runner.
+
+    ``on_ready(url, swarm)`` is called once the endpoint answers. ``mmap_threshold`` is
+    only reported, in ``status()["service"]``: `run_service` sets it (`timmy.service.heap`).
+    """
+    import signal
+
+    import anyio
+
+    from timmy.engine.swarm import AsyncSwarm
+
+    check_bind(host, allow_remote)
+    async with AsyncSwarm(db, **swarm_options) as swarm:
+        swarm.engine.accepts_remote = True   # runners may dial in: no agents is not stalled
+        if spawn:
+            await swarm.spawn_all()
+        service = Service(swarm, token, max_connections, send_timeout=send_timeout,
+                          first_line_timeout=first_line_timeout, max_handshakes=max_handshakes,
+                          runner_token=runner_token)
+        service.mmap_threshold = mmap_threshold
+        try:
+            server = await asyncio.start_server(service.handle, host, port,
+                                                limit=MAX_LINE + 1, backlog=256)
+        except OSError as exc:
+            raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}",
+                              hint="another `timmy serve` may use that port: stop it or pass "
+                                   "--port") from exc
+        try:
+            sockname = server.sockets[0].getsockname()
+            if on_ready is not None:
+                on_ready(f"tcp://{url_host(sockname[0])}:{sockname[1]}", swarm)
+            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                async with anyio.create_task_group() as tg:
+                    async def on_signal() -> None:
+                        async for _ in signals:
+                            break
+                        tg.cancel_scope.cancel()
+
+                    tg.start_soon(on_signal)
+                    if stop is not None:
+                        await stop.wait()
+                        tg.cancel_scope.cancel()
+        finally:
+            server.close()
+            await service.close()
+
+
+def run_service(db: str, **options: Any) -> None:
+    """`serve` on a fresh asyncio loop (what ``timmy serve`` calls), with glibc's mmap
+    threshold pinned so the service's RSS stays flat for days (`timmy.service.heap`)."""
+    import anyio
+
+    from timmy.service.heap import pin_mmap_threshold
+
+    options.setdefault("mmap_threshold", pin_mmap_threshold())
+    anyio.run(lambda: serve(db, **options), backend="asyncio")
