@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from timmy.engine import protocol as p
 from timmy.engine.executors import check_executor
 from timmy.engine.supervisor import RestartPolicy
-from timmy.errors import ConfigError, MissingDependency
+from timmy.errors import ConfigError, MissingDependency, QueueFull, TaskNotFound
 from timmy.llm import DEFAULT_TIMEOUT, base_url, check_models, choose_executor, model_for
 from timmy.market.auction import check_rule
 from timmy.market.personas import PERSONAS, Persona
@@ -142,3 +142,31 @@ def check_description(description: object) -> str:
             hint="shorten it, or split the work into several tasks",
         )
     return description
+
+
+def check_posts(descriptions: Sequence[str], task_timeout: object, unfinished: int,
+                max_queued: int) -> list[str]:
+    """What `post_many` is given, checked: a list of descriptions (`check_description`), a
+    ``task_timeout``, and room for them beside the ``unfinished`` tasks (`QueueFull`)."""
+    check_task_timeout(task_timeout)
+    if isinstance(descriptions, str):
+        raise ConfigError("post_many() takes a list of descriptions, got one string",
+                          hint="use post(description) for one task, or pass [description]")
+    descriptions = [check_description(d) for d in descriptions]
+    if descriptions and unfinished + len(descriptions) > max_queued:
+        raise QueueFull(
+            f"{unfinished:,} tasks are unfinished and the cap is "
+            f"{max_queued:,}: {len(descriptions):,} more would not fit",
+            hint="wait for some to finish (swarm.wait / run), post fewer at once, or "
+                 "start the swarm with a higher max_queued (--max-queued)")
+    return descriptions
+
+
+def check_task_id(task_id: object) -> None:
+    """A task id as a caller passes it: an integer in [1, 2**62], else `TaskNotFound`."""
+    if not isinstance(task_id, int) or isinstance(task_id, bool):
+        raise TaskNotFound(f"task ids are integers, got {task_id!r}",
+                           hint="use the task_id of a Task returned by post()")
+    if not 1 <= task_id <= 2**62:
+        raise TaskNotFound(f"no task with id {task_id}",
+                           hint="task ids start at 1; use the task_id returned by post()")

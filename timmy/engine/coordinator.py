@@ -39,9 +39,9 @@ import msgspec
 from anyio.abc import TaskGroup
 
 from timmy.engine import protocol as p
-from timmy.engine.agents import Agent
+from timmy.engine.agents import Agent, runner_counts, why_stalled
 from timmy.engine.agents import where as _where
-from timmy.engine.config import Config, check_description, check_task_timeout
+from timmy.engine.config import Config, check_posts, check_task_id
 from timmy.engine.journal import Journal
 from timmy.engine.liveness import Heartbeat
 from timmy.engine.runner import stats_from_dict
@@ -51,16 +51,13 @@ from timmy.errors import (
     ConfigError,
     OwnershipLost,
     PersonaError,
-    QueueFull,
     RunnerError,
     SwarmClosed,
-    TaskNotFound,
 )
 from timmy.llm import base_url, model_for
 from timmy.market.auction import Auction, Bid
 from timmy.market.bidding import BidStats
 from timmy.market.models import (
-    AGENT_WORKING_STATES,
     ASSIGNED,
     BIDDING,
     CANCELLED,
@@ -405,19 +402,10 @@ class Coordinator:
         kept in memory: tasks recovered after a restart take the swarm's.
         """
         self._check_open()
-        check_task_timeout(task_timeout)
-        if isinstance(descriptions, str):
-            raise ConfigError("post_many() takes a list of descriptions, got one string",
-                              hint="use post(description) for one task, or pass [description]")
-        descriptions = [check_description(d) for d in descriptions]
+        descriptions = check_posts(descriptions, task_timeout, len(self.active),
+                                   self.cfg.max_queued)
         if not descriptions:
             return []
-        if len(self.active) + len(descriptions) > self.cfg.max_queued:
-            raise QueueFull(
-                f"{len(self.active):,} tasks are unfinished and the cap is "
-                f"{self.cfg.max_queued:,}: {len(descriptions):,} more would not fit",
-                hint="wait for some to finish (swarm.wait / run), post fewer at once, or "
-                     "start the swarm with a higher max_queued (--max-queued)")
         tasks = await self.journal.write(self.store.insert_tasks, descriptions, time.time())
         for task in tasks:
             self.active[task.task_id] = task
@@ -859,27 +847,10 @@ class Coordinator:
             self.waits.wake_all()   # each wait() then says so instead of hanging
 
     def stalled(self) -> str | None:
-        """Why the unfinished tasks cannot be worked as things stand, or None.
-
-        Stalled: no agent is live or on its way back (starting, restarting, a remote runner
-        reconnecting), because every one was stopped or failed, or none was spawned. A
-        swarm that remote runners can join (``timmy serve``) and that has no agents yet is
-        waiting for them, not stalled.
-        """
+        """Why the unfinished tasks cannot be worked as things stand, or None (`why_stalled`)."""
         if not self.active or self.closed:
             return None
-        agents = list(self.agents.values())
-        if any(a.info.status in AGENT_WORKING_STATES for a in agents):
-            return None
-        if not agents:
-            return None if self.accepts_remote else "no runner was spawned"
-        failed = [a.info.agent_id for a in agents if a.info.status == "failed"]
-        if not failed:
-            return "every runner was stopped"
-        named = ", ".join(failed[:3]) + (f" and {len(failed) - 3} more" if len(failed) > 3
-                                         else "")
-        was = "was" if len(failed) == 1 else "were"
-        return f"every runner was stopped or failed ({named} kept dying and {was} given up on)"
+        return why_stalled(self.agents.values(), self.accepts_remote)
 
     # -- reads --------------------------------------------------------------
     def task_counts(self) -> dict[str, int]:
@@ -889,18 +860,11 @@ class Coordinator:
         return {state: n for state, n in counts.items() if n}
 
     def status(self, counts: dict[str, int]) -> dict:
-        by_state: dict[str, int] = {}
-        for a in self.agents.values():
-            by_state[a.info.status] = by_state.get(a.info.status, 0) + 1
         return {
             "tasks": counts,
             "queued_in_memory": len(self.queue),
             "open_auctions": len(self.auctions),
-            "runners_live": sum(a.alive for a in self.agents.values()),
-            "runners_free": sum(a.alive and not a.tasks for a in self.agents.values()),
-            "runners_remote": sum(a.alive and a.info.peer is not None
-                                  for a in self.agents.values()),
-            "agents": by_state,
+            **runner_counts(self.agents.values()),
             "protocol_errors": self.garbage_lines,
             "bids_refused": self.bids_refused,
             "rows_quarantined": self.rows_quarantined,
@@ -911,10 +875,4 @@ class Coordinator:
             "seed": self.cfg.seed,
         }
 
-    def require_task(self, task_id: int) -> None:
-        if not isinstance(task_id, int) or isinstance(task_id, bool):
-            raise TaskNotFound(f"task ids are integers, got {task_id!r}",
-                               hint="use the task_id of a Task returned by post()")
-        if not 1 <= task_id <= 2**62:
-            raise TaskNotFound(f"no task with id {task_id}",
-                               hint="task ids start at 1; use the task_id returned by post()")
+    require_task = staticmethod(check_task_id)
