@@ -1,27 +1,6 @@
-"""The engine: the task state machine, auctions, assignment, re-queueing, events.
-
-    queued -> bidding -> assigned -> running -> completed | failed | cancelled
-       ^________|___________|__________|   (no bid from a runner with room, its runner
-                                            stopped or died, the attempt failed)
-
-One coordinator per swarm, on one event loop. Runner messages arrive through the
-`Supervisor`; each is handled at once and synchronously, so there are no locks.
-State changes go to the store in batches (one transaction per batch, an auction
-close always inside one) by a background flusher, so the hot path never waits
-for the disk except where it must: a posted task is persisted before `post`
-returns.
-
-Concurrency: every live runner bids in every auction, busy or not. A runner may
-hold up to ``runner_queue`` tasks (one running, the rest waiting in its own
-queue); the rule picks the winner among the bids of runners that still have
-room, so under a backlog specialists keep their own work until their queues
-fill and only the overflow goes to the next-best bidder. As many auctions stay
-open as there is room in all queues. With no bid from a runner with room, the
-task goes back to the front of the queue without using an attempt. Posting
-tasks one at a time gives every auction every runner with empty queues, which
-is what makes a live run and a simulation of the same work pick the same
-winners.
-"""
+"""The coordinator: drives the task state machine (posts, auctions, assignment,
+re-queueing) on runner messages; storing, waiting, liveness and configuration are its
+parts' jobs (`journal`, `waiting`, `liveness`, `config`)."""
 
 from __future__ import annotations
 
@@ -114,7 +93,30 @@ def _persona_fields(persona: Persona) -> dict:
 
 
 class Coordinator:
-    """Runs one swarm's auctions inside an anyio task group. Use through `AsyncSwarm`."""
+    """Runs one swarm's auctions inside an anyio task group. Use through `AsyncSwarm`.
+
+        queued -> bidding -> assigned -> running -> completed | failed | cancelled
+           ^________|___________|__________|   (no bid from a runner with room, its runner
+                                                stopped or died, the attempt failed)
+
+    One coordinator per swarm, on one event loop. Runner messages arrive through the
+    `Supervisor`; each is handled at once and synchronously, so there are no locks.
+    State changes go to the `Journal`, which writes them in batches (one transaction per
+    batch, an auction close always inside one) in the background, so the hot path never
+    waits for the disk except where it must: a posted task is persisted before `post`
+    returns.
+
+    Concurrency: every live runner bids in every auction, busy or not. A runner may
+    hold up to ``runner_queue`` tasks (one running, the rest waiting in its own
+    queue); the rule picks the winner among the bids of runners that still have
+    room, so under a backlog specialists keep their own work until their queues
+    fill and only the overflow goes to the next-best bidder. As many auctions stay
+    open as there is room in all queues. With no bid from a runner with room, the
+    task goes back to the front of the queue without using an attempt. Posting
+    tasks one at a time gives every auction every runner with empty queues, which
+    is what makes a live run and a simulation of the same work pick the same
+    winners.
+    """
 
     def __init__(self, store: Store, config: Config) -> None:
         self.store, self.cfg = store, config

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING
 
 import anyio
 
-from timmy.engine.journal import Journal
 from timmy.errors import ConfigError, NoRunners, OwnershipLost, TaskNotFound, TimmyError
 from timmy.market.models import TERMINAL_STATES, Task, copy
+
+if TYPE_CHECKING:   # the store (SQLAlchemy) is not loaded for WaitTimeout or progress_bar
+    from timmy.engine.journal import Journal
 
 
 class WaitTimeout(TimmyError, TimeoutError):
