@@ -1,64 +1,41 @@
-"""The engine: the task state machine, auctions, assignment, re-queueing, events.
-
-    queued -> bidding -> assigned -> running -> completed | failed | cancelled
-       ^________|___________|__________|   (no bid from a runner with room, its runner
-                                            stopped or died, the attempt failed)
-
-One coordinator per swarm, on one event loop. Runner messages arrive through the
-`Supervisor`; each is handled at once and synchronously, so there are no locks.
-State changes go to the store in batches (one transaction per batch, an auction
-close always inside one) by a background flusher, so the hot path never waits
-for the disk except where it must: a posted task is persisted before `post`
-returns.
-
-Concurrency: every live runner bids in every auction, busy or not. A runner may
-hold up to ``runner_queue`` tasks (one running, the rest waiting in its own
-queue); the rule picks the winner among the bids of runners that still have
-room, so under a backlog specialists keep their own work until their queues
-fill and only the overflow goes to the next-best bidder. As many auctions stay
-open as there is room in all queues. With no bid from a runner with room, the
-task goes back to the front of the queue without using an attempt. Posting
-tasks one at a time gives every auction every runner with empty queues, which
-is what makes a live run and a simulation of the same work pick the same
-winners.
-"""
+"""The coordinator: drives the task state machine (posts, auctions, assignment,
+re-queueing) on runner messages; storing, waiting, liveness and configuration are its
+parts' jobs (`journal`, `waiting`, `liveness`, `config`)."""
 
 from __future__ import annotations
 
 import functools
-import importlib.util
 import logging
-import math
 import shlex
 import sys
 import time
 from collections import Counter, OrderedDict, deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import anyio
 import msgspec
 from anyio.abc import TaskGroup
 
 from timmy.engine import protocol as p
-from timmy.engine.executors import check_executor
-from timmy.engine.supervisor import RestartPolicy, Supervisor
+from timmy.engine.agents import Agent, runner_counts, why_stalled
+from timmy.engine.agents import where as _where
+from timmy.engine.config import Config, check_posts, check_task_id
+from timmy.engine.journal import Journal
+from timmy.engine.liveness import Heartbeat
+from timmy.engine.supervisor import Supervisor, Verdict
+from timmy.engine.waiting import Waits
 from timmy.errors import (
     ConfigError,
-    MissingDependency,
-    NoRunners,
     OwnershipLost,
     PersonaError,
-    QueueFull,
     RunnerError,
-    StoreError,
     SwarmClosed,
-    TaskNotFound,
     WaitTimeout,
 )
-from timmy.llm import DEFAULT_TIMEOUT, base_url, check_models, choose_executor, model_for
-from timmy.market.auction import Auction, Bid, check_rule
-from timmy.market.bidding import BidStats, bid_range
+from timmy.llm import base_url, model_for
+from timmy.market.auction import Auction, Bid
+from timmy.market.bidding import BidStats
 from timmy.market.lifecycle import (
     CANCELLED_REASON,
     FINISH_EVENT,
@@ -70,7 +47,6 @@ from timmy.market.lifecycle import (
     exit_how,
 )
 from timmy.market.models import (
-    AGENT_WORKING_STATES,
     ASSIGNED,
     BIDDING,
     CANCELLED,
@@ -87,138 +63,20 @@ from timmy.market.models import (
 from timmy.market.personas import PERSONAS, Persona, Words, get_persona
 from timmy.paging import page_limit
 from timmy.progress import progress_bar
-from timmy.storage.quarantine import Refused, storable
-from timmy.storage.store import Batch, Store
+from timmy.storage.store import Store
+
+# Importable from here as before: Config (tests, swarm), WaitTimeout and progress_bar (the
+# client, the simulator).
+__all__ = ["Config", "Coordinator", "WaitTimeout", "progress_bar"]
 
 log = logging.getLogger("timmy")
 
 FINISHED_CACHE = 50_000
-#: How the reason of a task whose row the database refused starts (see _quarantine).
-UNSTORABLE = "the database refused this task's row, so its result is not stored"
-_json = msgspec.json.Encoder().encode
-FLUSH_DELAY = 0.002   # seconds a change may wait to join a batch
-CHECKPOINT_EVERY = 1.0  # seconds between SQLite WAL checkpoints while writing
-STALL_NOTICE = 1.0      # seconds the service itself may oversleep before it says so
-_BOOTTIME = getattr(time, "CLOCK_BOOTTIME", None)   # Linux: counts through a system suspend
-
-
-def _boottime() -> float:
-    """A clock that goes on through a system suspend (CLOCK_MONOTONIC does not, on Linux);
-    the monotonic clock where there is none."""
-    return time.clock_gettime(_BOOTTIME) if _BOOTTIME is not None else time.monotonic()
-
-
-@dataclass
-class Config:
-    """How a swarm behaves; validated on construction."""
-
-    seed: int = 0
-    executor: str = "simulated"
-    task_seconds: float = 0.05
-    auction_window: float = 2.0
-    rule: str = "specialist_first"
-    max_attempts: int = 3
-    personas: dict[str, Persona] = field(default_factory=lambda: dict(PERSONAS))
-    restart: RestartPolicy = field(default_factory=RestartPolicy)
-    runner_command: Sequence[str] | None = None   # replaces `python -m timmy.engine.runner` (tests)
-    max_queued: int = 100_000      # unfinished tasks the swarm holds; past it post() refuses
-    runner_queue: int = 32         # tasks a runner may hold (running + waiting): past that its
-                                   # bids are passed over. 1 = a runner works only when idle
-    ping_interval: float = 5.0     # seconds between pings to each runner
-    ping_timeout: float = 30.0     # a runner silent this long is deemed hung and restarted
-    hello_timeout: float = 15.0    # a restarted or remote runner's time to say hello
-    task_timeout: float | None = None  # seconds a runner may work on one task (None: no limit)
-    close_timeout: float = 10.0    # how long closing keeps trying to save the last changes
-    # The Ollama executor (see timmy.llm): one model for all, or {persona id: model};
-    # the server (None: OLLAMA_HOST, else the local default); how long it may stay silent.
-    model: str | dict[str, str] | None = None
-    ollama_host: str | None = None
-    ollama_timeout: float = DEFAULT_TIMEOUT
-
-    def __post_init__(self) -> None:
-        check_rule(self.rule)
-        check_executor(self.executor)
-        _check_number("seed", self.seed, -(2**63), 2**63 - 1, "pass seed=1 (any integer)",
-                      integer=True)
-        _check_number("auction_window", self.auction_window, 1e-3, 3600, "the default is 2.0")
-        _check_number("task_seconds", self.task_seconds, 0, 3600,
-                      "0 makes simulated tasks instant; the default is 0.05")
-        _check_number("runner_queue", self.runner_queue, 1, 1000, "the default is 32",
-                      integer=True)
-        _check_number("max_attempts", self.max_attempts, 1, 100, "the default is 3",
-                      integer=True)
-        _check_number("max_queued", self.max_queued, 1, 100_000_000, "the default is 100000",
-                      integer=True)
-        _check_number("ping_interval", self.ping_interval, 0.01, 3600, "the default is 5.0")
-        _check_number("ping_timeout", self.ping_timeout, 0.1, 86400, "the default is 30.0")
-        _check_number("close_timeout", self.close_timeout, 0, 3600, "the default is 10.0")
-        _check_number("hello_timeout", self.hello_timeout, 0.01, 3600, "the default is 15.0")
-        check_task_timeout(self.task_timeout)
-        if self.ping_timeout <= self.ping_interval:
-            raise ConfigError(
-                f"ping_timeout ({self.ping_timeout}s) must be longer than ping_interval "
-                f"({self.ping_interval}s), or every runner would be restarted at every ping",
-                hint="keep ping_timeout several times ping_interval (defaults: 30 and 5)")
-        _check_number("ollama_timeout", self.ollama_timeout, 0.01, 86400,
-                      f"the default is {DEFAULT_TIMEOUT:g}")
-        check_models(self.model, self.personas)
-        if self.ollama_host is not None and not isinstance(self.ollama_host, str):
-            raise ConfigError(f"ollama_host must be a URL string, got {self.ollama_host!r}",
-                              hint="e.g. http://127.0.0.1:11434")
-        if self.executor in ("ollama", "auto"):
-            base_url(self.ollama_host)             # a bad address (or OLLAMA_HOST) fails here
-            for persona_id in self.personas:       # ... and a bad TIMMY_OLLAMA_MODEL
-                model_for(persona_id, self.model)
-        if self.executor == "ollama" and importlib.util.find_spec("ollama") is None:
-            raise MissingDependency("the ollama executor needs the ollama Python client",
-                                    hint='pip install "timmy[llm]"')
-        if self.runner_command is not None and (
-            isinstance(self.runner_command, str)
-            or not all(isinstance(a, str) for a in self.runner_command)
-        ):
-            raise ConfigError(f"runner_command must be a list of strings, got "
-                              f"{self.runner_command!r}",
-                              hint='e.g. runner_command=["python", "my_runner.py"]')
-
-
-def _check_number(name: str, value: object, lo: float, hi: float, hint: str,
-                  integer: bool = False) -> None:
-    kind = int if integer else (int, float)
-    if isinstance(value, bool) or not isinstance(value, kind) or not lo <= value <= hi:
-        what = "an integer" if integer else "a number"
-        raise ConfigError(f"{name} must be {what} in [{lo:g}, {hi:g}], got {value!r}", hint=hint)
-
-
-def check_task_timeout(value: object) -> None:
-    """A task's execution deadline: None (no limit) or seconds, up to 30 days."""
-    if value is not None:
-        _check_number("task_timeout", value, 0.01, 30 * 86400,
-                      "seconds a runner may work on one task, e.g. task_timeout=600; None "
-                      "for no limit")
-
-
-@dataclass(eq=False)
-class Agent:
-    info: AgentInfo
-    persona: Persona
-    ready: anyio.Event = field(default_factory=anyio.Event)     # said hello at least once
-    settled: anyio.Event = field(default_factory=anyio.Event)   # said hello, or gave up
-    exit_code: int | None = None
-    alive: bool = False
-    tasks: dict[int, None] = field(default_factory=dict)   # held tasks, in assignment order
-    last_seen: float = 0.0         # on the coordinator's awake clock (see Coordinator._awake)
-    head: int | None = None        # the first task it holds: the one it works on
-    head_since: float = 0.0        # since when (awake clock): its task_timeout counts from here
-    joined_at: float = field(default_factory=time.time)
-    # What the runner has learned, mirrored from the auctions and results it took part
-    # in, so a replacement process starts where the dead one left off.
-    stats: BidStats = field(default_factory=BidStats)
-    # The prices its persona's rule can bid, off-spec and on-spec (`bid_range`): a bid
-    # outside them is refused (see `Coordinator._on_bid`).
-    bid_ranges: tuple[tuple[int, int], ...] = field(init=False, repr=False)
-
-    def __post_init__(self) -> None:
-        self.bid_ranges = (bid_range(self.persona, False), bid_range(self.persona, True))
+# What a runner's end makes of its agent: its status, and the event that says so.
+_AGENT_STATUS = {Verdict.RESTART: "restarting", Verdict.STOPPED: "stopped",
+                 Verdict.DISCONNECTED: "disconnected", Verdict.FAILED: "failed"}
+_EXIT_EVENT = {Verdict.RESTART: "agent_crashed", Verdict.STOPPED: "agent_left",
+               Verdict.DISCONNECTED: "agent_disconnected", Verdict.FAILED: "agent_failed"}
 
 
 @dataclass(eq=False)
@@ -245,45 +103,31 @@ def _persona_fields(persona: Persona) -> dict:
     return {f: getattr(persona, f) for f in fields}
 
 
-def _where(agent: Agent) -> dict:
-    """``peer`` for an event about a remote runner; nothing for a local one."""
-    return {"peer": agent.info.peer} if agent.info.peer is not None else {}
-
-
-def check_timeout(timeout: object) -> None:
-    if timeout is not None and (isinstance(timeout, bool)
-                                or not isinstance(timeout, int | float) or timeout < 0):
-        raise ConfigError(f"timeout must be a number of seconds or None, got {timeout!r}",
-                          hint="e.g. timeout=10, or None to wait as long as it takes")
-
-
-def check_description(description: object) -> str:
-    if not isinstance(description, str):
-        raise ConfigError(f"a task description must be a string, got "
-                          f"{type(description).__name__}", hint="post('describe the work')")
-    if not description.strip():
-        raise ConfigError("a task description is empty",
-                          hint="describe the work, e.g. 'fix the bug in the api client'")
-    try:
-        description.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise ConfigError(f"a task description is not valid text: {exc.reason} at position "
-                          f"{exc.start}", hint="remove the stray surrogate characters") from None
-    if "\x00" in description:   # a server database's text cannot hold it (PostgreSQL)
-        raise ConfigError(f"a task description contains a NUL character (\\x00) at position "
-                          f"{description.index(chr(0))}",
-                          hint="remove it: databases such as PostgreSQL cannot store it")
-    if len(description) > p.MAX_DESCRIPTION:
-        raise ConfigError(
-            f"a task description is {len(description)} characters long, over the "
-            f"{p.MAX_DESCRIPTION}-character limit",
-            hint="shorten it, or split the work into several tasks",
-        )
-    return description
-
-
 class Coordinator:
-    """Runs one swarm's auctions inside an anyio task group. Use through `AsyncSwarm`."""
+    """Runs one swarm's auctions inside an anyio task group. Use through `AsyncSwarm`.
+
+        queued -> bidding -> assigned -> running -> completed | failed | cancelled
+           ^________|___________|__________|   (no bid from a runner with room, its runner
+                                                stopped or died, the attempt failed)
+
+    One coordinator per swarm, on one event loop. Runner messages arrive through the
+    `Supervisor`; each is handled at once and synchronously, so there are no locks.
+    State changes go to the `Journal`, which writes them in batches (one transaction per
+    batch, an auction close always inside one) in the background, so the hot path never
+    waits for the disk except where it must: a posted task is persisted before `post`
+    returns.
+
+    Concurrency: every live runner bids in every auction, busy or not. A runner may
+    hold up to ``runner_queue`` tasks (one running, the rest waiting in its own
+    queue); the rule picks the winner among the bids of runners that still have
+    room, so under a backlog specialists keep their own work until their queues
+    fill and only the overflow goes to the next-best bidder. As many auctions stay
+    open as there is room in all queues. With no bid from a runner with room, the
+    task goes back to the front of the queue without using an attempt. Posting
+    tasks one at a time gives every auction every runner with empty queues, which
+    is what makes a live run and a simulation of the same work pick the same
+    winners.
+    """
 
     def __init__(self, store: Store, config: Config) -> None:
         self.store, self.cfg = store, config
@@ -297,28 +141,10 @@ class Coordinator:
         self.auctions: dict[int, OpenAuction] = {}
         self._deadlines: deque[OpenAuction] = deque()
         self._deadline_wake = anyio.Event()
-        self._watchers: dict[int, list[Callable[[Task], None]]] = {}  # task -> when it ends
-        self._subscribers: list[Callable[[Event], None]] = []
-        self._batch = Batch()
-        self._flush_wake = anyio.Event()
-        self._flush_lock = anyio.Lock()
-        self._writer = anyio.CapacityLimiter(1)
-        self._last_checkpoint = time.monotonic()
-        self._next_event = 1
         self._agent_counts: dict[str, int] = {}
         self.garbage_lines = 0
         self.bids_refused = 0      # bids outside their persona's range (see _on_bid)
-        # Rows the database refused and that were left out of their batch (see _quarantine).
-        self.rows_quarantined = 0
-        self.last_quarantined: str | None = None
         self.closed = False
-        # Set when another swarm took the database over: this one then stops (see _abandon).
-        self.lost: OwnershipLost | None = None
-        self._waits: set[anyio.Event] = set()   # what wakes a wait() to tell it so
-        # Liveness counts only the time the service was awake (see _awake, _heartbeat_loop).
-        self._slept = 0.0            # monotonic seconds the heartbeat found it overslept
-        self._tick_due = math.inf    # when the heartbeat should wake next (monotonic)
-        self._woke = -math.inf       # when it last noticed it had stalled (monotonic)
         self._timeouts: dict[int, float] = {}   # per-post task_timeout of unfinished tasks
         # Set by the swarm service: remote runners may dial in, so a swarm with no agents
         # yet is waiting for them rather than stalled (see stalled()).
@@ -329,6 +155,28 @@ class Coordinator:
         # start (one probe of the Ollama server), and why.
         self.executor = config.executor
         self.executor_reason = ""
+        # The parts with one job each: what is stored and published, who waits for what,
+        # the awake clock and the ping rounds.
+        self.journal = Journal(store, self._lookup, self._abandon)
+        self.waits = Waits(self._lookup, self.stalled, self.journal)
+        self.heartbeat = Heartbeat(config, self.journal.emit)
+        # Their hot methods, bound once: the state machine calls them for every message.
+        self._emit, self._dirty = self.journal.emit, self.journal.task_changed
+        self._awake, self._just_woke = self.heartbeat.awake, self.heartbeat.just_woke
+        self._watchers = self.waits.watchers   # task -> what to call when it ends
+
+    @property
+    def lost(self) -> OwnershipLost | None:
+        """Set when another swarm took the database over: this one then stops (`_abandon`)."""
+        return self.journal.lost
+
+    @property
+    def rows_quarantined(self) -> int:
+        return self.journal.rows_quarantined
+
+    @property
+    def last_quarantined(self) -> str | None:
+        return self.journal.last_quarantined
 
     # -- lifecycle ----------------------------------------------------------
     async def start(self, tg: TaskGroup) -> None:
@@ -341,7 +189,7 @@ class Coordinator:
 
         waiting, requeued, failed = await anyio.to_thread.run_sync(
             self.store.recover, self.cfg.max_attempts, now, whoami())
-        self._next_event = await anyio.to_thread.run_sync(self.store.next_event_id)
+        await self.journal.open()
         self._agent_counts = await anyio.to_thread.run_sync(self.store.agent_counts)
         stored = await anyio.to_thread.run_sync(self.store.status_counts)
         self._ended.update({s: stored[s] for s in TERMINAL_STATES if stored.get(s)})
@@ -354,19 +202,14 @@ class Coordinator:
             self._remember(task)
             self._emit("task_failed", task.task_id, reason=task.reason)
         if self.cfg.executor == "auto":
-            await self._choose_executor()
-        tg.start_soon(self._flush_loop)
+            self.executor, self.executor_reason = await anyio.to_thread.run_sync(
+                self.cfg.resolve_auto)
+            log.info("executor auto: using %s (%s)", self.executor, self.executor_reason)
+            self._emit("executor_chosen", None, None, asked="auto", executor=self.executor,
+                       why=self.executor_reason)
+        self.journal.start(tg)
         tg.start_soon(self._deadline_loop)
-        tg.start_soon(self._heartbeat_loop)
-
-    async def _choose_executor(self) -> None:
-        """Resolve "auto": Ollama if its server answers with every model the personas use."""
-        models = [model_for(pid, self.cfg.model) for pid in self.cfg.personas]
-        self.executor, self.executor_reason = await anyio.to_thread.run_sync(
-            choose_executor, self.cfg.ollama_host, models)
-        log.info("executor auto: using %s (%s)", self.executor, self.executor_reason)
-        self._emit("executor_chosen", None, None, asked="auto", executor=self.executor,
-                   why=self.executor_reason)
+        tg.start_soon(self.heartbeat.run, self.agents, self.supervisor, self._check_deadline)
 
     async def close(self) -> None:
         """Stop every runner, persist everything, release the store."""
@@ -375,173 +218,32 @@ class Coordinator:
         self.closed = True
         if self.supervisor is not None:
             await self.supervisor.stop_all()
-        with anyio.CancelScope(shield=True):
-            deadline = time.monotonic() + self.cfg.close_timeout
-            while True:
-                try:
-                    await self.flush()
-                    return
-                except OwnershipLost:
-                    return   # said when it happened; the new owner has the work now
-                except StoreError as exc:
-                    if time.monotonic() >= deadline:
-                        b = self._batch
-                        raise StoreError(
-                            f"the last changes could not be saved ({len(b.tasks)} task updates, "
-                            f"{len(b.bids)} bids, {len(b.events)} events): {exc.message}",
-                            hint="tasks whose completion was not saved are re-queued and run "
-                            "again when a swarm next opens this database; " + exc.hint,
-                        ) from exc
-                    log.error("could not persist the last changes, retrying: %s", exc)
-                    await anyio.sleep(0.2)
-
-    # -- events and persistence ---------------------------------------------
-    def subscribe(self, callback: Callable[[Event], None]) -> Callable[[], None]:
-        self._subscribers.append(callback)
-
-        def unsubscribe() -> None:
-            if callback in self._subscribers:
-                self._subscribers.remove(callback)
-
-        return unsubscribe
-
-    def _emit(self, kind: str, task_id: int | None = None, agent_id: str | None = None,
-              **data) -> int:
-        """Record an event, tell the subscribers; returns its event_id."""
-        event_id = self._next_event
-        self._next_event += 1
-        ts = time.time()
-        self._batch.events.append(
-            (event_id, ts, kind, task_id, agent_id, _json(data).decode()))
-        if self._subscribers:
-            event = Event(event_id=event_id, ts=ts, kind=kind, task_id=task_id,
-                          agent_id=agent_id, data=data)
-            for callback in list(self._subscribers):
-                try:
-                    callback(event)
-                except Exception:
-                    log.exception("subscriber %r failed on %s", callback, kind)
-        self._flush_wake.set()
-        return event_id
-
-    def _dirty(self, task: Task) -> None:
-        self._batch.tasks[task.task_id] = {
-            "status": task.status, "assigned_agent": task.assigned_agent,
-            "price_sats": task.price_sats, "attempts": task.attempts, "result": task.result,
-            "reason": task.reason, "assigned_at": task.assigned_at,
-            "completed_at": task.completed_at,
-        }
-
-    def _dirty_agent(self, agent: Agent) -> None:
-        i = agent.info
-        self._batch.agents[i.agent_id] = {
-            "agent_id": i.agent_id, "persona": i.persona, "name": i.name, "pid": i.pid,
-            "status": i.status, "restarts": i.restarts, "tasks_won": i.tasks_won,
-            "earned_sats": i.earned_sats, "joined_at": agent.joined_at,
-        }
-        self._flush_wake.set()
-
-    async def _checkpoint(self) -> None:
-        try:
-            await anyio.to_thread.run_sync(self.store.checkpoint)
-        except StoreError as exc:
-            log.warning("checkpoint failed: %s", exc)
-
-    async def _write(self, fn, *args):
-        """Run a write transaction in a worker thread, one at a time.
-
-        Our writes never overlap, so none waits in SQLite's busy handler (which sleeps
-        in steps of milliseconds) for another of ours: a post waits at most for the
-        batch being written.
-        """
-        return await anyio.to_thread.run_sync(fn, *args, limiter=self._writer)
-
-    async def flush(self) -> None:
-        """Write every change made so far in one transaction."""
-        async with self._flush_lock:
-            if self.lost is not None:   # nothing of ours may be written any more
-                self._batch = Batch()
-                return
-            if not self._batch:
-                return
-            batch, self._batch = self._batch, Batch()
-            try:
-                refused = await self._write(self.store.apply, batch)
-            except OwnershipLost as exc:
-                self._abandon(exc)
-                raise
-            except StoreError:
-                self._batch = self._batch.merge_into(batch)
-                raise
-            if refused:
-                self._quarantine(refused)
-
-    def _quarantine(self, refused: list[Refused]) -> None:
-        """Rows the database refused were left out of their batch, the rest of it saved:
-        log and count each, and record a ``row_quarantined`` event (table, key, column,
-        reason). A task's row must not silently stay behind: it is written again without
-        the text that came from outside (its result, and its reason, which may quote the
-        result), with a reason that says so, and keeps its status; refused even so, it
-        stays as last stored (a restart re-queues it if that was unfinished)."""
-        for r in refused:
-            self.rows_quarantined += 1
-            self.last_quarantined = r.describe()[:500]
-            log.error("%s; left out, the rest of its batch is saved", r.describe())
-            if r.table == "events" and r.values.get("kind") == "row_quarantined":
-                continue   # one about a refused row: not recorded again
-            self._emit("row_quarantined", r.key if r.table in ("tasks", "bids") else None,
-                       None, table=r.table, key=storable(str(r.key))[:200],
-                       column=r.column, reason=r.reason)
-            task = self._lookup(r.key) if r.table == "tasks" else None
-            if task is None:
-                continue
-            if r.values.get("result") is None and (r.values.get("reason") or "").startswith(
-                    UNSTORABLE):
-                log.error("task %s: its row was refused even without its result; it stays "
-                          "as last stored", task.task_id)
-                continue
-            task.result = None
-            task.reason = f"{UNSTORABLE} ({r.reason})"[:1000]
-            self._dirty(task)
+        await self.journal.save_all(self.cfg.close_timeout)
 
     def _abandon(self, exc: OwnershipLost) -> None:
         """Another swarm took the database over: stop auctioning, stop the runners, wake
         every wait() to raise. The new owner re-queued our unfinished tasks when it took
         over, so what we drop here is run there."""
-        if self.lost is not None:
+        if not self.journal.abandon(exc):
             return
-        self.lost = exc
         self.closed = True
         log.error("%s", exc)
-        self._batch = Batch()
         self.queue.clear()
         self.auctions.clear()
         if self.supervisor is not None:
             self._tg.start_soon(self.supervisor.stop_all)
-        for wake in self._waits:
-            wake.set()
+        self.waits.wake_all()
 
-    async def _flush_loop(self) -> None:
-        delay = 0.05
-        while True:
-            await self._flush_wake.wait()
-            # Gather a few milliseconds of changes into one transaction, and leave the
-            # writer free for a post that follows a completion (posts wait for no flush).
-            await anyio.sleep(FLUSH_DELAY)
-            self._flush_wake = anyio.Event()
-            try:
-                await self.flush()
-                delay = 0.05
-                if time.monotonic() - self._last_checkpoint > CHECKPOINT_EVERY:
-                    self._last_checkpoint = time.monotonic()
-                    self._tg.start_soon(self._checkpoint)
-            except OwnershipLost:
-                return
-            except StoreError as exc:
-                log.error("%s (kept in memory, retrying in %.1fs)", exc, delay)
-                await anyio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-                self._flush_wake.set()
+    # -- events and persistence ---------------------------------------------
+    def subscribe(self, callback: Callable[[Event], None]) -> Callable[[], None]:
+        return self.journal.subscribe(callback)
+
+    async def flush(self) -> None:
+        """Write every change made so far in one transaction."""
+        await self.journal.flush()
+
+    def _dirty_agent(self, agent: Agent) -> None:
+        self.journal.agent_changed(agent.info, agent.joined_at)
 
     # -- agents -------------------------------------------------------------
     def _runner_spec(self, agent_id: str, persona: Persona,
@@ -712,24 +414,11 @@ class Coordinator:
         kept in memory: tasks recovered after a restart take the swarm's.
         """
         self._check_open()
-        check_task_timeout(task_timeout)
-        if isinstance(descriptions, str):
-            raise ConfigError("post_many() takes a list of descriptions, got one string",
-                              hint="use post(description) for one task, or pass [description]")
-        descriptions = [check_description(d) for d in descriptions]
+        descriptions = check_posts(descriptions, task_timeout, len(self.active),
+                                   self.cfg.max_queued)
         if not descriptions:
             return []
-        if len(self.active) + len(descriptions) > self.cfg.max_queued:
-            raise QueueFull(
-                f"{len(self.active):,} tasks are unfinished and the cap is "
-                f"{self.cfg.max_queued:,}: {len(descriptions):,} more would not fit",
-                hint="wait for some to finish (swarm.wait / run), post fewer at once, or "
-                     "start the swarm with a higher max_queued (--max-queued)")
-        try:
-            tasks = await self._write(self.store.insert_tasks, descriptions, time.time())
-        except OwnershipLost as exc:
-            self._abandon(exc)
-            raise
+        tasks = await self.journal.write(self.store.insert_tasks, descriptions, time.time())
         for task in tasks:
             self.active[task.task_id] = task
             self.queue.append(task.task_id)
@@ -753,7 +442,7 @@ class Coordinator:
 
     async def wait(self, task_id: int, timeout: float | None = None) -> Task:
         """Wait until a task is completed, failed or cancelled."""
-        return (await self._wait_for([task_id], timeout, single=True))[0]
+        return (await self.waits.wait_for([task_id], timeout, single=True))[0]
 
     async def run(self, descriptions: Sequence[str], timeout: float | None = None,
                   progress=False, sequential: bool = False) -> list[Task]:
@@ -766,127 +455,7 @@ class Coordinator:
         same history: a seeded run then repeats exactly, and `timmy.sim.simulator.simulate` of the
         same descriptions picks the same winners. ``timeout`` bounds the whole run.
         """
-        check_timeout(timeout)
-        bar = progress_bar(len(descriptions)) if progress is True else (progress or None)
-        try:
-            if not sequential:
-                tasks = await self.post_many(descriptions)
-                return await self._wait_for([t.task_id for t in tasks], timeout, bar)
-            done: list[Task] = []
-            with anyio.fail_after(timeout):   # None: no limit
-                for description in descriptions:
-                    task = (await self.post_many([description]))[0]
-                    done += await self._wait_for([task.task_id], None, bar)
-            return done
-        except TimeoutError as exc:
-            if isinstance(exc, WaitTimeout):
-                raise
-            raise WaitTimeout(
-                f"{len(descriptions) - len(done)} of {len(descriptions)} tasks unfinished "
-                f"after {timeout}s (posted one at a time)",
-                hint="pass a longer timeout, or check swarm.status() for live runners",
-            ) from None
-        finally:
-            if progress is True:
-                bar.close()
-
-    def _unfinished(self, ids: Sequence[int], remaining: set[int], single: bool) -> str:
-        """What a wait says of the tasks it did not see finish: where they stand."""
-        states = ", ".join(sorted({self._lookup(i).status for i in remaining}))
-        return (f"task {ids[0]} is still {states}" if single
-                else f"{len(remaining)} of {len(ids)} tasks unfinished (still {states})")
-
-    def _raise_stalled(self, why: str, ids: Sequence[int], remaining: set[int],
-                       single: bool) -> None:
-        what = self._unfinished(ids, remaining, single)
-        hint = ("spawn runners: swarm.spawn_all() or swarm.spawn('forge'), `timmy spawn`, or "
-                "Spawn on a dashboard; the tasks stay queued and run once a runner is live")
-        if "failed" in why:
-            hint += ("; swarm.agents() and the agent_failed events say why they died "
-                     "(`timmy serve --max-restarts` lifts the crash-loop guard)")
-        them = "it" if single else "them"
-        raise NoRunners(f"{what} and no runner can take {them}: {why}", hint=hint)
-
-    async def _wait_for(self, ids: Sequence[int], timeout: float | None, bar=None,
-                        single: bool = False) -> list[Task]:
-        """The tasks ``ids`` once all are finished, in order; `WaitTimeout` after ``timeout``."""
-        check_timeout(timeout)
-        started = time.monotonic()
-        done: dict[int, Task] = {}
-        remaining: set[int] = set()
-        unknown: list[int] = []
-        for i in ids:
-            t = self._lookup(i)
-            if t is None:
-                unknown.append(i)
-            elif t.status in TERMINAL_STATES:
-                done[i] = copy(t)
-            else:
-                remaining.add(i)
-        if unknown:  # finished long ago (or never existed): the store knows
-            await self.flush()
-            for t in await anyio.to_thread.run_sync(self.store.tasks, None, None, unknown):
-                done[t.task_id] = t
-            for i in unknown:
-                if i not in done:
-                    raise TaskNotFound(f"no task with id {i}",
-                                       hint="use the task_id of a Task returned by post()")
-        if bar is not None:
-            bar.update(len(done))
-        all_done = anyio.Event()
-
-        def watch(task: Task) -> None:
-            remaining.discard(task.task_id)
-            done[task.task_id] = copy(task)
-            if bar is not None:
-                bar.update(1)
-            if not remaining:
-                all_done.set()
-
-        for i in remaining:
-            self._watchers.setdefault(i, []).append(watch)
-        self._waits.add(all_done)
-        try:
-            if remaining and self.lost is None and not self.stalled():
-                with anyio.move_on_after(timeout):   # lost or stalled: it would never end
-                    await all_done.wait()
-            if remaining and self.lost is not None:
-                raise OwnershipLost(self.lost.message, hint=self.lost.hint)
-            if remaining and (why := self.stalled()):
-                self._raise_stalled(why, ids, remaining, single)
-            if remaining:
-                what = self._unfinished(ids, remaining, single)
-                raise WaitTimeout(
-                    f"{what} after {timeout}s",
-                    hint="wait longer, check swarm.status(), or spawn runners if there are none",
-                )
-        finally:
-            self._waits.discard(all_done)
-            for i in remaining:
-                watchers = self._watchers.get(i, [])
-                if watch in watchers:
-                    watchers.remove(watch)
-                if not watchers:
-                    self._watchers.pop(i, None)
-        # What we report as finished is stored, so a crash cannot undo it. A locked
-        # database is waited out, within the caller's timeout.
-        await self._flush_until(None if timeout is None else started + timeout)
-        return [done[i] for i in ids]
-
-    async def _flush_until(self, deadline: float | None) -> None:
-        """Flush, retrying a failing store until ``deadline`` (monotonic), then raise."""
-        while True:
-            try:
-                await self.flush()
-                if self.lost is not None:   # what the caller would report was not stored
-                    raise OwnershipLost(self.lost.message, hint=self.lost.hint)
-                return
-            except OwnershipLost:
-                raise
-            except StoreError:
-                if deadline is not None and time.monotonic() >= deadline:
-                    raise
-                await anyio.sleep(0.1)
+        return await self.waits.run(self.post_many, descriptions, timeout, progress, sequential)
 
     async def cancel(self, task_id: int) -> Task:
         """Cancel an unfinished task; a finished one is returned as it is.
@@ -1004,8 +573,8 @@ class Coordinator:
         """Write an auction's bids: at its close, or when a bidder or the auction went away."""
         now = time.time()
         tid, attempt, aid, rule = open_.task.task_id, open_.attempt, open_.auction_id, self.cfg.rule
-        self._batch.bids.extend((tid, attempt, aid, b.agent_id, b.sats, b.on_spec,
-                                 b.agent_id == winner, rule, now) for b in bids)
+        self.journal.batch.bids.extend((tid, attempt, aid, b.agent_id, b.sats, b.on_spec,
+                                        b.agent_id == winner, rule, now) for b in bids)
 
     def _close_auction(self, open_: OpenAuction, reason: str = "complete") -> bool:
         """Clear an auction; True when it found a winner."""
@@ -1051,77 +620,6 @@ class Coordinator:
         return True
 
     # -- runner messages ----------------------------------------------------
-    def _awake(self) -> float:
-        """The awake clock: monotonic seconds minus those the service itself lost.
-
-        A runner is hung only if it stayed silent while the service was awake (DESIGN.md,
-        "Operating rules"), and a task's deadline counts only awake time too. The heartbeat
-        knows when it should wake; whatever it sleeps past that (the process stopped, the
-        machine suspended, the event loop blocked by a slow call) is time in which nobody
-        could read the runners, so it does not count. While the heartbeat is overdue the
-        clock stands still; when it wakes it books the lateness (`_heartbeat_loop`).
-        """
-        now = time.monotonic()
-        return now - self._slept - max(0.0, now - self._tick_due)
-
-    def _just_woke(self) -> bool:
-        """The service is coming out of a stall of its own: the heartbeat is overdue by more
-        than STALL_NOTICE, or it noticed a stall within the last ping_interval."""
-        now = time.monotonic()
-        return (now - self._tick_due > STALL_NOTICE
-                or now - self._woke < self.cfg.ping_interval)
-
-    async def _heartbeat_loop(self) -> None:
-        """Ping every live runner; one that stays silent past ping_timeout is restarted, and
-        one that holds a task past its task_timeout is restarted and the task re-auctioned.
-
-        Both are judged on the awake clock (`_awake`). A wake more than STALL_NOTICE late
-        (by the monotonic clock, or by the boot-time clock, which also counts a system
-        suspend) means the service itself stalled: it says so (a log line and a
-        ``service_stalled`` event), gives every runner a fresh ping_timeout, and judges
-        nobody this round, so that what the runners sent meanwhile is read first.
-        """
-        seq = 0
-        interval = self.cfg.ping_interval
-        self._tick_due = time.monotonic() + interval
-        boot = _boottime()
-        while True:
-            await anyio.sleep(max(0.0, self._tick_due - time.monotonic()))
-            now, boot_now = time.monotonic(), _boottime()
-            late = max(0.0, now - self._tick_due)        # stopped, or the loop was blocked
-            lost = max(late, boot_now - boot - interval)  # ... or the machine was suspended
-            self._slept += late
-            self._tick_due, boot = now + interval, boot_now
-            seq += 1
-            awake = self._awake()
-            data = p.encode(p.Ping(seq=seq))
-            if lost > STALL_NOTICE:
-                self._woke = now
-                log.warning("the service itself stalled for %.1fs (stopped, suspended or its "
-                            "event loop blocked): its runners get a fresh %gs before any is "
-                            "deemed hung", lost, self.cfg.ping_timeout)
-                self._emit("service_stalled", None, None, stalled_s=round(lost, 3),
-                           suspended_s=round(max(0.0, lost - late), 3))
-                for agent_id, agent in self.agents.items():
-                    agent.last_seen = awake
-                    if agent.alive:
-                        self.supervisor.send(agent_id, data)
-                continue
-            for agent_id, agent in list(self.agents.items()):
-                if not agent.alive:
-                    self._check_hello(agent_id, awake)
-                    continue
-                if awake - agent.last_seen > self.cfg.ping_timeout:
-                    silent = awake - agent.last_seen
-                    log.warning("runner %s silent for %.0fs: restarting it", agent_id, silent)
-                    self._emit("agent_hung", None, agent_id, silent_s=round(silent))
-                    agent.last_seen = awake
-                    self.supervisor.kill(agent_id)
-                    continue
-                self.supervisor.send(agent_id, data)
-                if agent.head is not None:
-                    self._check_deadline(agent, awake)
-
     def _set_head(self, agent: Agent) -> None:
         """After the tasks an agent holds changed: the first is the one it works on (it
         works its queue in order); its task_timeout counts from when it became first."""
@@ -1167,23 +665,6 @@ class Coordinator:
         self._dirty_agent(agent)
         self.supervisor.kill(agent_id)
         self._pump()
-
-    def _check_hello(self, agent_id: str, now: float) -> None:
-        """Cut off a runner whose hello is overdue (``hello_timeout``; a restarted process
-        stuck before it, a remote connection that handshook and went quiet): it is then
-        restarted or dials in again, instead of holding its agent in "starting" or
-        "restarting" for ever. Checked at every ping round."""
-        slot = self.supervisor.slots.get(agent_id)
-        link = slot.link if slot is not None else None
-        if link is None or not link.open or slot.stopping:
-            return
-        if not slot.remote and not self.agents[agent_id].ready.is_set():
-            return          # a first start: spawn() waits for that hello with its timeout
-        silent = now - link.since    # both on the awake clock: a stall of ours is not its silence
-        if silent > self.cfg.hello_timeout:
-            log.warning("runner %s said no hello in %.0fs: cutting it off", agent_id, silent)
-            self._emit("agent_hung", None, agent_id, silent_s=round(silent), before_hello=True)
-            link.cut()
 
     def _on_message(self, agent_id: str, msg) -> None:
         agent = self.agents.get(agent_id)
@@ -1307,21 +788,21 @@ class Coordinator:
         log.warning("runner %s sent a bad line: %s", agent_id, exc.message)
         self._emit("protocol_error", None, agent_id, error=exc.message[:300])
 
-    def _on_exit(self, agent_id: str, returncode: int | None, verdict: str) -> None:
+    def _on_exit(self, agent_id: str, returncode: int | None, verdict: Verdict) -> None:
         agent = self.agents.get(agent_id)
         if agent is None:
             return
         agent.alive = False
         agent.exit_code = returncode
-        if verdict == "restart":  # the replacement starts with what this one had learned
-            self.supervisor.slots[agent_id].argv = self._runner_argv(agent_id, agent.persona,
-                                                                     agent.stats)
+        restart = verdict is Verdict.RESTART
+        if restart:  # the replacement starts with what this one had learned
+            self.supervisor.relaunch_with(agent_id, self._runner_argv(agent_id, agent.persona,
+                                                                      agent.stats))
         agent.info.restarts = self.supervisor.slots[agent_id].restarts
-        agent.info.status = {"restart": "restarting", "stopped": "stopped",
-                             "disconnected": "disconnected"}.get(verdict, "failed")
-        if verdict not in ("restart", "disconnected"):
+        agent.info.status = _AGENT_STATUS[verdict]
+        if verdict not in (Verdict.RESTART, Verdict.DISCONNECTED):
             agent.settled.set()
-        agent.info.pid = None if verdict != "restart" else agent.info.pid
+        agent.info.pid = agent.info.pid if restart else None
         for open_ in list(self.auctions.values()):
             if agent_id in open_.auction.eligible:
                 gone = open_.auction.bids.get(agent_id)
@@ -1341,7 +822,8 @@ class Coordinator:
         # runner whose connection dropped counts as crashed: nobody can tell it did not.
         # A connection lost while the service itself stalled (a remote runner hears nothing
         # for ping_timeout and dials in again) is no fault of the runner's either.
-        crashed = verdict != "stopped" and not (verdict == "disconnected" and self._just_woke())
+        crashed = verdict is not Verdict.STOPPED and not (
+            verdict is Verdict.DISCONNECTED and self._just_woke())
         for i in reversed(range(len(held))):  # requeue at the front, keeping their order
             task = self.active.get(held[i])
             if task is None or task.status not in (ASSIGNED, RUNNING):
@@ -1350,41 +832,22 @@ class Coordinator:
                 task.attempts, self.cfg.max_attempts, agent_id, how,
                 running=task.status == RUNNING, first=i == 0, crashed=crashed))
         self._dirty_agent(agent)
-        kind = {"restart": "agent_crashed", "stopped": "agent_left",
-                "disconnected": "agent_disconnected"}.get(verdict, "agent_failed")
         extra = {"restart_in_s": round(self.supervisor.slots[agent_id].next_delay, 3)} \
-            if verdict == "restart" else {}
-        self._emit(kind, None, agent_id, returncode=returncode, **_where(agent), **extra)
-        if verdict == "failed":
+            if restart else {}
+        self._emit(_EXIT_EVENT[verdict], None, agent_id, returncode=returncode,
+                   **_where(agent), **extra)
+        if verdict is Verdict.FAILED:
             log.error("runner %s keeps dying: gave up after %d restarts", agent_id,
                       agent.info.restarts)
         self._pump()
-        if verdict in ("stopped", "failed") and self.stalled():
-            for wake in self._waits:   # each wait() then says so instead of hanging
-                wake.set()
+        if verdict in (Verdict.STOPPED, Verdict.FAILED) and self.stalled():
+            self.waits.wake_all()   # each wait() then says so instead of hanging
 
     def stalled(self) -> str | None:
-        """Why the unfinished tasks cannot be worked as things stand, or None.
-
-        Stalled: no agent is live or on its way back (starting, restarting, a remote runner
-        reconnecting), because every one was stopped or failed, or none was spawned. A
-        swarm that remote runners can join (``timmy serve``) and that has no agents yet is
-        waiting for them, not stalled.
-        """
+        """Why the unfinished tasks cannot be worked as things stand, or None (`why_stalled`)."""
         if not self.active or self.closed:
             return None
-        agents = list(self.agents.values())
-        if any(a.info.status in AGENT_WORKING_STATES for a in agents):
-            return None
-        if not agents:
-            return None if self.accepts_remote else "no runner was spawned"
-        failed = [a.info.agent_id for a in agents if a.info.status == "failed"]
-        if not failed:
-            return "every runner was stopped"
-        named = ", ".join(failed[:3]) + (f" and {len(failed) - 3} more" if len(failed) > 3
-                                         else "")
-        was = "was" if len(failed) == 1 else "were"
-        return f"every runner was stopped or failed ({named} kept dying and {was} given up on)"
+        return why_stalled(self.agents.values(), self.accepts_remote)
 
     # -- reads --------------------------------------------------------------
     def task_counts(self) -> dict[str, int]:
@@ -1394,18 +857,11 @@ class Coordinator:
         return {state: n for state, n in counts.items() if n}
 
     def status(self, counts: dict[str, int]) -> dict:
-        by_state: dict[str, int] = {}
-        for a in self.agents.values():
-            by_state[a.info.status] = by_state.get(a.info.status, 0) + 1
         return {
             "tasks": counts,
             "queued_in_memory": len(self.queue),
             "open_auctions": len(self.auctions),
-            "runners_live": sum(a.alive for a in self.agents.values()),
-            "runners_free": sum(a.alive and not a.tasks for a in self.agents.values()),
-            "runners_remote": sum(a.alive and a.info.peer is not None
-                                  for a in self.agents.values()),
-            "agents": by_state,
+            **runner_counts(self.agents.values()),
             "protocol_errors": self.garbage_lines,
             "bids_refused": self.bids_refused,
             "rows_quarantined": self.rows_quarantined,
@@ -1416,10 +872,4 @@ class Coordinator:
             "seed": self.cfg.seed,
         }
 
-    def require_task(self, task_id: int) -> None:
-        if not isinstance(task_id, int) or isinstance(task_id, bool):
-            raise TaskNotFound(f"task ids are integers, got {task_id!r}",
-                               hint="use the task_id of a Task returned by post()")
-        if not 1 <= task_id <= 2**62:
-            raise TaskNotFound(f"no task with id {task_id}",
-                               hint="task ids start at 1; use the task_id returned by post()")
+    require_task = staticmethod(check_task_id)

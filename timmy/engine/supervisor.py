@@ -15,6 +15,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from enum import StrEnum
 from subprocess import PIPE
 
 import anyio
@@ -24,6 +25,15 @@ from timmy.engine import protocol as p
 from timmy.errors import RunnerError
 
 log = logging.getLogger("timmy.engine.supervisor")
+
+
+class Verdict(StrEnum):
+    """How a runner's connection ended, as the supervisor tells `on_exit`."""
+
+    RESTART = "restart"            # a child process died: it is restarted after a backoff
+    STOPPED = "stopped"            # stopped on purpose (stop(), the swarm closing, a bye)
+    FAILED = "failed"              # kept dying (past max_restarts) or could not start again
+    DISCONNECTED = "disconnected"  # a remote runner's connection dropped: it may dial in again
 
 
 @dataclass
@@ -144,7 +154,7 @@ class Supervisor:
         tg: TaskGroup,
         *,
         on_message: Callable[[str, object], None],
-        on_exit: Callable[[str, int | None, str], None],
+        on_exit: Callable[[str, int | None, Verdict], None],
         on_garbage: Callable[[str, p.ProtocolError], None],
         policy: RestartPolicy | None = None,
         clock: Callable[[], float] = time.monotonic,
@@ -226,6 +236,13 @@ class Supervisor:
                 else:
                     tg.start_soon(self.stop, agent_id)
 
+    def relaunch_with(self, agent_id: str, argv: list[str]) -> None:
+        """The command line a child's next restart runs (the replacement starts with what
+        the dead one had learned). No effect on a remote runner, which is never started here."""
+        slot = self.slots.get(agent_id)
+        if slot is not None and not slot.remote:
+            slot.argv = argv
+
     def kill(self, agent_id: str) -> None:
         """Cut a runner off as a crash would: SIGKILL a child process (it is restarted by the
         policy), abort a remote runner's connection (it dials in again)."""
@@ -256,7 +273,7 @@ class Supervisor:
                     reason=f"{agent_id} connected again from {peer}; this connection is "
                            "replaced")))
                 old.writer.close()
-            self._end_link(slot, old, "disconnected")
+            self._end_link(slot, old, Verdict.DISCONNECTED)
         link = SocketLink(reader, writer, peer)
         link.since = self.clock()
         slot.restarts = slot.links
@@ -269,17 +286,17 @@ class Supervisor:
                            greet: Awaitable[None] | None = None) -> None:
         """Await ``greet`` (the answer to the runner's handshake), then read the runner until
         its connection ends, and report how it ended."""
-        verdict = "disconnected"
+        verdict = Verdict.DISCONNECTED
         try:
             if greet is not None:
                 await greet
             await self._read_loop(slot, link)
         except asyncio.CancelledError:   # the service is closing: no fault of the runner's
-            verdict = "stopped"
+            verdict = Verdict.STOPPED
             raise
         finally:
             if slot.stopping:
-                verdict = "stopped"
+                verdict = Verdict.STOPPED
             self._end_link(slot, link, verdict)
             link.writer.close()
 
@@ -294,7 +311,7 @@ class Supervisor:
         link = slot.link
         if link is None:            # disconnected: it can only be told if it comes back
             if tell:
-                self._on_exit(slot.agent_id, None, "stopped")
+                self._on_exit(slot.agent_id, None, Verdict.STOPPED)
             return
         with contextlib.suppress(ConnectionError, RuntimeError, OSError):
             if tell:
@@ -304,9 +321,9 @@ class Supervisor:
             await link.ended.wait()
         if not link.ended.is_set():
             link.cut()
-            self._end_link(slot, link, "stopped")
+            self._end_link(slot, link, Verdict.STOPPED)
 
-    def _end_link(self, slot: Slot, link: SocketLink, verdict: str) -> None:
+    def _end_link(self, slot: Slot, link: SocketLink, verdict: Verdict) -> None:
         link.ended.set()
         if slot.link is not link:   # already replaced by a newer connection
             return
@@ -357,7 +374,7 @@ class Supervisor:
             slot.next_delay = min(self.policy.backoff_max, self.policy.backoff_start
                                   * math.pow(2, max(0, slot.quick_crashes - 1)))
             self._on_exit(slot.agent_id, proc.returncode, verdict)
-            if verdict != "restart":
+            if verdict is not Verdict.RESTART:
                 slot.link = None
                 slot.exited.set()
                 return
@@ -365,7 +382,7 @@ class Supervisor:
                 await slot.stop_asked.wait()
             if slot.stopping:  # stopped while waiting to restart
                 slot.link = None
-                self._on_exit(slot.agent_id, None, "stopped")
+                self._on_exit(slot.agent_id, None, Verdict.STOPPED)
                 slot.exited.set()
                 return
             slot.restarts += 1
@@ -374,21 +391,21 @@ class Supervisor:
             except RunnerError as exc:
                 log.error("%s", exc)
                 slot.link = None
-                self._on_exit(slot.agent_id, None, "failed")
+                self._on_exit(slot.agent_id, None, Verdict.FAILED)
                 slot.exited.set()
                 return
 
-    def _verdict(self, slot: Slot) -> str:
+    def _verdict(self, slot: Slot) -> Verdict:
         if slot.stopping:
-            return "stopped"
+            return Verdict.STOPPED
         now = self.clock()
         window = slot.restart_times
         while window and now - window[0] > self.policy.restart_window:
             window.popleft()
         if len(window) >= self.policy.max_restarts:
-            return "failed"
+            return Verdict.FAILED
         window.append(now)
-        return "restart"
+        return Verdict.RESTART
 
     def _write_all(self) -> None:
         """Write everything queued this loop turn: one write per runner."""
