@@ -1,19 +1,6 @@
-"""The ``timmy`` command: the same functions notebooks call, wrapped in click.
-
-    timmy demo                  a seeded 200-task swarm run, then a table by persona
-    timmy run TASKS.txt         one task per line through a live swarm
-    timmy export DB DIR         a database's tables as Parquet (or CSV) files
-    timmy personas              the persona catalog (built-in or from a file)
-    timmy report DIR            the canned analytics tables of an export or a database
-    timmy simulate              N seeded tasks through the simulator (the live rules)
-    timmy sweep GRID.toml       a grid of simulations in parallel on Dask
-    timmy doctor                what works on this machine, and the fix for what does not
-
-Every `TimmyError` a command raises is shown as one line plus ``hint: ...`` on
-stderr, with exit code 2 (the code click uses for bad usage), never a traceback.
-Heavy imports (the engine, SQLAlchemy, pyarrow, rich, tqdm) happen inside the
-commands, so ``timmy --help`` is instant.
-"""
+"""The ``timmy`` command group: the same functions notebooks call, wrapped in click, one
+module per group of commands (``timmy --help`` lists them; heavy imports wait for a command,
+so it is instant), and `main`, which shows a `TimmyError` as one line plus its hint."""
 
 from __future__ import annotations
 

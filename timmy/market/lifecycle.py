@@ -1,10 +1,7 @@
 """The task lifecycle: states, the moves between them, attempt accounting, events and reasons.
-
-Pure: no clock, no I/O. The coordinator, both simulator engines and the dashboards
-decide "auction it again or fail it" and word the reason here, so a live swarm and a
-simulation of the same work cannot drift apart. An attempt is one assignment: a task's
-``attempts`` grows by one each time an auction assigns it, and a failure that was not
-the task's doing gives the attempt back (`Action.REQUEUE_FREE`).
+Pure (no clock, no I/O): the coordinator, both simulator engines and the dashboards decide
+"auction it again or fail it" and word the reason here, so a live swarm and a simulation of
+the same work cannot drift apart.
 """
 
 from __future__ import annotations
@@ -83,7 +80,12 @@ def status_after(kind: str, winner: str | None = None) -> str | None:
 
 # -- attempt accounting -----------------------------------------------------
 class Action(enum.IntEnum):
-    """What happens to a task after an attempt ended without a result."""
+    """What happens to a task after an attempt ended without a result.
+
+    An attempt is one assignment: a task's ``attempts`` grows by one each time an auction
+    assigns it, and a failure that was not the task's doing gives the attempt back
+    (`REQUEUE_FREE`).
+    """
 
     REQUEUE = 0        #: auctioned again, the attempt spent
     REQUEUE_FREE = 1   #: auctioned again, the attempt given back (not the task's doing)

@@ -1,7 +1,6 @@
 """The swarm service: one `AsyncSwarm` served to many TCP connections (`Service`).
-
-The control protocol is `timmy.service.wire`; `timmy.service.host.serve` hosts a swarm
-with it, and the token files are `timmy.service.tokens`.
+It speaks `timmy.service.wire`; `timmy.service.host.serve` starts it, with the token files
+of `timmy.service.tokens`.
 """
 
 from __future__ import annotations

@@ -1,9 +1,5 @@
 """The service's token files: an admin token and a runner token, each written once with mode
 0600 beside the database (or under ./data), read back by `timmy serve`, clients and runners.
-
-The admin token allows every op; the runner token (`runner_token_path`) allows ``runner``
-and nothing else, so a machine that only runs a persona cannot post, cancel, stop, kill,
-export or read the swarm.
 """
 
 from __future__ import annotations
@@ -26,7 +22,12 @@ def token_path(db: str) -> Path:
 
 def runner_token_path(db: str) -> Path:
     """Where the service's runner token is kept: beside its admin token, ``.runner.token``
-    for ``.token`` (e.g. data/timmy.db.runner.token)."""
+    for ``.token`` (e.g. data/timmy.db.runner.token).
+
+    The admin token allows every op; the runner token allows ``runner`` and nothing else,
+    so a machine that only runs a persona cannot post, cancel, stop, kill, export or read
+    the swarm.
+    """
     path = token_path(db)
     return path.with_name(path.name.removesuffix(".token") + ".runner.token")
 

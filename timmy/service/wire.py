@@ -1,14 +1,5 @@
 """The control protocol a client, the service and a remote runner share: one JSON object per
 line, typed with msgspec like the runner wire (`timmy.engine.protocol`).
-
-    -> {"id": 7, "token": "...", "op": "post", "args": {"description": "fix the bug"}}
-    <- {"id": 7, "ok": true, "result": {"task_id": 12, "status": "queued", ...}}
-    <- {"id": 8, "ok": false, "error": {"type": "TaskNotFound", "message": "...", "hint": "..."}}
-
-``subscribe {"after": N}`` turns a connection into an event stream: an ``ok`` answer saying
-where the stream starts, then every stored event after ``N``, then live ones, one `Event`
-per line. ``runner {"persona": "forge", ...}`` turns it into a remote runner's: an ``ok``
-answer (a `Welcome`), then the runner wire protocol, starting with the runner's ``hello``.
 """
 
 from __future__ import annotations
@@ -47,6 +38,18 @@ class ServiceBusy(ServiceError):
 RequestId = Annotated[int, Meta(ge=0, le=2**53)]
 
 class Request(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """One request; the service answers each with a `Response` of the same ``id``.
+
+        -> {"id": 7, "token": "...", "op": "post", "args": {"description": "fix the bug"}}
+        <- {"id": 7, "ok": true, "result": {"task_id": 12, "status": "queued", ...}}
+        <- {"id": 8, "ok": false, "error": {"type": "TaskNotFound", "message": "...", ...}}
+
+    ``subscribe {"after": N}`` turns a connection into an event stream: an ``ok`` answer saying
+    where it starts, then every stored event after ``N``, then live ones, one `Event`
+    per line. ``runner {"persona": "forge", ...}`` turns it into a remote runner's: an ``ok``
+    answer (a `Welcome`), then the runner wire protocol, starting with the runner's ``hello``.
+    """
+
     id: RequestId
     token: Annotated[str, Meta(max_length=512)]
     op: Annotated[str, Meta(min_length=1, max_length=32)]
