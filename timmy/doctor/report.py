@@ -17,7 +17,6 @@ OK, WARN, MISSING = "ok", "warn", "missing"
 Finding = tuple[str, str, bool, str, str]
 
 
-
 @dataclass(frozen=True)
 class Check:
     """One row of the report. ``group`` is "core" or a `REQUIRABLE` name."""

@@ -70,8 +70,6 @@ def audio() -> Finding:
                 "(or PulseAudio/PipeWire)")
 
 
-
-
 def ollama(host: str | None, timeout: float) -> Finding:
     """An Ollama server answers at ``host`` and has a model."""
     try:
@@ -111,8 +109,6 @@ def probe_ollama(base: str, timeout: float = 2.0) -> dict:
     if not found.reachable:
         return {"version": None, "models": [], "error": found.problem}
     return {"version": found.version or "?", "models": list(found.models), "error": None}
-
-
 
 
 def chromium() -> Finding:

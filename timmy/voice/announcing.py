@@ -33,7 +33,6 @@ def _warn_once(exc: VoiceUnavailable) -> None:
         log.warning("%s", line)
 
 
-
 class Announcer:
     """A swarm subscriber that speaks auction winners, completions and failures.
 
@@ -190,7 +189,6 @@ class Announcer:
             self.dropped += sum(self._pending.values())
             self._pending = Counter()
         _warn_once(exc)
-
 
 
 def announcer(to: str | Path | None = None, *, min_interval: float = 2.0,
