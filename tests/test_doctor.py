@@ -28,9 +28,9 @@ import pytest
 from click.testing import CliRunner
 
 import timmy
-from timmy import doctor as doctor_module
 from timmy.cli.app import cli
-from timmy.doctor import EXTRAS, MISSING, OK, WARN, Report, ollama_url
+from timmy.doctor import EXTRAS, MISSING, OK, WARN, Report, ollama_url, probe_ollama
+from timmy.doctor.packages import import_in_child
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -244,7 +244,7 @@ def test_ollama_that_never_answers_times_out(ports):
         silent.bind(("127.0.0.1", 0))
         silent.listen()
         base = f"http://127.0.0.1:{silent.getsockname()[1]}"
-        status = doctor_module.probe_ollama(base, timeout=0.3)
+        status = probe_ollama(base, timeout=0.3)
     assert status["version"] is None and "no answer within 0.3s" in status["error"]
 
 
@@ -289,7 +289,7 @@ def test_espeak_ng_that_cannot_load_says_to_install_it(tmp_path, ports):
 def test_import_check_names_a_module_that_fails_to_import(tmp_path, monkeypatch):
     (tmp_path / "broken_mod.py").write_text("raise RuntimeError('built for another numpy')\n")
     monkeypatch.setenv("PYTHONPATH", str(tmp_path))
-    errors = doctor_module._import_in_child(["json", "broken_mod", "no_such_mod_xyz"])
+    errors = import_in_child(["json", "broken_mod", "no_such_mod_xyz"])
     assert errors["json"] is None
     assert errors["broken_mod"] == "RuntimeError: built for another numpy"
     assert errors["no_such_mod_xyz"].startswith("ModuleNotFoundError")

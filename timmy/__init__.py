@@ -73,7 +73,7 @@ if TYPE_CHECKING:
     from timmy.storage.persona_files import load_personas
 
 
-# timmy.doctor is a callable module: timmy.doctor() runs the checks (see timmy/doctor.py).
+# timmy.doctor is a callable module: timmy.doctor() runs the checks (see timmy/doctor/__init__.py).
 _SUBMODULES = {"analytics": "analytics", "doctor": "doctor", "sim": "sim", "voice": "voice",
                "widgets": "widgets", "sweep": "sim.sweeps", "replay": "sim.replays",
                "workload": "sim.workloads"}

@@ -17,7 +17,7 @@ def _bids_table(source):
         return source
     if hasattr(source, "bids") and not isinstance(source, str | Path):
         return source.bids
-    from timmy.analysis.queries import export_files
+    from timmy.analysis.connection import export_files
 
     return pd.read_parquet(export_files(source)["bids"])
 

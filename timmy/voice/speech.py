@@ -1,11 +1,10 @@
-"""Speech: `speak` (through the audio device), `save` (a WAV file) and an `announcer` that
-reads out a swarm's news; when speech cannot work, `VoiceUnavailable` names the fix and an
-announcer stays silent, so nothing here crashes a swarm (how it is built: docs/guide.md).
+"""Speech itself: `speak` (through the audio device), `save` (a WAV file), `check` and
+`audio_output`; one daemon thread owns the pyttsx3 engine and a player (``aplay``...) plays
+the WAV it writes. When speech cannot work, `VoiceUnavailable` names the fix.
 """
 
 from __future__ import annotations
 
-import atexit
 import logging
 import shutil
 import subprocess
@@ -15,7 +14,6 @@ import threading
 import time
 import uuid
 import wave
-from collections import Counter, deque
 from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
@@ -23,12 +21,6 @@ from queue import SimpleQueue
 from typing import Any
 
 from timmy.errors import ConfigError, VoiceUnavailable
-from timmy.market.models import Event
-
-__all__ = ["Announcer", "VoiceUnavailable", "announcer", "audio_output", "check", "save",
-           "speak"]
-
-log = logging.getLogger("timmy.voice")
 
 INSTALL_HINT = 'pip install "timmy[voice]"'
 ESPEAK_HINT = ("install espeak-ng, the speech engine pyttsx3 drives on Linux: "
@@ -123,9 +115,9 @@ def _start_engine() -> Any:
         engine = pyttsx3.init(driver)
     except Exception as exc:  # the espeak driver raises RuntimeError/OSError without the library
         if driver == "espeak":
-            raise VoiceUnavailable(f"pyttsx3 cannot load espeak-ng: {_one_line(exc)}",
+            raise VoiceUnavailable(f"pyttsx3 cannot load espeak-ng: {one_line(exc)}",
                                    hint=ESPEAK_HINT) from exc
-        raise VoiceUnavailable(f"pyttsx3 cannot start a speech engine: {_one_line(exc)}",
+        raise VoiceUnavailable(f"pyttsx3 cannot start a speech engine: {one_line(exc)}",
                                hint="check the system's speech service; "
                                "`timmy doctor` shows what is missing") from exc
     finally:
@@ -172,7 +164,7 @@ def _play(players: list[tuple[str, ...]], wav: Path) -> str:
             proc = subprocess.run([*player, str(wav)], capture_output=True, text=True,
                                   timeout=_wav_seconds(wav) + 15)
         except (OSError, subprocess.TimeoutExpired) as exc:
-            errors.append(f"{name}: {_one_line(exc)}")
+            errors.append(f"{name}: {one_line(exc)}")
             continue
         if proc.returncode == 0:
             return name
@@ -281,250 +273,16 @@ def _wav_seconds(path: Path | str) -> float:
         return 0.0
 
 
-def _one_line(exc: BaseException) -> str:
+def one_line(exc: BaseException) -> str:
+    """``exc``'s message on one line (a `VoiceUnavailable`'s without its hint)."""
     text = exc.message if isinstance(exc, VoiceUnavailable) else str(exc)
     return " ".join(text.split()) or type(exc).__name__
 
 
-_warned: set[str] = set()
-
-
-def _warn_once(exc: VoiceUnavailable) -> None:
-    line = f"voice is off: {_one_line(exc)}"
-    if exc.hint:
-        line += f" (hint: {' '.join(exc.hint.split())})"
-    if line not in _warned:
-        _warned.add(line)
-        log.warning("%s", line)
-
-
-# -- the announcer ----------------------------------------------------------------------
-
-_WON, _COMPLETED, _FAILED = "won", "completed", "failed"
-_NEWS_KINDS = frozenset({"auction_closed", "task_completed", "task_failed"})
-
-
-def _news(event: Event) -> str | None:
-    """What an event is worth announcing as: an auction won, a task completed or failed."""
-    if event.kind == "auction_closed":
-        return _WON if event.agent_id is not None else None
-    if event.kind == "task_completed":
-        return _COMPLETED
-    if event.kind == "task_failed":
-        return _FAILED
-    return None
-
-
-def _sentence(counts: Counter, last: Event) -> str:
-    """One event in full; several merged into a summary."""
-    if sum(counts.values()) == 1:
-        news = _news(last)
-        if news == _WON:
-            price = last.data.get("price_sats")
-            return f"{last.agent_id} wins task {last.task_id}" + (
-                f" for {price} sats." if price is not None else ".")
-        if news == _COMPLETED:
-            by = f" by {last.agent_id}" if last.agent_id else ""
-            return f"Task {last.task_id} completed{by}."
-        return f"Task {last.task_id} failed."
-    parts = []
-    for news, one, many in ((_WON, "auction won", "auctions won"),
-                            (_COMPLETED, "task completed", "tasks completed"),
-                            (_FAILED, "task failed", "tasks failed")):
-        if counts[news]:
-            parts.append(f"{counts[news]} {one if counts[news] == 1 else many}")
-    return (", ".join(parts[:-1]) + " and " + parts[-1] if len(parts) > 1 else parts[0]) + "."
-
-
-class Announcer:
-    """A swarm subscriber that speaks auction winners, completions and failures.
-
-    ``swarm.subscribe(Announcer())``. Calls cost a lock and a counter on the caller's
-    thread; speech happens on the announcer's own thread, at most once every
-    ``min_interval`` seconds, merging what arrived meanwhile into one summary. With
-    ``to=DIR`` each announcement is saved as ``DIR/announcement-0001.wav`` ... instead of
-    played (a machine without speakers, a recording of a run).
-
-    Counters: ``heard`` (events worth announcing), ``announced`` (of those, covered by
-    something said), ``spoken`` (utterances), ``dropped`` (not said: voice unavailable,
-    or closed before it could speak). ``said`` keeps the last 100 sentences, ``silenced``
-    why the announcer went quiet (None while it can speak).
-
-    Its callback runs on the engine's thread and only counts the event under a lock: no
-    I/O, no speech, no queue that can grow, so speech never slows an auction and never
-    falls behind. Without a voice it logs one line once (on the ``timmy.voice`` logger)
-    and stays silent, counting what it could not say in ``dropped``.
-    """
-
-    def __init__(self, to: str | Path | None = None, *, min_interval: float = 2.0,
-                 on_said: Callable[[str, Path | None], None] | None = None) -> None:
-        if min_interval < 0:
-            raise ConfigError(f"min_interval must be >= 0, not {min_interval}",
-                              hint="pass the fewest seconds between two announcements")
-        self.to = Path(to) if to is not None else None
-        if self.to is not None:
-            self.to.mkdir(parents=True, exist_ok=True)
-        self.min_interval = min_interval
-        self.on_said = on_said      # called with (sentence, WAV path or None) after each one
-        self.heard = self.announced = self.spoken = self.dropped = 0
-        self.said: deque[str] = deque(maxlen=100)
-        self.silenced: str | None = None
-        self._pending: Counter = Counter()
-        self._last: Event | None = None
-        self._closing = False
-        # A plain Lock (its `with` is C code: the engine's thread takes it per news event);
-        # the condition on it wakes the announcer's thread.
-        self._lock = threading.Lock()
-        self._wake = threading.Condition(self._lock)
-        self._thread = threading.Thread(target=self._run, name="timmy-announcer", daemon=True)
-        _live_announcers.add(self)
-        _register_exit_flush()
-        self._thread.start()
-
-    # -- the caller's side (the swarm engine's thread) ------------------------------
-    def __call__(self, event: Event) -> None:
-        if event.kind not in _NEWS_KINDS:   # most events (bids...): the cheapest way out
-            return
-        news = _news(event)
-        if news is None:
-            return
-        with self._lock:
-            self.heard += 1
-            if self.silenced is not None or self._closing:
-                self.dropped += 1
-                return
-            if not self._pending:   # only an idle announcer needs waking: one wake per batch
-                self._wake.notify()
-            self._pending[news] += 1
-            self._last = event
-
-    def close(self, wait: float = 0.0) -> Announcer:
-        """Stop listening; what is pending is said at once (no rate limit), in the background.
-
-        ``wait``: seconds to wait for that last announcement. Returns the announcer.
-        """
-        with self._lock:
-            self._closing = True
-            self._wake.notify()
-        if wait > 0:
-            self._thread.join(wait)
-        return self
-
-    def stats(self) -> dict[str, Any]:
-        with self._lock:
-            return {"heard": self.heard, "announced": self.announced, "spoken": self.spoken,
-                    "dropped": self.dropped, "pending": sum(self._pending.values()),
-                    "silenced": self.silenced}
-
-    def __repr__(self) -> str:
-        where = f"to={str(self.to)!r}" if self.to is not None else "to the audio device"
-        s = self.stats()
-        state = f"silenced: {s['silenced']}" if s["silenced"] else "speaking"
-        return (f"<Announcer {where}, {state}; heard {s['heard']}, spoken {s['spoken']}, "
-                f"dropped {s['dropped']}>")
-
-    # -- the announcer's thread ----------------------------------------------------
-    def _run(self) -> None:
-        try:
-            self._speak_until_closed()
-        finally:
-            _live_announcers.discard(self)
-
-    def _speak_until_closed(self) -> None:
-        try:
-            self._ready()
-        except VoiceUnavailable as exc:
-            self._silence(exc)
-            return
-        next_at = 0.0
-        while True:
-            with self._lock:
-                while not self._pending and not self._closing:
-                    self._wake.wait()
-                while not self._closing and (delay := next_at - time.monotonic()) > 0:
-                    self._wake.wait(delay)  # the rate limit; close() cuts it short
-                if not self._pending:
-                    return  # closing, nothing left to say
-                counts, last = self._pending, self._last
-                self._pending = Counter()
-            n = sum(counts.values())
-            text = _sentence(counts, last)
-            next_at = time.monotonic() + self.min_interval
-            try:
-                self._say(text)
-            except VoiceUnavailable as exc:
-                with self._lock:
-                    self.dropped += n
-                self._silence(exc)
-                return
-            except Exception as exc:  # an engine error must not kill the announcer silently
-                with self._lock:
-                    self.dropped += n
-                self._silence(VoiceUnavailable(f"speech failed: {_one_line(exc)}",
-                                               hint="run `timmy doctor`"))
-                return
-            with self._lock:
-                self.spoken += 1
-                self.announced += n
-                self.said.append(text)
-
-    def _ready(self) -> None:
-        """Fail early (before the first event) when speech cannot work here."""
-        _voice_thread().call(_engine_ready)
-        if self.to is None:
-            audio_output()
-
-    def _say(self, text: str) -> None:
-        path = None
-        if self.to is None:
-            speak(text)
-        else:
-            path = save(text, self.to / f"announcement-{self.spoken + 1:04d}.wav")
-        if self.on_said is not None:
-            try:
-                self.on_said(text, path)
-            except Exception:
-                log.exception("on_said callback failed")
-
-    def _silence(self, exc: VoiceUnavailable) -> None:
-        with self._lock:
-            self.silenced = _one_line(exc)
-            self.dropped += sum(self._pending.values())
-            self._pending = Counter()
-        _warn_once(exc)
+def start_engine() -> None:
+    """Start the speech engine now (on the voice thread), or raise `VoiceUnavailable`."""
+    _voice_thread().call(_engine_ready)
 
 
 def _engine_ready(voice: _VoiceThread) -> None:
     _engine(voice)
-
-
-def announcer(to: str | Path | None = None, *, min_interval: float = 2.0,
-              on_said: Callable[[str, Path | None], None] | None = None) -> Announcer:
-    """An `Announcer` to pass to ``swarm.subscribe``: speaks (or, with ``to=DIR``, saves)
-    auction winners and completions, rate-limited and merged, off the swarm's thread.
-    ``on_said(sentence, wav_path_or_None)`` is called after each announcement (a
-    dashboard plays the WAV in the browser)."""
-    return Announcer(to, min_interval=min_interval, on_said=on_said)
-
-
-# At exit, announcers still running say what is pending (bounded): a script's last summary.
-_live_announcers: set[Announcer] = set()
-_exit_flush_registered = False
-EXIT_FLUSH_SECONDS = 10.0
-
-
-def _register_exit_flush() -> None:
-    global _exit_flush_registered
-    with _voice_lock:
-        if not _exit_flush_registered:
-            atexit.register(_flush_at_exit)
-            _exit_flush_registered = True
-
-
-def _flush_at_exit() -> None:
-    deadline = time.monotonic() + EXIT_FLUSH_SECONDS
-    closing = list(_live_announcers)
-    for a in closing:
-        a.close()
-    for a in closing:
-        a._thread.join(max(0.0, deadline - time.monotonic()))
