@@ -6,11 +6,9 @@ from __future__ import annotations
 
 import functools
 import logging
-import shlex
-import sys
 import time
 from collections import Counter, OrderedDict, deque
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import anyio
@@ -23,19 +21,15 @@ from timmy.engine.agents import where as _where
 from timmy.engine.config import Config, check_posts, check_task_id
 from timmy.engine.journal import Journal
 from timmy.engine.liveness import Heartbeat
+from timmy.engine.runners import Runners
 from timmy.engine.supervisor import Supervisor, Verdict
 from timmy.engine.waiting import Waits
 from timmy.errors import (
-    ConfigError,
     OwnershipLost,
-    PersonaError,
-    RunnerError,
     SwarmClosed,
     WaitTimeout,
 )
-from timmy.llm import base_url, model_for
 from timmy.market.auction import Auction, Bid
-from timmy.market.bidding import BidStats
 from timmy.market.lifecycle import (
     CANCELLED_REASON,
     FINISH_EVENT,
@@ -55,13 +49,11 @@ from timmy.market.models import (
     QUEUED,
     RUNNING,
     TERMINAL_STATES,
-    AgentInfo,
     Event,
     Task,
     copy,
 )
-from timmy.market.personas import PERSONAS, Persona, Words, get_persona
-from timmy.paging import page_limit
+from timmy.market.personas import Persona, Words
 from timmy.progress import progress_bar
 from timmy.storage.store import Store
 
@@ -94,13 +86,6 @@ def _matched(persona: Persona, description: str) -> tuple[str, ...]:
     """A persona's keywords in a description, cached: workloads repeat descriptions, and
     this runs for every result on the engine's hot path."""
     return tuple(persona.matched_keywords(description))
-
-
-def _persona_fields(persona: Persona) -> dict:
-    """A persona as `timmy.market.personas.persona_from_dict` reads it back (for a runner)."""
-    fields = ("id", "name", "role", "description", "capabilities", "rate_sats", "bid_base",
-              "bid_jitter", "preferred_keywords")
-    return {f: getattr(persona, f) for f in fields}
 
 
 class Coordinator:
@@ -141,7 +126,6 @@ class Coordinator:
         self.auctions: dict[int, OpenAuction] = {}
         self._deadlines: deque[OpenAuction] = deque()
         self._deadline_wake = anyio.Event()
-        self._agent_counts: dict[str, int] = {}
         self.garbage_lines = 0
         self.bids_refused = 0      # bids outside their persona's range (see _on_bid)
         self.closed = False
@@ -151,19 +135,17 @@ class Coordinator:
         self.accepts_remote = False
         self._tg: TaskGroup | None = None
         self.supervisor: Supervisor | None = None
-        # What runners are told to use: the configured executor, with "auto" resolved at
-        # start (one probe of the Ollama server), and why.
-        self.executor = config.executor
-        self.executor_reason = ""
         # The parts with one job each: what is stored and published, who waits for what,
         # the awake clock and the ping rounds.
         self.journal = Journal(store, self._lookup, self._abandon)
         self.waits = Waits(self._lookup, self.stalled, self.journal)
         self.heartbeat = Heartbeat(config, self.journal.emit)
+        self.runners = Runners(store, config, self.agents, self.journal, self._check_open)
         # Their hot methods, bound once: the state machine calls them for every message.
         self._emit, self._dirty = self.journal.emit, self.journal.task_changed
         self._awake, self._just_woke = self.heartbeat.awake, self.heartbeat.just_woke
         self._watchers = self.waits.watchers   # task -> what to call when it ends
+        self._dirty_agent = self.runners.changed
 
     @property
     def lost(self) -> OwnershipLost | None:
@@ -190,7 +172,6 @@ class Coordinator:
         waiting, requeued, failed = await anyio.to_thread.run_sync(
             self.store.recover, self.cfg.max_attempts, now, whoami())
         await self.journal.open()
-        self._agent_counts = await anyio.to_thread.run_sync(self.store.agent_counts)
         stored = await anyio.to_thread.run_sync(self.store.status_counts)
         self._ended.update({s: stored[s] for s in TERMINAL_STATES if stored.get(s)})
         for task in sorted(waiting + requeued, key=lambda t: t.task_id):
@@ -201,12 +182,7 @@ class Coordinator:
         for task in failed:
             self._remember(task)
             self._emit("task_failed", task.task_id, reason=task.reason)
-        if self.cfg.executor == "auto":
-            self.executor, self.executor_reason = await anyio.to_thread.run_sync(
-                self.cfg.resolve_auto)
-            log.info("executor auto: using %s (%s)", self.executor, self.executor_reason)
-            self._emit("executor_chosen", None, None, asked="auto", executor=self.executor,
-                       why=self.executor_reason)
+        await self.runners.start(self.supervisor)
         self.journal.start(tg)
         tg.start_soon(self._deadline_loop)
         tg.start_soon(self.heartbeat.run, self.agents, self.supervisor, self._check_deadline)
@@ -242,160 +218,6 @@ class Coordinator:
         """Write every change made so far in one transaction."""
         await self.journal.flush()
 
-    def _dirty_agent(self, agent: Agent) -> None:
-        self.journal.agent_changed(agent.info, agent.joined_at)
-
-    # -- agents -------------------------------------------------------------
-    def _runner_spec(self, agent_id: str, persona: Persona,
-                     stats: BidStats | None = None) -> p.RunnerSpec:
-        """What a runner of ``persona`` starts with: a catalog persona by id, another by its
-        fields; the Ollama settings resolved here, so every runner asks the same server."""
-        ollama = self.executor == "ollama"
-        return p.RunnerSpec(
-            agent_id=agent_id, seed=self.cfg.seed, executor=self.executor,
-            persona=persona.id if PERSONAS.get(persona.id) == persona
-            else _persona_fields(persona),
-            task_seconds=self.cfg.task_seconds, ollama_timeout=self.cfg.ollama_timeout,
-            model=model_for(persona.id, self.cfg.model) if ollama else None,
-            ollama_host=base_url(self.cfg.ollama_host) if ollama else msgspec.UNSET,
-            stats=stats.to_dict() if stats is not None and stats.auctions else None)
-
-    def _runner_argv(self, agent_id: str, persona: Persona,
-                     stats: BidStats | None = None) -> list[str]:
-        if self.cfg.runner_command is not None:
-            base = list(self.cfg.runner_command)
-        else:
-            base = [sys.executable, "-m", "timmy.engine.runner"]
-        return [*base, "--spec", p.encode_spec(self._runner_spec(agent_id, persona, stats))]
-
-    async def spawn(self, persona_id: str, timeout: float = 15.0) -> AgentInfo:
-        """Start one runner for ``persona_id`` and wait until it says hello."""
-        self._check_open()
-        persona = get_persona(persona_id, self.cfg.personas) if isinstance(persona_id, str) \
-            else self._bad_persona(persona_id)
-        agent_id = self._new_agent_id(persona)
-        agent = Agent(AgentInfo(agent_id=agent_id, persona=persona.id, name=persona.name),
-                      persona)
-        argv = self._runner_argv(agent_id, persona)
-        self.agents[agent_id] = agent
-        try:
-            slot = await self.supervisor.start(agent_id, argv)
-        except RunnerError:
-            del self.agents[agent_id]
-            raise
-        agent.info.pid = slot.pid
-        self._dirty_agent(agent)
-        with anyio.move_on_after(timeout):
-            await agent.settled.wait()
-        if not agent.ready.is_set():
-            await self.supervisor.stop(agent_id)
-            if agent.settled.is_set():
-                what = (f"ended with exit code {agent.exit_code} before saying hello "
-                        f"(started {agent.info.restarts + 1} times)")
-            else:
-                what = f"did not say hello within {timeout:.0f}s"
-            raise RunnerError(f"runner {agent_id} {what}",
-                              hint=f"run it by hand to see its error: {shlex.join(argv)}")
-        return copy(agent.info)
-
-    def _new_agent_id(self, persona: Persona) -> str:
-        """``persona-N``, N one more than the agents this persona has had (a remote runner may
-        have taken a name of that form: it is skipped)."""
-        n = self._agent_counts.get(persona.id, 0) + 1
-        while f"{persona.id}-{n}" in self.agents:
-            n += 1
-        self._agent_counts[persona.id] = n
-        return f"{persona.id}-{n}"
-
-    @staticmethod
-    def _bad_persona(value) -> Persona:
-        raise PersonaError(f"a persona id must be a string, got {type(value).__name__}",
-                           hint="spawn('forge'), or see `timmy personas`")
-
-    async def spawn_all(self, personas: Iterable[str] | None = None) -> list[AgentInfo]:
-        """One runner per persona (all of the swarm's catalog by default), started together."""
-        if isinstance(personas, str):
-            raise PersonaError("spawn_all() takes a list of persona ids, got one string",
-                               hint=f"use spawn({personas!r}) or spawn_all([{personas!r}])")
-        ids = list(self.cfg.personas if personas is None else personas)
-        for pid in ids:
-            get_persona(pid, self.cfg.personas)
-        results: dict[int, AgentInfo] = {}
-
-        async def one(i: int, pid: str) -> None:
-            results[i] = await self.spawn(pid)
-
-        async with anyio.create_task_group() as tg:
-            for i, pid in enumerate(ids):
-                tg.start_soon(one, i, pid)
-        return [results[i] for i in range(len(ids))]
-
-    async def stop_agent(self, agent_id: str) -> AgentInfo:
-        agent = self._agent(agent_id)
-        await self.supervisor.stop(agent_id)
-        return copy(agent.info)
-
-    def kill_agent(self, agent_id: str) -> None:
-        """SIGKILL an agent's runner process (it is restarted, its task re-auctioned); cut a
-        remote runner's connection (it dials in again)."""
-        self._agent(agent_id)
-        self.supervisor.kill(agent_id)
-
-    def _agent(self, agent_id: str) -> Agent:
-        agent = self.agents.get(agent_id)
-        if agent is None:
-            raise ConfigError(f"no agent {agent_id!r} in this swarm",
-                              hint=f"agents: {', '.join(self.agents) or '(none: spawn one)'}")
-        return agent
-
-    def agent_infos(self, limit: int | None = None, after: str | None = None) -> list[AgentInfo]:
-        """One page of agents by agent_id (`timmy.paging`): the first, or after ``after``."""
-        ids = sorted(a for a in self.agents if after is None or a > after)
-        return [copy(self.agents[a].info) for a in ids[:page_limit(limit)]]
-
-    # -- remote runners -----------------------------------------------------
-    async def serve_remote(self, persona_id: str, agent_id: str | None, stats: dict | None,
-                           reader, writer, peer: str,
-                           answer: Callable[[p.Welcome], Awaitable[None]]) -> None:
-        """A runner that dialled in to the swarm service (``timmy runner --connect``).
-
-        Admits it as ``agent_id`` (an agent it was before, or a new one; the service names
-        it when it gives no id), ``answer``s it with what it needs to bid as a local runner
-        would (the persona, the seed, the executor, the learned counters), then serves its
-        connection until it ends. It is then one more runner: it bids, wins, is pinged, and
-        when its connection drops its tasks are re-auctioned as after a crash. Raises
-        `ConfigError` or `PersonaError`, before answering, when it cannot join.
-        """
-        self._check_open()
-        persona = get_persona(persona_id, self.cfg.personas)
-        agent = self.agents.get(agent_id) if agent_id else None
-        if agent is None:
-            learned = None if stats is None else BidStats.from_dict(stats, "the runner's stats")
-            agent_id = agent_id or self._new_agent_id(persona)
-            agent = Agent(AgentInfo(agent_id=agent_id, persona=persona.id, name=persona.name),
-                          persona)
-            if learned is not None:   # a runner back after a service restart: as it learned
-                agent.stats = learned
-            self.agents[agent_id] = agent
-            self.supervisor.add_remote(agent_id)
-        elif not self.supervisor.slots[agent_id].remote:
-            raise ConfigError(f"{agent_id} is a runner this swarm started itself",
-                              hint="give the remote runner another --agent-id, or none (the "
-                                   "service then names it)")
-        elif agent.persona.id != persona.id:
-            raise ConfigError(f"{agent_id} is a {agent.persona.id} agent, not {persona.id}",
-                              hint=f"connect as --persona {agent.persona.id}, or use another "
-                                   "--agent-id")
-        slot = self.supervisor.slots[agent_id]
-        link = self.supervisor.connect(agent_id, reader, writer, peer)
-        agent.info.peer = peer
-        self._dirty_agent(agent)
-        welcome = p.Welcome(**{   # the spec, the persona by its fields, the server not named
-            **msgspec.structs.asdict(self._runner_spec(agent_id, persona)),
-            "persona": _persona_fields(persona), "ollama_host": msgspec.UNSET,
-            "stats": agent.stats.to_dict(),
-            "ping_interval": self.cfg.ping_interval, "ping_timeout": self.cfg.ping_timeout})
-        await self.supervisor.serve_remote(slot, link, answer(welcome))
 
     # -- tasks --------------------------------------------------------------
     def _check_open(self) -> None:
@@ -690,27 +512,8 @@ class Coordinator:
             case p.Result():
                 self._on_result(agent, msg)
             case p.Hello(agent_id=said, pid=pid):
-                if said != agent_id:
-                    self.supervisor.bad_line(agent_id, p.ProtocolError(
-                        f"hello from {said!r} on {agent_id}'s pipe", hint=""))
-                    return
-                if agent.alive:
-                    self.supervisor.bad_line(agent_id, p.ProtocolError(
-                        f"a second hello from live runner {agent_id}", hint=""))
-                    return
-                first = not agent.ready.is_set()
-                slot = self.supervisor.slots[agent_id]
-                agent.alive = True
-                agent.info.pid, agent.info.status = pid, "idle"
-                agent.info.restarts = slot.restarts
-                self._dirty_agent(agent)
-                kind = "agent_joined" if first else \
-                    "agent_reconnected" if slot.remote else "agent_restarted"
-                self._emit(kind, None, agent_id, persona=agent.persona.id, pid=pid,
-                           restarts=agent.info.restarts, **_where(agent))
-                agent.ready.set()
-                agent.settled.set()
-                self._pump()
+                if self.runners.hello(agent, said, pid):
+                    self._pump()
             case p.Pong():
                 pass
             case p.Bye():   # its connection ends next: as stopped, not as a crash
@@ -796,8 +599,8 @@ class Coordinator:
         agent.exit_code = returncode
         restart = verdict is Verdict.RESTART
         if restart:  # the replacement starts with what this one had learned
-            self.supervisor.relaunch_with(agent_id, self._runner_argv(agent_id, agent.persona,
-                                                                      agent.stats))
+            argv = self.runners.argv(agent_id, agent.persona, agent.stats)
+            self.supervisor.relaunch_with(agent_id, argv)
         agent.info.restarts = self.supervisor.slots[agent_id].restarts
         agent.info.status = _AGENT_STATUS[verdict]
         if verdict not in (Verdict.RESTART, Verdict.DISCONNECTED):
@@ -868,7 +671,7 @@ class Coordinator:
             "last_quarantined": self.last_quarantined,
             "stalled": self.stalled(),
             "rule": self.cfg.rule,
-            "executor": self.executor,
+            "executor": self.runners.executor,
             "seed": self.cfg.seed,
         }
 
