@@ -8,8 +8,7 @@ import functools
 import logging
 import time
 from collections import Counter, OrderedDict, deque
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 
 import anyio
 import msgspec
@@ -18,6 +17,7 @@ from anyio.abc import TaskGroup
 from timmy.engine import protocol as p
 from timmy.engine.agents import Agent, runner_counts, why_stalled
 from timmy.engine.agents import where as _where
+from timmy.engine.auctions import Auctions, OpenAuction
 from timmy.engine.config import Config, check_posts, check_task_id
 from timmy.engine.journal import Journal
 from timmy.engine.liveness import Heartbeat
@@ -29,7 +29,6 @@ from timmy.errors import (
     SwarmClosed,
     WaitTimeout,
 )
-from timmy.market.auction import Auction, Bid
 from timmy.market.lifecycle import (
     CANCELLED_REASON,
     FINISH_EVENT,
@@ -53,7 +52,7 @@ from timmy.market.models import (
     Task,
     copy,
 )
-from timmy.market.personas import Persona, Words
+from timmy.market.personas import Persona
 from timmy.progress import progress_bar
 from timmy.storage.store import Store
 
@@ -69,16 +68,6 @@ _AGENT_STATUS = {Verdict.RESTART: "restarting", Verdict.STOPPED: "stopped",
                  Verdict.DISCONNECTED: "disconnected", Verdict.FAILED: "failed"}
 _EXIT_EVENT = {Verdict.RESTART: "agent_crashed", Verdict.STOPPED: "agent_left",
                Verdict.DISCONNECTED: "agent_disconnected", Verdict.FAILED: "agent_failed"}
-
-
-@dataclass(eq=False)
-class OpenAuction:
-    auction: Auction
-    task: Task
-    attempt: int
-    deadline: float
-    auction_id: int = 0    # the event_id of its auction_opened event: unique per auction
-    words: Words | None = None   # the description split once, for judging every bid (_on_bid)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -123,11 +112,7 @@ class Coordinator:
         # status() never scans the history (unfinished ones are counted from `active`).
         self._ended: Counter[str] = Counter()
         self.queue: deque[int] = deque()
-        self.auctions: dict[int, OpenAuction] = {}
-        self._deadlines: deque[OpenAuction] = deque()
-        self._deadline_wake = anyio.Event()
         self.garbage_lines = 0
-        self.bids_refused = 0      # bids outside their persona's range (see _on_bid)
         self.closed = False
         self._timeouts: dict[int, float] = {}   # per-post task_timeout of unfinished tasks
         # Set by the swarm service: remote runners may dial in, so a swarm with no agents
@@ -141,11 +126,13 @@ class Coordinator:
         self.waits = Waits(self._lookup, self.stalled, self.journal)
         self.heartbeat = Heartbeat(config, self.journal.emit)
         self.runners = Runners(store, config, self.agents, self.journal, self._check_open)
+        self.auctions = Auctions(config, self.agents, self.journal, self.heartbeat.awake)
         # Their hot methods, bound once: the state machine calls them for every message.
         self._emit, self._dirty = self.journal.emit, self.journal.task_changed
         self._awake, self._just_woke = self.heartbeat.awake, self.heartbeat.just_woke
         self._watchers = self.waits.watchers   # task -> what to call when it ends
         self._dirty_agent = self.runners.changed
+        self._open = self.auctions.open   # task -> its open auction
 
     @property
     def lost(self) -> OwnershipLost | None:
@@ -166,6 +153,7 @@ class Coordinator:
         self.supervisor = Supervisor(tg, on_message=self._on_message, on_exit=self._on_exit,
                                      on_garbage=self._on_garbage, policy=self.cfg.restart,
                                      clock=self._awake)
+        self.runners.supervisor = self.auctions.supervisor = self.supervisor
         now = time.time()
         from timmy.storage.ownership import whoami
 
@@ -182,9 +170,9 @@ class Coordinator:
         for task in failed:
             self._remember(task)
             self._emit("task_failed", task.task_id, reason=task.reason)
-        await self.runners.start(self.supervisor)
+        await self.runners.start()
         self.journal.start(tg)
-        tg.start_soon(self._deadline_loop)
+        tg.start_soon(self.auctions.run_windows, self._window_ended)
         tg.start_soon(self.heartbeat.run, self.agents, self.supervisor, self._check_deadline)
 
     async def close(self) -> None:
@@ -205,7 +193,7 @@ class Coordinator:
         self.closed = True
         log.error("%s", exc)
         self.queue.clear()
-        self.auctions.clear()
+        self._open.clear()
         if self.supervisor is not None:
             self._tg.start_soon(self.supervisor.stop_all)
         self.waits.wake_all()
@@ -289,12 +277,7 @@ class Coordinator:
         if task is None:
             return await self.task(task_id)
         if task.status == BIDDING:
-            open_ = self.auctions.pop(task_id)
-            self._record_bids(open_, open_.auction.bids.values(), None)
-            data = p.encode(p.AuctionClosed(task_id=task_id, winner=None, price_sats=None))
-            for aid in open_.auction.bids:
-                self.supervisor.send(aid, data)
-                self.agents[aid].stats.record_auction(False)
+            self.auctions.cancel(task_id)
         task.reason = CANCELLED_REASON
         self._finish(task, CANCELLED)
         self._pump()
@@ -347,79 +330,29 @@ class Coordinator:
         cap = self.cfg.runner_queue
         live = [a.info.agent_id for a in self.agents.values() if a.alive]
         room = sum(max(0, cap - len(self.agents[a].tasks)) for a in live)
-        if len(self.auctions) >= room:
+        if len(self._open) >= room:
             return
         deadline = self._awake() + self.cfg.auction_window   # a stall of ours is no window
         opened: list[OpenAuction] = []
-        while self.queue and len(self.auctions) < room:
+        while self.queue and len(self._open) < room:
             task = self.active.get(self.queue.popleft())
             if task is None or task.status != QUEUED:
                 continue
-            attempt = task.attempts + 1
-            auction = Auction(task.task_id, live, self.cfg.rule)
-            open_ = OpenAuction(auction, task, attempt, deadline)
-            self.auctions[task.task_id] = open_
-            self._deadlines.append(open_)
-            task.status = BIDDING
-            self._dirty(task)
-            open_.auction_id = self._emit("auction_opened", task.task_id, attempt=attempt,
-                                          eligible=len(live))
-            opened.append(open_)
-        if not opened:
-            return
-        self._deadline_wake.set()
-        data = b"".join(p.encode(p.Announce(task_id=o.task.task_id, description=o.task.description,
-                                            attempt=o.attempt)) for o in opened)
-        for aid in live:
-            self.supervisor.send(aid, data)
+            opened.append(self.auctions.begin(task, live, deadline))
+        if opened:
+            self.auctions.announce(opened, live)
 
-    async def _deadline_loop(self) -> None:
-        while True:
-            if not self._deadlines:
-                await self._deadline_wake.wait()
-                self._deadline_wake = anyio.Event()
-                continue
-            open_ = self._deadlines[0]
-            if self.auctions.get(open_.task.task_id) is not open_:
-                self._deadlines.popleft()
-                continue
-            delay = open_.deadline - self._awake()
-            if delay > 0:
-                await anyio.sleep(delay)
-                continue
-            self._deadlines.popleft()
-            self._close_auction(open_, reason="window")
-            self._pump()
-
-    def _record_bids(self, open_: OpenAuction, bids: Iterable[Bid], winner: str | None) -> None:
-        """Write an auction's bids: at its close, or when a bidder or the auction went away."""
-        now = time.time()
-        tid, attempt, aid, rule = open_.task.task_id, open_.attempt, open_.auction_id, self.cfg.rule
-        self.journal.batch.bids.extend((tid, attempt, aid, b.agent_id, b.sats, b.on_spec,
-                                        b.agent_id == winner, rule, now) for b in bids)
+    def _window_ended(self, open_: OpenAuction) -> None:
+        self._close_auction(open_, reason="window")
+        self._pump()
 
     def _close_auction(self, open_: OpenAuction, reason: str = "complete") -> bool:
-        """Clear an auction; True when it found a winner."""
-        task, auction = open_.task, open_.auction
-        tid = task.task_id
-        del self.auctions[tid]
-        cap = self.cfg.runner_queue
-        unavailable = [a for a in auction.bids
-                       if not self.agents[a].alive or len(self.agents[a].tasks) >= cap]
-        clearing = auction.close(unavailable=unavailable)
+        """Clear an auction (`Auctions.clear`) and assign its task to the winner, or queue
+        it again at the front; True when it found a winner."""
+        task, tid = open_.task, open_.task.task_id
+        clearing = self.auctions.clear(open_, reason)
         now = time.time()
-        rule = self.cfg.rule
         winner = clearing.winner
-        self._record_bids(open_, auction.bids.values(), winner)
-        self._emit("auction_closed", tid, winner, price_sats=clearing.price_sats, rule=rule,
-                   why=clearing.reason, bids=len(auction.bids), closed_by=reason,
-                   attempt=open_.attempt)
-        if auction.bids:
-            data = p.encode(p.AuctionClosed(task_id=tid, winner=winner,
-                                            price_sats=clearing.price_sats))
-            for aid in auction.bids:
-                self.supervisor.send(aid, data)
-                self.agents[aid].stats.record_auction(aid == winner)
         if winner is None:
             task.status = QUEUED
             self._dirty(task)
@@ -495,11 +428,12 @@ class Coordinator:
         agent.last_seen = self._awake()
         match msg:
             case p.Bid(task_id=tid, sats=sats):
-                open_ = self.auctions.get(tid)
-                if open_ is not None:
-                    self._on_bid(agent, open_, sats)
+                open_ = self._open.get(tid)
+                if open_ is not None and self.auctions.bid(agent, open_, sats) \
+                        and self._close_auction(open_):
+                    self._pump()
             case p.Decline(task_id=tid):
-                open_ = self.auctions.get(tid)
+                open_ = self._open.get(tid)
                 if (open_ is not None and open_.auction.decline(agent_id)
                         and open_.auction.complete and self._close_auction(open_)):
                     self._pump()
@@ -518,40 +452,6 @@ class Coordinator:
                 pass
             case p.Bye():   # its connection ends next: as stopped, not as a crash
                 self.supervisor.leaving(agent_id)
-
-    def _on_bid(self, agent: Agent, open_: OpenAuction, sats: int) -> None:
-        """A runner's bid, judged by what the service knows rather than by the runner's word.
-
-        Whether the task is on the persona's speciality is decided here, from the persona
-        the service holds (not one a runner describes) and the task's description, with
-        the keyword match `quote` uses: the runner's ``on_spec`` is ignored, so live runs
-        and the simulator still agree. A price the persona's rule cannot make for such a
-        task (`bid_range`) is dropped as a bad line: logged with the runner's id, counted
-        (``protocol_errors`` and ``bids_refused``), a ``protocol_error`` event, and a runner
-        that keeps at it is cut off as one sending garbage is. The auction goes on without
-        it (as if it had declined, so it does not wait for the window to end).
-        """
-        agent_id, task = agent.info.agent_id, open_.task
-        if open_.words is None:
-            open_.words = Words.of(task.description)
-        on_spec = bool(agent.persona.matched_in(open_.words))
-        lo, hi = agent.bid_ranges[on_spec]
-        if not lo <= sats <= hi:
-            self.bids_refused += 1
-            pid = agent.persona.id
-            self.supervisor.bad_line(agent_id, p.ProtocolError(
-                f"bid of {sats} sats for task {task.task_id} "
-                f"({'on' if on_spec else 'off'}-spec for {pid}) is outside {pid}'s range "
-                f"{lo}..{hi}: refused", hint="bid what timmy.market.bidding.quote prices"))
-            if open_.auction.decline(agent_id) and open_.auction.complete \
-                    and self._close_auction(open_):
-                self._pump()
-            return
-        if open_.auction.submit(Bid(agent_id, sats, on_spec)):
-            self._emit("bid", task.task_id, agent_id, sats=sats, on_spec=on_spec,
-                       attempt=open_.attempt)
-            if open_.auction.complete and self._close_auction(open_):
-                self._pump()
 
     def _on_result(self, agent: Agent, result: p.Result) -> None:
         tid, ok, output = result.task_id, result.ok, result.output
@@ -606,14 +506,8 @@ class Coordinator:
         if verdict not in (Verdict.RESTART, Verdict.DISCONNECTED):
             agent.settled.set()
         agent.info.pid = agent.info.pid if restart else None
-        for open_ in list(self.auctions.values()):
-            if agent_id in open_.auction.eligible:
-                gone = open_.auction.bids.get(agent_id)
-                if gone is not None:
-                    self._record_bids(open_, [gone], None)
-                open_.auction.withdraw(agent_id)
-                if open_.auction.complete:
-                    self._close_auction(open_)
+        for open_ in self.auctions.withdraw(agent_id):   # each it completed, as it does
+            self._close_auction(open_)
         held = list(agent.tasks)
         agent.tasks.clear()
         agent.head = None
@@ -663,10 +557,10 @@ class Coordinator:
         return {
             "tasks": counts,
             "queued_in_memory": len(self.queue),
-            "open_auctions": len(self.auctions),
+            "open_auctions": len(self._open),
             **runner_counts(self.agents.values()),
             "protocol_errors": self.garbage_lines,
-            "bids_refused": self.bids_refused,
+            "bids_refused": self.auctions.refused,
             "rows_quarantined": self.rows_quarantined,
             "last_quarantined": self.last_quarantined,
             "stalled": self.stalled(),

@@ -42,8 +42,7 @@ class Runners:
     the Ollama settings, what it had learned), marks one live on its hello, and stops or
     kills one on request. What happens to tasks and auctions when a runner comes or goes
     is the coordinator's. ``check_open`` raises when the swarm no longer takes work; the
-    `Supervisor` is handed over when the coordinator starts (it calls back into the
-    coordinator).
+    `Supervisor` is set when the coordinator starts (it calls back into the coordinator).
     """
 
     def __init__(self, store: Store, config: Config, agents: dict[str, Agent],
@@ -57,9 +56,8 @@ class Runners:
         self.executor = config.executor
         self.executor_reason = ""
 
-    async def start(self, supervisor: Supervisor) -> None:
+    async def start(self) -> None:
         """Continue the agents' numbering from the store; resolve an "auto" executor."""
-        self.supervisor = supervisor
         self._agent_counts = await anyio.to_thread.run_sync(self.store.agent_counts)
         if self.cfg.executor == "auto":
             self.executor, self.executor_reason = await anyio.to_thread.run_sync(
