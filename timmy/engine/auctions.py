@@ -41,6 +41,17 @@ class Auctions:
     records every bid and tells the bidders; what the task then becomes (assigned, or
     queued again) is the coordinator's. The `Supervisor` is handed over when the
     coordinator starts.
+
+    Concurrency: every live runner bids in every auction, busy or not. A runner may
+    hold up to ``runner_queue`` tasks (one running, the rest waiting in its own
+    queue); the rule picks the winner among the bids of runners that still have
+    room, so under a backlog specialists keep their own work until their queues
+    fill and only the overflow goes to the next-best bidder. As many auctions stay
+    open as there is room in all queues (the coordinator's ``_pump``). With no bid from
+    a runner with room, the task goes back to the front of the queue without using an
+    attempt. Posting tasks one at a time gives every auction every runner with empty
+    queues, which is what makes a live run and a simulation of the same work pick the
+    same winners.
     """
 
     def __init__(self, config: Config, agents: dict[str, Agent], journal: Journal,

@@ -16,7 +16,6 @@ from anyio.abc import TaskGroup
 
 from timmy.engine import protocol as p
 from timmy.engine.agents import Agent, runner_counts, why_stalled
-from timmy.engine.agents import where as _where
 from timmy.engine.auctions import Auctions, OpenAuction
 from timmy.engine.config import Config, check_posts, check_task_id
 from timmy.engine.journal import Journal
@@ -24,11 +23,7 @@ from timmy.engine.liveness import Heartbeat
 from timmy.engine.runners import Runners
 from timmy.engine.supervisor import Supervisor, Verdict
 from timmy.engine.waiting import Waits
-from timmy.errors import (
-    OwnershipLost,
-    SwarmClosed,
-    WaitTimeout,
-)
+from timmy.errors import OwnershipLost, SwarmClosed, WaitTimeout
 from timmy.market.lifecycle import (
     CANCELLED_REASON,
     FINISH_EVENT,
@@ -63,11 +58,6 @@ __all__ = ["Config", "Coordinator", "WaitTimeout", "progress_bar"]
 log = logging.getLogger("timmy")
 
 FINISHED_CACHE = 50_000
-# What a runner's end makes of its agent: its status, and the event that says so.
-_AGENT_STATUS = {Verdict.RESTART: "restarting", Verdict.STOPPED: "stopped",
-                 Verdict.DISCONNECTED: "disconnected", Verdict.FAILED: "failed"}
-_EXIT_EVENT = {Verdict.RESTART: "agent_crashed", Verdict.STOPPED: "agent_left",
-               Verdict.DISCONNECTED: "agent_disconnected", Verdict.FAILED: "agent_failed"}
 
 
 @functools.lru_cache(maxsize=4096)
@@ -91,16 +81,10 @@ class Coordinator:
     waits for the disk except where it must: a posted task is persisted before `post`
     returns.
 
-    Concurrency: every live runner bids in every auction, busy or not. A runner may
-    hold up to ``runner_queue`` tasks (one running, the rest waiting in its own
-    queue); the rule picks the winner among the bids of runners that still have
-    room, so under a backlog specialists keep their own work until their queues
-    fill and only the overflow goes to the next-best bidder. As many auctions stay
-    open as there is room in all queues. With no bid from a runner with room, the
-    task goes back to the front of the queue without using an attempt. Posting
-    tasks one at a time gives every auction every runner with empty queues, which
-    is what makes a live run and a simulation of the same work pick the same
-    winners.
+    Its parts: `Runners` (starting, admitting, naming runners), `Auctions` (opening,
+    judging bids, clearing; how runners' queues share the work is told there), the
+    `Journal`, `Waits` and `Heartbeat`. What a task becomes after an attempt is decided
+    by `timmy.market.lifecycle`; docs/design.md has the design.
     """
 
     def __init__(self, store: Store, config: Config) -> None:
@@ -138,14 +122,6 @@ class Coordinator:
     def lost(self) -> OwnershipLost | None:
         """Set when another swarm took the database over: this one then stops (`_abandon`)."""
         return self.journal.lost
-
-    @property
-    def rows_quarantined(self) -> int:
-        return self.journal.rows_quarantined
-
-    @property
-    def last_quarantined(self) -> str | None:
-        return self.journal.last_quarantined
 
     # -- lifecycle ----------------------------------------------------------
     async def start(self, tg: TaskGroup) -> None:
@@ -205,7 +181,6 @@ class Coordinator:
     async def flush(self) -> None:
         """Write every change made so far in one transaction."""
         await self.journal.flush()
-
 
     # -- tasks --------------------------------------------------------------
     def _check_open(self) -> None:
@@ -495,17 +470,7 @@ class Coordinator:
         agent = self.agents.get(agent_id)
         if agent is None:
             return
-        agent.alive = False
-        agent.exit_code = returncode
-        restart = verdict is Verdict.RESTART
-        if restart:  # the replacement starts with what this one had learned
-            argv = self.runners.argv(agent_id, agent.persona, agent.stats)
-            self.supervisor.relaunch_with(agent_id, argv)
-        agent.info.restarts = self.supervisor.slots[agent_id].restarts
-        agent.info.status = _AGENT_STATUS[verdict]
-        if verdict not in (Verdict.RESTART, Verdict.DISCONNECTED):
-            agent.settled.set()
-        agent.info.pid = agent.info.pid if restart else None
+        self.runners.ended(agent, returncode, verdict)
         for open_ in self.auctions.withdraw(agent_id):   # each it completed, as it does
             self._close_auction(open_)
         held = list(agent.tasks)
@@ -528,14 +493,7 @@ class Coordinator:
             self._decided(task, after_runner_exit(
                 task.attempts, self.cfg.max_attempts, agent_id, how,
                 running=task.status == RUNNING, first=i == 0, crashed=crashed))
-        self._dirty_agent(agent)
-        extra = {"restart_in_s": round(self.supervisor.slots[agent_id].next_delay, 3)} \
-            if restart else {}
-        self._emit(_EXIT_EVENT[verdict], None, agent_id, returncode=returncode,
-                   **_where(agent), **extra)
-        if verdict is Verdict.FAILED:
-            log.error("runner %s keeps dying: gave up after %d restarts", agent_id,
-                      agent.info.restarts)
+        self.runners.report_end(agent, returncode, verdict)
         self._pump()
         if verdict in (Verdict.STOPPED, Verdict.FAILED) and self.stalled():
             self.waits.wake_all()   # each wait() then says so instead of hanging
@@ -561,8 +519,8 @@ class Coordinator:
             **runner_counts(self.agents.values()),
             "protocol_errors": self.garbage_lines,
             "bids_refused": self.auctions.refused,
-            "rows_quarantined": self.rows_quarantined,
-            "last_quarantined": self.last_quarantined,
+            "rows_quarantined": self.journal.rows_quarantined,
+            "last_quarantined": self.journal.last_quarantined,
             "stalled": self.stalled(),
             "rule": self.cfg.rule,
             "executor": self.runners.executor,

@@ -1,5 +1,5 @@
 """The swarm's runners: what each starts with, spawning and naming them, admitting remote
-ones, their hello, stopping and killing them."""
+ones, their hello and their end, stopping and killing them."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from timmy.engine import protocol as p
 from timmy.engine.agents import Agent, where
 from timmy.engine.config import Config
 from timmy.engine.journal import Journal
-from timmy.engine.supervisor import Supervisor
+from timmy.engine.supervisor import Supervisor, Verdict
 from timmy.errors import ConfigError, PersonaError, RunnerError
 from timmy.llm import base_url, model_for
 from timmy.market.bidding import BidStats
@@ -25,6 +25,12 @@ from timmy.paging import page_limit
 from timmy.storage.store import Store
 
 log = logging.getLogger("timmy")
+
+# What a runner's end makes of its agent: its status, and the event that says so.
+_AGENT_STATUS = {Verdict.RESTART: "restarting", Verdict.STOPPED: "stopped",
+                 Verdict.DISCONNECTED: "disconnected", Verdict.FAILED: "failed"}
+_EXIT_EVENT = {Verdict.RESTART: "agent_crashed", Verdict.STOPPED: "agent_left",
+               Verdict.DISCONNECTED: "agent_disconnected", Verdict.FAILED: "agent_failed"}
 
 
 def persona_fields(persona: Persona) -> dict:
@@ -39,10 +45,11 @@ class Runners:
 
     It starts local runners (`spawn`) and admits remote ones (`serve_remote`), names them
     (``persona-N``), tells each what it starts with (`spec`: the executor chosen at start,
-    the Ollama settings, what it had learned), marks one live on its hello, and stops or
-    kills one on request. What happens to tasks and auctions when a runner comes or goes
-    is the coordinator's. ``check_open`` raises when the swarm no longer takes work; the
-    `Supervisor` is set when the coordinator starts (it calls back into the coordinator).
+    the Ollama settings, what it had learned), marks one live on its hello and gone at its
+    end (`ended`, `report_end`), and stops or kills one on request. What happens to tasks
+    and auctions when a runner comes or goes is the coordinator's. ``check_open`` raises
+    when the swarm no longer takes work; the `Supervisor` is set when the coordinator
+    starts (it calls back into the coordinator).
     """
 
     def __init__(self, store: Store, config: Config, agents: dict[str, Agent],
@@ -249,3 +256,35 @@ class Runners:
         agent.ready.set()
         agent.settled.set()
         return True
+
+    # -- a runner's end -------------------------------------------------------
+    def ended(self, agent: Agent, returncode: int | None, verdict: Verdict) -> None:
+        """A runner's process ended or its connection dropped (the `Supervisor`'s
+        ``verdict``): its agent is no longer live; a replacement, when there is one, starts
+        with what this one had learned. Its tasks are the coordinator's to deal with, and
+        then `report_end` says so."""
+        agent_id = agent.info.agent_id
+        agent.alive = False
+        agent.exit_code = returncode
+        restart = verdict is Verdict.RESTART
+        if restart:
+            self.supervisor.relaunch_with(agent_id, self.argv(agent_id, agent.persona,
+                                                              agent.stats))
+        agent.info.restarts = self.supervisor.slots[agent_id].restarts
+        agent.info.status = _AGENT_STATUS[verdict]
+        if verdict not in (Verdict.RESTART, Verdict.DISCONNECTED):
+            agent.settled.set()
+        agent.info.pid = agent.info.pid if restart else None
+
+    def report_end(self, agent: Agent, returncode: int | None, verdict: Verdict) -> None:
+        """After a runner's end was dealt with: its agent's row, and the event that says how
+        it ended (with the delay before its restart)."""
+        agent_id = agent.info.agent_id
+        self.changed(agent)
+        extra = {"restart_in_s": round(self.supervisor.slots[agent_id].next_delay, 3)} \
+            if verdict is Verdict.RESTART else {}
+        self.journal.emit(_EXIT_EVENT[verdict], None, agent_id, returncode=returncode,
+                          **where(agent), **extra)
+        if verdict is Verdict.FAILED:
+            log.error("runner %s keeps dying: gave up after %d restarts", agent_id,
+                      agent.info.restarts)
