@@ -31,7 +31,7 @@ class Agent:
     # in, so a replacement process starts where the dead one left off.
     stats: BidStats = field(default_factory=BidStats)
     # The prices its persona's rule can bid, off-spec and on-spec (`bid_range`): a bid
-    # outside them is refused (see `Coordinator._on_bid`).
+    # outside them is refused (see `Auctions.bid`).
     bid_ranges: tuple[tuple[int, int], ...] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:

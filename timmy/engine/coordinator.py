@@ -6,12 +6,9 @@ from __future__ import annotations
 
 import functools
 import logging
-import shlex
-import sys
 import time
 from collections import Counter, OrderedDict, deque
-from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 
 import anyio
 import msgspec
@@ -19,23 +16,14 @@ from anyio.abc import TaskGroup
 
 from timmy.engine import protocol as p
 from timmy.engine.agents import Agent, runner_counts, why_stalled
-from timmy.engine.agents import where as _where
+from timmy.engine.auctions import Auctions, OpenAuction
 from timmy.engine.config import Config, check_posts, check_task_id
 from timmy.engine.journal import Journal
 from timmy.engine.liveness import Heartbeat
+from timmy.engine.runners import Runners
 from timmy.engine.supervisor import Supervisor, Verdict
 from timmy.engine.waiting import Waits
-from timmy.errors import (
-    ConfigError,
-    OwnershipLost,
-    PersonaError,
-    RunnerError,
-    SwarmClosed,
-    WaitTimeout,
-)
-from timmy.llm import base_url, model_for
-from timmy.market.auction import Auction, Bid
-from timmy.market.bidding import BidStats
+from timmy.errors import OwnershipLost, SwarmClosed, WaitTimeout
 from timmy.market.lifecycle import (
     CANCELLED_REASON,
     FINISH_EVENT,
@@ -55,13 +43,11 @@ from timmy.market.models import (
     QUEUED,
     RUNNING,
     TERMINAL_STATES,
-    AgentInfo,
     Event,
     Task,
     copy,
 )
-from timmy.market.personas import PERSONAS, Persona, Words, get_persona
-from timmy.paging import page_limit
+from timmy.market.personas import Persona
 from timmy.progress import progress_bar
 from timmy.storage.store import Store
 
@@ -72,21 +58,6 @@ __all__ = ["Config", "Coordinator", "WaitTimeout", "progress_bar"]
 log = logging.getLogger("timmy")
 
 FINISHED_CACHE = 50_000
-# What a runner's end makes of its agent: its status, and the event that says so.
-_AGENT_STATUS = {Verdict.RESTART: "restarting", Verdict.STOPPED: "stopped",
-                 Verdict.DISCONNECTED: "disconnected", Verdict.FAILED: "failed"}
-_EXIT_EVENT = {Verdict.RESTART: "agent_crashed", Verdict.STOPPED: "agent_left",
-               Verdict.DISCONNECTED: "agent_disconnected", Verdict.FAILED: "agent_failed"}
-
-
-@dataclass(eq=False)
-class OpenAuction:
-    auction: Auction
-    task: Task
-    attempt: int
-    deadline: float
-    auction_id: int = 0    # the event_id of its auction_opened event: unique per auction
-    words: Words | None = None   # the description split once, for judging every bid (_on_bid)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -94,13 +65,6 @@ def _matched(persona: Persona, description: str) -> tuple[str, ...]:
     """A persona's keywords in a description, cached: workloads repeat descriptions, and
     this runs for every result on the engine's hot path."""
     return tuple(persona.matched_keywords(description))
-
-
-def _persona_fields(persona: Persona) -> dict:
-    """A persona as `timmy.market.personas.persona_from_dict` reads it back (for a runner)."""
-    fields = ("id", "name", "role", "description", "capabilities", "rate_sats", "bid_base",
-              "bid_jitter", "preferred_keywords")
-    return {f: getattr(persona, f) for f in fields}
 
 
 class Coordinator:
@@ -117,16 +81,10 @@ class Coordinator:
     waits for the disk except where it must: a posted task is persisted before `post`
     returns.
 
-    Concurrency: every live runner bids in every auction, busy or not. A runner may
-    hold up to ``runner_queue`` tasks (one running, the rest waiting in its own
-    queue); the rule picks the winner among the bids of runners that still have
-    room, so under a backlog specialists keep their own work until their queues
-    fill and only the overflow goes to the next-best bidder. As many auctions stay
-    open as there is room in all queues. With no bid from a runner with room, the
-    task goes back to the front of the queue without using an attempt. Posting
-    tasks one at a time gives every auction every runner with empty queues, which
-    is what makes a live run and a simulation of the same work pick the same
-    winners.
+    Its parts: `Runners` (starting, admitting, naming runners), `Auctions` (opening,
+    judging bids, clearing; how runners' queues share the work is told there), the
+    `Journal`, `Waits` and `Heartbeat`. What a task becomes after an attempt is decided
+    by `timmy.market.lifecycle`; docs/design.md has the design.
     """
 
     def __init__(self, store: Store, config: Config) -> None:
@@ -138,12 +96,7 @@ class Coordinator:
         # status() never scans the history (unfinished ones are counted from `active`).
         self._ended: Counter[str] = Counter()
         self.queue: deque[int] = deque()
-        self.auctions: dict[int, OpenAuction] = {}
-        self._deadlines: deque[OpenAuction] = deque()
-        self._deadline_wake = anyio.Event()
-        self._agent_counts: dict[str, int] = {}
         self.garbage_lines = 0
-        self.bids_refused = 0      # bids outside their persona's range (see _on_bid)
         self.closed = False
         self._timeouts: dict[int, float] = {}   # per-post task_timeout of unfinished tasks
         # Set by the swarm service: remote runners may dial in, so a swarm with no agents
@@ -151,32 +104,24 @@ class Coordinator:
         self.accepts_remote = False
         self._tg: TaskGroup | None = None
         self.supervisor: Supervisor | None = None
-        # What runners are told to use: the configured executor, with "auto" resolved at
-        # start (one probe of the Ollama server), and why.
-        self.executor = config.executor
-        self.executor_reason = ""
         # The parts with one job each: what is stored and published, who waits for what,
         # the awake clock and the ping rounds.
         self.journal = Journal(store, self._lookup, self._abandon)
         self.waits = Waits(self._lookup, self.stalled, self.journal)
         self.heartbeat = Heartbeat(config, self.journal.emit)
+        self.runners = Runners(store, config, self.agents, self.journal, self._check_open)
+        self.auctions = Auctions(config, self.agents, self.journal, self.heartbeat.awake)
         # Their hot methods, bound once: the state machine calls them for every message.
         self._emit, self._dirty = self.journal.emit, self.journal.task_changed
         self._awake, self._just_woke = self.heartbeat.awake, self.heartbeat.just_woke
         self._watchers = self.waits.watchers   # task -> what to call when it ends
+        self._dirty_agent = self.runners.changed
+        self._open = self.auctions.open   # task -> its open auction
 
     @property
     def lost(self) -> OwnershipLost | None:
         """Set when another swarm took the database over: this one then stops (`_abandon`)."""
         return self.journal.lost
-
-    @property
-    def rows_quarantined(self) -> int:
-        return self.journal.rows_quarantined
-
-    @property
-    def last_quarantined(self) -> str | None:
-        return self.journal.last_quarantined
 
     # -- lifecycle ----------------------------------------------------------
     async def start(self, tg: TaskGroup) -> None:
@@ -184,13 +129,13 @@ class Coordinator:
         self.supervisor = Supervisor(tg, on_message=self._on_message, on_exit=self._on_exit,
                                      on_garbage=self._on_garbage, policy=self.cfg.restart,
                                      clock=self._awake)
+        self.runners.supervisor = self.auctions.supervisor = self.supervisor
         now = time.time()
         from timmy.storage.ownership import whoami
 
         waiting, requeued, failed = await anyio.to_thread.run_sync(
             self.store.recover, self.cfg.max_attempts, now, whoami())
         await self.journal.open()
-        self._agent_counts = await anyio.to_thread.run_sync(self.store.agent_counts)
         stored = await anyio.to_thread.run_sync(self.store.status_counts)
         self._ended.update({s: stored[s] for s in TERMINAL_STATES if stored.get(s)})
         for task in sorted(waiting + requeued, key=lambda t: t.task_id):
@@ -201,14 +146,9 @@ class Coordinator:
         for task in failed:
             self._remember(task)
             self._emit("task_failed", task.task_id, reason=task.reason)
-        if self.cfg.executor == "auto":
-            self.executor, self.executor_reason = await anyio.to_thread.run_sync(
-                self.cfg.resolve_auto)
-            log.info("executor auto: using %s (%s)", self.executor, self.executor_reason)
-            self._emit("executor_chosen", None, None, asked="auto", executor=self.executor,
-                       why=self.executor_reason)
+        await self.runners.start()
         self.journal.start(tg)
-        tg.start_soon(self._deadline_loop)
+        tg.start_soon(self.auctions.run_windows, self._window_ended)
         tg.start_soon(self.heartbeat.run, self.agents, self.supervisor, self._check_deadline)
 
     async def close(self) -> None:
@@ -229,7 +169,7 @@ class Coordinator:
         self.closed = True
         log.error("%s", exc)
         self.queue.clear()
-        self.auctions.clear()
+        self._open.clear()
         if self.supervisor is not None:
             self._tg.start_soon(self.supervisor.stop_all)
         self.waits.wake_all()
@@ -241,161 +181,6 @@ class Coordinator:
     async def flush(self) -> None:
         """Write every change made so far in one transaction."""
         await self.journal.flush()
-
-    def _dirty_agent(self, agent: Agent) -> None:
-        self.journal.agent_changed(agent.info, agent.joined_at)
-
-    # -- agents -------------------------------------------------------------
-    def _runner_spec(self, agent_id: str, persona: Persona,
-                     stats: BidStats | None = None) -> p.RunnerSpec:
-        """What a runner of ``persona`` starts with: a catalog persona by id, another by its
-        fields; the Ollama settings resolved here, so every runner asks the same server."""
-        ollama = self.executor == "ollama"
-        return p.RunnerSpec(
-            agent_id=agent_id, seed=self.cfg.seed, executor=self.executor,
-            persona=persona.id if PERSONAS.get(persona.id) == persona
-            else _persona_fields(persona),
-            task_seconds=self.cfg.task_seconds, ollama_timeout=self.cfg.ollama_timeout,
-            model=model_for(persona.id, self.cfg.model) if ollama else None,
-            ollama_host=base_url(self.cfg.ollama_host) if ollama else msgspec.UNSET,
-            stats=stats.to_dict() if stats is not None and stats.auctions else None)
-
-    def _runner_argv(self, agent_id: str, persona: Persona,
-                     stats: BidStats | None = None) -> list[str]:
-        if self.cfg.runner_command is not None:
-            base = list(self.cfg.runner_command)
-        else:
-            base = [sys.executable, "-m", "timmy.engine.runner"]
-        return [*base, "--spec", p.encode_spec(self._runner_spec(agent_id, persona, stats))]
-
-    async def spawn(self, persona_id: str, timeout: float = 15.0) -> AgentInfo:
-        """Start one runner for ``persona_id`` and wait until it says hello."""
-        self._check_open()
-        persona = get_persona(persona_id, self.cfg.personas) if isinstance(persona_id, str) \
-            else self._bad_persona(persona_id)
-        agent_id = self._new_agent_id(persona)
-        agent = Agent(AgentInfo(agent_id=agent_id, persona=persona.id, name=persona.name),
-                      persona)
-        argv = self._runner_argv(agent_id, persona)
-        self.agents[agent_id] = agent
-        try:
-            slot = await self.supervisor.start(agent_id, argv)
-        except RunnerError:
-            del self.agents[agent_id]
-            raise
-        agent.info.pid = slot.pid
-        self._dirty_agent(agent)
-        with anyio.move_on_after(timeout):
-            await agent.settled.wait()
-        if not agent.ready.is_set():
-            await self.supervisor.stop(agent_id)
-            if agent.settled.is_set():
-                what = (f"ended with exit code {agent.exit_code} before saying hello "
-                        f"(started {agent.info.restarts + 1} times)")
-            else:
-                what = f"did not say hello within {timeout:.0f}s"
-            raise RunnerError(f"runner {agent_id} {what}",
-                              hint=f"run it by hand to see its error: {shlex.join(argv)}")
-        return copy(agent.info)
-
-    def _new_agent_id(self, persona: Persona) -> str:
-        """``persona-N``, N one more than the agents this persona has had (a remote runner may
-        have taken a name of that form: it is skipped)."""
-        n = self._agent_counts.get(persona.id, 0) + 1
-        while f"{persona.id}-{n}" in self.agents:
-            n += 1
-        self._agent_counts[persona.id] = n
-        return f"{persona.id}-{n}"
-
-    @staticmethod
-    def _bad_persona(value) -> Persona:
-        raise PersonaError(f"a persona id must be a string, got {type(value).__name__}",
-                           hint="spawn('forge'), or see `timmy personas`")
-
-    async def spawn_all(self, personas: Iterable[str] | None = None) -> list[AgentInfo]:
-        """One runner per persona (all of the swarm's catalog by default), started together."""
-        if isinstance(personas, str):
-            raise PersonaError("spawn_all() takes a list of persona ids, got one string",
-                               hint=f"use spawn({personas!r}) or spawn_all([{personas!r}])")
-        ids = list(self.cfg.personas if personas is None else personas)
-        for pid in ids:
-            get_persona(pid, self.cfg.personas)
-        results: dict[int, AgentInfo] = {}
-
-        async def one(i: int, pid: str) -> None:
-            results[i] = await self.spawn(pid)
-
-        async with anyio.create_task_group() as tg:
-            for i, pid in enumerate(ids):
-                tg.start_soon(one, i, pid)
-        return [results[i] for i in range(len(ids))]
-
-    async def stop_agent(self, agent_id: str) -> AgentInfo:
-        agent = self._agent(agent_id)
-        await self.supervisor.stop(agent_id)
-        return copy(agent.info)
-
-    def kill_agent(self, agent_id: str) -> None:
-        """SIGKILL an agent's runner process (it is restarted, its task re-auctioned); cut a
-        remote runner's connection (it dials in again)."""
-        self._agent(agent_id)
-        self.supervisor.kill(agent_id)
-
-    def _agent(self, agent_id: str) -> Agent:
-        agent = self.agents.get(agent_id)
-        if agent is None:
-            raise ConfigError(f"no agent {agent_id!r} in this swarm",
-                              hint=f"agents: {', '.join(self.agents) or '(none: spawn one)'}")
-        return agent
-
-    def agent_infos(self, limit: int | None = None, after: str | None = None) -> list[AgentInfo]:
-        """One page of agents by agent_id (`timmy.paging`): the first, or after ``after``."""
-        ids = sorted(a for a in self.agents if after is None or a > after)
-        return [copy(self.agents[a].info) for a in ids[:page_limit(limit)]]
-
-    # -- remote runners -----------------------------------------------------
-    async def serve_remote(self, persona_id: str, agent_id: str | None, stats: dict | None,
-                           reader, writer, peer: str,
-                           answer: Callable[[p.Welcome], Awaitable[None]]) -> None:
-        """A runner that dialled in to the swarm service (``timmy runner --connect``).
-
-        Admits it as ``agent_id`` (an agent it was before, or a new one; the service names
-        it when it gives no id), ``answer``s it with what it needs to bid as a local runner
-        would (the persona, the seed, the executor, the learned counters), then serves its
-        connection until it ends. It is then one more runner: it bids, wins, is pinged, and
-        when its connection drops its tasks are re-auctioned as after a crash. Raises
-        `ConfigError` or `PersonaError`, before answering, when it cannot join.
-        """
-        self._check_open()
-        persona = get_persona(persona_id, self.cfg.personas)
-        agent = self.agents.get(agent_id) if agent_id else None
-        if agent is None:
-            learned = None if stats is None else BidStats.from_dict(stats, "the runner's stats")
-            agent_id = agent_id or self._new_agent_id(persona)
-            agent = Agent(AgentInfo(agent_id=agent_id, persona=persona.id, name=persona.name),
-                          persona)
-            if learned is not None:   # a runner back after a service restart: as it learned
-                agent.stats = learned
-            self.agents[agent_id] = agent
-            self.supervisor.add_remote(agent_id)
-        elif not self.supervisor.slots[agent_id].remote:
-            raise ConfigError(f"{agent_id} is a runner this swarm started itself",
-                              hint="give the remote runner another --agent-id, or none (the "
-                                   "service then names it)")
-        elif agent.persona.id != persona.id:
-            raise ConfigError(f"{agent_id} is a {agent.persona.id} agent, not {persona.id}",
-                              hint=f"connect as --persona {agent.persona.id}, or use another "
-                                   "--agent-id")
-        slot = self.supervisor.slots[agent_id]
-        link = self.supervisor.connect(agent_id, reader, writer, peer)
-        agent.info.peer = peer
-        self._dirty_agent(agent)
-        welcome = p.Welcome(**{   # the spec, the persona by its fields, the server not named
-            **msgspec.structs.asdict(self._runner_spec(agent_id, persona)),
-            "persona": _persona_fields(persona), "ollama_host": msgspec.UNSET,
-            "stats": agent.stats.to_dict(),
-            "ping_interval": self.cfg.ping_interval, "ping_timeout": self.cfg.ping_timeout})
-        await self.supervisor.serve_remote(slot, link, answer(welcome))
 
     # -- tasks --------------------------------------------------------------
     def _check_open(self) -> None:
@@ -467,12 +252,7 @@ class Coordinator:
         if task is None:
             return await self.task(task_id)
         if task.status == BIDDING:
-            open_ = self.auctions.pop(task_id)
-            self._record_bids(open_, open_.auction.bids.values(), None)
-            data = p.encode(p.AuctionClosed(task_id=task_id, winner=None, price_sats=None))
-            for aid in open_.auction.bids:
-                self.supervisor.send(aid, data)
-                self.agents[aid].stats.record_auction(False)
+            self.auctions.cancel(task_id)
         task.reason = CANCELLED_REASON
         self._finish(task, CANCELLED)
         self._pump()
@@ -525,79 +305,29 @@ class Coordinator:
         cap = self.cfg.runner_queue
         live = [a.info.agent_id for a in self.agents.values() if a.alive]
         room = sum(max(0, cap - len(self.agents[a].tasks)) for a in live)
-        if len(self.auctions) >= room:
+        if len(self._open) >= room:
             return
         deadline = self._awake() + self.cfg.auction_window   # a stall of ours is no window
         opened: list[OpenAuction] = []
-        while self.queue and len(self.auctions) < room:
+        while self.queue and len(self._open) < room:
             task = self.active.get(self.queue.popleft())
             if task is None or task.status != QUEUED:
                 continue
-            attempt = task.attempts + 1
-            auction = Auction(task.task_id, live, self.cfg.rule)
-            open_ = OpenAuction(auction, task, attempt, deadline)
-            self.auctions[task.task_id] = open_
-            self._deadlines.append(open_)
-            task.status = BIDDING
-            self._dirty(task)
-            open_.auction_id = self._emit("auction_opened", task.task_id, attempt=attempt,
-                                          eligible=len(live))
-            opened.append(open_)
-        if not opened:
-            return
-        self._deadline_wake.set()
-        data = b"".join(p.encode(p.Announce(task_id=o.task.task_id, description=o.task.description,
-                                            attempt=o.attempt)) for o in opened)
-        for aid in live:
-            self.supervisor.send(aid, data)
+            opened.append(self.auctions.begin(task, live, deadline))
+        if opened:
+            self.auctions.announce(opened, live)
 
-    async def _deadline_loop(self) -> None:
-        while True:
-            if not self._deadlines:
-                await self._deadline_wake.wait()
-                self._deadline_wake = anyio.Event()
-                continue
-            open_ = self._deadlines[0]
-            if self.auctions.get(open_.task.task_id) is not open_:
-                self._deadlines.popleft()
-                continue
-            delay = open_.deadline - self._awake()
-            if delay > 0:
-                await anyio.sleep(delay)
-                continue
-            self._deadlines.popleft()
-            self._close_auction(open_, reason="window")
-            self._pump()
-
-    def _record_bids(self, open_: OpenAuction, bids: Iterable[Bid], winner: str | None) -> None:
-        """Write an auction's bids: at its close, or when a bidder or the auction went away."""
-        now = time.time()
-        tid, attempt, aid, rule = open_.task.task_id, open_.attempt, open_.auction_id, self.cfg.rule
-        self.journal.batch.bids.extend((tid, attempt, aid, b.agent_id, b.sats, b.on_spec,
-                                        b.agent_id == winner, rule, now) for b in bids)
+    def _window_ended(self, open_: OpenAuction) -> None:
+        self._close_auction(open_, reason="window")
+        self._pump()
 
     def _close_auction(self, open_: OpenAuction, reason: str = "complete") -> bool:
-        """Clear an auction; True when it found a winner."""
-        task, auction = open_.task, open_.auction
-        tid = task.task_id
-        del self.auctions[tid]
-        cap = self.cfg.runner_queue
-        unavailable = [a for a in auction.bids
-                       if not self.agents[a].alive or len(self.agents[a].tasks) >= cap]
-        clearing = auction.close(unavailable=unavailable)
+        """Clear an auction (`Auctions.clear`) and assign its task to the winner, or queue
+        it again at the front; True when it found a winner."""
+        task, tid = open_.task, open_.task.task_id
+        clearing = self.auctions.clear(open_, reason)
         now = time.time()
-        rule = self.cfg.rule
         winner = clearing.winner
-        self._record_bids(open_, auction.bids.values(), winner)
-        self._emit("auction_closed", tid, winner, price_sats=clearing.price_sats, rule=rule,
-                   why=clearing.reason, bids=len(auction.bids), closed_by=reason,
-                   attempt=open_.attempt)
-        if auction.bids:
-            data = p.encode(p.AuctionClosed(task_id=tid, winner=winner,
-                                            price_sats=clearing.price_sats))
-            for aid in auction.bids:
-                self.supervisor.send(aid, data)
-                self.agents[aid].stats.record_auction(aid == winner)
         if winner is None:
             task.status = QUEUED
             self._dirty(task)
@@ -673,11 +403,12 @@ class Coordinator:
         agent.last_seen = self._awake()
         match msg:
             case p.Bid(task_id=tid, sats=sats):
-                open_ = self.auctions.get(tid)
-                if open_ is not None:
-                    self._on_bid(agent, open_, sats)
+                open_ = self._open.get(tid)
+                if open_ is not None and self.auctions.bid(agent, open_, sats) \
+                        and self._close_auction(open_):
+                    self._pump()
             case p.Decline(task_id=tid):
-                open_ = self.auctions.get(tid)
+                open_ = self._open.get(tid)
                 if (open_ is not None and open_.auction.decline(agent_id)
                         and open_.auction.complete and self._close_auction(open_)):
                     self._pump()
@@ -690,65 +421,12 @@ class Coordinator:
             case p.Result():
                 self._on_result(agent, msg)
             case p.Hello(agent_id=said, pid=pid):
-                if said != agent_id:
-                    self.supervisor.bad_line(agent_id, p.ProtocolError(
-                        f"hello from {said!r} on {agent_id}'s pipe", hint=""))
-                    return
-                if agent.alive:
-                    self.supervisor.bad_line(agent_id, p.ProtocolError(
-                        f"a second hello from live runner {agent_id}", hint=""))
-                    return
-                first = not agent.ready.is_set()
-                slot = self.supervisor.slots[agent_id]
-                agent.alive = True
-                agent.info.pid, agent.info.status = pid, "idle"
-                agent.info.restarts = slot.restarts
-                self._dirty_agent(agent)
-                kind = "agent_joined" if first else \
-                    "agent_reconnected" if slot.remote else "agent_restarted"
-                self._emit(kind, None, agent_id, persona=agent.persona.id, pid=pid,
-                           restarts=agent.info.restarts, **_where(agent))
-                agent.ready.set()
-                agent.settled.set()
-                self._pump()
+                if self.runners.hello(agent, said, pid):
+                    self._pump()
             case p.Pong():
                 pass
             case p.Bye():   # its connection ends next: as stopped, not as a crash
                 self.supervisor.leaving(agent_id)
-
-    def _on_bid(self, agent: Agent, open_: OpenAuction, sats: int) -> None:
-        """A runner's bid, judged by what the service knows rather than by the runner's word.
-
-        Whether the task is on the persona's speciality is decided here, from the persona
-        the service holds (not one a runner describes) and the task's description, with
-        the keyword match `quote` uses: the runner's ``on_spec`` is ignored, so live runs
-        and the simulator still agree. A price the persona's rule cannot make for such a
-        task (`bid_range`) is dropped as a bad line: logged with the runner's id, counted
-        (``protocol_errors`` and ``bids_refused``), a ``protocol_error`` event, and a runner
-        that keeps at it is cut off as one sending garbage is. The auction goes on without
-        it (as if it had declined, so it does not wait for the window to end).
-        """
-        agent_id, task = agent.info.agent_id, open_.task
-        if open_.words is None:
-            open_.words = Words.of(task.description)
-        on_spec = bool(agent.persona.matched_in(open_.words))
-        lo, hi = agent.bid_ranges[on_spec]
-        if not lo <= sats <= hi:
-            self.bids_refused += 1
-            pid = agent.persona.id
-            self.supervisor.bad_line(agent_id, p.ProtocolError(
-                f"bid of {sats} sats for task {task.task_id} "
-                f"({'on' if on_spec else 'off'}-spec for {pid}) is outside {pid}'s range "
-                f"{lo}..{hi}: refused", hint="bid what timmy.market.bidding.quote prices"))
-            if open_.auction.decline(agent_id) and open_.auction.complete \
-                    and self._close_auction(open_):
-                self._pump()
-            return
-        if open_.auction.submit(Bid(agent_id, sats, on_spec)):
-            self._emit("bid", task.task_id, agent_id, sats=sats, on_spec=on_spec,
-                       attempt=open_.attempt)
-            if open_.auction.complete and self._close_auction(open_):
-                self._pump()
 
     def _on_result(self, agent: Agent, result: p.Result) -> None:
         tid, ok, output = result.task_id, result.ok, result.output
@@ -792,25 +470,9 @@ class Coordinator:
         agent = self.agents.get(agent_id)
         if agent is None:
             return
-        agent.alive = False
-        agent.exit_code = returncode
-        restart = verdict is Verdict.RESTART
-        if restart:  # the replacement starts with what this one had learned
-            self.supervisor.relaunch_with(agent_id, self._runner_argv(agent_id, agent.persona,
-                                                                      agent.stats))
-        agent.info.restarts = self.supervisor.slots[agent_id].restarts
-        agent.info.status = _AGENT_STATUS[verdict]
-        if verdict not in (Verdict.RESTART, Verdict.DISCONNECTED):
-            agent.settled.set()
-        agent.info.pid = agent.info.pid if restart else None
-        for open_ in list(self.auctions.values()):
-            if agent_id in open_.auction.eligible:
-                gone = open_.auction.bids.get(agent_id)
-                if gone is not None:
-                    self._record_bids(open_, [gone], None)
-                open_.auction.withdraw(agent_id)
-                if open_.auction.complete:
-                    self._close_auction(open_)
+        self.runners.ended(agent, returncode, verdict)
+        for open_ in self.auctions.withdraw(agent_id):   # each it completed, as it does
+            self._close_auction(open_)
         held = list(agent.tasks)
         agent.tasks.clear()
         agent.head = None
@@ -831,14 +493,7 @@ class Coordinator:
             self._decided(task, after_runner_exit(
                 task.attempts, self.cfg.max_attempts, agent_id, how,
                 running=task.status == RUNNING, first=i == 0, crashed=crashed))
-        self._dirty_agent(agent)
-        extra = {"restart_in_s": round(self.supervisor.slots[agent_id].next_delay, 3)} \
-            if restart else {}
-        self._emit(_EXIT_EVENT[verdict], None, agent_id, returncode=returncode,
-                   **_where(agent), **extra)
-        if verdict is Verdict.FAILED:
-            log.error("runner %s keeps dying: gave up after %d restarts", agent_id,
-                      agent.info.restarts)
+        self.runners.report_end(agent, returncode, verdict)
         self._pump()
         if verdict in (Verdict.STOPPED, Verdict.FAILED) and self.stalled():
             self.waits.wake_all()   # each wait() then says so instead of hanging
@@ -860,15 +515,15 @@ class Coordinator:
         return {
             "tasks": counts,
             "queued_in_memory": len(self.queue),
-            "open_auctions": len(self.auctions),
+            "open_auctions": len(self._open),
             **runner_counts(self.agents.values()),
             "protocol_errors": self.garbage_lines,
-            "bids_refused": self.bids_refused,
-            "rows_quarantined": self.rows_quarantined,
-            "last_quarantined": self.last_quarantined,
+            "bids_refused": self.auctions.refused,
+            "rows_quarantined": self.journal.rows_quarantined,
+            "last_quarantined": self.journal.last_quarantined,
             "stalled": self.stalled(),
             "rule": self.cfg.rule,
-            "executor": self.executor,
+            "executor": self.runners.executor,
             "seed": self.cfg.seed,
         }
 

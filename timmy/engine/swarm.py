@@ -174,35 +174,36 @@ class AsyncSwarm:
     @property
     def executor(self) -> str:
         """The executor runners use: as configured, with "auto" resolved once started."""
-        return self._engine.executor if self._engine is not None else self.config.executor
+        engine = self._engine
+        return engine.runners.executor if engine is not None else self.config.executor
 
     @property
     def executor_reason(self) -> str:
         """Why "auto" chose what it chose ("" for an executor given by name)."""
-        return self._engine.executor_reason if self._engine is not None else ""
+        return self._engine.runners.executor_reason if self._engine is not None else ""
 
     # -- agents -------------------------------------------------------------
     async def spawn(self, persona: str) -> AgentInfo:
         """Start a runner process for ``persona`` (an id from the catalog)."""
-        return await self.engine.spawn(persona)
+        return await self.engine.runners.spawn(persona)
 
     async def spawn_all(self, personas: Iterable[str] | None = None) -> list[AgentInfo]:
         """One runner per persona in the catalog (or per id in ``personas``)."""
-        return await self.engine.spawn_all(personas)
+        return await self.engine.runners.spawn_all(personas)
 
     async def stop(self, agent_id: str) -> AgentInfo:
         """Stop one runner for good; the tasks it held are auctioned again (no attempt used)."""
-        return await self.engine.stop_agent(agent_id)
+        return await self.engine.runners.stop(agent_id)
 
     async def kill(self, agent_id: str) -> None:
         """SIGKILL one runner, as a crash would: it is restarted and the tasks it held are
         auctioned again (the one it was running uses up an attempt)."""
-        self.engine.kill_agent(agent_id)
+        self.engine.runners.kill(agent_id)
 
     async def agents(self, limit: int | None = None, after: str | None = None) -> list[AgentInfo]:
         """This swarm's agents with their status, pid, restarts and earnings, by agent_id:
         the first ``limit`` (default `timmy.paging.DEFAULT_LIMIT`), or those after ``after``."""
-        return self.engine.agent_infos(limit, after)
+        return self.engine.runners.infos(limit, after)
 
     # -- tasks --------------------------------------------------------------
     async def post(self, description: str, task_timeout: float | None = None) -> Task:

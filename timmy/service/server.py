@@ -384,7 +384,7 @@ class Service:
 
     async def _runner(self, reader, writer, req: Request, role: str = "admin") -> None:
         """A remote runner dialled in: admit it, answer, then it speaks the runner protocol
-        until the connection ends (`Coordinator.serve_remote`)."""
+        until the connection ends (`Runners.serve_remote`)."""
         peer = _peer(writer)
 
         async def answer(welcome: Welcome) -> None:
@@ -399,8 +399,8 @@ class Service:
                 self._check_takeover(args)
             self.runners += 1
             try:
-                await self.swarm.engine.serve_remote(args.persona, args.agent_id, args.stats,
-                                                     reader, writer, peer, answer)
+                await self.swarm.engine.runners.serve_remote(
+                    args.persona, args.agent_id, args.stats, reader, writer, peer, answer)
             finally:
                 self.runners -= 1
         except TimmyError as exc:        # refused before the answer: say why, then close
@@ -413,7 +413,7 @@ class Service:
         is back after a crash, or after a service restart); it replaces a connection the
         service still holds only with the key that connection's welcome carried. So one
         runner cannot cut another off by taking its name (the admin token can, as ``kill``).
-        No await here: the check and `Coordinator.serve_remote`'s connect are one step."""
+        No await here: the check and `Runners.serve_remote`'s connect are one step."""
         slots = self.swarm.engine.supervisor.slots
         slot = slots.get(args.agent_id) if args.agent_id else None
         if slot is None or not slot.remote or slot.link is None:
