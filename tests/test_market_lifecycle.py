@@ -7,7 +7,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import timmy
@@ -167,6 +167,7 @@ def test_only_a_crash_in_the_task_being_worked_spends_its_attempt(am, running, f
 
 
 # -- the compiled engine against the rule ------------------------------------
+@settings(deadline=None)   # the first example imports numba
 @given(st.integers(0, 40))
 def test_the_compiled_kernels_decision_table_is_the_lifecycles_rule(max_attempts):
     from timmy.sim.compiled import failure_actions
