@@ -1,4 +1,5 @@
-"""Simulate a swarm with the live rules on a virtual clock; replay and sweep what was recorded.
+"""Simulate a swarm with the live rules on a virtual clock; replay and sweep what was recorded;
+compare variants in experiments with confidence intervals.
 ``import timmy.sim`` is cheap: each name loads its module on first use.
 """
 
@@ -10,6 +11,7 @@ from typing import TYPE_CHECKING
 _EXPORTS = {
     "simulate": "simulator", "SimRun": "simulator", "Simulator": "simulator",
     "replay": "replays", "replay_summary": "replays",
+    "experiment": "experiments", "Experiment": "experiments",
     "sweep": "sweeps", "load_grid": "sweeps", "check_grid": "sweeps", "local_cluster": "sweeps",
     "Arrival": "workloads", "poisson_arrivals": "workloads", "bursts": "workloads",
     "demo_descriptions": "workloads", "demo_workload": "workloads", "keyword_mix": "workloads",
@@ -18,6 +20,7 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:
+    from timmy.sim.experiments import Experiment, experiment
     from timmy.sim.replays import replay, replay_summary
     from timmy.sim.simulator import SimRun, Simulator, simulate
     from timmy.sim.sweeps import check_grid, load_grid, local_cluster, sweep
