@@ -19,7 +19,8 @@ from timmy.doctor.report import Finding
 CORE = ("anyio", "msgspec", "sqlalchemy", "click", "tqdm", "pyarrow", "rich")
 # The modules each extra of pyproject.toml brings (tests keep the two in step).
 EXTRAS = {
-    "analysis": ("duckdb", "pandas", "matplotlib", "dask", "distributed", "numba"),
+    "analysis": ("duckdb", "pandas", "matplotlib", "dask", "distributed", "numba", "scipy",
+                 "statsmodels"),
     "voice": ("pyttsx3",),
     "llm": ("ollama",),
     "notebooks": ("ipywidgets", "jupyterlab", "voila", "ipykernel"),
