@@ -118,11 +118,13 @@ def _check_workload(workload: object) -> Callable[[int], list]:
 def _draw(make: Callable[[int], list], seed: int) -> list:
     from timmy.sim.workloads import Arrival
 
-    items = list(make(seed))
+    got = make(seed)
+    items = list(got) if isinstance(got, Sequence) and not isinstance(got, str) else None
     if not items or not (all(isinstance(i, str) for i in items)
                          or all(isinstance(i, Arrival) for i in items)):
-        raise ConfigError(f"the workload function gave {len(items)} items for seed {seed}, "
-                          "not a non-empty list of descriptions or of Arrival items",
+        what = f"{len(items)} items" if items is not None else type(got).__name__
+        raise ConfigError(f"the workload function gave {what} for seed {seed}, not a "
+                          "non-empty list of descriptions or of Arrival items",
                           hint="return e.g. demo_descriptions(n, seed) or "
                           "poisson_arrivals(n, rate, seed)")
     return items
@@ -426,11 +428,12 @@ def _compare(pd, stats, multitest, runs, variants, metrics, test, confidence, al
             diff, low, high, n = _interval(stats, x - y, confidence)
             rows.append((a, b, metric, diff, low, high, _paired_p(stats, x, y, test), n))
     df = pd.DataFrame(rows, columns=["a", "b", "metric", "diff", "ci_low", "ci_high", "p", "n"])
+    df = df.astype({"diff": float, "ci_low": float, "ci_high": float, "p": float, "n": int})
     p = df["p"].to_numpy()
     ok = ~np.isnan(p)
     holm = np.full(len(p), np.nan)
     if ok.any():
         holm[ok] = multitest.multipletests(p[ok], alpha=alpha, method="holm")[1]
     df.insert(7, "p_holm", holm)
-    df.insert(8, "significant", np.where(ok, holm < alpha, False))
+    df.insert(8, "significant", np.where(ok, holm < alpha, False).astype(bool))
     return df
