@@ -79,3 +79,11 @@ def test_soak_benchmark_prints_its_figures():
     out = run("soak.py", "--tasks", "200", "--minutes", "0.15", "--sample", "1")
     assert "lost or duplicated: 0" in out and "orphan processes: 0" in out
     assert "MB/hour" in out and "problems 0" in out and "RSS over the run: 0 min" in out
+
+
+@pytest.mark.timeout(150)
+def test_experiment_benchmark_prints_its_figures():
+    out = run("experiment.py", "--tasks", "40", "--replications", "2", "--workers", "1")
+    assert "4 variants x 2 replications x 40 tasks" in out
+    assert "serial" in out and "speed-up" in out
+    assert "same tables serial and on Dask: True" in out
