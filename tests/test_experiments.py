@@ -55,6 +55,10 @@ def test_tables_are_tidy(serial):
     assert ((s["ci_low"] <= s["mean"]) & (s["mean"] <= s["ci_high"])).all()
     assert serial.seeds == [replication_seed(7, r) for r in range(REPS)]
     assert len(set(serial.seeds)) == REPS
+    wide = serial.table()
+    assert list(wide.index) == names
+    assert wide[("mean", "spend")].tolist() == s[s["metric"] == "spend"]["mean"].tolist()
+    assert "4 variants x 8 replications" in repr(serial)
 
 
 def test_common_random_numbers_one_workload_and_seed_per_replication():
