@@ -19,7 +19,7 @@ _WORD = re.compile(r"[a-z0-9]+")
 #: persona is kept well under both; a bigger one is refused when it is made.
 MAX_PERSONA_BYTES = 64 * 1024
 _SPEC_FIELDS = ("id", "name", "role", "description", "capabilities", "rate_sats", "bid_base",
-                "bid_jitter", "preferred_keywords")
+                "bid_jitter", "preferred_keywords", "strategy")
 _ID = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 
 
@@ -70,6 +70,9 @@ class Persona:
     bid_base: int
     bid_jitter: int
     preferred_keywords: tuple[str, ...]
+    #: How it bids (`timmy.market.strategies`): "adaptive" (the default), "truthful",
+    #: "shade:F", "bandit:G".
+    strategy: str = "adaptive"
     # Derived, for word-boundary matching: single words and multi-word phrases.
     _single: frozenset[str] = field(init=False, repr=False, compare=False)
     _phrases: tuple[tuple[str, ...], ...] = field(init=False, repr=False, compare=False)
@@ -78,6 +81,10 @@ class Persona:
         tokens = [tuple(words(k)) for k in self.preferred_keywords]
         object.__setattr__(self, "_single", frozenset(t[0] for t in tokens if len(t) == 1))
         object.__setattr__(self, "_phrases", tuple(t for t in tokens if len(t) > 1))
+        if self.strategy != "adaptive":   # checked and kept in one spelling
+            from timmy.market.strategies import canonical
+
+            object.__setattr__(self, "strategy", canonical(self.strategy))
         _check_size(self)
 
     def matched_keywords(self, description: str) -> list[str]:
@@ -219,6 +226,15 @@ def persona_from_dict(data: dict[str, Any], where: str = "<dict>") -> Persona:
         lists[name] = tuple(value)
     if not lists["preferred_keywords"]:
         raise bad("preferred_keywords", "must list at least one keyword")
+    strategy = data.get("strategy", "adaptive")
+    if strategy != "adaptive":
+        from timmy.market.strategies import canonical
+
+        try:
+            strategy = canonical(strategy)
+        except PersonaError as exc:
+            raise PersonaError(f"{where}: field 'strategy': {exc.message}",
+                               hint=exc.hint) from None
     try:
         return Persona(
             id=pid,
@@ -230,6 +246,7 @@ def persona_from_dict(data: dict[str, Any], where: str = "<dict>") -> Persona:
             bid_base=ints["bid_base"],
             bid_jitter=ints["bid_jitter"],
             preferred_keywords=lists["preferred_keywords"],
+            strategy=strategy,
         )
     except PersonaError as exc:
         raise PersonaError(f"{where}: {exc.message}", hint=exc.hint) from None

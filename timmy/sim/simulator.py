@@ -26,6 +26,7 @@ from timmy.market.lifecycle import (
     after_runner_exit,
 )
 from timmy.market.personas import PERSONAS, Persona
+from timmy.market.strategies import record_auction
 from timmy.sim.workloads import Arrival
 
 TABLES = ("tasks", "bids", "agents", "events")
@@ -221,7 +222,9 @@ class Simulator:
         for b in bids:
             self.rows.add("bids", None, task.task_id, attempt, auction_id, b.agent_id, b.sats,
                           b.on_spec, b.agent_id == winner, self.rule, self.now)
-            self.by_id[b.agent_id].stats.record_auction(b.agent_id == winner)
+            bidder = self.by_id[b.agent_id]
+            record_auction(bidder.persona, bidder.stats, b.agent_id == winner, b.sats,
+                           b.on_spec, clearing.price_sats)
         self._event("auction_closed", task.task_id, winner)
         agent = self.by_id[winner]
         q = quotes[winner]
