@@ -224,9 +224,9 @@ def strategy_range(persona: Persona, on_spec: bool) -> tuple[int, int]:
 
 __all__ = [
     "MARKUPS",
-    "canonical",
     "STRATEGIES",
     "arm_of",
+    "canonical",
     "choose_arm",
     "cost",
     "learn",

@@ -458,8 +458,9 @@ def simulate(workload: Sequence[str] | Sequence[Arrival], *, personas=None, seed
     that a runner dies during a task (keyed like bids); it is back after
     ``restart_seconds`` with what it had learned, as live. ``out``: stream the
     tables to Parquet files in that directory as they are made. ``engine``: "python"
-    (the reference), "compiled" (numba; descriptions only) or "auto" (compiled for
-    descriptions when numba is installed).
+    (the reference), "compiled" (numba; descriptions only; personas of the "adaptive"
+    strategy only) or "auto" (compiled for descriptions when numba is installed and every
+    persona bids "adaptive", else python).
 
     It runs the same code as a live swarm: the same keyed draws (seed, agent_id,
     task_id, attempt), the same learned counters per runner, the same clearing rules,
@@ -487,7 +488,13 @@ def simulate(workload: Sequence[str] | Sequence[Arrival], *, personas=None, seed
     if crash_rate and engine == "compiled":
         raise ConfigError("the compiled engine does not simulate runner crashes",
                           hint='use engine="python" (or "auto") with crash_rate')
-    compiled = (sequential and not crash_rate and engine != "python"
+    strategies = sorted({a.persona.strategy for a in sim.agents} - {"adaptive"})
+    if strategies and engine == "compiled":   # "auto" takes the python engine for them
+        raise ConfigError(f"the compiled engine bids with the adaptive strategy only, not "
+                          f"{', '.join(strategies)}",
+                          hint='use engine="python" (or "auto") with personas of other '
+                               "strategies")
+    compiled = (sequential and not crash_rate and not strategies and engine != "python"
                 and _numba_available(engine))
     sink = Sink(out)
     bar = None
