@@ -13,6 +13,7 @@ from typing import Protocol
 
 from timmy.errors import ConfigError
 from timmy.market.personas import Persona
+from timmy.market.strategies import strategy_bid, strategy_range
 
 MIN_BID = 1
 MAX_BID = 200
@@ -199,9 +200,9 @@ def quote_matched(
     matches each description once, not once per bid). A persona whose ``strategy`` is not
     "adaptive" is priced by `timmy.market.strategies.quote_strategy`."""
     if persona.strategy != "adaptive":
-        from timmy.market.strategies import quote_strategy
-
-        return quote_strategy(persona, keywords, rng, stats)
+        on_spec = bool(keywords)
+        return Quote(strategy_bid(persona, on_spec, rng, stats), on_spec,  # type: ignore
+                     keywords)
     jitter = rng.randint(0, persona.bid_jitter)
     if keywords:
         raw = max(MIN_BID, persona.bid_base - jitter)
@@ -263,8 +264,6 @@ def bid_range(persona: Persona, on_spec: bool | None = None) -> tuple[int, int]:
     another ``strategy`` has that strategy's range (`timmy.market.strategies.strategy_range`).
     """
     if persona.strategy != "adaptive":
-        from timmy.market.strategies import strategy_range
-
         if on_spec is None:
             (a, b), (c, d) = strategy_range(persona, True), strategy_range(persona, False)
             return min(a, c), max(b, d)

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from timmy.errors import PersonaError
+from timmy.market.strategies import canonical
 
 _WORD = re.compile(r"[a-z0-9]+")
 #: A persona goes to its runner process as one command-line argument (JSON). Linux refuses
@@ -30,7 +31,8 @@ def words(text: str) -> list[str]:
 
 def _check_size(persona: Persona) -> None:
     """Refuse a persona too big to hand to its runner on the command line."""
-    spec = {f: getattr(persona, f) for f in _SPEC_FIELDS}
+    spec = {f: getattr(persona, f) for f in _SPEC_FIELDS
+            if f != "strategy" or persona.strategy != "adaptive"}   # as a runner gets it
     size = len(json.dumps(spec, ensure_ascii=False, separators=(",", ":")).encode())
     if size <= MAX_PERSONA_BYTES:
         return
@@ -82,8 +84,6 @@ class Persona:
         object.__setattr__(self, "_single", frozenset(t[0] for t in tokens if len(t) == 1))
         object.__setattr__(self, "_phrases", tuple(t for t in tokens if len(t) > 1))
         if self.strategy != "adaptive":   # checked and kept in one spelling
-            from timmy.market.strategies import canonical
-
             object.__setattr__(self, "strategy", canonical(self.strategy))
         _check_size(self)
 
@@ -228,8 +228,6 @@ def persona_from_dict(data: dict[str, Any], where: str = "<dict>") -> Persona:
         raise bad("preferred_keywords", "must list at least one keyword")
     strategy = data.get("strategy", "adaptive")
     if strategy != "adaptive":
-        from timmy.market.strategies import canonical
-
         try:
             strategy = canonical(strategy)
         except PersonaError as exc:

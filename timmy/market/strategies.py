@@ -30,21 +30,18 @@ from __future__ import annotations
 
 import math
 from functools import lru_cache
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 from timmy.errors import PersonaError
-from timmy.market.bidding import (
-    MAX_BID,
-    MIN_BID,
-    OFF_SPEC_FACTOR,
-    BidStats,
-    Quote,
-    Rng,
-    quote_matched,
-)
 
-if TYPE_CHECKING:
-    from timmy.market.personas import Persona
+# Kept equal to `timmy.market.bidding`'s (a test checks): this module sits below bidding,
+# which hands it every persona that does not bid "adaptive".
+MIN_BID, MAX_BID, OFF_SPEC_FACTOR = 1, 200, 1.8
+
+
+class Draws(Protocol):
+    def random(self) -> float: ...
+
 
 ADAPTIVE, TRUTHFUL, SHADE, BANDIT = "adaptive", "truthful", "shade", "bandit"
 #: The strategy names, and the default parameter of those that take one.
@@ -97,7 +94,7 @@ def _parse(text: str) -> tuple[str, float | None]:
     return name, value
 
 
-def cost(persona: Persona, on_spec: bool) -> int:
+def cost(persona: Any, on_spec: bool) -> int:
     """What a task costs ``persona``: ``bid_base`` on-spec, ``floor(1.8 * bid_base)``
     off-spec (not clamped: `price` keeps bids within [`MIN_BID`, `MAX_BID`])."""
     return persona.bid_base if on_spec else math.floor(OFF_SPEC_FACTOR * persona.bid_base)
@@ -120,15 +117,15 @@ def probabilities(log_weights: list[float] | tuple[float, ...], gamma: float) ->
     return [(1.0 - gamma) * x / total + gamma / k for x in w]
 
 
-def _weights(stats: BidStats | None) -> list[float]:
+def _weights(stats: Any) -> list[float]:
     if stats is None or not stats.bandit:
         return [0.0] * len(MARKUPS)
     return stats.bandit
 
 
-def choose_arm(stats: BidStats | None, gamma: float, rng: Rng) -> int:
+def choose_arm(stats: Any, gamma: float, rng: Draws) -> int:
     """The arm drawn with one of the bid's keyed draws (``rng.random()``)."""
-    u = rng.random()  # type: ignore[attr-defined]
+    u = rng.random()
     acc = 0.0
     probs = probabilities(_weights(stats), gamma)
     for k, p in enumerate(probs):
@@ -157,25 +154,22 @@ def reward(cost_sats: int, price_sats: int) -> float:
 # -- quoting, learning, ranges -------------------------------------------------------------
 
 
-def quote_strategy(persona: Persona, keywords: tuple[str, ...], rng: Rng,
-                   stats: BidStats | None = None) -> Quote:
-    """``persona``'s bid under its strategy, for a description that matched ``keywords``
-    (`timmy.market.bidding.quote_matched` hands every non-adaptive persona here)."""
+def strategy_bid(persona: Any, on_spec: bool, rng: Draws, stats: Any = None) -> int:
+    """The sats ``persona`` bids under its (non-adaptive) strategy on a task on its
+    speciality or not; ``stats``: its learned `timmy.market.bidding.BidStats`.
+    (`timmy.market.bidding.quote_matched` hands every non-adaptive persona here.)"""
     name, param = parse_strategy(persona.strategy)
-    on_spec = bool(keywords)
     c = cost(persona, on_spec)
+    if name == SHADE:
+        return price(c, param)  # type: ignore[arg-type]
+    if name == BANDIT:
+        return price(c, MARKUPS[choose_arm(stats, param, rng)])  # type: ignore[arg-type]
     if name == TRUTHFUL:
-        sats = price(c, 0.0)
-    elif name == SHADE:
-        sats = price(c, param)  # type: ignore[arg-type]
-    elif name == BANDIT:
-        sats = price(c, MARKUPS[choose_arm(stats, param, rng)])  # type: ignore[arg-type]
-    else:
-        return quote_matched(persona, keywords, rng, stats)
-    return Quote(sats, on_spec, keywords)
+        return price(c, 0.0)
+    raise ValueError("the adaptive rule is timmy.market.bidding.quote_matched")
 
 
-def learn(persona: Persona, stats: BidStats, won: bool, sats: int, on_spec: bool,
+def learn(persona: Any, stats: Any, won: bool, sats: int, on_spec: bool,
           price_sats: int | None) -> None:
     """What ``persona`` learns from an auction it bid ``sats`` in, beyond the counters
     (`BidStats.record_auction`): a bandit's weights after a win; nothing otherwise."""
@@ -195,7 +189,7 @@ def learn(persona: Persona, stats: BidStats, won: bool, sats: int, on_spec: bool
     stats.bandit = [w - top for w in weights]   # kept near 0: no overflow however long it runs
 
 
-def record_auction(persona: Persona, stats: BidStats, won: bool, sats: int, on_spec: bool,
+def record_auction(persona: Any, stats: Any, won: bool, sats: int, on_spec: bool,
                    price_sats: int | None) -> None:
     """Count one closed auction (`BidStats.record_auction`) and `learn` from it."""
     stats.record_auction(won)
@@ -203,14 +197,14 @@ def record_auction(persona: Persona, stats: BidStats, won: bool, sats: int, on_s
         learn(persona, stats, won, sats, on_spec, price_sats)
 
 
-def markup(stats: BidStats | None, gamma: float = STRATEGIES[BANDIT]) -> float:  # type: ignore
+def markup(stats: Any, gamma: float = STRATEGIES[BANDIT]) -> float:  # type: ignore
     """The bandit's expected markup under its current weights."""
     return sum(p * m for p, m in zip(probabilities(_weights(stats), gamma), MARKUPS,
                                      strict=True))
 
 
 @lru_cache(maxsize=1024)
-def strategy_range(persona: Persona, on_spec: bool) -> tuple[int, int]:
+def strategy_range(persona: Any, on_spec: bool) -> tuple[int, int]:
     """The lowest and highest sats a non-adaptive strategy can bid (adaptive:
     `timmy.market.bidding.bid_range`)."""
     name, param = parse_strategy(persona.strategy)
@@ -234,8 +228,8 @@ __all__ = [
     "parse_strategy",
     "price",
     "probabilities",
-    "quote_strategy",
     "record_auction",
     "reward",
+    "strategy_bid",
     "strategy_range",
 ]
