@@ -75,7 +75,7 @@ def test_bids_stay_within_min_and_max_bid():
 def test_the_strategies_module_agrees_with_bidding_on_the_limits():
     assert (strategies.MIN_BID, strategies.MAX_BID, strategies.OFF_SPEC_FACTOR) == (
         bidding.MIN_BID, bidding.MAX_BID, bidding.OFF_SPEC_FACTOR)
-    assert bidding.BANDIT_ARMS == len(MARKUPS)
+    assert len(MARKUPS) == bidding.BANDIT_ARMS
 
 
 # -- persona files --------------------------------------------------------------------------
