@@ -18,6 +18,7 @@ from timmy.engine.supervisor import Supervisor
 from timmy.market.auction import Auction, Bid, Clearing
 from timmy.market.models import BIDDING, Task
 from timmy.market.personas import Words
+from timmy.market.strategies import record_auction
 
 
 @dataclass(eq=False)
@@ -182,6 +183,8 @@ class Auctions:
             return
         data = p.encode(p.AuctionClosed(task_id=open_.task.task_id, winner=winner,
                                         price_sats=price))
-        for aid in bids:
+        for aid, bid in bids.items():
             self.supervisor.send(aid, data)
-            self.agents[aid].stats.record_auction(aid == winner)
+            agent = self.agents[aid]   # its counters and its strategy learn as its runner does
+            record_auction(agent.persona, agent.stats, aid == winner, bid.sats, bid.on_spec,
+                           price)

@@ -18,6 +18,7 @@ from timmy.engine.executors import Outcome, make_executor
 from timmy.errors import ConfigError, PersonaError, TimmyError
 from timmy.market.bidding import BidStats, bid_rng, quote
 from timmy.market.personas import Persona, get_persona, persona_from_dict
+from timmy.market.strategies import record_auction
 
 READ_SIZE = 1 << 16
 
@@ -38,7 +39,8 @@ class Runner:
         self.persona, self.agent_id, self.seed = persona, agent_id, seed
         self.executor = executor
         self.stats = stats or BidStats()
-        self.quotes: dict[int, tuple[bool, tuple[str, ...]]] = {}  # task -> (on_spec, keywords)
+        # task -> (on_spec, keywords, sats): what it bid, until the task is done or lost
+        self.quotes: dict[int, tuple[bool, tuple[str, ...], int]] = {}
         self._out_fd = out_fd
         # Bumped when a remote runner's connection is replaced: work and answers meant for
         # a lost connection are dropped, never written to the next one.
@@ -83,11 +85,15 @@ class Runner:
                 q = quote(self.persona, desc, rng, self.stats)
                 if len(self.quotes) > 10_000:  # forget auctions whose close never came
                     self.quotes.clear()
-                self.quotes[tid] = (q.on_spec, q.keywords)
+                self.quotes[tid] = (q.on_spec, q.keywords, q.sats)
                 out.append(p.encode(p.Bid(task_id=tid, sats=q.sats, on_spec=q.on_spec)))
-            case p.AuctionClosed(task_id=tid, winner=winner):
+            case p.AuctionClosed(task_id=tid, winner=winner, price_sats=price):
                 won = winner == self.agent_id
-                self.stats.record_auction(won)
+                bid = self.quotes.get(tid)
+                if bid is None:   # no bid of ours in memory: only the counters learn
+                    self.stats.record_auction(won)
+                else:             # the strategy learns too (a bandit from its wins)
+                    record_auction(self.persona, self.stats, won, bid[2], bid[0], price)
                 if not won:
                     self.quotes.pop(tid, None)
             case p.Assign(task_id=tid, description=desc, attempt=attempt):
@@ -104,7 +110,7 @@ class Runner:
         return True
 
     def _execute(self, tid: int, desc: str, attempt: int) -> bytes:
-        on_spec, keywords = self.quotes.pop(tid, (None, ()))
+        on_spec, keywords, _ = self.quotes.pop(tid, (None, (), 0))
         if on_spec is None:  # assigned without our bid in memory (e.g. after a restart)
             on_spec = self.persona.is_on_spec(desc)
             keywords = tuple(self.persona.matched_keywords(desc))

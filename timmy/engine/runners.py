@@ -37,7 +37,10 @@ def persona_fields(persona: Persona) -> dict:
     """A persona as `timmy.market.personas.persona_from_dict` reads it back (for a runner)."""
     fields = ("id", "name", "role", "description", "capabilities", "rate_sats", "bid_base",
               "bid_jitter", "preferred_keywords")
-    return {f: getattr(persona, f) for f in fields}
+    out = {f: getattr(persona, f) for f in fields}
+    if persona.strategy != "adaptive":   # only then: an older runner reads the rest
+        out["strategy"] = persona.strategy
+    return out
 
 
 class Runners:

@@ -13,12 +13,15 @@ from typing import Protocol
 
 from timmy.errors import ConfigError
 from timmy.market.personas import Persona
+from timmy.market.strategies import strategy_bid, strategy_range
 
 MIN_BID = 1
 MAX_BID = 200
 MIN_OUTCOMES = 3
 PROVEN_AFTER = 3
 OFF_SPEC_FACTOR = 1.8
+
+BANDIT_ARMS = 7   # len(timmy.market.strategies.MARKUPS)
 
 _MASK = (1 << 64) - 1
 _GOLDEN = 0x9E3779B97F4A7C15
@@ -96,6 +99,9 @@ class BidStats:
     won_ok: int = 0
     won_failed: int = 0
     keyword_successes: dict[str, int] = field(default_factory=dict)
+    # A "bandit" persona's EXP3 log-weights, one per arm of `strategies.MARKUPS` (empty:
+    # none learned, or another strategy). Updated by `timmy.market.strategies.learn`.
+    bandit: list[float] = field(default_factory=list)
 
     def record_auction(self, won: bool) -> None:
         """Count one closed auction this persona bid in."""
@@ -149,11 +155,18 @@ class BidStats:
             if min([*counts.values(), *keywords.values(), 0]) < 0 \
                     or counts["wins"] > counts["auctions"]:
                 raise ValueError("counts must be >= 0 and wins <= auctions")
+            bandit = data.get("bandit") or []  # type: ignore[attr-defined]
+            if isinstance(bandit, str | bytes | dict):
+                raise TypeError("bandit must be a list of numbers")
+            bandit = [float(w) for w in bandit]
+            if bandit and (len(bandit) != BANDIT_ARMS
+                           or not all(math.isfinite(w) for w in bandit)):
+                raise ValueError(f"bandit must be {BANDIT_ARMS} finite numbers")
         except (ValueError, TypeError, AttributeError) as exc:
             raise ConfigError(f"{where} is not a set of learned counters: {exc}",
                               hint='e.g. {"auctions": 5, "wins": 1, "won_ok": 1, '
                                    '"won_failed": 0}') from None
-        return cls(**counts, keyword_successes=keywords)
+        return cls(**counts, keyword_successes=keywords, bandit=bandit)
 
     def to_dict(self) -> dict:
         return {
@@ -162,6 +175,7 @@ class BidStats:
             "won_ok": self.won_ok,
             "won_failed": self.won_failed,
             "keyword_successes": dict(self.keyword_successes),
+            **({"bandit": list(self.bandit)} if self.bandit else {}),
         }
 
 
@@ -183,7 +197,12 @@ def quote_matched(
     persona: Persona, keywords: tuple[str, ...], rng: Rng, stats: BidStats | None = None
 ) -> Quote:
     """`quote` for a description whose matched keywords are already known (the simulator
-    matches each description once, not once per bid)."""
+    matches each description once, not once per bid). A persona whose ``strategy`` is not
+    "adaptive" is priced by `timmy.market.strategies.quote_strategy`."""
+    if persona.strategy != "adaptive":
+        on_spec = bool(keywords)
+        return Quote(strategy_bid(persona, on_spec, rng, stats), on_spec,  # type: ignore
+                     keywords)
     jitter = rng.randint(0, persona.bid_jitter)
     if keywords:
         raw = max(MIN_BID, persona.bid_base - jitter)
@@ -241,8 +260,14 @@ def bid_range(persona: Persona, on_spec: bool | None = None) -> tuple[int, int]:
     From the rule: the jitter's ends, scaled by the smallest and the largest multiplier
     the learned counters can give, rounded and kept within [`MIN_BID`, `MAX_BID`] as
     `quote_matched` does (rounding is monotonic, so the ends stay the ends). A bid outside
-    it was not made by this persona's rule: the coordinator refuses it.
+    it was not made by this persona's rule: the coordinator refuses it. A persona with
+    another ``strategy`` has that strategy's range (`timmy.market.strategies.strategy_range`).
     """
+    if persona.strategy != "adaptive":
+        if on_spec is None:
+            (a, b), (c, d) = strategy_range(persona, True), strategy_range(persona, False)
+            return min(a, c), max(b, d)
+        return strategy_range(persona, on_spec)
     if on_spec is None:
         (a, b), (c, d) = bid_range(persona, True), bid_range(persona, False)
         return min(a, c), max(b, d)

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from timmy.errors import PersonaError
+from timmy.market.strategies import canonical
 
 _WORD = re.compile(r"[a-z0-9]+")
 #: A persona goes to its runner process as one command-line argument (JSON). Linux refuses
@@ -19,7 +20,7 @@ _WORD = re.compile(r"[a-z0-9]+")
 #: persona is kept well under both; a bigger one is refused when it is made.
 MAX_PERSONA_BYTES = 64 * 1024
 _SPEC_FIELDS = ("id", "name", "role", "description", "capabilities", "rate_sats", "bid_base",
-                "bid_jitter", "preferred_keywords")
+                "bid_jitter", "preferred_keywords", "strategy")
 _ID = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 
 
@@ -30,7 +31,8 @@ def words(text: str) -> list[str]:
 
 def _check_size(persona: Persona) -> None:
     """Refuse a persona too big to hand to its runner on the command line."""
-    spec = {f: getattr(persona, f) for f in _SPEC_FIELDS}
+    spec = {f: getattr(persona, f) for f in _SPEC_FIELDS
+            if f != "strategy" or persona.strategy != "adaptive"}   # as a runner gets it
     size = len(json.dumps(spec, ensure_ascii=False, separators=(",", ":")).encode())
     if size <= MAX_PERSONA_BYTES:
         return
@@ -70,6 +72,9 @@ class Persona:
     bid_base: int
     bid_jitter: int
     preferred_keywords: tuple[str, ...]
+    #: How it bids (`timmy.market.strategies`): "adaptive" (the default), "truthful",
+    #: "shade:F", "bandit:G".
+    strategy: str = "adaptive"
     # Derived, for word-boundary matching: single words and multi-word phrases.
     _single: frozenset[str] = field(init=False, repr=False, compare=False)
     _phrases: tuple[tuple[str, ...], ...] = field(init=False, repr=False, compare=False)
@@ -78,6 +83,8 @@ class Persona:
         tokens = [tuple(words(k)) for k in self.preferred_keywords]
         object.__setattr__(self, "_single", frozenset(t[0] for t in tokens if len(t) == 1))
         object.__setattr__(self, "_phrases", tuple(t for t in tokens if len(t) > 1))
+        if self.strategy != "adaptive":   # checked and kept in one spelling
+            object.__setattr__(self, "strategy", canonical(self.strategy))
         _check_size(self)
 
     def matched_keywords(self, description: str) -> list[str]:
@@ -219,6 +226,13 @@ def persona_from_dict(data: dict[str, Any], where: str = "<dict>") -> Persona:
         lists[name] = tuple(value)
     if not lists["preferred_keywords"]:
         raise bad("preferred_keywords", "must list at least one keyword")
+    strategy = data.get("strategy", "adaptive")
+    if strategy != "adaptive":
+        try:
+            strategy = canonical(strategy)
+        except PersonaError as exc:
+            raise PersonaError(f"{where}: field 'strategy': {exc.message}",
+                               hint=exc.hint) from None
     try:
         return Persona(
             id=pid,
@@ -230,6 +244,7 @@ def persona_from_dict(data: dict[str, Any], where: str = "<dict>") -> Persona:
             bid_base=ints["bid_base"],
             bid_jitter=ints["bid_jitter"],
             preferred_keywords=lists["preferred_keywords"],
+            strategy=strategy,
         )
     except PersonaError as exc:
         raise PersonaError(f"{where}: {exc.message}", hint=exc.hint) from None

@@ -9,6 +9,7 @@ import numpy as np
 from numba import njit
 
 from timmy.engine.executors import OFF_SPEC_SUCCESS, ON_SPEC_SUCCESS
+from timmy.errors import ConfigError
 from timmy.market.bidding import (
     MAX_BID,
     MIN_BID,
@@ -264,8 +265,13 @@ def simulate_sequential(descriptions, *, catalog, agent_ids, seed, rule, task_se
     so a long run can stream to Parquet with flat memory.
 
     It covers the sequential mode only (one task in flight, all runners idle at each
-    auction); arrivals on a clock stay in the Python engine.
+    auction) and the "adaptive" bidding strategy only (`ConfigError` for a persona of
+    another: `timmy.market.strategies`); arrivals on a clock stay in the Python engine.
     """
+    others = sorted({catalog[a.rsplit("-", 1)[0]].strategy for a in agent_ids} - {"adaptive"})
+    if others:   # never silently different: the other strategies are the python engine's
+        raise ConfigError(f"the compiled engine bids with the adaptive strategy only, not "
+                          f"{', '.join(others)}", hint='use engine="python" (or "auto")')
     chunk = chunk or CHUNK
     actions = failure_actions(max_attempts)
     arr = _arrays(descriptions, catalog, agent_ids)

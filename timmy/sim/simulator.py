@@ -26,6 +26,7 @@ from timmy.market.lifecycle import (
     after_runner_exit,
 )
 from timmy.market.personas import PERSONAS, Persona
+from timmy.market.strategies import record_auction
 from timmy.sim.workloads import Arrival
 
 TABLES = ("tasks", "bids", "agents", "events")
@@ -221,7 +222,9 @@ class Simulator:
         for b in bids:
             self.rows.add("bids", None, task.task_id, attempt, auction_id, b.agent_id, b.sats,
                           b.on_spec, b.agent_id == winner, self.rule, self.now)
-            self.by_id[b.agent_id].stats.record_auction(b.agent_id == winner)
+            bidder = self.by_id[b.agent_id]
+            record_auction(bidder.persona, bidder.stats, b.agent_id == winner, b.sats,
+                           b.on_spec, clearing.price_sats)
         self._event("auction_closed", task.task_id, winner)
         agent = self.by_id[winner]
         q = quotes[winner]
@@ -455,8 +458,9 @@ def simulate(workload: Sequence[str] | Sequence[Arrival], *, personas=None, seed
     that a runner dies during a task (keyed like bids); it is back after
     ``restart_seconds`` with what it had learned, as live. ``out``: stream the
     tables to Parquet files in that directory as they are made. ``engine``: "python"
-    (the reference), "compiled" (numba; descriptions only) or "auto" (compiled for
-    descriptions when numba is installed).
+    (the reference), "compiled" (numba; descriptions only; personas of the "adaptive"
+    strategy only) or "auto" (compiled for descriptions when numba is installed and every
+    persona bids "adaptive", else python).
 
     It runs the same code as a live swarm: the same keyed draws (seed, agent_id,
     task_id, attempt), the same learned counters per runner, the same clearing rules,
@@ -484,7 +488,13 @@ def simulate(workload: Sequence[str] | Sequence[Arrival], *, personas=None, seed
     if crash_rate and engine == "compiled":
         raise ConfigError("the compiled engine does not simulate runner crashes",
                           hint='use engine="python" (or "auto") with crash_rate')
-    compiled = (sequential and not crash_rate and engine != "python"
+    strategies = sorted({a.persona.strategy for a in sim.agents} - {"adaptive"})
+    if strategies and engine == "compiled":   # "auto" takes the python engine for them
+        raise ConfigError(f"the compiled engine bids with the adaptive strategy only, not "
+                          f"{', '.join(strategies)}",
+                          hint='use engine="python" (or "auto") with personas of other '
+                               "strategies")
+    compiled = (sequential and not crash_rate and not strategies and engine != "python"
                 and _numba_available(engine))
     sink = Sink(out)
     bar = None
