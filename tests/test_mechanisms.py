@@ -215,10 +215,15 @@ def live_run(tmp_path, descriptions, **kwargs):
         return tasks, list(swarm.iter_bids()), list(swarm.iter_events())
 
 
+def nan_none(v):
+    return None if v != v else v
+
+
 def assert_same(live, live_bids, run):
     sim = list(run.tasks.itertuples())
     assert [(t.task_id, t.status, t.assigned_agent, t.price_sats, t.attempts) for t in live] \
-        == [(t.task_id, t.status, t.assigned_agent, t.price_sats, t.attempts) for t in sim]
+        == [(t.task_id, t.status, nan_none(t.assigned_agent), nan_none(t.price_sats),
+             t.attempts) for t in sim]
     assert [t.reason for t in live] == [None if r != r else r for r in run.tasks.reason]
     assert sorted((b["task_id"], b["attempt"], b["agent_id"], b["sats"], b["on_spec"], b["won"],
                    b["rule"]) for b in live_bids) == sorted(
@@ -286,14 +291,16 @@ def test_a_failing_mechanism_requeues_live_and_simulated_alike(tmp_path):
     assert t5.status == "failed" and "chose 'nobody-1', which did not bid" in t5.reason
     assert t4.status in ("completed", "failed") and "mechanism" not in (t4.reason or "")
     failed = [e for e in events if e.kind == "mechanism_failed"]
-    assert len(failed) == 6 == int((run.events.kind == "mechanism_failed").sum())
-    assert {e.task_id for e in failed} == {3, 5}
+    bad = {t for t in range(1, 17) if t % 3 == 0 or t % 5 == 0}
+    assert len(failed) == 3 * len(bad) == int((run.events.kind == "mechanism_failed").sum())
+    assert {e.task_id for e in failed} == bad
+    assert all(live[t - 1].status == "failed" for t in bad)
     first = next(e for e in failed if e.task_id == 3)
     assert first.data["rule"] == "flaky" and "ValueError" in first.data["error"]
     requeued = [e for e in events if e.kind == "task_requeued" and e.task_id == 3]
     assert len(requeued) == 2 and "mechanism 'flaky' failed" in requeued[0].data["reason"]
-    # the swarm kept running: every later task was cleared
-    assert [t.status for t in live[5:]].count("failed") < len(live[5:])
+    # the swarm kept running: the other tasks were cleared
+    assert all(live[t - 1].assigned_agent for t in set(range(1, 17)) - bad)
 
 
 def test_a_failing_mechanism_keeps_a_concurrent_swarm_running(make_swarm, eventually):
