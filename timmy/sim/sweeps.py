@@ -117,7 +117,9 @@ def _check_value(where: str, name: str, v: object) -> object:
         try:
             return check_rule(v)   # any registered mechanism (timmy.register_mechanism)
         except TimmyError as e:
-            raise _bad(where, name, f"has a bad rule: {e.message}", hint=e.hint) from None
+            why = (f"has unknown rule {v!r}" if e.message.startswith("unknown clearing rule")
+                   else f"has a bad rule: {e.message}")
+            raise _bad(where, name, why, hint=e.hint) from None
     if name in ("runners", "seed"):
         if isinstance(v, bool) or not isinstance(v, int):
             raise _bad(where, name, f"takes whole numbers, got {v!r}",
