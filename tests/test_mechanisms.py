@@ -410,10 +410,10 @@ def test_serve_with_a_plugin_that_fails_to_import_says_so(tmp_path):
     plugins = write_plugin(tmp_path, "broken", "raise RuntimeError('half-written plugin')\n")
     proc = start_service(tmp_path / "swarm.db", plugins, "--plugin", "broken", "--rule",
                          "plugged")
-    out, err = proc.communicate(timeout=60)
+    _, err = proc.communicate(timeout=60)
     assert proc.returncode != 0
     assert "plugin 'broken' failed to import: RuntimeError: half-written plugin" in err
     assert "register_mechanism" in err          # the hint
     proc = start_service(tmp_path / "swarm.db", plugins, "--rule", "plugged")
-    out, err = proc.communicate(timeout=60)
+    _, err = proc.communicate(timeout=60)
     assert proc.returncode != 0 and "unknown clearing rule 'plugged'" in err
