@@ -43,7 +43,8 @@ def test_the_moves_a_task_may_make():
         assert lc.can_move(state, lc.CANCELLED)
     assert lc.can_move("queued", "bidding") and not lc.can_move("queued", "assigned")
     assert lc.can_move("bidding", "queued")    # nobody with room bid
-    assert lc.can_move("bidding", "assigned") and not lc.can_move("bidding", "failed")
+    assert lc.can_move("bidding", "assigned") and not lc.can_move("bidding", "running")
+    assert lc.can_move("bidding", "failed")   # its mechanism failed on the last attempt
     assert lc.can_move("assigned", "completed")   # "started" may never have arrived
     for held in lc.HELD_STATES:                # a failed or lost attempt
         assert lc.can_move(held, "queued") and lc.can_move(held, "failed")

@@ -22,6 +22,8 @@ _EXPORTS = {
     "Auction": "market.auction",
     "Bid": "market.auction",
     "Clearing": "market.auction",
+    "register_mechanism": "market.mechanisms",
+    "Award": "market.mechanisms",
     "TimmyError": "errors",
     "PersonaError": "errors",
     "ConfigError": "errors",
@@ -68,6 +70,7 @@ if TYPE_CHECKING:
     )
     from timmy.market.auction import Auction, Bid, Clearing
     from timmy.market.bidding import BidStats, compute_bid
+    from timmy.market.mechanisms import Award, register_mechanism
     from timmy.market.models import AgentInfo, Event, Task
     from timmy.market.personas import PERSONAS, Persona
     from timmy.storage.persona_files import load_personas

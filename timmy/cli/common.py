@@ -10,7 +10,7 @@ import click
 
 from timmy.engine.executors import EXECUTORS
 from timmy.errors import ConfigError
-from timmy.market.auction import RULES
+from timmy.market.auction import check_rule
 from timmy.storage.address import DEFAULT_DB
 from timmy.textsafe import clean, text
 
@@ -83,14 +83,47 @@ task_timeout_option = click.option(
          "(an attempt spent; the tasks queued behind it keep theirs). Default: no limit.")
 
 
+def _load_plugins(_ctx, _param, modules: tuple[str, ...]) -> tuple[str, ...]:
+    from timmy.service.host import load_plugins
+
+    try:
+        load_plugins(modules)
+    except ConfigError as exc:
+        raise click.BadParameter(f"{exc.message} (hint: {exc.hint})") from None
+    return modules
+
+
+def _check_rule(_ctx, _param, rule: str) -> str:
+    try:
+        return check_rule(rule)
+    except ConfigError as exc:
+        raise click.BadParameter(f"{exc.message} (hint: {exc.hint})") from None
+
+
+#: ``--plugin MODULE`` (repeatable): imported before anything else (it may register the
+#: mechanism ``--rule`` names).
+plugin_option = click.option(
+    "--plugin", "plugins", multiple=True, metavar="MODULE", is_eager=True,
+    callback=_load_plugins,
+    help="Import this module first (repeatable): one that registers clearing mechanisms "
+         "with timmy.register_mechanism, for --rule.")
+#: ``--rule NAME``: any registered clearing mechanism, with parameters ("score:w_price=0.7").
+rule_option = click.option(
+    "--rule", default="specialist_first", show_default=True, metavar="NAME[:K=V,...]",
+    callback=_check_rule,
+    help="Clearing rule of every auction: specialist_first, lowest, second_price, "
+         "first_price, reputation, score (e.g. score:w_price=0.7), or one registered by a "
+         "--plugin.")
+
+
 def swarm_options(command):
     """--seed, --rule, --executor, --task-seconds, --model: how a live swarm behaves (run,
     serve)."""
     options = [
         click.option("--seed", default=1, show_default=True, type=int,
                      help="Seeds the bids and the simulated executions."),
-        click.option("--rule", type=click.Choice(RULES), default="specialist_first",
-                     show_default=True, help="Clearing rule of every auction."),
+        rule_option,
+        plugin_option,
         click.option("--executor", type=click.Choice(EXECUTORS), default="simulated",
                      show_default=True, help="What a runner does with a task it won."),
         click.option("--task-seconds", default=0.05, show_default=True,

@@ -14,13 +14,14 @@ from timmy.cli.common import (
     SEQUENTIAL_HELP,
     make_console,
     model_option,
+    plugin_option,
+    rule_option,
     say_executor,
     status_line,
     swarm_options,
     task_timeout_option,
 )
 from timmy.errors import ConfigError, StoreError
-from timmy.market.auction import RULES
 from timmy.market.models import TERMINAL_STATES
 from timmy.storage.address import db_url, describe_db
 from timmy.textsafe import clean, text
@@ -194,8 +195,8 @@ def report_run(swarm, results: Sequence, catalog: dict, title: str, mark: int = 
 @click.option("--out", default=DEMO_EXPORT, show_default=True, metavar="DIR",
               type=click.Path(file_okay=False, path_type=Path),
               help="Directory for the Parquet export (tasks, bids, agents, events).")
-@click.option("--rule", type=click.Choice(RULES), default="specialist_first",
-              show_default=True, help="Clearing rule of every auction.")
+@rule_option
+@plugin_option
 @click.option("--task-seconds", default=0.01, show_default=True,
               type=click.FloatRange(0, 3600), help="Mean simulated task duration.")
 @click.option("--timeout", default=600.0, show_default=True, type=click.FloatRange(min=0.001),
@@ -204,7 +205,8 @@ def report_run(swarm, results: Sequence, catalog: dict, title: str, mark: int = 
               help=SEQUENTIAL_HELP)
 @task_timeout_option
 def demo_cmd(db: str | None, n_tasks: int, seed: int, out: Path, rule: str, task_seconds: float,
-         timeout: float, sequential: bool, task_timeout: float | None = None) -> None:
+         timeout: float, sequential: bool, task_timeout: float | None = None,
+         plugins: tuple[str, ...] = ()) -> None:
     """Run a seeded workload through a live nine-persona swarm and show who won what.
 
     Starts one runner process per built-in persona on an embedded SQLite
@@ -256,7 +258,8 @@ def demo_cmd(db: str | None, n_tasks: int, seed: int, out: Path, rule: str, task
               help=SEQUENTIAL_HELP)
 def run_cmd(tasks_file: Path, db: str, seed: int, rule: str, executor: str, task_seconds: float,
         models: tuple[str, ...], timeout: float, personas_file: Path | None, show: int,
-        sequential: bool, task_timeout: float | None = None) -> None:
+        sequential: bool, task_timeout: float | None = None,
+        plugins: tuple[str, ...] = ()) -> None:
     """Run the tasks in TASKS.txt through a live swarm, one task per line.
 
     Empty lines and lines starting with # are skipped. One runner per persona

@@ -128,8 +128,12 @@ def serve_cmd(db: str, host: str, port: int, token: str | None, allow_remote: bo
               max_handshakes: int,
               send_timeout: float, first_line_timeout: float, max_restarts: int,
               max_queued: int, hello_timeout: float, task_timeout: float | None = None,
-              ping_interval: float = 5.0, ping_timeout: float = 30.0) -> None:
+              ping_interval: float = 5.0, ping_timeout: float = 30.0,
+              plugins: tuple[str, ...] = ()) -> None:
     """Host one swarm until Ctrl-C or SIGTERM; `timmy.Swarm.attach(url)` talks to it.
+
+    ``--plugin MODULE`` imports a module before the swarm starts: one that registers the
+    clearing mechanism ``--rule`` names (`timmy.register_mechanism`).
 
     The control endpoint speaks JSON lines on loopback and needs a token: the
     first start makes one, stores it with mode 0600 beside the database
@@ -189,7 +193,7 @@ def serve_cmd(db: str, host: str, port: int, token: str | None, allow_remote: bo
                 max_handshakes=max_handshakes,
                 first_line_timeout=first_line_timeout, on_ready=ready, seed=seed,
                 rule=rule, executor=executor, task_seconds=task_seconds,
-                runner_token=runner_token, **options)
+                runner_token=runner_token, plugins=plugins, **options)
     click.echo("timmy serve: stopped (runners stopped, everything saved)")
 
 

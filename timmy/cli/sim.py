@@ -10,8 +10,13 @@ from pathlib import Path
 
 import click
 
-from timmy.cli.common import CONTEXT_SETTINGS, frame_table, make_console
-from timmy.market.auction import RULES
+from timmy.cli.common import (
+    CONTEXT_SETTINGS,
+    frame_table,
+    make_console,
+    plugin_option,
+    rule_option,
+)
 from timmy.textsafe import text
 
 
@@ -19,8 +24,8 @@ from timmy.textsafe import text
                short_help="Simulate N seeded tasks with the live rules; show who won.")
 @click.option("--tasks", "n_tasks", default=100_000, show_default=True,
               type=click.IntRange(min=1), help="How many demo tasks to simulate.")
-@click.option("--rule", type=click.Choice(RULES), default="specialist_first", show_default=True,
-              help="The clearing rule.")
+@rule_option
+@plugin_option
 @click.option("--seed", default=1, show_default=True, type=int,
               help="Seeds the workload, the bids and the simulated executions.")
 @click.option("--runners", default=1, show_default=True, type=click.IntRange(min=1),
@@ -32,7 +37,7 @@ from timmy.textsafe import text
 @click.option("--engine", type=click.Choice(["auto", "python", "compiled"]), default="auto",
               show_default=True, help="compiled (numba) or the python reference.")
 def simulate_cmd(n_tasks: int, rule: str, seed: int, runners: int, task_seconds: float,
-                 out: Path | None, engine: str) -> None:
+                 out: Path | None, engine: str, plugins: tuple[str, ...] = ()) -> None:
     """Simulate the demo workload, one task at a time, with the live engine's rules.
 
     The same seed gives the same winners and prices as `timmy demo --sequential`

@@ -3,9 +3,10 @@ window, clearing them and recording their bids."""
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 import anyio
@@ -16,10 +17,12 @@ from timmy.engine.config import Config
 from timmy.engine.journal import Journal
 from timmy.engine.supervisor import Supervisor
 from timmy.market.auction import Auction, Bid, Clearing
+from timmy.market.mechanisms import MECHANISM_FAILED
 from timmy.market.models import BIDDING, Task
 from timmy.market.personas import Words
 from timmy.market.strategies import record_auction
 
+log = logging.getLogger(__name__)
 
 @dataclass(eq=False)
 class OpenAuction:
@@ -61,13 +64,17 @@ class Auctions:
         self.open: dict[int, OpenAuction] = {}
         self.supervisor: Supervisor | None = None
         self.refused = 0      # bids outside their persona's range (see bid)
+        # agent_id -> reliability in [0, 1] for the mechanisms that use it; empty (everyone
+        # 1.0) until agents have a reputation (issue 14, point 5, sets it here)
+        self.reputation: Mapping[str, float] = {}
         self._deadlines: deque[OpenAuction] = deque()
         self._wake = anyio.Event()
 
     def begin(self, task: Task, live: list[str], deadline: float) -> OpenAuction:
         """Open an auction for ``task`` among the ``live`` runners (announced by `announce`)."""
         attempt = task.attempts + 1
-        open_ = OpenAuction(Auction(task.task_id, live, self.cfg.rule), task, attempt, deadline)
+        open_ = OpenAuction(Auction(task.task_id, live, self.cfg.rule,
+                                    description=task.description), task, attempt, deadline)
         self.open[task.task_id] = open_
         self._deadlines.append(open_)
         task.status = BIDDING
@@ -162,12 +169,17 @@ class Auctions:
         cap = self.cfg.runner_queue
         unavailable = [a for a in auction.bids
                        if not self.agents[a].alive or len(self.agents[a].tasks) >= cap]
-        clearing = auction.close(unavailable=unavailable)
+        clearing = auction.close(unavailable=unavailable, reputation=self.reputation)
         winner = clearing.winner
         self.record(open_, auction.bids.values(), winner)
         self.journal.emit("auction_closed", tid, winner, price_sats=clearing.price_sats,
                           rule=self.cfg.rule, why=clearing.reason, bids=len(auction.bids),
                           closed_by=reason, attempt=open_.attempt)
+        if clearing.error is not None:   # the coordinator re-queues the task
+            log.warning("clearing mechanism %r failed on task %s (attempt %s): %s",
+                        self.cfg.rule, tid, open_.attempt, clearing.error)
+            self.journal.emit(MECHANISM_FAILED, tid, rule=self.cfg.rule, error=clearing.error,
+                              attempt=open_.attempt)
         self._tell_bidders(open_, winner, clearing.price_sats)
         return clearing
 

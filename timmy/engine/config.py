@@ -24,7 +24,7 @@ class Config:
     executor: str = "simulated"
     task_seconds: float = 0.05
     auction_window: float = 2.0
-    rule: str = "specialist_first"
+    rule: str = "specialist_first"   # any registered mechanism (timmy.market.mechanisms)
     max_attempts: int = 3
     personas: dict[str, Persona] = field(default_factory=lambda: dict(PERSONAS))
     restart: RestartPolicy = field(default_factory=RestartPolicy)

@@ -34,6 +34,7 @@ from timmy.market.lifecycle import (
     after_runner_exit,
     exit_how,
 )
+from timmy.market.mechanisms import after_mechanism_failure
 from timmy.market.models import (
     ASSIGNED,
     BIDDING,
@@ -323,11 +324,16 @@ class Coordinator:
 
     def _close_auction(self, open_: OpenAuction, reason: str = "complete") -> bool:
         """Clear an auction (`Auctions.clear`) and assign its task to the winner, or queue
-        it again at the front; True when it found a winner."""
+        it again at the front; True when it found a winner (or its mechanism failed and the
+        task is queued again with the attempt spent: `after_mechanism_failure`)."""
         task, tid = open_.task, open_.task.task_id
         clearing = self.auctions.clear(open_, reason)
         now = time.time()
         winner = clearing.winner
+        if clearing.error is not None:
+            self._decided(task, after_mechanism_failure(open_.attempt, self.cfg.max_attempts,
+                                                        self.cfg.rule, clearing.error))
+            return True
         if winner is None:
             task.status = QUEUED
             self._dirty(task)

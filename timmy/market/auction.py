@@ -4,25 +4,24 @@ rules of `clear`. The coordinator decides *when* an auction closes; the auction 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from timmy.errors import ConfigError
+from timmy.market import mechanisms
 
 SPECIALIST_FIRST = "specialist_first"
 LOWEST = "lowest"
 SECOND_PRICE = "second_price"
+#: Today's three rules (every rule name a swarm accepts now: `mechanisms.mechanism_names`).
 RULES = (SPECIALIST_FIRST, LOWEST, SECOND_PRICE)
 
 
 def check_rule(rule: str) -> str:
-    """Return ``rule`` if it is a clearing rule, else raise `ConfigError`."""
-    if rule not in RULES:
-        raise ConfigError(
-            f"unknown clearing rule {rule!r}",
-            hint=f"use one of: {', '.join(RULES)}",
-        )
-    return rule
+    """Return ``rule`` if it names a registered clearing mechanism (see
+    `timmy.market.mechanisms`), else raise `ConfigError`."""
+    if rule in RULES:
+        return rule
+    return mechanisms.check_rule(rule)
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,14 +46,21 @@ class Clearing:
     price_sats: int | None
     bids: tuple[Bid, ...]
     reason: str
+    #: Set when the rule's mechanism raised or lied (then ``winner`` is None): what it did.
+    error: str | None = None
 
     @property
     def winning_bid(self) -> Bid | None:
         return next((b for b in self.bids if b.agent_id == self.winner), None)
 
 
-def clear(task_id: int, bids: Iterable[Bid], rule: str = SPECIALIST_FIRST) -> Clearing:
+def clear(task_id: int, bids: Iterable[Bid], rule: str = SPECIALIST_FIRST, *,
+          description: str = "", reputation: Mapping[str, float] | None = None) -> Clearing:
     """Apply ``rule`` to ``bids``: the winner, the price and a one-line reason.
+
+    Any other registered mechanism (`timmy.market.mechanisms`) is asked with the task's
+    ``description`` and the bidders' ``reputation``; one that raises or lies gives no
+    winner and its ``error``.
 
     The rules:
 
@@ -75,6 +81,10 @@ def clear(task_id: int, bids: Iterable[Bid], rule: str = SPECIALIST_FIRST) -> Cl
     bids = tuple(sorted(bids, key=Bid.order))
     if not bids:
         return Clearing(task_id, rule, None, None, (), "no bids")
+    if rule not in RULES:
+        winner, price, why, error = mechanisms.decide(rule, bids, task_id, description,
+                                                      reputation)
+        return Clearing(task_id, rule, winner, price, bids, why, error)
     if rule == LOWEST:
         best = bids[0]
         kind = "on-spec" if best.on_spec else "off-spec"
@@ -117,6 +127,7 @@ class Auction:
     bids: dict[str, Bid] = field(default_factory=dict)
     declined: set[str] = field(default_factory=set)
     closed: Clearing | None = None
+    description: str = ""   # the task's, for a mechanism's context
 
     def __post_init__(self) -> None:
         check_rule(self.rule)
@@ -158,11 +169,14 @@ class Auction:
         self.bids.pop(agent_id, None)
         self.declined.discard(agent_id)
 
-    def close(self, unavailable: Iterable[str] = ()) -> Clearing:
-        """Close the auction and clear it; bids from ``unavailable`` agents do not count."""
+    def close(self, unavailable: Iterable[str] = (),
+              reputation: Mapping[str, float] | None = None) -> Clearing:
+        """Close the auction and clear it; bids from ``unavailable`` agents do not count.
+        ``reputation``: agent_id -> reliability, for mechanisms that use it."""
         if self.closed is None:
             skip = set(unavailable)
             self.closed = clear(
-                self.task_id, (b for a, b in self.bids.items() if a not in skip), self.rule
+                self.task_id, (b for a, b in self.bids.items() if a not in skip), self.rule,
+                description=self.description, reputation=reputation,
             )
         return self.closed

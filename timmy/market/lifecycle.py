@@ -23,10 +23,12 @@ AGENT_WORKING_STATES = frozenset({"starting", "idle", "busy", "restarting", "dis
 #: or, with no bidder that has room, puts it back in the queue; a runner starts it and
 #: finishes it; a held task goes back to the queue (failed attempt, runner gone, deadline)
 #: or fails; a coordinator that restarts re-queues what it left bidding or held; any
-#: unfinished task may be cancelled. A finished task never moves again.
+#: unfinished task may be cancelled. An auction whose clearing mechanism fails spends the
+#: attempt (`timmy.market.mechanisms.after_mechanism_failure`): bidding -> queued, or failed
+#: on the last one. A finished task never moves again.
 TRANSITIONS: dict[str, frozenset[str]] = {
     QUEUED: frozenset({BIDDING, CANCELLED}),
-    BIDDING: frozenset({QUEUED, ASSIGNED, CANCELLED}),
+    BIDDING: frozenset({QUEUED, ASSIGNED, FAILED, CANCELLED}),
     ASSIGNED: frozenset({RUNNING, QUEUED, COMPLETED, FAILED, CANCELLED}),
     RUNNING: frozenset({QUEUED, COMPLETED, FAILED, CANCELLED}),
     COMPLETED: frozenset(),

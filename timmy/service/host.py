@@ -4,8 +4,10 @@ signal; `run_service` is what ``timmy serve`` calls."""
 from __future__ import annotations
 
 import asyncio
+import importlib
 import ipaddress
-from collections.abc import Callable
+import traceback
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from timmy.engine.protocol import MAX_LINE
@@ -41,6 +43,24 @@ def check_bind(host: str, allow_remote: bool) -> None:
              "or pass --allow-remote on a network you trust")
 
 
+def load_plugins(modules: Iterable[str]) -> list[str]:
+    """Import each module (``timmy serve --plugin MODULE``): one that registers clearing
+    mechanisms with `timmy.register_mechanism` as it is imported. Returns their names;
+    a module that cannot be imported is a `ConfigError` saying why."""
+    loaded = []
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except Exception as exc:  # any error of a plugin is the user's to fix
+            where = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
+            at = f" ({where.filename}:{where.lineno})" if where else ""
+            raise ConfigError(f"plugin {name!r} failed to import: {type(exc).__name__}: {exc}"
+                              f"{at}",
+                              hint="name an importable module (on PYTHONPATH, or installed) "
+                                   "that calls timmy.register_mechanism(name, fn)") from exc
+        loaded.append(name)
+    return loaded
+
 
 async def serve(db: str, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, token: str,
                 allow_remote: bool = False, spawn: bool = True,
@@ -49,8 +69,12 @@ async def serve(db: str, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, 
                 max_handshakes: int = MAX_HANDSHAKES,
                 on_ready: Callable[[str, Any], None] | None = None,
                 stop: asyncio.Event | None = None, mmap_threshold: int | None = None,
-                runner_token: str | None = None, **swarm_options: Any) -> None:
+                runner_token: str | None = None, plugins: Iterable[str] = (),
+                **swarm_options: Any) -> None:
     """Host one swarm on ``db`` until SIGINT/SIGTERM (or ``stop``); stops its runners on exit.
+
+    ``plugins``: modules imported before the swarm starts (`load_plugins`), e.g. ones that
+    register the clearing mechanism named by ``rule``.
 
     ``token`` allows every op; ``runner_token`` (if given) only joining as a remote runner.
 
@@ -64,6 +88,7 @@ async def serve(db: str, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, 
     from timmy.engine.swarm import AsyncSwarm
 
     check_bind(host, allow_remote)
+    load_plugins(plugins)
     async with AsyncSwarm(db, **swarm_options) as swarm:
         swarm.engine.accepts_remote = True   # runners may dial in: no agents is not stalled
         if spawn:

@@ -37,7 +37,9 @@ from timmy.market.lifecycle import (
 )
 
 CHUNK = 100_000   # tasks per kernel call: bounds the memory a long streamed run holds
-RULE_CODES = {"specialist_first": 0, "lowest": 1, "second_price": 2}
+# the rules the kernel clears (first_price is lowest by another name); any other mechanism
+# runs on the Python engine (`timmy.sim.simulator.COMPILED_RULES` lists these names)
+RULE_CODES = {"specialist_first": 0, "lowest": 1, "second_price": 2, "first_price": 1}
 # event kinds (`timmy.market.lifecycle`'s), in the order `sim.Simulator` writes them; the
 # kernel writes their codes (positions here)
 EVENT_KINDS = (AGENT_JOINED, TASK_POSTED, AUCTION_OPENED, AUCTION_CLOSED, TASK_ASSIGNED,

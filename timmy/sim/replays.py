@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from timmy.errors import require
+from timmy.errors import ConfigError, require
 from timmy.market.auction import Bid, check_rule, clear
 
 
@@ -22,6 +22,20 @@ def _bids_table(source):
     return pd.read_parquet(export_files(source)["bids"])
 
 
+def _descriptions(source) -> dict[int, str]:
+    """task_id -> description when ``source`` has its tasks (an export or a SimRun)."""
+    pd = require("pandas", "analysis")
+    if isinstance(source, pd.DataFrame):
+        return {}
+    if hasattr(source, "tasks") and not isinstance(source, str | Path):
+        tasks = source.tasks
+    else:
+        from timmy.analysis.connection import export_files
+
+        tasks = pd.read_parquet(export_files(source)["tasks"], columns=["task_id", "description"])
+    return dict(zip(tasks.task_id.astype(int), tasks.description, strict=True))
+
+
 def replay(source, rule: str):
     """Re-clear every recorded auction of ``source`` under ``rule``; one row per auction.
 
@@ -32,18 +46,28 @@ def replay(source, rule: str):
     cleared again. The replay does not re-run what would have followed (other
     learning, other failures): for that, simulate the workload under the other rule
     with `timmy.sim.simulator.simulate`.
+
+    ``rule``: any registered mechanism (`timmy.market.mechanisms`), asked with the task's
+    description when ``source`` has its tasks, and every bidder's reliability 1.0. A
+    mechanism that fails leaves ``winner`` empty and says why in ``error``.
     """
     pd = require("pandas", "analysis")
     check_rule(rule)
     bids = _bids_table(source)
+    texts = _descriptions(source)
     rows = []
     for (auction_id, task_id, attempt, actual_rule), group in bids.groupby(
             ["auction_id", "task_id", "attempt", "rule"], sort=True):
         recorded = [Bid(a, int(s), bool(o)) for a, s, o in
                     zip(group.agent_id, group.sats, group.on_spec, strict=True)]
         won = group[group.won]
-        actual = clear(int(task_id), recorded, actual_rule) if len(won) else None
-        again = clear(int(task_id), recorded, rule)
+        text = texts.get(int(task_id), "")
+        try:
+            actual = (clear(int(task_id), recorded, actual_rule, description=text)
+                      if len(won) else None)
+        except ConfigError:   # recorded under a mechanism not registered here
+            actual = None
+        again = clear(int(task_id), recorded, rule, description=text)
         actual_winner = won.agent_id.iloc[0] if len(won) else None
         rows.append({
             "task_id": int(task_id), "attempt": int(attempt), "auction_id": int(auction_id),
@@ -56,7 +80,7 @@ def replay(source, rule: str):
             "actual_on_spec": bool(won.on_spec.iloc[0]) if len(won) else None,
             "winner": again.winner, "price": again.price_sats,
             "on_spec": again.winning_bid.on_spec if again.winning_bid else None,
-            "why": again.reason,
+            "why": again.reason, "error": again.error,
         })
     out = pd.DataFrame(rows)
     if not out.empty:

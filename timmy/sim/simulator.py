@@ -25,11 +25,15 @@ from timmy.market.lifecycle import (
     after_failure,
     after_runner_exit,
 )
+from timmy.market.mechanisms import MECHANISM_FAILED, after_mechanism_failure
 from timmy.market.personas import PERSONAS, Persona
 from timmy.market.strategies import record_auction
 from timmy.sim.workloads import Arrival
 
 TABLES = ("tasks", "bids", "agents", "events")
+#: The rules the compiled engine clears (`timmy.sim.compiled.RULE_CODES`); any other
+#: mechanism, built in or registered, runs on the Python engine.
+COMPILED_RULES = frozenset({"specialist_first", "lowest", "second_price", "first_price"})
 STREAM_CRASH = text_key("crash")
 
 
@@ -167,6 +171,9 @@ class Simulator:
         self._event_id = 0
         self._matches: dict[str, dict[str, tuple[str, ...]]] = {}
         self.rows = _Rows()
+        # agent_id -> reliability for the mechanisms that use it: everyone 1.0 until agents
+        # have a reputation (issue 14, point 5), as live (`Auctions.reputation`)
+        self.reputation: dict[str, float] = {}
         for a in self.agents:
             self._event("agent_joined", None, a.agent_id)
 
@@ -217,7 +224,8 @@ class Simulator:
             bids.append(Bid(a.agent_id, q.sats, q.on_spec))
             quotes[a.agent_id] = q
         full = {a.agent_id for a in self.agents if not self._has_room(a)}
-        clearing = clear(task.task_id, [b for b in bids if b.agent_id not in full], self.rule)
+        clearing = clear(task.task_id, [b for b in bids if b.agent_id not in full], self.rule,
+                         description=task.description, reputation=self.reputation)
         winner = clearing.winner
         for b in bids:
             self.rows.add("bids", None, task.task_id, attempt, auction_id, b.agent_id, b.sats,
@@ -226,6 +234,11 @@ class Simulator:
             record_auction(bidder.persona, bidder.stats, b.agent_id == winner, b.sats,
                            b.on_spec, clearing.price_sats)
         self._event("auction_closed", task.task_id, winner)
+        if clearing.error is not None:   # as live: re-queued (or failed), the attempt spent
+            self._event(MECHANISM_FAILED, task.task_id)
+            self._decided(task, after_mechanism_failure(attempt, self.max_attempts, self.rule,
+                                                        clearing.error), None)
+            return
         agent = self.by_id[winner]
         q = quotes[winner]
         task.status, task.agent, task.price = "assigned", winner, clearing.price_sats
@@ -458,9 +471,12 @@ def simulate(workload: Sequence[str] | Sequence[Arrival], *, personas=None, seed
     that a runner dies during a task (keyed like bids); it is back after
     ``restart_seconds`` with what it had learned, as live. ``out``: stream the
     tables to Parquet files in that directory as they are made. ``engine``: "python"
-    (the reference), "compiled" (numba; descriptions only; personas of the "adaptive"
-    strategy only) or "auto" (compiled for descriptions when numba is installed and every
-    persona bids "adaptive", else python).
+    (the reference), "compiled" (numba; descriptions only, the rules of `COMPILED_RULES`,
+    personas of the "adaptive" strategy only) or "auto" (compiled for descriptions when numba
+    is installed, it knows the rule and every persona bids "adaptive", else python: any other
+    mechanism, e.g. one registered with `timmy.register_mechanism`, runs on the Python
+    engine). ``rule``: any registered mechanism, with parameters (``"score:w_price=0.7"``, see
+    `timmy.market.mechanisms`).
 
     It runs the same code as a live swarm: the same keyed draws (seed, agent_id,
     task_id, attempt), the same learned counters per runner, the same clearing rules,
@@ -494,8 +510,12 @@ def simulate(workload: Sequence[str] | Sequence[Arrival], *, personas=None, seed
                           f"{', '.join(strategies)}",
                           hint='use engine="python" (or "auto") with personas of other '
                                "strategies")
+    if rule not in COMPILED_RULES and engine == "compiled":
+        raise ConfigError(f"the compiled engine does not know the clearing rule {rule!r}",
+                          hint=f'use engine="python" (or "auto") with it; the compiled engine '
+                          f'clears {", ".join(sorted(COMPILED_RULES))}')
     compiled = (sequential and not crash_rate and not strategies and engine != "python"
-                and _numba_available(engine))
+                and rule in COMPILED_RULES and _numba_available(engine))
     sink = Sink(out)
     bar = None
     if progress:

@@ -13,8 +13,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from timmy.errors import ConfigError, require
-from timmy.market.auction import RULES
+from timmy.errors import ConfigError, TimmyError, require
+from timmy.market.auction import RULES, check_rule
 
 #: The grid's dimensions, each with the value a point takes when the grid leaves it out.
 #: ``rule``: a clearing rule; ``jitter``: a factor on every persona's ``bid_jitter``
@@ -114,10 +114,12 @@ def _expand_range(where: str, name: str, spec: Mapping) -> list:
 def _check_value(where: str, name: str, v: object) -> object:
     """One grid value, normalised (numbers to float where fractions make sense)."""
     if name == "rule":
-        if v not in RULES:
-            raise _bad(where, name, f"has unknown rule {v!r}",
-                       hint=f"use rules from: {', '.join(RULES)}")
-        return v
+        try:
+            return check_rule(v)   # any registered mechanism (timmy.register_mechanism)
+        except TimmyError as e:
+            why = (f"has unknown rule {v!r}" if e.message.startswith("unknown clearing rule")
+                   else f"has a bad rule: {e.message}")
+            raise _bad(where, name, why, hint=e.hint) from None
     if name in ("runners", "seed"):
         if isinstance(v, bool) or not isinstance(v, int):
             raise _bad(where, name, f"takes whole numbers, got {v!r}",
