@@ -42,6 +42,7 @@ _EXPORTS = {
     "Task": "market.models",
     "AgentInfo": "market.models",
     "Event": "market.models",
+    "register_verifier": "market.verification",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -70,6 +71,7 @@ if TYPE_CHECKING:
     from timmy.market.bidding import BidStats, compute_bid
     from timmy.market.models import AgentInfo, Event, Task
     from timmy.market.personas import PERSONAS, Persona
+    from timmy.market.verification import register_verifier
     from timmy.storage.persona_files import load_personas
 
 
