@@ -7,6 +7,7 @@ its timeout or cannot run is a failed verification with a reason, never an error
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -80,10 +81,8 @@ def run_command(cmd: str, text: str, timeout: float) -> Verdict:
     try:
         _out, err = proc.communicate(text.encode("utf-8", "replace"), timeout=timeout)
     except subprocess.TimeoutExpired:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         proc.communicate()
         return Verdict(False, f"command {cmd!r} ran past its {timeout:g}s timeout")
     if proc.returncode == 0:

@@ -400,10 +400,10 @@ class Simulator:
 class SimRun:
     """The outcome of `simulate`: the tables of a live export, and `export`.
 
-    ``tasks``, ``bids``, ``agents``, ``events`` and ``ledger`` are pandas DataFrames with the columns
-    of a live export, and `export` writes the same Parquet files. The simulator writes no
-    per-bid events (the ``bids`` table has every bid); its events are the task and
-    auction ones.
+    ``tasks``, ``bids``, ``agents``, ``events`` and ``ledger`` are pandas DataFrames with
+    the columns of a live export, and `export` writes the same Parquet files. The
+    simulator writes no per-bid events (the ``bids`` table has every bid); its events are
+    the task and auction ones.
     """
 
     def __init__(self, tables: dict | None = None, paths: dict[str, Path] | None = None) -> None:

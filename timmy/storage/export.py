@@ -1,5 +1,5 @@
-"""Export a store's tables (tasks, bids, agents, events, ledger) to Parquet or CSV files, or read them
-into Arrow tables (`read_tables`), streamed in chunks; times are epoch seconds (float64).
+"""Export a store's tables (tasks, bids, agents, events, ledger) to Parquet or CSV files, or read
+them into Arrow tables (`read_tables`), streamed in chunks; times are epoch seconds (float64).
 """
 
 from __future__ import annotations

@@ -49,7 +49,8 @@ __all__ = [
     "OWNER",
     "OWNER_EPOCH", "SCHEMA_VERSION", "TASK_COLUMNS", "TASK_UPDATE_COLUMNS", "WAL_SIZE_LIMIT",
     "Batch", "Store", "_engines", "address_of", "agents_table", "bids_table", "events_table",
-    "explain", "get_engine", "ledger_table", "meta_table", "metadata", "safe_url", "task_verify_table", "tasks_table",
+    "explain", "get_engine", "ledger_table", "meta_table", "metadata", "safe_url",
+    "task_verify_table", "tasks_table",
 ]
 
 
