@@ -17,7 +17,7 @@ from pathlib import Path
 
 import anyio
 
-from timmy.errors import ConfigError
+from timmy.errors import ConfigError, require
 from timmy.market.verification import (
     COMMAND,
     JSON_SCHEMA,
@@ -47,7 +47,7 @@ def check_spec(spec: str | None) -> str | None:
 
 def load_schema(path: str) -> dict:
     """A JSON Schema file, read and checked; `ConfigError` naming what is wrong."""
-    import jsonschema
+    jsonschema = require("jsonschema", "verify")
 
     try:
         schema = json.loads(Path(path).expanduser().read_text(encoding="utf-8"))

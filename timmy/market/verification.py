@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from timmy.errors import ConfigError
+from timmy.errors import ConfigError, require
 
 NONEMPTY, REGEX, JSON_SCHEMA, COMMAND, REGISTERED = (
     "nonempty", "regex", "json-schema", "command", "registered")
@@ -145,7 +145,7 @@ def check_regex(pattern: str, text: str | None) -> Verdict:
 
 def check_schema(schema: dict, text: str | None, where: str = "the schema") -> Verdict:
     """The result parsed as JSON, checked against ``schema`` (a JSON Schema, as a dict)."""
-    import jsonschema
+    jsonschema = require("jsonschema", "verify")
 
     try:
         value = json.loads(text or "")
