@@ -17,7 +17,7 @@ from pathlib import Path
 
 import anyio
 
-from timmy.errors import ConfigError, require
+from timmy.errors import ConfigError, TimmyError, require
 from timmy.market.verification import (
     COMMAND,
     JSON_SCHEMA,
@@ -97,7 +97,7 @@ def _call(spec: Spec, text: str) -> Verdict:
     if spec.kind == JSON_SCHEMA:
         try:
             schema = load_schema(spec.arg)
-        except ConfigError as exc:
+        except TimmyError as exc:   # unreadable now, or jsonschema not installed
             return Verdict(False, exc.message)
         return check_schema(schema, text, f"the schema in {spec.arg}")
     fn = registered(spec.arg)
