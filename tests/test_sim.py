@@ -128,8 +128,8 @@ def test_streaming_to_parquet_in_chunks_gives_the_same_tables_as_one_go(tmp_path
     monkeypatch.setattr("timmy.sim.compiled.CHUNK", 700)   # 5 chunks, learning carried across
     streamed = simulate(work, seed=2, out=tmp_path / "run")
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [
-        "agents.parquet", "bids.parquet", "events.parquet", "tasks.parquet"]
-    for name in ("tasks", "bids", "agents", "events"):
+        "agents.parquet", "bids.parquet", "events.parquet", "ledger.parquet", "tasks.parquet"]
+    for name in ("tasks", "bids", "agents", "events", "ledger"):
         a, b = in_memory.table(name).to_pandas(), streamed.table(name).to_pandas()
         pd.testing.assert_frame_equal(a, b, check_exact=False, rtol=1e-12, obj=name)
 

@@ -44,6 +44,7 @@ _EXPORTS = {
     "Task": "market.models",
     "AgentInfo": "market.models",
     "Event": "market.models",
+    "register_verifier": "market.verification",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -73,6 +74,7 @@ if TYPE_CHECKING:
     from timmy.market.mechanisms import Award, register_mechanism
     from timmy.market.models import AgentInfo, Event, Task
     from timmy.market.personas import PERSONAS, Persona
+    from timmy.market.verification import register_verifier
     from timmy.storage.persona_files import load_personas
 
 

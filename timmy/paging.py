@@ -74,6 +74,10 @@ def bid_key(bid: dict) -> int:
     return bid["bid_id"]
 
 
+def ledger_key(entry: dict) -> int:
+    return entry["entry_id"]
+
+
 def event_key(event) -> int:
     return event.event_id
 

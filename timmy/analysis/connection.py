@@ -20,6 +20,9 @@ if TYPE_CHECKING:
 
 #: The tables of an export, each a ``<name>.parquet`` file in the directory.
 TABLES = ("tasks", "bids", "agents", "events")
+#: Tables a newer export has: read when there, else an empty view of their columns (an
+#: export made before they existed still works).
+OPTIONAL_TABLES = ("ledger",)
 EXPORT_HINT = "export one with swarm.export(dir) or `timmy export DB DIR`"
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 # No DuckDB extension may be fetched from the network, even by a user's own query.
@@ -76,12 +79,14 @@ def connect(source: str | os.PathLike | Any, *,
             else:
                 _snapshot_store(con, url)
         elif all(hasattr(source, name) for name in TABLES):
-            _register(con, {name: getattr(source, name) for name in TABLES},
+            names = TABLES + tuple(n for n in OPTIONAL_TABLES if hasattr(source, n))
+            _register(con, {name: getattr(source, name) for name in names},
                       f"the {type(source).__name__}")
         else:
             raise ConfigError(f"cannot analyse a {type(source).__name__}",
                               hint="pass an export directory, a SQLite file or URL, or a "
                                    "SimRun")
+        _empty_optional(con)
         _build_task_keywords(con, _catalog(personas))
     except BaseException:
         con.close()
@@ -152,7 +157,10 @@ def _check_sqlite_file(url: str) -> None:
 def _view_export(con: duckdb.DuckDBPyConnection, directory: Path) -> None:
     import duckdb
 
-    for name, path in export_files(directory).items():
+    files = export_files(directory)
+    files.update({n: directory / f"{n}.parquet" for n in OPTIONAL_TABLES
+                  if (directory / f"{n}.parquet").is_file()})
+    for name, path in files.items():
         literal = _sql_string(_glob_literal(str(path.resolve())))
         try:
             con.execute(f"CREATE VIEW {name} AS SELECT * FROM read_parquet({literal})")
@@ -161,6 +169,25 @@ def _view_export(con: duckdb.DuckDBPyConnection, directory: Path) -> None:
                               f"({str(exc).splitlines()[0][:200]})",
                               hint=f"export it again; {EXPORT_HINT}") from exc
         _check_columns(con, name, str(path))
+
+
+def _empty_optional(con: duckdb.DuckDBPyConnection) -> None:
+    """An empty table, with the store's columns, for each optional table the source lacks."""
+    import sqlalchemy as sa
+
+    from timmy.storage.export import TABLES as SCHEMA
+
+    have = {r[0] for r in con.execute(
+        "SELECT table_name FROM information_schema.tables").fetchall()}
+    for name in OPTIONAL_TABLES:
+        if name in have:
+            continue
+        cols = ", ".join(
+            f"{c.name} " + ("BOOLEAN" if isinstance(c.type, sa.Boolean) else
+                            "BIGINT" if isinstance(c.type, sa.Integer) else
+                            "DOUBLE" if isinstance(c.type, sa.Float) else "VARCHAR")
+            for c in SCHEMA[name].columns)
+        con.execute(f"CREATE TABLE {name} ({cols})")
 
 
 def _glob_literal(path: str) -> str:

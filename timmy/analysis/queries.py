@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     import duckdb
     import pandas as pd
 
-__all__ = ["EXPORT_HINT", "REPORTS", "TABLES", "bids_per_auction", "connect",
+__all__ = ["EXPORT_HINT", "REPORTS", "TABLES", "balances", "bids_per_auction", "connect",
            "earnings_by_persona", "export_files", "latency_percentiles", "price_by_keyword",
            "price_by_spec", "price_over_time", "reauctions_and_failures", "title",
            "win_rate_by_persona"]
@@ -271,6 +271,27 @@ def price_over_time(source, *, buckets: int = 50, window: int = 5) -> pd.DataFra
         ORDER BY bucket""")
 
 
+def balances(source) -> pd.DataFrame:
+    """Balances by agent: what the ledger paid each agent, in tasks and sats.
+
+    One row per agent the ledger paid (a row per paid task, at the mechanism's clearing
+    price, written with the task's completion): ``tasks`` paid, ``sats`` paid in all,
+    ``verified`` (tasks whose result passed a verifier), ``mean_sats`` and ``share`` of
+    everything paid. Richest first; empty for an export made before the ledger existed.
+    """
+    return _frame(source, """
+        SELECT agent_id,
+               coalesce(a.persona, regexp_replace(agent_id, '-[0-9]+$', '')) AS persona,
+               count(*) AS tasks,
+               sum(l.sats)::BIGINT AS sats,
+               count(*) FILTER (WHERE l.verified) AS verified,
+               avg(l.sats) AS mean_sats,
+               sum(l.sats) / nullif(sum(sum(l.sats)) OVER (), 0) AS share
+        FROM ledger l LEFT JOIN agents a USING (agent_id)
+        GROUP BY agent_id, a.persona
+        ORDER BY sats DESC, agent_id""")
+
+
 #: Every canned query by name, in the order ``timmy report`` prints them.
 REPORTS: dict[str, Callable[..., pd.DataFrame]] = {
     "win_rate_by_persona": win_rate_by_persona,
@@ -281,6 +302,7 @@ REPORTS: dict[str, Callable[..., pd.DataFrame]] = {
     "reauctions_and_failures": reauctions_and_failures,
     "bids_per_auction": bids_per_auction,
     "price_over_time": price_over_time,
+    "balances": balances,
 }
 
 

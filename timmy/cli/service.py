@@ -257,14 +257,18 @@ def status_cmd(url: str | None, token: str | None, db: str | None) -> None:
 @click.option("--timeout", default=60.0, show_default=True, type=click.FloatRange(min=0.001),
               help="Seconds to wait with --wait.")
 @task_timeout_option
+@click.option("--verify", "verify", default=None, metavar="SPEC",
+              help="What the result must pass to be paid: nonempty, regex:PATTERN, "
+                   "json-schema:PATH, command:CMD or a registered verifier's name.")
 @_url
 @_token
 @_db
 def post_cmd(description: str, wait: bool, timeout: float, url: str | None, token: str | None,
-             db: str | None, task_timeout: float | None = None) -> None:
+             db: str | None, task_timeout: float | None = None,
+             verify: str | None = None) -> None:
     """Post DESCRIPTION as a task; with --wait, print how it ended."""
     with _attach(url, token, db) as swarm:
-        task = swarm.post(description, task_timeout=task_timeout)
+        task = swarm.post(description, task_timeout=task_timeout, verify=verify)
         if not wait:
             click.echo(clean(f"task {task.task_id} {task.status}"))
             return

@@ -38,7 +38,8 @@ class Auctions:
     """The auctions a coordinator has open, by task id (``open``); it holds the same
     ``agents`` dict.
 
-    An auction opens for a queued task with every live runner eligible and is announced
+    An auction opens for a queued task with every live runner eligible (but those whose
+    result for it failed verification: the coordinator leaves them out) and is announced
     to them in one write per batch; it closes when every eligible runner has bid or
     declined, or when its window (``auction_window`` on the ``awake`` clock) ends
     (`run_windows`). `clear` picks the winner among the bidders with room in their queues,
@@ -86,10 +87,20 @@ class Auctions:
     def announce(self, opened: list[OpenAuction], live: list[str]) -> None:
         """Tell every live runner of the auctions just opened, in one write each."""
         self._wake.set()
-        data = b"".join(p.encode(p.Announce(task_id=o.task.task_id, description=o.task.description,
-                                            attempt=o.attempt)) for o in opened)
+        lines = [p.encode(p.Announce(task_id=o.task.task_id, description=o.task.description,
+                                     attempt=o.attempt)) for o in opened]
+        if all(len(o.auction.eligible) == len(live) for o in opened):
+            data = b"".join(lines)
+            for aid in live:
+                self.supervisor.send(aid, data)
+            return
+        # Some auction excludes runners (their result for that task failed verification):
+        # each runner hears only of the auctions it may bid in.
         for aid in live:
-            self.supervisor.send(aid, data)
+            mine = b"".join(line for o, line in zip(opened, lines, strict=True)
+                            if aid in o.auction.eligible)
+            if mine:
+                self.supervisor.send(aid, mine)
 
     async def run_windows(self, ended: Callable[[OpenAuction], None]) -> None:
         """Forever: call ``ended`` for each auction still open when its window ends."""

@@ -42,6 +42,7 @@ class Config:
     model: str | dict[str, str] | None = None
     ollama_host: str | None = None
     ollama_timeout: float = DEFAULT_TIMEOUT
+    verify_timeout: float = 30.0   # seconds a verifier (a command, a callable) may take
 
     def __post_init__(self) -> None:
         check_rule(self.rule)
@@ -62,6 +63,7 @@ class Config:
         _check_number("close_timeout", self.close_timeout, 0, 3600, "the default is 10.0")
         _check_number("hello_timeout", self.hello_timeout, 0.01, 3600, "the default is 15.0")
         check_task_timeout(self.task_timeout)
+        _check_number("verify_timeout", self.verify_timeout, 0.01, 86400, "the default is 30.0")
         if self.ping_timeout <= self.ping_interval:
             raise ConfigError(
                 f"ping_timeout ({self.ping_timeout}s) must be longer than ping_interval "

@@ -22,16 +22,20 @@ from timmy.engine.journal import Journal
 from timmy.engine.liveness import Heartbeat
 from timmy.engine.runners import Runners
 from timmy.engine.supervisor import Supervisor, Verdict
+from timmy.engine.verifiers import check_now, check_spec, verify
 from timmy.engine.waiting import Waits
 from timmy.errors import OwnershipLost, SwarmClosed, WaitTimeout
 from timmy.market.lifecycle import (
+    AGENT_WORKING_STATES,
     CANCELLED_REASON,
     FINISH_EVENT,
+    VERIFICATION_FAILED,
     Action,
     Decision,
     after_deadline,
     after_failure,
     after_runner_exit,
+    after_verification_failure,
     exit_how,
 )
 from timmy.market.mechanisms import after_mechanism_failure
@@ -100,6 +104,12 @@ class Coordinator:
         self.garbage_lines = 0
         self.closed = False
         self._timeouts: dict[int, float] = {}   # per-post task_timeout of unfinished tasks
+        # Verification (`timmy.market.verification`): the verify spec of unfinished tasks
+        # posted with one (stored, read back at a restart), the agents whose result failed
+        # it (excluded from the task's later auctions), the tasks being verified now.
+        self._verify: dict[int, str] = {}
+        self._excluded: dict[int, set[str]] = {}
+        self._verifying: set[int] = set()
         # Set by the swarm service: remote runners may dial in, so a swarm with no agents
         # yet is waiting for them rather than stalled (see stalled()).
         self.accepts_remote = False
@@ -142,6 +152,9 @@ class Coordinator:
         for task in sorted(waiting + requeued, key=lambda t: t.task_id):
             self.active[task.task_id] = task
             self.queue.append(task.task_id)
+        if self.active:   # a restarted swarm still verifies what was posted with a verifier
+            self._verify.update(await anyio.to_thread.run_sync(
+                self.store.verify_specs, sorted(self.active)))
         for task in requeued:
             self._emit("task_requeued", task.task_id, reason=task.reason)
         for task in failed:
@@ -192,24 +205,33 @@ class Coordinator:
                               hint="start a new one: with timmy.Swarm(...) as swarm: ...")
 
     async def post_many(self, descriptions: Sequence[str],
-                        task_timeout: float | None = None) -> list[Task]:
+                        task_timeout: float | None = None,
+                        verify: str | None = None) -> list[Task]:
         """Persist new tasks (one transaction), queue them and start auctions.
 
         ``task_timeout``: seconds a runner may work on each of them before it is restarted
         and the task re-auctioned (see `_check_deadline`); None takes the swarm's. It is
-        kept in memory: tasks recovered after a restart take the swarm's.
+        kept in memory: tasks recovered after a restart take the swarm's. ``verify``: the
+        verifier a result must pass to be paid (`timmy.market.verification`), stored with
+        each task.
         """
         self._check_open()
         descriptions = check_posts(descriptions, task_timeout, len(self.active),
                                    self.cfg.max_queued)
+        if verify is not None:
+            verify = await anyio.to_thread.run_sync(check_spec, verify)
         if not descriptions:
             return []
-        tasks = await self.journal.write(self.store.insert_tasks, descriptions, time.time())
+        specs = None if verify is None else [verify] * len(descriptions)
+        tasks = await self.journal.write(self.store.insert_tasks, descriptions, time.time(),
+                                         specs)
         for task in tasks:
             self.active[task.task_id] = task
             self.queue.append(task.task_id)
             if task_timeout is not None:
                 self._timeouts[task.task_id] = task_timeout
+            if verify is not None:
+                self._verify[task.task_id] = verify
             self._emit("task_posted", task.task_id, description=task.description)
         out = [copy(t) for t in tasks]
         self._pump()
@@ -262,6 +284,9 @@ class Coordinator:
     def _remember(self, task: Task) -> None:
         self.active.pop(task.task_id, None)
         self._timeouts.pop(task.task_id, None)
+        self._verify.pop(task.task_id, None)
+        self._excluded.pop(task.task_id, None)
+        self._verifying.discard(task.task_id)
         self.finished[task.task_id] = task
         if len(self.finished) > FINISHED_CACHE:
             self.finished.popitem(last=False)
@@ -310,11 +335,22 @@ class Coordinator:
             return
         deadline = self._awake() + self.cfg.auction_window   # a stall of ours is no window
         opened: list[OpenAuction] = []
+        passed: list[int] = []   # tasks no live runner may bid on (all failed verifying it)
         while self.queue and len(self._open) < room:
             task = self.active.get(self.queue.popleft())
             if task is None or task.status != QUEUED:
                 continue
+            excluded = self._excluded.get(task.task_id)
+            if excluded:
+                eligible = [a for a in live if a not in excluded]
+                if not eligible:
+                    passed.append(task.task_id)
+                    continue
+                opened.append(self.auctions.begin(task, eligible, deadline))
+                continue
             opened.append(self.auctions.begin(task, live, deadline))
+        if passed:
+            self.queue.extendleft(reversed(passed))
         if opened:
             self.auctions.announce(opened, live)
 
@@ -456,9 +492,11 @@ class Coordinator:
             if result.usage is not None:
                 measured["usage"] = msgspec.structs.asdict(result.usage)
             if ok:
-                agent.info.earned_sats += task.price_sats or 0
-                task.reason = None
-                self._finish(task, COMPLETED, result=output, **measured)
+                spec = self._verify.get(tid)
+                if spec is None:
+                    self._pay(task, agent, output, False, measured)
+                else:
+                    self._check_result(task, agent, output, spec, measured)
             else:
                 task.result = output
                 self._decided(task, after_failure(task.attempts, self.cfg.max_attempts,
@@ -466,6 +504,58 @@ class Coordinator:
                                                   permanent=result.permanent), **measured)
         self._dirty_agent(agent)
         self._pump()
+
+    def _pay(self, task: Task, agent: Agent, output: str, verified: bool, measured: dict) -> None:
+        """A result that earns payment: the task completes, and its ledger row (the clearing
+        price, not the bid) goes in the same batch, so the same transaction."""
+        price = task.price_sats or 0
+        agent.info.earned_sats += price
+        task.reason = None
+        self.journal.paid(task.task_id, task.attempts, agent.info.agent_id, price, verified)
+        self._finish(task, COMPLETED, result=output, **measured,
+                     **({"verified": True} if verified else {}))
+
+    def _check_result(self, task: Task, agent: Agent, output: str, spec: str,
+                      measured: dict) -> None:
+        """A result of a task posted with a verifier: checked at once when the rule needs
+        only the text, else in the background (a command, a callable, a schema file), the
+        task staying "running" meanwhile."""
+        verdict = check_now(spec, output)
+        if verdict is not None:
+            self._verified(task, agent, output, verdict, measured)
+            return
+        tid, attempt = task.task_id, task.attempts
+        self._verifying.add(tid)
+
+        async def later() -> None:
+            got = await verify(spec, output, self.cfg.verify_timeout)
+            current = self.active.get(tid)
+            if current is not task or tid not in self._verifying or task.attempts != attempt \
+                    or task.status != RUNNING or self.closed:
+                return   # cancelled (or the swarm stopped) meanwhile
+            self._verifying.discard(tid)
+            self._verified(task, agent, output, got, measured)
+            self._dirty_agent(agent)
+            self._pump()
+
+        task.status = RUNNING   # an "assigned" task whose "started" was not heard yet
+        self._dirty(task)
+        self._tg.start_soon(later)
+
+    def _verified(self, task: Task, agent: Agent, output: str, verdict, measured: dict) -> None:
+        if verdict.ok:
+            self._pay(task, agent, output, True, measured)
+            return
+        agent_id = agent.info.agent_id
+        excluded = self._excluded.setdefault(task.task_id, set())
+        excluded.add(agent_id)
+        others = sum(1 for a in self.agents.values()
+                     if a.info.agent_id not in excluded and a.info.status in AGENT_WORKING_STATES)
+        self._emit(VERIFICATION_FAILED, task.task_id, agent_id, attempt=task.attempts,
+                   reason=verdict.reason)
+        task.result = output
+        self._decided(task, after_verification_failure(
+            task.attempts, self.cfg.max_attempts, agent_id, verdict.reason, others), **measured)
 
     def _on_garbage(self, agent_id: str, exc: p.ProtocolError) -> None:
         self.garbage_lines += 1

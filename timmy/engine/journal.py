@@ -100,6 +100,11 @@ class Journal:
             "completed_at": task.completed_at,
         }
 
+    def paid(self, task_id: int, attempt: int, agent_id: str, sats: int, verified: bool) -> None:
+        """A paid task's ledger row, in the batch that holds its completion (one transaction)."""
+        self.batch.ledger.append((task_id, attempt, agent_id, sats, verified, time.time()))
+        self._wake.set()
+
     def agent_changed(self, i: AgentInfo, joined_at: float) -> None:
         self.batch.agents[i.agent_id] = {
             "agent_id": i.agent_id, "persona": i.persona, "name": i.name, "pid": i.pid,

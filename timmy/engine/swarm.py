@@ -24,6 +24,7 @@ from timmy.paging import (
     awalk,
     bid_key,
     event_key,
+    ledger_key,
     page_limit,
     task_key,
     walk,
@@ -83,6 +84,7 @@ class AsyncSwarm:
         ollama_host: str | None = None,
         ollama_timeout: float = DEFAULT_TIMEOUT,
         voice: bool = False,
+        verify_timeout: float = 30.0,
     ) -> None:
         from timmy.engine.coordinator import Config
 
@@ -100,7 +102,8 @@ class AsyncSwarm:
                              task_timeout=task_timeout,
                              runner_command=runner_command,
                              model=dict(model) if isinstance(model, Mapping) else model,
-                             ollama_host=ollama_host, ollama_timeout=ollama_timeout, **kwargs)
+                             ollama_host=ollama_host, ollama_timeout=ollama_timeout,
+                             verify_timeout=verify_timeout, **kwargs)
         self.address = DatabaseAddress.parse(db)   # a path is an SQLite file
         self.db = self.address.url
         self.voice = voice
@@ -206,18 +209,24 @@ class AsyncSwarm:
         return self.engine.runners.infos(limit, after)
 
     # -- tasks --------------------------------------------------------------
-    async def post(self, description: str, task_timeout: float | None = None) -> Task:
+    async def post(self, description: str, task_timeout: float | None = None, *,
+                   verify: str | None = None) -> Task:
         """Persist a task and start its auction; returns it as "queued".
 
         ``task_timeout``: seconds its runner may work on it before the runner is restarted
         and the task auctioned again (an attempt spent); None: the swarm's ``task_timeout``.
+        ``verify``: what a result must pass to be paid: "nonempty", "regex:PATTERN",
+        "json-schema:PATH", "command:CMD" or a name given to `timmy.register_verifier`
+        (see `timmy.market.verification`); a result that fails is not paid and the task is
+        auctioned again without that agent (an attempt spent). Stored with the task.
         """
-        return (await self.engine.post_many([description], task_timeout))[0]
+        return (await self.engine.post_many([description], task_timeout, verify))[0]
 
     async def post_many(self, descriptions: Sequence[str],
-                        task_timeout: float | None = None) -> list[Task]:
-        """Post several tasks in one transaction (``task_timeout`` as for `post`)."""
-        return await self.engine.post_many(descriptions, task_timeout)
+                        task_timeout: float | None = None, *,
+                        verify: str | None = None) -> list[Task]:
+        """Post several tasks in one transaction (``task_timeout``, ``verify`` as for `post`)."""
+        return await self.engine.post_many(descriptions, task_timeout, verify)
 
     async def wait(self, task_id: int, timeout: float | None = None) -> Task:
         """Wait until a task is completed, failed or cancelled; `WaitTimeout` after ``timeout``."""
@@ -292,6 +301,26 @@ class AsyncSwarm:
     def iter_agents(self, *, page: int = DEFAULT_LIMIT) -> AsyncIterator[AgentInfo]:
         """Every agent of this swarm, by agent_id, a page at a time."""
         return awalk(lambda c, n: self.agents(n, c), agent_key, None, page)
+
+    async def ledger(self, agent_id: str | None = None, limit: int | None = None, *,
+                     after: int | None = None, before: int | None = None) -> list[dict]:
+        """One page of the ledger (all, or one agent's), oldest first by ``entry_id``: a
+        row per paid task (task_id, attempt, agent_id, sats: the clearing price,
+        verified, created_at), written with its completion; paged as `tasks` is."""
+        limit = page_limit(limit)
+        await self.engine.flush()
+        return await anyio.to_thread.run_sync(
+            functools.partial(self.store.ledger, agent_id, limit, after=after, before=before))
+
+    def iter_ledger(self, agent_id: str | None = None, *, after: int = 0,
+                    page: int = DEFAULT_LIMIT) -> AsyncIterator[dict]:
+        """Every ledger entry (or one agent's) after ``after``, oldest first, a page per query."""
+        return awalk(lambda c, n: self.ledger(agent_id, n, after=c), ledger_key, after, page)
+
+    async def balances(self) -> dict[str, dict[str, int]]:
+        """Per agent the ledger paid: ``sats`` in all, ``tasks`` paid, how many ``verified``."""
+        await self.engine.flush()
+        return await anyio.to_thread.run_sync(self.store.balances)
 
     def subscribe(self, callback: Callable[[Event], None]) -> Callable[[], None]:
         """Call ``callback(event)`` for every event from now on; returns unsubscribe().
@@ -453,12 +482,28 @@ class Swarm:
         """Every agent, by agent_id, a page per call (see `AsyncSwarm.agents`)."""
         return walk(lambda c, n: self.agents(n, c), agent_key, None, page)
 
-    def post(self, description: str, task_timeout: float | None = None) -> Task:
-        return self._call(self._async.post, description, task_timeout)
+    def post(self, description: str, task_timeout: float | None = None, *,
+             verify: str | None = None) -> Task:
+        return self._call(functools.partial(self._async.post, description, task_timeout,
+                                            verify=verify))
 
     def post_many(self, descriptions: Sequence[str],
-                  task_timeout: float | None = None) -> list[Task]:
-        return self._call(self._async.post_many, descriptions, task_timeout)
+                  task_timeout: float | None = None, *, verify: str | None = None) -> list[Task]:
+        return self._call(functools.partial(self._async.post_many, descriptions, task_timeout,
+                                            verify=verify))
+
+    def ledger(self, agent_id: str | None = None, limit: int | None = None, *,
+               after: int | None = None, before: int | None = None) -> list[dict]:
+        return self._call(functools.partial(self._async.ledger, agent_id, limit, after=after,
+                                            before=before))
+
+    def iter_ledger(self, agent_id: str | None = None, *, after: int = 0,
+                    page: int = DEFAULT_LIMIT) -> Iterator[dict]:
+        """Every ledger entry (or one agent's) after ``after``, oldest first, a page per call."""
+        return walk(lambda c, n: self.ledger(agent_id, n, after=c), ledger_key, after, page)
+
+    def balances(self) -> dict[str, dict[str, int]]:
+        return self._call(self._async.balances)
 
     def wait(self, task_id: int, timeout: float | None = None) -> Task:
         return self._call(self._async.wait, task_id, timeout)

@@ -214,3 +214,22 @@ def after_coordinator_restart(status: str, attempts: int, max_attempts: int) -> 
         return Decision(Action.FAIL, attempts,
                         f"coordinator stopped during attempt {attempts} of {max_attempts}")
     return Decision(Action.REQUEUE, attempts, RESTART_REASON)
+
+
+#: How the reason of a task whose result failed verification starts.
+VERIFY_FAILED = "verification failed"
+#: The event recorded when a result fails its verification (the task is not paid).
+VERIFICATION_FAILED = "verification_failed"
+
+
+def after_verification_failure(attempts: int, max_attempts: int, agent_id: str, why: str,
+                               others: int) -> Decision:
+    """Attempt ``attempts`` by ``agent_id`` produced a result that failed its verification
+    (``why``): it is not paid, the attempt is spent and the task auctioned again without
+    that agent (excluded from its later auctions); it fails after ``max_attempts``, or
+    when ``others`` (the runners not excluded from it) is 0."""
+    reason = f"{VERIFY_FAILED}: attempt {attempts} by {agent_id}: {why[:200]}"
+    if others <= 0:
+        return Decision(Action.FAIL, attempts,
+                        reason + "; no runner is left that has not failed it")
+    return _decide(spent_action(attempts, max_attempts), attempts, reason)

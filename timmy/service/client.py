@@ -20,7 +20,15 @@ import msgspec
 from timmy import errors as _errors
 from timmy.errors import ProtocolError, TimmyError, WaitTimeout
 from timmy.market.models import AgentInfo, Event, Task
-from timmy.paging import DEFAULT_LIMIT, agent_key, bid_key, event_key, task_key, walk
+from timmy.paging import (
+    DEFAULT_LIMIT,
+    agent_key,
+    bid_key,
+    event_key,
+    ledger_key,
+    task_key,
+    walk,
+)
 from timmy.service.tokens import default_token
 from timmy.service.wire import (
     DEFAULT_URL,
@@ -283,14 +291,29 @@ class AttachedSwarm:
         """Every agent, by agent_id, a request per page."""
         return walk(lambda c, n: self.agents(n, c), agent_key, None, page)
 
-    def post(self, description: str, task_timeout: float | None = None) -> Task:
+    def post(self, description: str, task_timeout: float | None = None, *,
+             verify: str | None = None) -> Task:
         return msgspec.convert(self._call("post", description=description,
-                                          task_timeout=task_timeout), Task)
+                                          task_timeout=task_timeout, verify=verify), Task)
 
     def post_many(self, descriptions: Sequence[str],
-                  task_timeout: float | None = None) -> list[Task]:
+                  task_timeout: float | None = None, *, verify: str | None = None) -> list[Task]:
         return msgspec.convert(self._call("post_many", descriptions=list(descriptions),
-                                          task_timeout=task_timeout), list[Task])
+                                          task_timeout=task_timeout, verify=verify), list[Task])
+
+    def ledger(self, agent_id: str | None = None, limit: int | None = None, *,
+               after: int | None = None, before: int | None = None) -> list[dict]:
+        """One page of the ledger (all, or one agent's), oldest first by entry_id."""
+        return self._call("ledger", agent_id=agent_id, limit=limit, after=after, before=before)
+
+    def iter_ledger(self, agent_id: str | None = None, *, after: int = 0,
+                    page: int = DEFAULT_LIMIT) -> Iterator[dict]:
+        """Every ledger entry (or one agent's) after ``after``, a request per page."""
+        return walk(lambda c, n: self.ledger(agent_id, n, after=c), ledger_key, after, page)
+
+    def balances(self) -> dict[str, dict[str, int]]:
+        """Per agent the ledger paid: sats, tasks, verified."""
+        return self._call("balances")
 
     def wait(self, task_id: int, timeout: float | None = None) -> Task:
         return msgspec.convert(self._call("wait", task_id=task_id, timeout=timeout), Task)

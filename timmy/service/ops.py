@@ -40,14 +40,26 @@ class AgentArgs(Args):
     agent_id: Name
 
 
+Spec = Annotated[str, Meta(min_length=1, max_length=4096)]
+
+
 class PostArgs(Args):
     description: str             # the engine checks length and content
     task_timeout: float | None = None   # seconds; None: the swarm's (the engine checks it)
+    verify: Spec | None = None   # a verify spec (`timmy.market.verification`; engine checks)
 
 
 class PostManyArgs(Args):
     descriptions: Annotated[list[str], Meta(max_length=100_000)]
     task_timeout: float | None = None
+    verify: Spec | None = None
+
+
+class LedgerArgs(Args):
+    agent_id: Name | None = None
+    limit: Count | None = None
+    after: EventId | None = None     # entry_ids
+    before: EventId | None = None
 
 
 class TaskArgs(Args):
@@ -125,8 +137,9 @@ OPS: dict[str, Op] = {
     "stop": (AgentArgs, lambda s, a: s.stop(a.agent_id)),
     "kill": (AgentArgs, lambda s, a: s.kill(a.agent_id)),
     "agents": (AgentsArgs, lambda s, a: s.agents(_cap(a.limit), a.after)),
-    "post": (PostArgs, lambda s, a: s.post(a.description, a.task_timeout)),
-    "post_many": (PostManyArgs, lambda s, a: s.post_many(a.descriptions, a.task_timeout)),
+    "post": (PostArgs, lambda s, a: s.post(a.description, a.task_timeout, verify=a.verify)),
+    "post_many": (PostManyArgs, lambda s, a: s.post_many(a.descriptions, a.task_timeout,
+                                                         verify=a.verify)),
     "wait": (WaitArgs, lambda s, a: s.wait(a.task_id, a.timeout)),
     "run": (RunArgs, lambda s, a: s.run(a.descriptions, a.timeout, False, a.sequential)),
     "cancel": (TaskArgs, lambda s, a: s.cancel(a.task_id)),
@@ -137,6 +150,9 @@ OPS: dict[str, Op] = {
                                            before=a.before)),
     "events": (EventsArgs, lambda s, a: s.events(a.after, _cap(a.limit), before=a.before)),
     "export": (ExportArgs, _export),
+    "ledger": (LedgerArgs, lambda s, a: s.ledger(a.agent_id, _cap(a.limit), after=a.after,
+                                                 before=a.before)),
+    "balances": (NoArgs, lambda s, a: s.balances()),
 }
 
 

@@ -291,7 +291,7 @@ def simulate_sequential(descriptions, *, catalog, agent_ids, seed, rule, task_se
     sink("events", {"event_id": np.arange(1, n_agents + 1), "ts": np.zeros(n_agents),
                     "kind": ["agent_joined"] * n_agents, "task_id": [None] * n_agents,
                     "agent_id": list(agent_ids), "data": ["{}"] * n_agents})
-    now, event_id, bid_id = 0.0, n_agents + 1, 1
+    now, event_id, bid_id, entry_id = 0.0, n_agents + 1, 1, 1
     seed_u = np.uint64(seed & 0xFFFFFFFFFFFFFFFF)
     for lo in range(0, len(descriptions), chunk):
         idx = arr["desc_idx"][lo:lo + chunk]
@@ -320,9 +320,9 @@ def simulate_sequential(descriptions, *, catalog, agent_ids, seed, rule, task_se
             b["on_spec"], b["won"], b["time"], e["id"], e["kind"], e["task"], e["agent"],
             e["time"])
         event_id += ne
-        _emit_chunk(sink, lo, idx, t, {k: v[:nb] for k, v in b.items()},
-                    {k: v[:ne] for k, v in e.items()}, names, unique, arr, rule, bid_id, earned,
-                    max_attempts)
+        entry_id += _emit_chunk(sink, lo, idx, t, {k: v[:nb] for k, v in b.items()},
+                                {k: v[:ne] for k, v in e.items()}, names, unique, arr, rule,
+                                bid_id, earned, max_attempts, entry_id)
         bid_id += nb
         if progress is not None:
             progress.update(n)
@@ -339,8 +339,11 @@ def _repeat(pa, value, n: int):
 
 
 def _emit_chunk(sink, lo, idx, t, b, e, names, unique, arr, rule, bid_id, earned,
-                max_attempts) -> None:
-    """Turn one chunk's arrays into rows: Arrow takes and joins, Python only for failures."""
+                max_attempts, entry_id: int = 1) -> int:
+    """Turn one chunk's arrays into rows: Arrow takes and joins, Python only for failures.
+    Returns how many ledger rows it wrote (one per completed task: the compiled engine
+    does not verify, so none is ``verified``; tasks finish in order, so the ledger's
+    order is the Python engine's)."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
@@ -382,3 +385,10 @@ def _emit_chunk(sink, lo, idx, t, b, e, names, unique, arr, rule, bid_id, earned
         "kind": pa.array(EVENT_KINDS).take(pa.array(e["kind"])), "task_id": e["task"],
         "agent_id": names.take(pa.array(e["agent"], mask=e["agent"] < 0)),
         "data": _repeat(pa, "{}", ne)})
+    paid = np.flatnonzero(ok)
+    sink("ledger", {
+        "entry_id": np.arange(entry_id, entry_id + len(paid)), "task_id": paid + lo + 1,
+        "attempt": t["attempts"][paid], "agent_id": agents.take(pa.array(paid)),
+        "sats": t["price"][paid], "verified": np.zeros(len(paid), np.bool_),
+        "created_at": t["completed"][paid]})
+    return len(paid)

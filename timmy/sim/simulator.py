@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from timmy.engine.executors import simulated_plan
+from timmy.engine.verifiers import DEFAULT_TIMEOUT, check_spec, verify_sync
 from timmy.errors import ConfigError, require
 from timmy.market.auction import Bid, check_rule, clear
 from timmy.market.bidding import BidStats, bid_rng, quote_matched, text_key
@@ -20,17 +21,19 @@ from timmy.market.lifecycle import (
     RUNNING,
     TASK_FAILED,
     TASK_REQUEUED,
+    VERIFICATION_FAILED,
     Action,
     Decision,
     after_failure,
     after_runner_exit,
+    after_verification_failure,
 )
 from timmy.market.mechanisms import MECHANISM_FAILED, after_mechanism_failure
 from timmy.market.personas import PERSONAS, Persona
 from timmy.market.strategies import record_auction
 from timmy.sim.workloads import Arrival
 
-TABLES = ("tasks", "bids", "agents", "events")
+TABLES = ("tasks", "bids", "agents", "events", "ledger")
 #: The rules the compiled engine clears (`timmy.sim.compiled.RULE_CODES`); any other
 #: mechanism, built in or registered, runs on the Python engine.
 COMPILED_RULES = frozenset({"specialist_first", "lowest", "second_price", "first_price"})
@@ -65,6 +68,8 @@ class _Task:
     result: str | None = None
     on_spec: bool = False
     keywords: tuple[str, ...] = ()
+    verify: str | None = None                  # its verify spec, as live
+    excluded: set[str] | None = None           # agents whose result failed it
 
 
 class _Rows:
@@ -154,12 +159,14 @@ class Simulator:
                  rule: str = "specialist_first", runners: dict[str, int] | int | None = None,
                  task_seconds: float = 0.05, max_attempts: int = 3,
                  runner_queue: int = 32, start: float = 0.0, crash_rate: float = 0.0,
-                 restart_seconds: float = 0.5) -> None:
+                 restart_seconds: float = 0.5,
+                 verify_timeout: float = DEFAULT_TIMEOUT) -> None:
         self.catalog = dict(PERSONAS if personas is None else personas)
         self.seed, self.rule = seed, check_rule(rule)
         self.task_seconds, self.max_attempts = task_seconds, max_attempts
         self.runner_queue, self.now = runner_queue, start
         self.crash_rate, self.restart_seconds = crash_rate, restart_seconds
+        self.verify_timeout = verify_timeout
         self.agents = [_Agent(aid, self.catalog[aid.rsplit("-", 1)[0]])
                        for aid in agent_ids(runners, self.catalog)]
         self.by_id = {a.agent_id: a for a in self.agents}
@@ -193,8 +200,8 @@ class Simulator:
         return m
 
     # -- the rules ----------------------------------------------------------
-    def post(self, description: str) -> _Task:
-        task = _Task(len(self.tasks) + 1, description, self.now)
+    def post(self, description: str, verify: str | None = None) -> _Task:
+        task = _Task(len(self.tasks) + 1, description, self.now, verify=verify)
         self.tasks.append(task)
         self._event("task_posted", task.task_id)
         self._auction(task)
@@ -207,8 +214,11 @@ class Simulator:
         self._seq += 1
         heapq.heappush(self.clock, (when, self._seq, what, task_id, agent.agent_id, agent.life))
 
+    def _eligible(self, task: _Task, a: _Agent) -> bool:
+        return not task.excluded or a.agent_id not in task.excluded
+
     def _auction(self, task: _Task) -> None:
-        if not any(self._has_room(a) for a in self.agents):
+        if not any(self._has_room(a) and self._eligible(task, a) for a in self.agents):
             task.status = "queued"
             self.waiting.append(task.task_id)
             return
@@ -217,7 +227,7 @@ class Simulator:
         matched = self._matched(task.description)
         bids, quotes = [], {}
         for a in self.agents:
-            if not a.alive:
+            if not a.alive or not self._eligible(task, a):
                 continue
             rng = bid_rng(self.seed, a.agent_id, task.task_id, attempt)
             q = quote_matched(a.persona, matched[a.persona.id], rng, a.stats)
@@ -271,10 +281,24 @@ class Simulator:
         if agent.queue:  # the runner goes straight on to the next task it holds
             self._start(agent)
         if ok:
-            task.status, task.completed_at, task.reason = "completed", self.now, None
             task.result = f"{agent_id} did: {task.description[:200]}"
-            agent.earned += task.price or 0
-            self._event("task_completed", task.task_id, agent_id)
+            verdict = None if task.verify is None else \
+                verify_sync(task.verify, task.result, self.verify_timeout)
+            if verdict is None or verdict.ok:
+                task.status, task.completed_at, task.reason = "completed", self.now, None
+                agent.earned += task.price or 0
+                self.rows.add("ledger", None, task.task_id, task.attempts, agent_id,
+                              task.price or 0, verdict is not None, self.now)
+                self._event("task_completed", task.task_id, agent_id)
+            else:   # as live: not paid, re-auctioned without this agent
+                if task.excluded is None:
+                    task.excluded = set()
+                task.excluded.add(agent_id)
+                others = sum(1 for a in self.agents if a.agent_id not in task.excluded)
+                self._event(VERIFICATION_FAILED, task.task_id, agent_id)
+                self._decided(task, after_verification_failure(
+                    task.attempts, self.max_attempts, agent_id, verdict.reason, others),
+                    agent_id)
         else:
             task.result = f"simulated failure ({'on' if task.on_spec else 'off'}-spec task)"
             self._decided(task, after_failure(task.attempts, self.max_attempts, agent_id,
@@ -294,8 +318,16 @@ class Simulator:
             self._auction(task)
 
     def _drain(self) -> None:
+        passed: list[int] = []   # waiting for a runner it does not exclude to have room
         while self.waiting and any(self._has_room(a) for a in self.agents):
-            self._auction(self.tasks[self.waiting.popleft() - 1])
+            task = self.tasks[self.waiting.popleft() - 1]
+            if task.excluded and not any(self._has_room(a) and self._eligible(task, a)
+                                         for a in self.agents):
+                passed.append(task.task_id)
+                continue
+            self._auction(task)
+        if passed:
+            self.waiting.extendleft(reversed(passed))
 
     def _crash(self, agent: _Agent) -> None:
         """As live: the running task uses its attempt, the ones waiting behind it do not;
@@ -336,17 +368,22 @@ class Simulator:
         return None
 
     # -- drivers ------------------------------------------------------------
-    def run_sequential(self, descriptions: Iterable[str], progress=None) -> None:
-        """Post each description when the previous one has finished (live: post, wait)."""
-        for description in descriptions:
-            task = self.post(description)
+    def run_sequential(self, descriptions: Iterable[str], progress=None,
+                       verify: Sequence[str | None] | None = None) -> None:
+        """Post each description when the previous one has finished (live: post, wait);
+        ``verify``: each one's verify spec (or None)."""
+        for i, description in enumerate(descriptions):
+            task = self.post(description, None if verify is None else verify[i])
             while task.status not in ("completed", "failed"):
                 self._step()
             if progress is not None:
                 progress.update(1)
 
-    def run_arrivals(self, arrivals: Sequence[Arrival], progress=None) -> None:
-        """Tasks arrive on the virtual clock; runners queue what they win."""
+    def run_arrivals(self, arrivals: Sequence[Arrival], progress=None,
+                     verify: Sequence[str | None] | None = None) -> None:
+        """Tasks arrive on the virtual clock; runners queue what they win; ``verify`` as
+        for `run_sequential` (in the order of ``arrivals``)."""
+        specs = {id(a): None if verify is None else verify[i] for i, a in enumerate(arrivals)}
         def step() -> None:
             task = self._step()
             if task is not None and task.status in ("completed", "failed") and progress:
@@ -356,7 +393,7 @@ class Simulator:
             while self.clock and self.clock[0][0] <= arrival.at:
                 step()
             self.now = max(self.now, arrival.at)
-            self.post(arrival.description)
+            self.post(arrival.description, specs[id(arrival)])
         while self.clock:
             step()
 
@@ -371,16 +408,18 @@ class Simulator:
                      a.restarts, a.won, a.earned, 0.0)
         bid_ids = rows.data["bids"][0]
         bid_ids[:] = range(1, len(bid_ids) + 1)
+        entry_ids = rows.data["ledger"][0]
+        entry_ids[:] = range(1, len(entry_ids) + 1)
         rows.send(sink)
 
 
 class SimRun:
-    """The outcome of `simulate`: the four tables of a live export, and `export`.
+    """The outcome of `simulate`: the tables of a live export, and `export`.
 
-    ``tasks``, ``bids``, ``agents`` and ``events`` are pandas DataFrames with the columns
-    of a live export, and `export` writes the same Parquet files. The simulator writes no
-    per-bid events (the ``bids`` table has every bid); its events are the task and
-    auction ones.
+    ``tasks``, ``bids``, ``agents``, ``events`` and ``ledger`` are pandas DataFrames with
+    the columns of a live export, and `export` writes the same Parquet files. The
+    simulator writes no per-bid events (the ``bids`` table has every bid); its events are
+    the task and auction ones.
     """
 
     def __init__(self, tables: dict | None = None, paths: dict[str, Path] | None = None) -> None:
@@ -417,6 +456,11 @@ class SimRun:
     def events(self):
         return self._frame("events")
 
+    @property
+    def ledger(self):
+        """A row per paid task, as a live swarm's ``ledger`` table."""
+        return self._frame("ledger")
+
     def metrics(self) -> dict[str, float]:
         """The run in figures: what a sweep records per point.
 
@@ -444,7 +488,7 @@ class SimRun:
         }
 
     def export(self, out_dir: str | Path) -> dict[str, Path]:
-        """Write tasks, bids, agents and events as Parquet files, like `Swarm.export`."""
+        """Write tasks, bids, agents, events and ledger as Parquet files, like `Swarm.export`."""
         import pyarrow.parquet as pq
 
         out = Path(out_dir)
@@ -462,7 +506,8 @@ def simulate(workload: Sequence[str] | Sequence[Arrival], *, personas=None, seed
              task_seconds: float = 0.05, max_attempts: int = 3, runner_queue: int = 32,
              crash_rate: float = 0.0, restart_seconds: float = 0.5, progress: bool = False,
              out: str | Path | None = None,
-             engine: str = "auto") -> SimRun:
+             engine: str = "auto", verify: str | Sequence[str | None] | None = None,
+             verify_timeout: float = DEFAULT_TIMEOUT) -> SimRun:
     """Run ``workload`` through a simulated swarm with the live rules; returns a `SimRun`.
 
     ``workload``: descriptions (posted one at a time, as a live ``post``/``wait`` loop)
@@ -487,6 +532,12 @@ def simulate(workload: Sequence[str] | Sequence[Arrival], *, personas=None, seed
     runners hold up to ``runner_queue`` tasks each, as in the live engine. A crashed
     runner's running task uses its attempt; the ones waiting in its queue are auctioned
     again without losing one.
+
+    ``verify``: a verify spec for every task, or one per workload item (None: none), as
+    ``post(..., verify=)`` live: the simulated result (``"<agent> did: <description>"``,
+    what a live simulated runner returns) must pass it to be paid, else the task is
+    auctioned again without that agent. Each paid task writes a ``ledger`` row, as live.
+    The compiled engine does not verify: "auto" then runs the Python engine.
     """
     items = list(workload)
     sequential = all(isinstance(i, str) for i in items)
@@ -497,10 +548,11 @@ def simulate(workload: Sequence[str] | Sequence[Arrival], *, personas=None, seed
     if engine not in ("auto", "python", "compiled"):
         raise ConfigError(f"unknown simulation engine {engine!r}",
                           hint='use "auto", "python" or "compiled"')
+    specs = _verify_specs(verify, len(items))
     sim = Simulator(personas=personas, seed=seed, rule=rule, runners=runners,
                     task_seconds=task_seconds, max_attempts=max_attempts,
                     runner_queue=runner_queue, crash_rate=crash_rate,
-                    restart_seconds=restart_seconds)
+                    restart_seconds=restart_seconds, verify_timeout=verify_timeout)
     if crash_rate and engine == "compiled":
         raise ConfigError("the compiled engine does not simulate runner crashes",
                           hint='use engine="python" (or "auto") with crash_rate')
@@ -514,8 +566,11 @@ def simulate(workload: Sequence[str] | Sequence[Arrival], *, personas=None, seed
         raise ConfigError(f"the compiled engine does not know the clearing rule {rule!r}",
                           hint=f'use engine="python" (or "auto") with it; the compiled engine '
                           f'clears {", ".join(sorted(COMPILED_RULES))}')
-    compiled = (sequential and not crash_rate and not strategies and engine != "python"
-                and rule in COMPILED_RULES and _numba_available(engine))
+    if specs is not None and engine == "compiled":
+        raise ConfigError("the compiled engine does not verify results",
+                          hint='use engine="python" (or "auto") with verify')
+    compiled = (sequential and not crash_rate and not strategies and specs is None
+                and engine != "python" and rule in COMPILED_RULES and _numba_available(engine))
     sink = Sink(out)
     bar = None
     if progress:
@@ -532,14 +587,30 @@ def simulate(workload: Sequence[str] | Sequence[Arrival], *, personas=None, seed
                                 max_attempts=max_attempts, sink=sink, progress=bar)
         else:
             if sequential:
-                sim.run_sequential(items, bar)
+                sim.run_sequential(items, bar, specs)
             else:
-                sim.run_arrivals(items, bar)
+                sim.run_arrivals(items, bar, specs)
             sim.result(sink)
     finally:
         if bar is not None:
             bar.close()
     return sink.close()
+
+
+def _verify_specs(verify, n: int) -> list[str | None] | None:
+    """``simulate``'s ``verify``: None, one spec for all, or one per item; each checked as
+    a live post checks it."""
+    if verify is None:
+        return None
+    specs = [verify] * n if isinstance(verify, str) else list(verify)
+    if len(specs) != n:
+        raise ConfigError(f"verify has {len(specs)} specs for {n} workload items",
+                          hint="pass one spec for every task, or one per item (None: none)")
+    checked: dict[str, str] = {}
+    for spec in specs:
+        if spec is not None and spec not in checked:
+            checked[spec] = check_spec(spec)
+    return specs if checked else None
 
 
 def _numba_available(engine: str) -> bool:

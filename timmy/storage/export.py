@@ -1,5 +1,5 @@
-"""Export a store's tables (tasks, bids, agents, events) to Parquet or CSV files, or read them
-into Arrow tables (`read_tables`), streamed in chunks; times are epoch seconds (float64).
+"""Export a store's tables (tasks, bids, agents, events, ledger) to Parquet or CSV files, or read
+them into Arrow tables (`read_tables`), streamed in chunks; times are epoch seconds (float64).
 """
 
 from __future__ import annotations
@@ -12,13 +12,19 @@ import sqlalchemy as sa
 from timmy.errors import ConfigError, ExportError, require
 from timmy.storage.private import private_dirs, private_file
 from timmy.storage.store import Store
-from timmy.storage.tables import agents_table, bids_table, events_table, tasks_table
+from timmy.storage.tables import (
+    agents_table,
+    bids_table,
+    events_table,
+    ledger_table,
+    tasks_table,
+)
 
 if TYPE_CHECKING:
     import pyarrow as pa
 
 TABLES = {"tasks": tasks_table, "bids": bids_table, "agents": agents_table,
-          "events": events_table}
+          "events": events_table, "ledger": ledger_table}
 CHUNK = 100_000
 
 
@@ -46,7 +52,7 @@ def export_store(store: Store, out_dir: str | Path, fmt: str = "parquet") -> dic
         raise ConfigError(f"cannot create export directory {out}: {exc.strerror}",
                           hint="choose a directory you can write to") from exc
     def run() -> dict[str, Path]:
-        # One read transaction for all four tables: a consistent snapshot of a running swarm.
+        # One read transaction for all the tables: a consistent snapshot of a running swarm.
         with store.engine.connect() as conn, conn.begin():
             return {name: _export_table(pa, conn, table, out / f"{name}.{fmt}", fmt)
                     for name, table in TABLES.items()}
@@ -55,7 +61,7 @@ def export_store(store: Store, out_dir: str | Path, fmt: str = "parquet") -> dic
 
 
 def read_tables(store: Store) -> dict[str, pa.Table]:
-    """The store's four tables as in-memory Arrow tables, with the export's schema.
+    """The store's tables as in-memory Arrow tables, with the export's schema.
 
     One read transaction (a consistent snapshot of a running swarm), the same rows
     and types `export_store` writes: what `timmy.analysis.queries.connect` reads a live

@@ -24,7 +24,9 @@ from timmy.storage.tables import (
     AGENT_COLUMNS,
     AGENT_UPDATE_COLUMNS,
     BID_COLUMNS,
+    CORE_TABLES,
     EVENT_COLUMNS,
+    LEDGER_COLUMNS,
     OWNER,
     OWNER_EPOCH,
     SCHEMA_VERSION,
@@ -33,18 +35,22 @@ from timmy.storage.tables import (
     agents_table,
     bids_table,
     events_table,
+    ledger_table,
     meta_table,
     metadata,
+    task_verify_table,
     tasks_table,
 )
 from timmy.storage.writes import Batch, Writer
 
 # What callers import from here (the store's parts live in the modules above).
 __all__ = [
-    "AGENT_COLUMNS", "AGENT_UPDATE_COLUMNS", "BID_COLUMNS", "EVENT_COLUMNS", "OWNER",
+    "AGENT_COLUMNS", "AGENT_UPDATE_COLUMNS", "BID_COLUMNS", "EVENT_COLUMNS", "LEDGER_COLUMNS",
+    "OWNER",
     "OWNER_EPOCH", "SCHEMA_VERSION", "TASK_COLUMNS", "TASK_UPDATE_COLUMNS", "WAL_SIZE_LIMIT",
     "Batch", "Store", "_engines", "address_of", "agents_table", "bids_table", "events_table",
-    "explain", "get_engine", "meta_table", "metadata", "safe_url", "tasks_table",
+    "explain", "get_engine", "ledger_table", "meta_table", "metadata", "safe_url",
+    "task_verify_table", "tasks_table",
 ]
 
 
@@ -69,7 +75,7 @@ def _refuse_foreign_sqlite(address: DatabaseAddress) -> None:
             names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
     except sqlite3.Error as exc:
         raise explain(address, exc) from exc
-    missing = [t for t in metadata.tables if t not in names]
+    missing = [t for t in CORE_TABLES if t not in names]
     if missing:
         raise StoreError(f"{url} is not a timmy database (no table {missing[0]!r})",
                          hint="pass the database a swarm wrote (default data/timmy.db)")
@@ -142,7 +148,7 @@ class Store(Writer):
     def _migrate(self) -> None:
         with self.engine.begin() as conn:
             if not self.create:
-                missing = [t for t in metadata.tables if not sa.inspect(conn).has_table(t)]
+                missing = [t for t in CORE_TABLES if not sa.inspect(conn).has_table(t)]
                 if missing:
                     raise StoreError(
                         f"{self.address.display} is not a timmy database (no table "
@@ -293,6 +299,34 @@ class Store(Writer):
             stmt = stmt.where(bids_table.c.task_id == task_id)
         return [dict(r._mapping)
                 for r in self._page(stmt, bids_table.c.bid_id, limit, after, before)]
+
+    def ledger(self, agent_id: str | None = None, limit: int | None = None,
+               after: int | None = None, before: int | None = None) -> list[dict[str, Any]]:
+        """One page of ledger entries (of one agent, or all), oldest first by entry_id."""
+        stmt = sa.select(ledger_table)
+        if agent_id is not None:
+            stmt = stmt.where(ledger_table.c.agent_id == agent_id)
+        return [dict(r._mapping)
+                for r in self._page(stmt, ledger_table.c.entry_id, limit, after, before)]
+
+    def balances(self) -> dict[str, dict[str, int]]:
+        """Per agent: sats paid, tasks paid, and how many of those were verified."""
+        c = ledger_table.c
+        rows = self._read(sa.select(c.agent_id, sa.func.sum(c.sats), sa.func.count(),
+                                    sa.func.sum(sa.case((c.verified, 1), else_=0)))
+                          .group_by(c.agent_id).order_by(c.agent_id))
+        return {a: {"sats": int(s or 0), "tasks": int(n), "verified": int(v or 0)}
+                for a, s, n, v in rows}
+
+    def verify_specs(self, task_ids: Sequence[int]) -> dict[int, str]:
+        """The verify specs of these tasks (those posted with one)."""
+        out: dict[int, str] = {}
+        ids = [i for i in task_ids if 0 < i <= self._max_id]
+        for lo in range(0, len(ids), 500):
+            chunk = ids[lo:lo + 500]
+            out.update(self._read(sa.select(task_verify_table.c.task_id, task_verify_table.c.spec)
+                                  .where(task_verify_table.c.task_id.in_(chunk))))
+        return out
 
     def agents(self, limit: int | None = None, after: str | None = None) -> list[AgentInfo]:
         """One page of agents by agent_id: the first ``limit``, or those after ``after``."""

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-SCHEMA_VERSION = 1
+#: 2 added the ``ledger`` and ``task_verify`` tables (created in a version-1 database as it
+#: opens: `Store` creates missing tables; a database of either version is read by this timmy).
+SCHEMA_VERSION = 2
 
 metadata = sa.MetaData()
 
@@ -65,6 +67,28 @@ events_table = sa.Table(
     sa.Column("agent_id", sa.String(64)),
     sa.Column("data", sa.Text, nullable=False),
 )
+#: One row per paid task, written in the same transaction as its completion: what was
+#: paid (the mechanism's clearing price), to whom, for which attempt, and whether the
+#: result was verified (False: the task had no verifier).
+ledger_table = sa.Table(
+    "ledger", metadata,
+    sa.Column("entry_id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("task_id", sa.Integer, nullable=False, index=True),
+    sa.Column("attempt", sa.Integer, nullable=False),
+    sa.Column("agent_id", sa.String(64), nullable=False, index=True),
+    sa.Column("sats", sa.BigInteger, nullable=False),
+    sa.Column("verified", sa.Boolean, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+)
+#: A task's verify spec (`timmy.market.verification`), written with the task when it is
+#: posted with one: a side table, so the tasks table (and its export) keeps its columns.
+task_verify_table = sa.Table(
+    "task_verify", metadata,
+    sa.Column("task_id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("spec", sa.Text, nullable=False),
+)
+#: The tables every timmy database has had; the others are created as it opens.
+CORE_TABLES = ("timmy_meta", "agents", "tasks", "bids", "events")
 
 TASK_COLUMNS = tuple(c.name for c in tasks_table.columns)
 AGENT_COLUMNS = tuple(c.name for c in agents_table.columns)
@@ -77,6 +101,7 @@ _AGENT_UPDATE_BINDS = ("b_agent_id", *(f"b_{c}" for c in AGENT_UPDATE_COLUMNS))
 #: thousands of rows a second, building dicts was a visible share of the engine's time).
 BID_COLUMNS = ("task_id", "attempt", "auction_id", "agent_id", "sats", "on_spec", "won", "rule",
                "created_at")
+LEDGER_COLUMNS = ("task_id", "attempt", "agent_id", "sats", "verified", "created_at")
 EVENT_COLUMNS = ("event_id", "ts", "kind", "task_id", "agent_id", "data")
 # A page of one state, newest first (`Store.tasks`), is a range scan of this index. SQLite's
 # ix_tasks_status already is one (its entries end with the rowid, which is task_id).

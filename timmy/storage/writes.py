@@ -19,13 +19,16 @@ from timmy.storage.tables import (
     AGENT_UPDATE_COLUMNS,
     BID_COLUMNS,
     EVENT_COLUMNS,
+    LEDGER_COLUMNS,
     OWNER,
     OWNER_EPOCH,
     TASK_UPDATE_COLUMNS,
     agents_table,
     bids_table,
     events_table,
+    ledger_table,
     meta_table,
+    task_verify_table,
     tasks_table,
 )
 
@@ -34,17 +37,20 @@ from timmy.storage.tables import (
 class Batch:
     """State transitions to write in one transaction.
 
-    ``tasks``: task_id -> changed columns; ``bids`` and ``events``: tuples in
-    `BID_COLUMNS` / `EVENT_COLUMNS` order; ``agents``: agent_id -> row.
+    ``tasks``: task_id -> changed columns; ``bids``, ``events`` and ``ledger``: tuples in
+    `BID_COLUMNS` / `EVENT_COLUMNS` / `LEDGER_COLUMNS` order; ``agents``: agent_id -> row.
+    A paid task's ledger row goes in the batch of its completion, so both are written in
+    the same transaction.
     """
 
     tasks: dict[int, dict[str, Any]] = field(default_factory=dict)
     bids: list[tuple] = field(default_factory=list)
     events: list[tuple] = field(default_factory=list)
     agents: dict[str, dict[str, Any]] = field(default_factory=dict)
+    ledger: list[tuple] = field(default_factory=list)
 
     def __bool__(self) -> bool:
-        return bool(self.tasks or self.bids or self.events or self.agents)
+        return bool(self.tasks or self.bids or self.events or self.agents or self.ledger)
 
     def merge_into(self, older: Batch) -> Batch:
         """Put this batch's changes on top of ``older`` (used to retry a failed write)."""
@@ -52,6 +58,7 @@ class Batch:
         older.bids.extend(self.bids)
         older.events.extend(self.events)
         older.agents.update(self.agents)
+        older.ledger.extend(self.ledger)
         return older
 
 
@@ -83,6 +90,8 @@ class Writer:
         self._task_insert = tasks_table.insert().values(
             {c: sa.bindparam(c) for c in ("description", "status", "attempts", "created_at")}
         ).returning(tasks_table.c.task_id)
+        self._ledger_insert = ledger_table.insert().values(
+            {c: sa.bindparam(c) for c in LEDGER_COLUMNS})
         self._event_insert = events_table.insert().values(
             {c: sa.bindparam(c) for c in EVENT_COLUMNS})
         self._owner_check = (sa.select(meta_table.c.value)
@@ -100,13 +109,17 @@ class Writer:
             .where(ours.exists()),
         ).returning(tasks_table.c.task_id)
 
-    def insert_tasks(self, descriptions: Sequence[str], created_at: float) -> list[Task]:
-        """Persist new queued tasks; returns them with their ids (in order)."""
+    def insert_tasks(self, descriptions: Sequence[str], created_at: float,
+                     verify: Sequence[str | None] | None = None) -> list[Task]:
+        """Persist new queued tasks; returns them with their ids (in order). ``verify``:
+        each task's verify spec (or None), stored in the same transaction."""
         rows = [{"description": d, "status": QUEUED, "attempts": 0, "created_at": created_at}
                 for d in descriptions]
+        specs = list(verify) if verify is not None and any(v is not None for v in verify) \
+            else None
 
         def run() -> list[int]:
-            if len(rows) == 1:
+            if len(rows) == 1 and specs is None:
                 return [self._insert_one(rows[0])]
             with self.engine.begin() as conn:
                 self._fence_before(conn)
@@ -114,6 +127,10 @@ class Writer:
                     tasks_table.c.task_id, sort_by_parameter_order=True
                 )
                 ids = [r[0] for r in conn.execute(stmt, rows)]
+                if specs is not None:
+                    conn.execute(task_verify_table.insert(),
+                                 [{"task_id": i, "spec": v}
+                                  for i, v in zip(ids, specs, strict=True) if v is not None])
                 self._fence_after(conn)
                 return ids
 
@@ -264,6 +281,9 @@ class Writer:
         if batch.events:
             parts.append((events_table, many(self._event_insert, EVENT_COLUMNS), EVENT_COLUMNS,
                           batch.events))
+        if batch.ledger:
+            parts.append((ledger_table, many(self._ledger_insert, LEDGER_COLUMNS),
+                          LEDGER_COLUMNS, batch.ledger))
         return [p for p in parts if p[3]]
 
     def _apply_sorting(self, batch: Batch) -> list[Refused]:
