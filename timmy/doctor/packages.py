@@ -25,6 +25,7 @@ EXTRAS = {
     "llm": ("ollama",),
     "notebooks": ("ipywidgets", "jupyterlab", "voila", "ipykernel"),
     "postgres": ("psycopg",),
+    "verify": ("jsonschema",),
     "dev": ("pytest", "pytest_timeout", "hypothesis", "nbval", "ruff", "psutil", "pyinstrument",
             "mkdocs", "material"),
 }
