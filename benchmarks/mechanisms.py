@@ -72,9 +72,11 @@ def main() -> None:
             print(f"compiled engine unavailable ({exc}); timing the Python engine only")
             compiled_ok = False
 
-    print(f"strategy {args.strategy}; python: {args.reference_tasks:,} demo tasks, "
-          f"compiled: {args.tasks:,} demo tasks per mechanism")
-    print(f"{'mechanism':<34} {'python auctions/s':>18} {'compiled auctions/s':>22}")
+    sizes = f"python: {args.reference_tasks:,} demo tasks"
+    if compiled_ok:
+        sizes += f", compiled: {args.tasks:,} demo tasks"
+    print(f"strategy {args.strategy}; {sizes} per mechanism")
+    print(f"{'mechanism':<34} {'python auctions/s':>18} {'compiled auctions/s':>26}")
     for rule in rules:
         elapsed, auctions = timed(demo_descriptions(args.reference_tasks, 1), rule, "python",
                                   personas)
@@ -87,7 +89,7 @@ def main() -> None:
             elapsed, auctions = timed(demo_descriptions(args.tasks, 1), rule, "compiled",
                                       personas)
             compiled = f"{auctions / elapsed:,.0f}"
-        print(f"{rule:<34} {python:>18} {compiled:>22}")
+        print(f"{rule:<34} {python:>18} {compiled:>26}")
 
 
 if __name__ == "__main__":
