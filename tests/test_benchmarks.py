@@ -87,3 +87,17 @@ def test_experiment_benchmark_prints_its_figures():
     assert "4 variants x 2 replications x 40 tasks" in out
     assert "serial" in out and "speed-up" in out
     assert "same tables serial and on Dask: True" in out
+
+
+@pytest.mark.timeout(150)
+def test_mechanisms_benchmark_prints_simulated_auctions_per_second_per_mechanism():
+    out = run("mechanisms.py", "--tasks", "2000", "--reference-tasks", "200")
+    rows = {line.split()[0]: line.split()[1:] for line in out.splitlines()[2:]}
+    assert set(rows) == {"specialist_first", "lowest", "second_price", "first_price",
+                         "reputation", "score"}
+    assert all(cells[0].replace(",", "").isdigit() for cells in rows.values())
+    assert rows["lowest"][1].replace(",", "").isdigit()   # compiled where it clears the rule
+    assert rows["score"][1:] == ["-", "(rule:", "python", "only)"]
+    out = run("mechanisms.py", "--reference-tasks", "100", "--strategy", "shade:0.2",
+              "--rule", "score:w_price=0.7,w_quality=0.3")
+    assert "strategy shade:0.2" in out and "score:w_price=0.7,w_quality=0.3" in out
