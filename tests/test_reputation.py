@@ -204,3 +204,23 @@ def test_the_agent_table_has_a_reliability_column(make_swarm):
         assert f"{rep['quill-1']['reliability']:.2f}" in shown
     finally:
         box.close()
+
+
+@pytest.mark.timeout(120)
+def test_the_service_serves_the_reputation(tmp_path):
+    from test_service import ServiceProcess
+
+    svc = ServiceProcess(tmp_path / "swarm.db")
+    try:
+        with svc.attach() as swarm:
+            task = swarm.wait(swarm.post("forge a parser for the build",
+                                         verify=NOT_FORGE).task_id, 30)
+            rep = swarm.reputation()
+            assert set(rep) == {a.agent_id for a in swarm.agents()}
+            assert sum(r["outcomes"] for r in rep.values()) == task.attempts >= 1
+            for r in rep.values():
+                assert r["reliability"] == reliability(r["successes"], r["failures"],
+                                                       r["verification_failures"])
+            assert any(r["outcomes"] for r in rep.values())
+    finally:
+        svc.stop()
