@@ -113,9 +113,10 @@ def test_failing_verification_costs_reliability_and_then_auctions(make_swarm):
     assert lost, "quill-1 bid lowest again but should have lost on its reliability"
 
 
+@pytest.mark.postgres
 @pytest.mark.timeout(180)
-def test_reputation_survives_a_restart_on_the_same_database(tmp_path, rows_of):
-    url = f"sqlite:///{tmp_path / 'rep.db'}"
+def test_reputation_survives_a_restart_on_the_same_database(tmp_path, rows_of, db_url):
+    url = db_url
     with timmy.Swarm(url, seed=4, rule="reputation", task_seconds=0) as swarm:
         swarm.spawn_all()
         for _ in range(3):
