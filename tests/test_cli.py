@@ -266,7 +266,7 @@ def test_export_to_csv(tmp_path, small_db):
                        "order by task_id").fetchall()
     assert tasks == [("fix the bug",), ("write the readme",)]
     assert sorted(p.name for p in (tmp_path / "csv").iterdir()) == \
-        ["agents.csv", "bids.csv", "events.csv", "ledger.csv", "tasks.csv"]
+        ["agents.csv", "bids.csv", "events.csv", "ledger.csv", "reputation.csv", "tasks.csv"]
 
 
 # -- personas ---------------------------------------------------------------------------------

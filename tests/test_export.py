@@ -11,7 +11,7 @@ from collections import Counter
 import duckdb
 import pytest
 
-TABLES = ("tasks", "bids", "agents", "events", "ledger")
+TABLES = ("tasks", "bids", "agents", "events", "ledger", "reputation")
 
 
 def query(con: duckdb.DuckDBPyConnection, sql: str, path) -> list[tuple]:
@@ -36,7 +36,8 @@ def test_exported_parquet_is_read_by_duckdb_with_the_swarms_rows(make_swarm, tmp
     counts = {t: query(con, "SELECT count(*) FROM {file}", files[t])[0][0] for t in TABLES}
     assert counts == {"tasks": 30, "bids": len(bids), "agents": len(agents),
                       "events": len(events),
-                      "ledger": sum(t.status == "completed" for t in tasks)}
+                      "ledger": sum(t.status == "completed" for t in tasks),
+                      "reputation": sum(r["outcomes"] > 0 for r in swarm.reputation().values())}
 
     # The rows themselves, not just their number.
     assert query(con, "SELECT task_id, status, assigned_agent, price_sats, attempts "

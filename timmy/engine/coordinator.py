@@ -53,6 +53,7 @@ from timmy.market.models import (
     copy,
 )
 from timmy.market.personas import Persona
+from timmy.market.reputation import FAILURE, SUCCESS, VERIFICATION_FAILURE, Reputation
 from timmy.progress import progress_bar
 from timmy.storage.store import Store
 
@@ -122,6 +123,9 @@ class Coordinator:
         self.heartbeat = Heartbeat(config, self.journal.emit)
         self.runners = Runners(store, config, self.agents, self.journal, self._check_open)
         self.auctions = Auctions(config, self.agents, self.journal, self.heartbeat.awake)
+        # Each agent's outcomes and reliability (`timmy.market.reputation`), which the
+        # mechanisms read: stored, loaded at start, counted in `_rate`.
+        self.reputation = self.auctions.reputation = Reputation()
         # Their hot methods, bound once: the state machine calls them for every message.
         self._emit, self._dirty = self.journal.emit, self.journal.task_changed
         self._awake, self._just_woke = self.heartbeat.awake, self.heartbeat.just_woke
@@ -155,6 +159,8 @@ class Coordinator:
         if self.active:   # a restarted swarm still verifies what was posted with a verifier
             self._verify.update(await anyio.to_thread.run_sync(
                 self.store.verify_specs, sorted(self.active)))
+        self.reputation.records.update(Reputation(await anyio.to_thread.run_sync(
+            self.store.reputation)).records)
         for task in requeued:
             self._emit("task_requeued", task.task_id, reason=task.reason)
         for task in failed:
@@ -424,6 +430,7 @@ class Coordinator:
         # kill is reported (_on_exit), which then finds no task left to requeue.
         agent.alive = False
         task = self.active.get(tid)
+        self.journal.rated(agent_id, self.reputation.timed(agent_id, late=True).counters())
         self._emit("task_timed_out", tid, agent_id, timeout_s=limit,
                    attempt=task.attempts if task is not None else None, queued_behind=len(held) - 1)
         for i in reversed(range(len(held))):  # requeue at the front, keeping their order
@@ -476,6 +483,7 @@ class Coordinator:
             output = output.replace("\x00", "\ufffd")
         if tid not in agent.tasks:
             return
+        held_for = self._awake() - agent.head_since if tid == agent.head else None
         del agent.tasks[tid]
         if tid == agent.head:
             self._set_head(agent)
@@ -491,6 +499,10 @@ class Coordinator:
             measured = {"elapsed_s": round(result.elapsed_s, 6)}
             if result.usage is not None:
                 measured["usage"] = msgspec.structs.asdict(result.usage)
+            limit = self._timeouts.get(tid, self.cfg.task_timeout)
+            if limit is not None and held_for is not None:   # timeliness, beside reliability
+                self.journal.rated(agent.info.agent_id, self.reputation.timed(
+                    agent.info.agent_id, late=held_for > limit).counters())
             if ok:
                 spec = self._verify.get(tid)
                 if spec is None:
@@ -499,6 +511,7 @@ class Coordinator:
                     self._check_result(task, agent, output, spec, measured)
             else:
                 task.result = output
+                self._rate(agent, FAILURE, measured)
                 self._decided(task, after_failure(task.attempts, self.cfg.max_attempts,
                                                   agent.info.agent_id, output,
                                                   permanent=result.permanent), **measured)
@@ -510,10 +523,20 @@ class Coordinator:
         price, not the bid) goes in the same batch, so the same transaction."""
         price = task.price_sats or 0
         agent.info.earned_sats += price
+        self._rate(agent, SUCCESS, measured)
         task.reason = None
         self.journal.paid(task.task_id, task.attempts, agent.info.agent_id, price, verified)
         self._finish(task, COMPLETED, result=output, **measured,
                      **({"verified": True} if verified else {}))
+
+    def _rate(self, agent: Agent, outcome: str, measured: dict) -> None:
+        """Count a result in its agent's reputation before the task moves on (the simulator
+        counts it at the same point, so the next auction sees the same reliability); the
+        outcome's event carries the agent's new ``reliability``."""
+        agent_id = agent.info.agent_id
+        record = self.reputation.record(agent_id, outcome)
+        self.journal.rated(agent_id, record.counters())
+        measured["rated"], measured["reliability"] = agent_id, round(record.reliability, 4)
 
     def _check_result(self, task: Task, agent: Agent, output: str, spec: str,
                       measured: dict) -> None:
@@ -554,6 +577,7 @@ class Coordinator:
         self._emit(VERIFICATION_FAILED, task.task_id, agent_id, attempt=task.attempts,
                    reason=verdict.reason)
         task.result = output
+        self._rate(agent, VERIFICATION_FAILURE, measured)
         self._decided(task, after_verification_failure(
             task.attempts, self.cfg.max_attempts, agent_id, verdict.reason, others), **measured)
 

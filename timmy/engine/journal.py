@@ -105,6 +105,11 @@ class Journal:
         self.batch.ledger.append((task_id, attempt, agent_id, sats, verified, time.time()))
         self._wake.set()
 
+    def rated(self, agent_id: str, counters: tuple[int, ...]) -> None:
+        """An agent's reputation counters changed: its row, written over the stored one."""
+        self.batch.reputation[agent_id] = (agent_id, *counters, time.time())
+        self._wake.set()
+
     def agent_changed(self, i: AgentInfo, joined_at: float) -> None:
         self.batch.agents[i.agent_id] = {
             "agent_id": i.agent_id, "persona": i.persona, "name": i.name, "pid": i.pid,

@@ -322,6 +322,14 @@ class AsyncSwarm:
         await self.engine.flush()
         return await anyio.to_thread.run_sync(self.store.balances)
 
+    async def reputation(self) -> dict[str, dict]:
+        """Per agent (every agent of the swarm, and any with a stored record), what its
+        results came to: ``successes``, ``failures``, ``verification_failures``,
+        ``outcomes``, ``reliability`` ((successes + 1) / (outcomes + 2), what the
+        ``reputation`` and ``score`` mechanisms read), and ``on_time``, ``late`` and
+        ``timeliness`` against tasks' deadlines (`timmy.market.reputation`)."""
+        return self.engine.reputation.snapshot(self.engine.agents)
+
     def subscribe(self, callback: Callable[[Event], None]) -> Callable[[], None]:
         """Call ``callback(event)`` for every event from now on; returns unsubscribe().
 
@@ -504,6 +512,9 @@ class Swarm:
 
     def balances(self) -> dict[str, dict[str, int]]:
         return self._call(self._async.balances)
+
+    def reputation(self) -> dict[str, dict]:
+        return self._call(self._async.reputation)
 
     def wait(self, task_id: int, timeout: float | None = None) -> Task:
         return self._call(self._async.wait, task_id, timeout)

@@ -31,9 +31,10 @@ what went wrong and `after_mechanism_failure` decides the task's fate (auctioned
 the attempt spent, so a mechanism that always fails cannot spin the swarm; failed after
 ``max_attempts`` like any other failure).
 
-Reputation: until agents have one (issue 14, point 5), every bidder's reliability is 1.0:
-the coordinator's `Auctions.reputation` and the simulator's ``Simulator.reputation`` are
-empty mappings, the seam where stored reputation goes.
+Reputation: a live swarm's `Auctions.reputation` and the simulator's ``Simulator.reputation``
+are a `timmy.market.reputation.Reputation`, updated from each agent's outcomes (an agent with
+none is 0.5); a mechanism asked without one (``clear(...)`` with no ``reputation``) sees 1.0
+for every bidder.
 """
 
 from __future__ import annotations
@@ -231,7 +232,7 @@ def decide(rule: str, bids: Sequence[Any], task_id: int, description: str = "",
     With an ``error`` (the mechanism raised or lied) the winner and price are None."""
     name, params = split_rule(rule)
     fn = mechanism(name)
-    rep = reputation or {}
+    rep = {} if reputation is None else reputation   # a `Reputation` answers for everyone
     ctx = Context(task_id, description, rule, MappingProxyType(params),
                   MappingProxyType({b.agent_id: rep.get(b.agent_id, 1.0) for b in bids}))
     try:

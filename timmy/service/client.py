@@ -315,6 +315,10 @@ class AttachedSwarm:
         """Per agent the ledger paid: sats, tasks, verified."""
         return self._call("balances")
 
+    def reputation(self) -> dict[str, dict]:
+        """Per agent: outcomes, reliability and timeliness (`timmy.market.reputation`)."""
+        return self._call("reputation")
+
     def wait(self, task_id: int, timeout: float | None = None) -> Task:
         return msgspec.convert(self._call("wait", task_id=task_id, timeout=timeout), Task)
 

@@ -153,6 +153,7 @@ OPS: dict[str, Op] = {
     "ledger": (LedgerArgs, lambda s, a: s.ledger(a.agent_id, _cap(a.limit), after=a.after,
                                                  before=a.before)),
     "balances": (NoArgs, lambda s, a: s.balances()),
+    "reputation": (NoArgs, lambda s, a: s.reputation()),
 }
 
 

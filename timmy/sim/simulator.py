@@ -30,6 +30,7 @@ from timmy.market.lifecycle import (
 )
 from timmy.market.mechanisms import MECHANISM_FAILED, after_mechanism_failure
 from timmy.market.personas import PERSONAS, Persona
+from timmy.market.reputation import FAILURE, SUCCESS, VERIFICATION_FAILURE, Reputation
 from timmy.market.strategies import record_auction
 from timmy.sim.workloads import Arrival
 
@@ -178,9 +179,9 @@ class Simulator:
         self._event_id = 0
         self._matches: dict[str, dict[str, tuple[str, ...]]] = {}
         self.rows = _Rows()
-        # agent_id -> reliability for the mechanisms that use it: everyone 1.0 until agents
-        # have a reputation (issue 14, point 5), as live (`Auctions.reputation`)
-        self.reputation: dict[str, float] = {}
+        # agent_id -> reliability for the mechanisms that use it, counted from each result
+        # at the point the live coordinator counts it (`Coordinator._rate`)
+        self.reputation = Reputation()
         for a in self.agents:
             self._event("agent_joined", None, a.agent_id)
 
@@ -285,6 +286,7 @@ class Simulator:
             verdict = None if task.verify is None else \
                 verify_sync(task.verify, task.result, self.verify_timeout)
             if verdict is None or verdict.ok:
+                self.reputation.record(agent_id, SUCCESS)
                 task.status, task.completed_at, task.reason = "completed", self.now, None
                 agent.earned += task.price or 0
                 self.rows.add("ledger", None, task.task_id, task.attempts, agent_id,
@@ -296,11 +298,13 @@ class Simulator:
                 task.excluded.add(agent_id)
                 others = sum(1 for a in self.agents if a.agent_id not in task.excluded)
                 self._event(VERIFICATION_FAILED, task.task_id, agent_id)
+                self.reputation.record(agent_id, VERIFICATION_FAILURE)
                 self._decided(task, after_verification_failure(
                     task.attempts, self.max_attempts, agent_id, verdict.reason, others),
                     agent_id)
         else:
             task.result = f"simulated failure ({'on' if task.on_spec else 'off'}-spec task)"
+            self.reputation.record(agent_id, FAILURE)
             self._decided(task, after_failure(task.attempts, self.max_attempts, agent_id,
                                               task.result), agent_id)
         self._drain()
@@ -425,6 +429,9 @@ class SimRun:
     def __init__(self, tables: dict | None = None, paths: dict[str, Path] | None = None) -> None:
         self._tables, self.paths = tables or {}, paths or {}
         self._frames: dict = {}
+        #: Per agent, what its results came to, as `Swarm.reputation` shows it (set by
+        #: `simulate`; None from the compiled engine, whose rules do not read it).
+        self.reputation: dict[str, dict] | None = None
 
     def table(self, name: str):
         """One table as a pyarrow Table."""
@@ -594,7 +601,10 @@ def simulate(workload: Sequence[str] | Sequence[Arrival], *, personas=None, seed
     finally:
         if bar is not None:
             bar.close()
-    return sink.close()
+    run = sink.close()
+    if not compiled:
+        run.reputation = sim.reputation.snapshot(a.agent_id for a in sim.agents)
+    return run
 
 
 def _verify_specs(verify, n: int) -> list[str | None] | None:

@@ -1,5 +1,6 @@
-"""Export a store's tables (tasks, bids, agents, events, ledger) to Parquet or CSV files, or read
-them into Arrow tables (`read_tables`), streamed in chunks; times are epoch seconds (float64).
+"""Export a store's tables (tasks, bids, agents, events, ledger, reputation) to Parquet or CSV
+files, or read them into Arrow tables (`read_tables`), streamed in chunks; times are epoch
+seconds (float64).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from timmy.storage.tables import (
     bids_table,
     events_table,
     ledger_table,
+    reputation_table,
     tasks_table,
 )
 
@@ -24,7 +26,7 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
 TABLES = {"tasks": tasks_table, "bids": bids_table, "agents": agents_table,
-          "events": events_table, "ledger": ledger_table}
+          "events": events_table, "ledger": ledger_table, "reputation": reputation_table}
 CHUNK = 100_000
 
 

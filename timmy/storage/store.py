@@ -29,6 +29,7 @@ from timmy.storage.tables import (
     LEDGER_COLUMNS,
     OWNER,
     OWNER_EPOCH,
+    REPUTATION_COLUMNS,
     SCHEMA_VERSION,
     TASK_COLUMNS,
     TASK_UPDATE_COLUMNS,
@@ -38,6 +39,7 @@ from timmy.storage.tables import (
     ledger_table,
     meta_table,
     metadata,
+    reputation_table,
     task_verify_table,
     tasks_table,
 )
@@ -317,6 +319,13 @@ class Store(Writer):
                           .group_by(c.agent_id).order_by(c.agent_id))
         return {a: {"sats": int(s or 0), "tasks": int(n), "verified": int(v or 0)}
                 for a, s, n, v in rows}
+
+    def reputation(self) -> dict[str, dict[str, int]]:
+        """Every agent's stored reputation counters (`timmy.market.reputation.COUNTERS`)."""
+        counters = REPUTATION_COLUMNS[1:-1]
+        return {r[0]: dict(zip(counters, r[1:-1], strict=True))
+                for r in self._read(sa.select(reputation_table)
+                                    .order_by(reputation_table.c.agent_id))}
 
     def verify_specs(self, task_ids: Sequence[int]) -> dict[int, str]:
         """The verify specs of these tasks (those posted with one)."""

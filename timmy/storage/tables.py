@@ -87,6 +87,19 @@ task_verify_table = sa.Table(
     sa.Column("task_id", sa.Integer, primary_key=True, autoincrement=False),
     sa.Column("spec", sa.Text, nullable=False),
 )
+#: Per agent, what its results came to (`timmy.market.reputation`): the counters its
+#: reliability is computed from, written in the journal's batches as they change and read
+#: back when a swarm starts, so reputation survives restarts.
+reputation_table = sa.Table(
+    "reputation", metadata,
+    sa.Column("agent_id", sa.String(64), primary_key=True),
+    sa.Column("successes", sa.Integer, nullable=False, default=0),
+    sa.Column("failures", sa.Integer, nullable=False, default=0),
+    sa.Column("verification_failures", sa.Integer, nullable=False, default=0),
+    sa.Column("on_time", sa.Integer, nullable=False, default=0),
+    sa.Column("late", sa.Integer, nullable=False, default=0),
+    sa.Column("updated_at", sa.Float, nullable=False),
+)
 #: The tables every timmy database has had; the others are created as it opens.
 CORE_TABLES = ("timmy_meta", "agents", "tasks", "bids", "events")
 
@@ -102,6 +115,7 @@ _AGENT_UPDATE_BINDS = ("b_agent_id", *(f"b_{c}" for c in AGENT_UPDATE_COLUMNS))
 BID_COLUMNS = ("task_id", "attempt", "auction_id", "agent_id", "sats", "on_spec", "won", "rule",
                "created_at")
 LEDGER_COLUMNS = ("task_id", "attempt", "agent_id", "sats", "verified", "created_at")
+REPUTATION_COLUMNS = tuple(c.name for c in reputation_table.columns)
 EVENT_COLUMNS = ("event_id", "ts", "kind", "task_id", "agent_id", "data")
 # A page of one state, newest first (`Store.tasks`), is a range scan of this index. SQLite's
 # ix_tasks_status already is one (its entries end with the rowid, which is task_id).

@@ -22,12 +22,14 @@ from timmy.storage.tables import (
     LEDGER_COLUMNS,
     OWNER,
     OWNER_EPOCH,
+    REPUTATION_COLUMNS,
     TASK_UPDATE_COLUMNS,
     agents_table,
     bids_table,
     events_table,
     ledger_table,
     meta_table,
+    reputation_table,
     task_verify_table,
     tasks_table,
 )
@@ -40,7 +42,8 @@ class Batch:
     ``tasks``: task_id -> changed columns; ``bids``, ``events`` and ``ledger``: tuples in
     `BID_COLUMNS` / `EVENT_COLUMNS` / `LEDGER_COLUMNS` order; ``agents``: agent_id -> row.
     A paid task's ledger row goes in the batch of its completion, so both are written in
-    the same transaction.
+    the same transaction. ``reputation``: agent_id -> its row in `REPUTATION_COLUMNS` order
+    (the latest counters: written over the stored row).
     """
 
     tasks: dict[int, dict[str, Any]] = field(default_factory=dict)
@@ -48,9 +51,11 @@ class Batch:
     events: list[tuple] = field(default_factory=list)
     agents: dict[str, dict[str, Any]] = field(default_factory=dict)
     ledger: list[tuple] = field(default_factory=list)
+    reputation: dict[str, tuple] = field(default_factory=dict)
 
     def __bool__(self) -> bool:
-        return bool(self.tasks or self.bids or self.events or self.agents or self.ledger)
+        return bool(self.tasks or self.bids or self.events or self.agents or self.ledger
+                    or self.reputation)
 
     def merge_into(self, older: Batch) -> Batch:
         """Put this batch's changes on top of ``older`` (used to retry a failed write)."""
@@ -59,6 +64,7 @@ class Batch:
         older.events.extend(self.events)
         older.agents.update(self.agents)
         older.ledger.extend(self.ledger)
+        older.reputation.update(self.reputation)
         return older
 
 
@@ -92,6 +98,10 @@ class Writer:
         ).returning(tasks_table.c.task_id)
         self._ledger_insert = ledger_table.insert().values(
             {c: sa.bindparam(c) for c in LEDGER_COLUMNS})
+        self._reputation_delete = reputation_table.delete().where(
+            reputation_table.c.agent_id == sa.bindparam("b_agent_id"))
+        self._reputation_insert = reputation_table.insert().values(
+            {c: sa.bindparam(c) for c in REPUTATION_COLUMNS})
         self._event_insert = events_table.insert().values(
             {c: sa.bindparam(c) for c in EVENT_COLUMNS})
         self._owner_check = (sa.select(meta_table.c.value)
@@ -284,6 +294,13 @@ class Writer:
         if batch.ledger:
             parts.append((ledger_table, many(self._ledger_insert, LEDGER_COLUMNS),
                           LEDGER_COLUMNS, batch.ledger))
+        if batch.reputation:   # each agent's latest counters, written over its stored row
+            def rated(c, rows):
+                self._executemany(c, self._reputation_delete, ("b_agent_id",),
+                                  [r[:1] for r in rows])
+                self._executemany(c, self._reputation_insert, REPUTATION_COLUMNS, rows)
+            parts.append((reputation_table, rated, REPUTATION_COLUMNS,
+                          list(batch.reputation.values())))
         return [p for p in parts if p[3]]
 
     def _apply_sorting(self, batch: Batch) -> list[Refused]:

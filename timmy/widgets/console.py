@@ -133,11 +133,12 @@ class Console(SpeakMixin):
             self._unsubscribe = swarm.subscribe(self.on_event)
         try:
             tasks, agents = swarm.tasks(limit=WINDOW), swarm.agents()
+            reputation = _reputation(swarm)
         except BaseException:
             self.detach()
             raise
         with self.lock:
-            self.state.load(tasks, agents)
+            self.state.load(tasks, agents, reputation)
             for event in self._pending:
                 self.state.apply(event)
             self._pending = None
@@ -223,6 +224,14 @@ class Console(SpeakMixin):
         self.post_message.value = (f"posted task #{task.task_id}: "
                                    f"{esc(description[:80])}")
         self.redraw_now()
+
+
+def _reputation(swarm) -> dict | None:
+    """The swarm's reputation per agent, or None from one that has none (an older service)."""
+    try:
+        return swarm.reputation()
+    except (AttributeError, TimmyError):
+        return None
 
 
 def is_attached(swarm) -> bool:

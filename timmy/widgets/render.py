@@ -47,10 +47,16 @@ def table(head: Sequence[str], rows: Iterable[Sequence[str]], empty: str = "noth
 
 def agents_table(agents) -> str:
     rows = [(esc(a.agent_id), esc(a.persona), badge(a.status), esc(len(a.held)),
-             esc(a.tasks_won), esc(a.earned_sats), esc(a.restarts))
+             esc(a.tasks_won), esc(a.earned_sats), esc(a.restarts), reliability(a))
             for a in sorted(agents, key=lambda a: a.agent_id)]
-    return table(("agent", "persona", "status", "holds", "won", "earned (sats)", "restarts"),
-                 rows, empty="no agents: spawn one")
+    return table(("agent", "persona", "status", "holds", "won", "earned (sats)", "restarts",
+                  "reliability"), rows, empty="no agents: spawn one")
+
+
+def reliability(agent) -> str:
+    """An agent's reliability to two places, "–" before anything is known of it."""
+    r = getattr(agent, "reliability", None)
+    return "–" if r is None else esc(f"{r:.2f}")
 
 
 def auctions_html(auctions, limit: int = 10) -> str:

@@ -36,6 +36,7 @@ class AgentRow:
     earned_sats: int = 0
     restarts: int = 0
     held: set[int] = field(default_factory=set)
+    reliability: float | None = None   # `timmy.market.reputation`; None: not known yet
 
 
 @dataclass(slots=True)
@@ -64,8 +65,8 @@ class SwarmState:
         self.max_tasks = max_tasks
 
     # -- the snapshot -------------------------------------------------------
-    def load(self, tasks, agents) -> None:
-        """Start from ``swarm.tasks()`` and ``swarm.agents()``."""
+    def load(self, tasks, agents, reputation: dict | None = None) -> None:
+        """Start from ``swarm.tasks()`` and ``swarm.agents()`` (and ``swarm.reputation()``)."""
         for t in tasks:
             row = self._task(t.task_id)
             self._set_status(row, t.status)
@@ -77,6 +78,9 @@ class SwarmState:
         for a in agents:
             self.agents[a.agent_id] = AgentRow(a.agent_id, a.persona, a.status, a.tasks_won,
                                                a.earned_sats, a.restarts)
+        for agent_id, rep in (reputation or {}).items():
+            if agent_id in self.agents:
+                self.agents[agent_id].reliability = rep.get("reliability")
         for row in self.tasks.values():
             if row.agent in self.agents and row.status in ("assigned", "running"):
                 self.agents[row.agent].held.add(row.task_id)
@@ -126,6 +130,8 @@ class SwarmState:
                 if not holder.held and holder.status == "busy":
                     holder.status = "idle"
             row.reason = data.get("reason")
+            if "reliability" in data:   # a result counted in its agent's reputation
+                self._agent(data.get("rated") or aid).reliability = data["reliability"]
             if kind == "task_completed" and row.status not in TERMINAL_STATES:
                 if holder is not None:
                     holder.earned_sats += data.get("price_sats") or 0
