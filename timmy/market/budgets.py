@@ -24,14 +24,16 @@ from collections.abc import Callable
 from numbers import Integral
 
 from timmy.errors import ConfigError
+from timmy.market.models import Task
 
 #: The reasons a clearing waits for approval.
 OVER_MAX_PRICE = "over max_price"
 OVER_BUDGET = "over the budget left"
 
 #: An approval policy (`simulate(..., approve=)`): "all", "none", or a callable
-#: ``(task_id, description, agent_id, price) -> bool``.
-ApprovalPolicy = str | Callable[[int, str, str, int], bool]
+#: ``(task, price) -> bool`` (``task``: a `timmy.Task` awaiting approval, its held agent
+#: in ``assigned_agent``).
+ApprovalPolicy = str | Callable[[Task, int], bool]
 
 
 def check_sats(name: str, value, hint: str | None = None) -> int | None:
@@ -76,18 +78,16 @@ def check_policy(approve) -> ApprovalPolicy:
     if approve in ("all", "none") or callable(approve):
         return approve
     raise ConfigError(f"unknown approval policy {approve!r}",
-                      hint='use approve="all", "none" or a callable '
-                           "(task_id, description, agent_id, price) -> bool")
+                      hint='use approve="all", "none" or a callable (task, price) -> bool')
 
 
-def decide(policy: ApprovalPolicy, task_id: int, description: str, agent_id: str,
-           price: int) -> bool:
+def decide(policy: ApprovalPolicy, task: Task, price: int) -> bool:
     """Whether ``policy`` approves a held clearing."""
     if policy == "all":
         return True
     if policy == "none":
         return False
-    return bool(policy(task_id, description, agent_id, price))
+    return bool(policy(task, price))
 
 
 def rejected_reason(why: str) -> str:
