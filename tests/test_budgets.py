@@ -242,7 +242,8 @@ def test_simulate_holds_approves_and_rejects():
     # approving every held clearing changes nothing but the events
     cols = ["task_id", "status", "assigned_agent", "price_sats", "attempts"]
     assert approved.tasks[cols].equals(free.tasks[cols])
-    assert (approved.events.kind == "approval_requested").sum() == len(descriptions)
+    kinds = approved.events.kind   # every assignment (retries too) was asked for first
+    assert (kinds == "approval_requested").sum() == (kinds == "task_assigned").sum() >= 30
     rejected = simulate(descriptions, seed=5, task_seconds=0, max_price=0, approve="none")
     assert set(rejected.tasks.status) == {"cancelled"} and len(rejected.ledger) == 0
     assert rejected.tasks.reason.str.startswith("rejected: over max_price").all()
