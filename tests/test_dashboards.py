@@ -330,3 +330,39 @@ def test_speak_events_toggle_plays_speech_in_the_browser(browser, stack):
     shot(page, "desktop-speaking")
     swarm.close()
     page.context.close()
+
+
+def test_mobile_approve_button_assigns_a_task_awaiting_approval(browser, stack):
+    """Budgets with approval from a phone: the pending task shows with large Approve /
+    Reject buttons; tapping Approve assigns it at its held price and it completes."""
+    swarm = attach(stack)
+    if not [a for a in swarm.agents() if a.status in ("idle", "busy")]:
+        swarm.spawn("quill")
+    held = swarm.post("write the approval docs", max_price=0)
+    rejected = swarm.post("write the rejected docs", max_price=0)
+    deadline = time.monotonic() + CHANGE / 1000
+    while {swarm.task(t.task_id).status for t in (held, rejected)} != {"awaiting_approval"}:
+        assert time.monotonic() < deadline, "the tasks never awaited approval"
+        time.sleep(0.1)
+    waiting = swarm.task(held.task_id)
+    page = open_page(browser, stack.running.mobile_url, PHONE, mobile=True)
+    row = page.locator(f".timmy-approval-{held.task_id}")
+    row.wait_for(timeout=CHANGE)
+    approve, reject = row.locator(".timmy-approve button, button.timmy-approve"), \
+        page.locator(f".timmy-approval-{rejected.task_id}").locator(
+            ".timmy-reject button, button.timmy-reject")
+    for button in (approve, reject):
+        box = button.bounding_box()
+        assert box["height"] >= 44 and box["width"] >= 150, "large touch targets on a phone"
+    assert horizontal_overflow(page) == []
+    shot(page, "mobile-approvals")
+    approve.click()
+    done = swarm.wait(held.task_id, timeout=CHANGE / 1000)
+    assert (done.status, done.assigned_agent, done.price_sats) == \
+        ("completed", waiting.assigned_agent, waiting.price_sats)
+    reject.click()
+    assert swarm.wait(rejected.task_id, timeout=CHANGE / 1000).status == "cancelled"
+    page.locator(".timmy-approvals").get_by_text("no task awaits approval").wait_for(
+        timeout=CHANGE)
+    swarm.close()
+    page.context.close()

@@ -24,8 +24,8 @@ attempts_and_max = st.integers(1, 50).flatmap(
 # -- states and moves -------------------------------------------------------
 def test_the_states_split_into_active_and_terminal_and_models_still_export_them():
     assert (*lc.ACTIVE_STATES, *lc.TERMINAL_STATES) == lc.TASK_STATES
-    assert lc.TASK_STATES == ("queued", "bidding", "assigned", "running", "completed",
-                              "failed", "cancelled")
+    assert lc.TASK_STATES == ("queued", "bidding", "assigned", "running", "awaiting_approval",
+                              "completed", "failed", "cancelled")
     assert set(lc.HELD_STATES) == {"assigned", "running"}
     for name in ("TASK_STATES", "ACTIVE_STATES", "TERMINAL_STATES", "QUEUED", "BIDDING",
                  "ASSIGNED", "RUNNING", "COMPLETED", "FAILED", "CANCELLED",
@@ -56,7 +56,8 @@ def test_each_task_event_implies_a_status():
     assert lc.TASK_EVENT_STATUS == {
         "task_posted": "queued", "auction_opened": "bidding", "task_assigned": "assigned",
         "task_started": "running", "task_completed": "completed", "task_failed": "failed",
-        "task_cancelled": "cancelled", "task_requeued": "queued"}
+        "task_cancelled": "cancelled", "task_requeued": "queued",
+        "approval_requested": "awaiting_approval"}
     assert lc.FINISH_EVENT == {"completed": "task_completed", "failed": "task_failed",
                                "cancelled": "task_cancelled"}
     for status, kind in lc.FINISH_EVENT.items():

@@ -71,7 +71,15 @@ def _register_commands() -> None:
     from timmy.cli.doctor import doctor_cmd
     from timmy.cli.run import demo_cmd, run_cmd
     from timmy.cli.runner import runner_cmd
-    from timmy.cli.service import dashboards_cmd, post_cmd, serve_cmd, spawn_cmd, status_cmd
+    from timmy.cli.service import (
+        approve_cmd,
+        dashboards_cmd,
+        post_cmd,
+        reject_cmd,
+        serve_cmd,
+        spawn_cmd,
+        status_cmd,
+    )
     from timmy.cli.sim import simulate_cmd, sweep_cmd
 
     for name, command in [("demo", demo_cmd), ("run", run_cmd), ("export", export_cmd),
@@ -79,7 +87,8 @@ def _register_commands() -> None:
                           ("simulate", simulate_cmd), ("sweep", sweep_cmd),
                           ("runner", runner_cmd), ("dashboards", dashboards_cmd),
                           ("serve", serve_cmd), ("status", status_cmd), ("post", post_cmd),
-                          ("spawn", spawn_cmd), ("doctor", doctor_cmd)]:
+                          ("spawn", spawn_cmd), ("doctor", doctor_cmd),
+                          ("approve", approve_cmd), ("reject", reject_cmd)]:
         cli.add_command(command, name)
 
 

@@ -33,6 +33,11 @@ def status_line(status: dict) -> str:
     return (f"status: tasks {tasks} · runners live {status.get('runners_live', 0)} · "
             f"protocol errors {status.get('protocol_errors', 0)} · rule {status.get('rule')} · "
             f"executor {status.get('executor')} · seed {status.get('seed')}"
+            + (f"\nspent {status['spent_sats']} sats (paid {status.get('paid_sats', 0)}, held "
+               f"{status.get('held_sats', 0)})" + ("" if status.get("budget") is None else
+                                                  f" · budget {status['budget']} sats · left "
+                                                  f"{status.get('budget_left')} sats")
+               if status.get("spent_sats") is not None else "")
             + (f"\nstalled: {status['stalled']}; spawn runners (`timmy spawn`, a dashboard's "
                "Spawn) and the waiting tasks run" if status.get("stalled") else ""))
 

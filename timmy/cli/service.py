@@ -115,6 +115,9 @@ def _token_not_in_argv(token: str | None) -> str | None:
               type=click.FloatRange(min=0.01), metavar="SECONDS",
               help="Cut off a restarted or remote runner that says no hello for this long "
                    "(checked every 5 s); it is restarted or dials in again.")
+@click.option("--budget", default=None, type=int, metavar="SATS",
+              help="Sats the swarm may spend (paid + held) before an auction's winner waits "
+                   "for `timmy approve ID` / `timmy reject ID` (see docs/guide.md).")
 @click.option("--ping-interval", default=5.0, show_default=True,
               type=click.FloatRange(0.01, 3600), metavar="SECONDS",
               help="Seconds between pings to each runner.")
@@ -129,7 +132,7 @@ def serve_cmd(db: str, host: str, port: int, token: str | None, allow_remote: bo
               send_timeout: float, first_line_timeout: float, max_restarts: int,
               max_queued: int, hello_timeout: float, task_timeout: float | None = None,
               ping_interval: float = 5.0, ping_timeout: float = 30.0,
-              plugins: tuple[str, ...] = ()) -> None:
+              plugins: tuple[str, ...] = (), budget: int | None = None) -> None:
     """Host one swarm until Ctrl-C or SIGTERM; `timmy.Swarm.attach(url)` talks to it.
 
     ``--plugin MODULE`` imports a module before the swarm starts: one that registers the
@@ -173,7 +176,7 @@ def serve_cmd(db: str, host: str, port: int, token: str | None, allow_remote: bo
     options: dict = {"restart": RestartPolicy(max_restarts=max_restarts),
                      "max_queued": max_queued, "hello_timeout": hello_timeout,
                      "task_timeout": task_timeout, "ping_interval": ping_interval,
-                     "ping_timeout": ping_timeout}
+                     "ping_timeout": ping_timeout, "budget": budget}
     if personas_file is not None:
         options["personas"] = load_personas(personas_file)
     if models:
@@ -260,15 +263,18 @@ def status_cmd(url: str | None, token: str | None, db: str | None) -> None:
 @click.option("--verify", "verify", default=None, metavar="SPEC",
               help="What the result must pass to be paid: nonempty, regex:PATTERN, "
                    "json-schema:PATH, command:CMD or a registered verifier's name.")
+@click.option("--max-price", "max_price", default=None, type=int, metavar="SATS",
+              help="An auction clearing over this waits for `timmy approve ID`.")
 @_url
 @_token
 @_db
 def post_cmd(description: str, wait: bool, timeout: float, url: str | None, token: str | None,
              db: str | None, task_timeout: float | None = None,
-             verify: str | None = None) -> None:
+             verify: str | None = None, max_price: int | None = None) -> None:
     """Post DESCRIPTION as a task; with --wait, print how it ended."""
     with _attach(url, token, db) as swarm:
-        task = swarm.post(description, task_timeout=task_timeout, verify=verify)
+        task = swarm.post(description, task_timeout=task_timeout, verify=verify,
+                          max_price=max_price)
         if not wait:
             click.echo(clean(f"task {task.task_id} {task.status}"))
             return
@@ -279,6 +285,38 @@ def post_cmd(description: str, wait: bool, timeout: float, url: str | None, toke
     note = task.result if task.status == "completed" else task.reason
     if note:
         click.echo(clean(note))
+
+
+def _decide_cmd(verb: str, task_id: int, url: str | None, token: str | None,
+                db: str | None) -> None:
+    with _attach(url, token, db) as swarm:
+        task = getattr(swarm, verb)(task_id)
+    price = "-" if task.price_sats is None else f"{task.price_sats} sats"
+    click.echo(clean(f"task {task.task_id} {task.status} · agent {task.assigned_agent or '-'} "
+                     f"· price {price}" + (f"\n{task.reason}" if task.reason else "")))
+
+
+@click.command(context_settings=CONTEXT_SETTINGS,
+               short_help="Approve a task awaiting approval (assign it at its held price).")
+@click.argument("task_id", type=int)
+@_url
+@_token
+@_db
+def approve_cmd(task_id: int, url: str | None, token: str | None, db: str | None) -> None:
+    """Assign TASK_ID, which awaits approval (over its --max-price or the service's
+    --budget), to the agent whose bid is held, at that price."""
+    _decide_cmd("approve", task_id, url, token, db)
+
+
+@click.command(context_settings=CONTEXT_SETTINGS,
+               short_help="Reject a task awaiting approval (cancel it).")
+@click.argument("task_id", type=int)
+@_url
+@_token
+@_db
+def reject_cmd(task_id: int, url: str | None, token: str | None, db: str | None) -> None:
+    """Cancel TASK_ID, which awaits approval; its held bid is dropped."""
+    _decide_cmd("reject", task_id, url, token, db)
 
 
 @click.command(context_settings=CONTEXT_SETTINGS,

@@ -13,6 +13,7 @@ from timmy.engine.supervisor import RestartPolicy
 from timmy.errors import ConfigError, MissingDependency, QueueFull, TaskNotFound
 from timmy.llm import DEFAULT_TIMEOUT, base_url, check_models, choose_executor, model_for
 from timmy.market.auction import check_rule
+from timmy.market.budgets import check_sats
 from timmy.market.personas import PERSONAS, Persona
 
 
@@ -43,6 +44,7 @@ class Config:
     ollama_host: str | None = None
     ollama_timeout: float = DEFAULT_TIMEOUT
     verify_timeout: float = 30.0   # seconds a verifier (a command, a callable) may take
+    budget: int | None = None      # sats the swarm may spend without approval (market.budgets)
 
     def __post_init__(self) -> None:
         check_rule(self.rule)
@@ -64,6 +66,7 @@ class Config:
         _check_number("hello_timeout", self.hello_timeout, 0.01, 3600, "the default is 15.0")
         check_task_timeout(self.task_timeout)
         _check_number("verify_timeout", self.verify_timeout, 0.01, 86400, "the default is 30.0")
+        self.budget = check_sats("budget", self.budget)
         if self.ping_timeout <= self.ping_interval:
             raise ConfigError(
                 f"ping_timeout ({self.ping_timeout}s) must be longer than ping_interval "

@@ -16,6 +16,7 @@ from anyio.abc import TaskGroup
 
 from timmy.engine import protocol as p
 from timmy.engine.agents import Agent, runner_counts, why_stalled
+from timmy.engine.approvals import Approvals, awaiting
 from timmy.engine.auctions import Auctions, OpenAuction
 from timmy.engine.config import Config, check_posts, check_task_id
 from timmy.engine.journal import Journal
@@ -25,10 +26,15 @@ from timmy.engine.supervisor import Supervisor, Verdict
 from timmy.engine.verifiers import check_now, check_spec, verify
 from timmy.engine.waiting import Waits
 from timmy.errors import OwnershipLost, SwarmClosed, WaitTimeout
+from timmy.market.budgets import check_sats, rejected_reason
 from timmy.market.lifecycle import (
     AGENT_WORKING_STATES,
+    APPROVAL_REQUESTED,
+    APPROVED,
+    AWAITING_APPROVAL,
     CANCELLED_REASON,
     FINISH_EVENT,
+    REJECTED,
     VERIFICATION_FAILED,
     Action,
     Decision,
@@ -111,6 +117,9 @@ class Coordinator:
         self._verify: dict[int, str] = {}
         self._excluded: dict[int, set[str]] = {}
         self._verifying: set[int] = set()
+        # Budgets with approval (`timmy.market.budgets`): the budget, what was paid, each
+        # task's max_price and approved ceilings.
+        self.approvals = Approvals(config.budget)
         # Set by the swarm service: remote runners may dial in, so a swarm with no agents
         # yet is waiting for them rather than stalled (see stalled()).
         self.accepts_remote = False
@@ -159,6 +168,10 @@ class Coordinator:
         if self.active:   # a restarted swarm still verifies what was posted with a verifier
             self._verify.update(await anyio.to_thread.run_sync(
                 self.store.verify_specs, sorted(self.active)))
+            self.approvals.max_price.update(await anyio.to_thread.run_sync(
+                self.store.max_prices, sorted(self.active)))
+        # spend counts what the ledger paid before (timmy.market.budgets)
+        self.approvals.paid = await anyio.to_thread.run_sync(self.store.paid_total)
         self.reputation.records.update(Reputation(await anyio.to_thread.run_sync(
             self.store.reputation)).records)
         for task in requeued:
@@ -212,16 +225,19 @@ class Coordinator:
 
     async def post_many(self, descriptions: Sequence[str],
                         task_timeout: float | None = None,
-                        verify: str | None = None) -> list[Task]:
+                        verify: str | None = None,
+                        max_price: int | None = None) -> list[Task]:
         """Persist new tasks (one transaction), queue them and start auctions.
 
         ``task_timeout``: seconds a runner may work on each of them before it is restarted
         and the task re-auctioned (see `_check_deadline`); None takes the swarm's. It is
         kept in memory: tasks recovered after a restart take the swarm's. ``verify``: the
         verifier a result must pass to be paid (`timmy.market.verification`), stored with
-        each task.
+        each task. ``max_price``: sats over which a clearing waits for approval
+        (`timmy.market.budgets`), stored with each task.
         """
         self._check_open()
+        max_price = check_sats("max_price", max_price)
         descriptions = check_posts(descriptions, task_timeout, len(self.active),
                                    self.cfg.max_queued)
         if verify is not None:
@@ -229,8 +245,9 @@ class Coordinator:
         if not descriptions:
             return []
         specs = None if verify is None else [verify] * len(descriptions)
+        limits = None if max_price is None else [max_price] * len(descriptions)
         tasks = await self.journal.write(self.store.insert_tasks, descriptions, time.time(),
-                                         specs)
+                                         specs, limits)
         for task in tasks:
             self.active[task.task_id] = task
             self.queue.append(task.task_id)
@@ -238,6 +255,8 @@ class Coordinator:
                 self._timeouts[task.task_id] = task_timeout
             if verify is not None:
                 self._verify[task.task_id] = verify
+            if max_price is not None:
+                self.approvals.max_price[task.task_id] = max_price
             self._emit("task_posted", task.task_id, description=task.description)
         out = [copy(t) for t in tasks]
         self._pump()
@@ -293,6 +312,7 @@ class Coordinator:
         self._verify.pop(task.task_id, None)
         self._excluded.pop(task.task_id, None)
         self._verifying.discard(task.task_id)
+        self.approvals.forget(task.task_id)
         self.finished[task.task_id] = task
         if len(self.finished) > FINISHED_CACHE:
             self.finished.popitem(last=False)
@@ -381,21 +401,75 @@ class Coordinator:
             self._dirty(task)
             self.queue.appendleft(tid)
             return False
-        agent = self.agents[winner]
+        if self.approvals.active and self._hold(task, winner, clearing.price_sats):
+            return True
+        self._assign(task, self.agents[winner], clearing.price_sats, open_.attempt, now)
+        return True
+
+    def _assign(self, task: Task, agent: Agent, price: int | None, attempt: int,
+                now: float) -> None:
+        """Give ``task`` to ``agent`` at ``price`` (an auction's winner, or an approval)."""
+        tid, winner = task.task_id, agent.info.agent_id
         agent.tasks[tid] = None
         if agent.head is None:
             self._set_head(agent)
         agent.info.status = "busy"
         agent.info.tasks_won += 1
         self._dirty_agent(agent)
-        task.status, task.assigned_agent, task.price_sats = ASSIGNED, winner, clearing.price_sats
-        task.attempts, task.assigned_at = open_.attempt, now
+        task.status, task.assigned_agent, task.price_sats = ASSIGNED, winner, price
+        task.attempts, task.assigned_at = attempt, now
         self._dirty(task)
         self.supervisor.send(winner, p.encode(p.Assign(task_id=tid, description=task.description,
-                                                       attempt=open_.attempt)))
-        self._emit("task_assigned", tid, winner, price_sats=clearing.price_sats,
-                   attempt=open_.attempt)
+                                                       attempt=attempt)))
+        self._emit("task_assigned", tid, winner, price_sats=price, attempt=attempt)
+
+    # -- budgets with approval (timmy.market.budgets) ------------------------
+    def _held(self) -> int:
+        """The prices of the tasks assigned or running now (runners' queues, and results
+        being verified): committed, not yet paid."""
+        ids = {t for a in self.agents.values() for t in a.tasks} | self._verifying
+        return self.approvals.held(self.active[t] for t in ids if t in self.active)
+
+    def _hold(self, task: Task, winner: str, price: int | None) -> bool:
+        """A clearing over the task's max_price or the budget left: the task waits for a
+        human with the winning bid held (its assigned_agent and price_sats); True if so."""
+        why = self.approvals.why(task.task_id, price, self._held())
+        if why is None:
+            return False
+        task.status, task.assigned_agent, task.price_sats = AWAITING_APPROVAL, winner, price
+        task.reason = f"awaiting approval: {why}"
+        self._dirty(task)
+        self._emit(APPROVAL_REQUESTED, task.task_id, winner, price_sats=price, reason=why)
         return True
+
+    def approve(self, task_id: int) -> Task:
+        """Assign a task awaiting approval to its held agent at the held price. When that
+        agent is gone or its queue is full, the task is auctioned again with the approved
+        price as its ceiling (see `timmy.market.budgets`)."""
+        self._check_open()
+        task = awaiting(self.active, task_id)
+        agent_id, price = task.assigned_agent, task.price_sats
+        agent = self.agents.get(agent_id)
+        self._emit(APPROVED, task_id, agent_id, price_sats=price)
+        if agent is not None and agent.alive and len(agent.tasks) < self.cfg.runner_queue:
+            task.reason = None
+            self._assign(task, agent, price, task.attempts + 1, time.time())
+        else:
+            self.approvals.approved[task_id] = price or 0
+            self._requeue(task, f"approved at {price} sats, but {agent_id} has no room: "
+                          f"auctioned again with {price} sats as its ceiling")
+        self._pump()
+        return copy(task)
+
+    def reject(self, task_id: int) -> Task:
+        """Cancel a task awaiting approval (its held bid is dropped)."""
+        self._check_open()
+        task = awaiting(self.active, task_id)
+        self._emit(REJECTED, task_id, task.assigned_agent, price_sats=task.price_sats)
+        task.reason = rejected_reason((task.reason or "").removeprefix("awaiting approval: "))
+        self._finish(task, CANCELLED)
+        self._pump()
+        return copy(task)
 
     # -- runner messages ----------------------------------------------------
     def _set_head(self, agent: Agent) -> None:
@@ -526,6 +600,7 @@ class Coordinator:
         self._rate(agent, SUCCESS, measured)
         task.reason = None
         self.journal.paid(task.task_id, task.attempts, agent.info.agent_id, price, verified)
+        self.approvals.paid += price
         self._finish(task, COMPLETED, result=output, **measured,
                      **({"verified": True} if verified else {}))
 
@@ -645,6 +720,7 @@ class Coordinator:
             "rule": self.cfg.rule,
             "executor": self.runners.executor,
             "seed": self.cfg.seed,
+            **self.approvals.status(self._held()),
         }
 
     require_task = staticmethod(check_task_id)

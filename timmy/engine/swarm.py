@@ -55,6 +55,9 @@ class AsyncSwarm:
     probes the server once at start: Ollama if it answers with those models, simulated
     otherwise; ``executor`` and ``executor_reason`` then say which, and why.
 
+    ``budget``: sats the swarm may spend (paid + held, see `timmy.market.budgets`) before
+    a clearing waits for `approve`/`reject` in "awaiting_approval".
+
     ``voice=True`` subscribes a `timmy.voice.announcer`: auction winners and completions
     are spoken, rate-limited and merged, on a thread of their own (see `timmy.voice`).
     """
@@ -85,6 +88,7 @@ class AsyncSwarm:
         ollama_timeout: float = DEFAULT_TIMEOUT,
         voice: bool = False,
         verify_timeout: float = 30.0,
+        budget: int | None = None,
     ) -> None:
         from timmy.engine.coordinator import Config
 
@@ -103,7 +107,7 @@ class AsyncSwarm:
                              runner_command=runner_command,
                              model=dict(model) if isinstance(model, Mapping) else model,
                              ollama_host=ollama_host, ollama_timeout=ollama_timeout,
-                             verify_timeout=verify_timeout, **kwargs)
+                             verify_timeout=verify_timeout, budget=budget, **kwargs)
         self.address = DatabaseAddress.parse(db)   # a path is an SQLite file
         self.db = self.address.url
         self.voice = voice
@@ -210,7 +214,7 @@ class AsyncSwarm:
 
     # -- tasks --------------------------------------------------------------
     async def post(self, description: str, task_timeout: float | None = None, *,
-                   verify: str | None = None) -> Task:
+                   verify: str | None = None, max_price: int | None = None) -> Task:
         """Persist a task and start its auction; returns it as "queued".
 
         ``task_timeout``: seconds its runner may work on it before the runner is restarted
@@ -219,14 +223,30 @@ class AsyncSwarm:
         "json-schema:PATH", "command:CMD" or a name given to `timmy.register_verifier`
         (see `timmy.market.verification`); a result that fails is not paid and the task is
         auctioned again without that agent (an attempt spent). Stored with the task.
+        ``max_price``: sats over which its auction's clearing waits for `approve` in
+        "awaiting_approval" (as one over the swarm's budget left does). Stored with the task.
         """
-        return (await self.engine.post_many([description], task_timeout, verify))[0]
+        return (await self.engine.post_many([description], task_timeout, verify,
+                                            max_price))[0]
 
     async def post_many(self, descriptions: Sequence[str],
                         task_timeout: float | None = None, *,
-                        verify: str | None = None) -> list[Task]:
-        """Post several tasks in one transaction (``task_timeout``, ``verify`` as for `post`)."""
-        return await self.engine.post_many(descriptions, task_timeout, verify)
+                        verify: str | None = None, max_price: int | None = None) -> list[Task]:
+        """Post several tasks in one transaction (``task_timeout``, ``verify``,
+        ``max_price`` as for `post`)."""
+        return await self.engine.post_many(descriptions, task_timeout, verify, max_price)
+
+    async def approve(self, task_id: int) -> Task:
+        """Assign a task "awaiting_approval" to the agent whose bid is held, at that price
+        (if that agent has no room any more, it is auctioned again with that price as its
+        ceiling; see `timmy.market.budgets`). ConfigError if it is not awaiting approval."""
+        self.engine.require_task(task_id)
+        return self.engine.approve(task_id)
+
+    async def reject(self, task_id: int) -> Task:
+        """Cancel a task "awaiting_approval"; ConfigError if it is not awaiting approval."""
+        self.engine.require_task(task_id)
+        return self.engine.reject(task_id)
 
     async def wait(self, task_id: int, timeout: float | None = None) -> Task:
         """Wait until a task is completed, failed or cancelled; `WaitTimeout` after ``timeout``."""
@@ -491,14 +511,21 @@ class Swarm:
         return walk(lambda c, n: self.agents(n, c), agent_key, None, page)
 
     def post(self, description: str, task_timeout: float | None = None, *,
-             verify: str | None = None) -> Task:
+             verify: str | None = None, max_price: int | None = None) -> Task:
         return self._call(functools.partial(self._async.post, description, task_timeout,
-                                            verify=verify))
+                                            verify=verify, max_price=max_price))
 
     def post_many(self, descriptions: Sequence[str],
-                  task_timeout: float | None = None, *, verify: str | None = None) -> list[Task]:
+                  task_timeout: float | None = None, *, verify: str | None = None,
+                  max_price: int | None = None) -> list[Task]:
         return self._call(functools.partial(self._async.post_many, descriptions, task_timeout,
-                                            verify=verify))
+                                            verify=verify, max_price=max_price))
+
+    def approve(self, task_id: int) -> Task:
+        return self._call(self._async.approve, task_id)
+
+    def reject(self, task_id: int) -> Task:
+        return self._call(self._async.reject, task_id)
 
     def ledger(self, agent_id: str | None = None, limit: int | None = None, *,
                after: int | None = None, before: int | None = None) -> list[dict]:

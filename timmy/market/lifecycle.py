@@ -11,8 +11,13 @@ from dataclasses import dataclass
 
 QUEUED, BIDDING, ASSIGNED, RUNNING = "queued", "bidding", "assigned", "running"
 COMPLETED, FAILED, CANCELLED = "completed", "failed", "cancelled"
-TASK_STATES = (QUEUED, BIDDING, ASSIGNED, RUNNING, COMPLETED, FAILED, CANCELLED)
-ACTIVE_STATES = (QUEUED, BIDDING, ASSIGNED, RUNNING)
+#: An auction cleared over the task's max_price or the swarm's budget left: the winning bid
+#: is held (the task's assigned_agent and price_sats) until a human approves or rejects it
+#: (`timmy.market.budgets`).
+AWAITING_APPROVAL = "awaiting_approval"
+TASK_STATES = (QUEUED, BIDDING, ASSIGNED, RUNNING, AWAITING_APPROVAL, COMPLETED, FAILED,
+               CANCELLED)
+ACTIVE_STATES = (QUEUED, BIDDING, ASSIGNED, RUNNING, AWAITING_APPROVAL)
 TERMINAL_STATES = (COMPLETED, FAILED, CANCELLED)
 #: A runner holds the task (in its queue, or working on it): its attempt has begun.
 HELD_STATES = (ASSIGNED, RUNNING)
@@ -25,10 +30,14 @@ AGENT_WORKING_STATES = frozenset({"starting", "idle", "busy", "restarting", "dis
 #: or fails; a coordinator that restarts re-queues what it left bidding or held; any
 #: unfinished task may be cancelled. An auction whose clearing mechanism fails spends the
 #: attempt (`timmy.market.mechanisms.after_mechanism_failure`): bidding -> queued, or failed
-#: on the last one. A finished task never moves again.
+#: on the last one. A clearing over the task's max_price or the budget left waits for a
+#: human (awaiting_approval): approved, it is assigned at the held price (or queued again
+#: when the held agent has no room: `timmy.market.budgets`); rejected, it is cancelled.
+#: A finished task never moves again.
 TRANSITIONS: dict[str, frozenset[str]] = {
     QUEUED: frozenset({BIDDING, CANCELLED}),
-    BIDDING: frozenset({QUEUED, ASSIGNED, FAILED, CANCELLED}),
+    BIDDING: frozenset({QUEUED, ASSIGNED, AWAITING_APPROVAL, FAILED, CANCELLED}),
+    AWAITING_APPROVAL: frozenset({ASSIGNED, QUEUED, CANCELLED}),
     ASSIGNED: frozenset({RUNNING, QUEUED, COMPLETED, FAILED, CANCELLED}),
     RUNNING: frozenset({QUEUED, COMPLETED, FAILED, CANCELLED}),
     COMPLETED: frozenset(),
@@ -52,6 +61,10 @@ AGENT_JOINED, AGENT_RESTARTED, AGENT_RECONNECTED = (
     "agent_joined", "agent_restarted", "agent_reconnected")
 AGENT_CRASHED, AGENT_LEFT, AGENT_FAILED, AGENT_DISCONNECTED = (
     "agent_crashed", "agent_left", "agent_failed", "agent_disconnected")
+#: Budgets with approval (`timmy.market.budgets`): an auction's clearing was held for a
+#: human; approved (followed by ``task_assigned``, or ``task_requeued`` when the held
+#: agent has no room); rejected (followed by ``task_cancelled``).
+APPROVAL_REQUESTED, APPROVED, REJECTED = "approval_requested", "approved", "rejected"
 
 #: The task status an event implies. ``auction_closed`` without a winner puts the task
 #: back in the queue (see `status_after`); ``task_timed_out`` is followed by the
@@ -59,7 +72,7 @@ AGENT_CRASHED, AGENT_LEFT, AGENT_FAILED, AGENT_DISCONNECTED = (
 TASK_EVENT_STATUS: dict[str, str] = {
     TASK_POSTED: QUEUED, AUCTION_OPENED: BIDDING, TASK_ASSIGNED: ASSIGNED,
     TASK_STARTED: RUNNING, TASK_COMPLETED: COMPLETED, TASK_FAILED: FAILED,
-    TASK_CANCELLED: CANCELLED, TASK_REQUEUED: QUEUED,
+    TASK_CANCELLED: CANCELLED, TASK_REQUEUED: QUEUED, APPROVAL_REQUESTED: AWAITING_APPROVAL,
 }
 #: The event that says a task finished, by its final status.
 FINISH_EVENT: dict[str, str] = {
@@ -74,10 +87,18 @@ AGENT_EVENT_STATUS: dict[str, str] = {
 
 def status_after(kind: str, winner: str | None = None) -> str | None:
     """The status a task event implies (None: the event does not move the task).
-    ``winner`` is the agent of an ``auction_closed`` event."""
+    ``winner`` is the agent of an ``auction_closed`` event. ``approved`` and ``rejected``
+    move nothing themselves: the ``task_assigned``/``task_requeued``/``task_cancelled``
+    that follows does."""
     if kind == AUCTION_CLOSED:
         return None if winner is not None else QUEUED
     return TASK_EVENT_STATUS.get(kind)
+
+
+def keeps_waiting(status: str) -> bool:
+    """Whether a new coordinator takes over a task left ``status`` as it is: queued tasks
+    are auctioned as before, tasks awaiting approval keep waiting with their held bid."""
+    return status in (QUEUED, AWAITING_APPROVAL)
 
 
 # -- attempt accounting -----------------------------------------------------
@@ -209,7 +230,8 @@ def after_coordinator_restart(status: str, attempts: int, max_attempts: int) -> 
     """A new coordinator takes over a task its predecessor left ``status`` (bidding,
     assigned or running). A held task's attempt was spent (nobody knows how far it got);
     it fails if that was its last, with a reason of its own. An auction left open had not
-    begun an attempt."""
+    begun an attempt. A task awaiting approval keeps waiting, its held bid with it (the
+    store leaves it as it is: see `keeps_waiting`)."""
     if status in HELD_STATES and attempts >= max_attempts:
         return Decision(Action.FAIL, attempts,
                         f"coordinator stopped during attempt {attempts} of {max_attempts}")

@@ -10,6 +10,7 @@ from timmy.market.lifecycle import (  # noqa: F401  (the task states, importable
     ACTIVE_STATES,
     AGENT_WORKING_STATES,
     ASSIGNED,
+    AWAITING_APPROVAL,
     BIDDING,
     CANCELLED,
     COMPLETED,

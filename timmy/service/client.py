@@ -292,14 +292,28 @@ class AttachedSwarm:
         return walk(lambda c, n: self.agents(n, c), agent_key, None, page)
 
     def post(self, description: str, task_timeout: float | None = None, *,
-             verify: str | None = None) -> Task:
+             verify: str | None = None, max_price: int | None = None) -> Task:
+        # max_price is sent only when given: a service of an older timmy refuses the field
+        extra = {} if max_price is None else {"max_price": max_price}
         return msgspec.convert(self._call("post", description=description,
-                                          task_timeout=task_timeout, verify=verify), Task)
+                                          task_timeout=task_timeout, verify=verify, **extra),
+                               Task)
 
     def post_many(self, descriptions: Sequence[str],
-                  task_timeout: float | None = None, *, verify: str | None = None) -> list[Task]:
+                  task_timeout: float | None = None, *, verify: str | None = None,
+                  max_price: int | None = None) -> list[Task]:
+        extra = {} if max_price is None else {"max_price": max_price}
         return msgspec.convert(self._call("post_many", descriptions=list(descriptions),
-                                          task_timeout=task_timeout, verify=verify), list[Task])
+                                          task_timeout=task_timeout, verify=verify, **extra),
+                               list[Task])
+
+    def approve(self, task_id: int) -> Task:
+        """Assign a task awaiting approval at its held price (`timmy.market.budgets`)."""
+        return msgspec.convert(self._call("approve", task_id=task_id), Task)
+
+    def reject(self, task_id: int) -> Task:
+        """Cancel a task awaiting approval."""
+        return msgspec.convert(self._call("reject", task_id=task_id), Task)
 
     def ledger(self, agent_id: str | None = None, limit: int | None = None, *,
                after: int | None = None, before: int | None = None) -> list[dict]:

@@ -47,12 +47,14 @@ class PostArgs(Args):
     description: str             # the engine checks length and content
     task_timeout: float | None = None   # seconds; None: the swarm's (the engine checks it)
     verify: Spec | None = None   # a verify spec (`timmy.market.verification`; engine checks)
+    max_price: int | float | None = None   # sats (`timmy.market.budgets`; the engine checks)
 
 
 class PostManyArgs(Args):
     descriptions: Annotated[list[str], Meta(max_length=100_000)]
     task_timeout: float | None = None
     verify: Spec | None = None
+    max_price: int | float | None = None
 
 
 class LedgerArgs(Args):
@@ -137,9 +139,13 @@ OPS: dict[str, Op] = {
     "stop": (AgentArgs, lambda s, a: s.stop(a.agent_id)),
     "kill": (AgentArgs, lambda s, a: s.kill(a.agent_id)),
     "agents": (AgentsArgs, lambda s, a: s.agents(_cap(a.limit), a.after)),
-    "post": (PostArgs, lambda s, a: s.post(a.description, a.task_timeout, verify=a.verify)),
+    "post": (PostArgs, lambda s, a: s.post(a.description, a.task_timeout, verify=a.verify,
+                                           max_price=a.max_price)),
     "post_many": (PostManyArgs, lambda s, a: s.post_many(a.descriptions, a.task_timeout,
-                                                         verify=a.verify)),
+                                                         verify=a.verify,
+                                                         max_price=a.max_price)),
+    "approve": (TaskArgs, lambda s, a: s.approve(a.task_id)),
+    "reject": (TaskArgs, lambda s, a: s.reject(a.task_id)),
     "wait": (WaitArgs, lambda s, a: s.wait(a.task_id, a.timeout)),
     "run": (RunArgs, lambda s, a: s.run(a.descriptions, a.timeout, False, a.sequential)),
     "cancel": (TaskArgs, lambda s, a: s.cancel(a.task_id)),

@@ -16,9 +16,23 @@ from timmy.engine.verifiers import DEFAULT_TIMEOUT, check_spec, verify_sync
 from timmy.errors import ConfigError, require
 from timmy.market.auction import Bid, check_rule, clear
 from timmy.market.bidding import BidStats, bid_rng, quote_matched, text_key
+from timmy.market.budgets import (
+    budget_left,
+    check_policy,
+    check_sats,
+    decide,
+    needs_approval,
+    rejected_reason,
+)
 from timmy.market.lifecycle import (
+    APPROVAL_REQUESTED,
+    APPROVED,
+    AWAITING_APPROVAL,
+    CANCELLED,
     FAILED,
+    REJECTED,
     RUNNING,
+    TASK_CANCELLED,
     TASK_FAILED,
     TASK_REQUEUED,
     VERIFICATION_FAILED,
@@ -29,6 +43,7 @@ from timmy.market.lifecycle import (
     after_verification_failure,
 )
 from timmy.market.mechanisms import MECHANISM_FAILED, after_mechanism_failure
+from timmy.market.models import Task
 from timmy.market.personas import PERSONAS, Persona
 from timmy.market.reputation import FAILURE, SUCCESS, VERIFICATION_FAILURE, Reputation
 from timmy.market.strategies import record_auction
@@ -71,6 +86,8 @@ class _Task:
     keywords: tuple[str, ...] = ()
     verify: str | None = None                  # its verify spec, as live
     excluded: set[str] | None = None           # agents whose result failed it
+    max_price: int | None = None               # over it a clearing waits for approval
+    approved: int | None = None                # a ceiling approved (live: held agent busy)
 
 
 class _Rows:
@@ -161,13 +178,19 @@ class Simulator:
                  task_seconds: float = 0.05, max_attempts: int = 3,
                  runner_queue: int = 32, start: float = 0.0, crash_rate: float = 0.0,
                  restart_seconds: float = 0.5,
-                 verify_timeout: float = DEFAULT_TIMEOUT) -> None:
+                 verify_timeout: float = DEFAULT_TIMEOUT, budget: int | None = None,
+                 approve="all") -> None:
         self.catalog = dict(PERSONAS if personas is None else personas)
         self.seed, self.rule = seed, check_rule(rule)
         self.task_seconds, self.max_attempts = task_seconds, max_attempts
         self.runner_queue, self.now = runner_queue, start
         self.crash_rate, self.restart_seconds = crash_rate, restart_seconds
         self.verify_timeout = verify_timeout
+        # Budgets with approval (`timmy.market.budgets`), as live; ``approve`` decides at
+        # once what a human decides live.
+        self.budget, self.approve = check_sats("budget", budget), check_policy(approve)
+        self.paid = 0
+        self.limited = budget is not None   # or some task has a max_price (post)
         self.agents = [_Agent(aid, self.catalog[aid.rsplit("-", 1)[0]])
                        for aid in agent_ids(runners, self.catalog)]
         self.by_id = {a.agent_id: a for a in self.agents}
@@ -201,8 +224,11 @@ class Simulator:
         return m
 
     # -- the rules ----------------------------------------------------------
-    def post(self, description: str, verify: str | None = None) -> _Task:
-        task = _Task(len(self.tasks) + 1, description, self.now, verify=verify)
+    def post(self, description: str, verify: str | None = None,
+             max_price: int | None = None) -> _Task:
+        task = _Task(len(self.tasks) + 1, description, self.now, verify=verify,
+                     max_price=max_price)
+        self.limited = self.limited or max_price is not None
         self.tasks.append(task)
         self._event("task_posted", task.task_id)
         self._auction(task)
@@ -250,6 +276,8 @@ class Simulator:
             self._decided(task, after_mechanism_failure(attempt, self.max_attempts, self.rule,
                                                         clearing.error), None)
             return
+        if self.limited and self._rejected(task, winner, clearing.price_sats):
+            return
         agent = self.by_id[winner]
         q = quotes[winner]
         task.status, task.agent, task.price = "assigned", winner, clearing.price_sats
@@ -260,6 +288,30 @@ class Simulator:
         self._event("task_assigned", task.task_id, winner)
         if len(agent.queue) == 1:
             self._start(agent)
+
+    def _rejected(self, task: _Task, winner: str, price: int | None) -> bool:
+        """As live (`Coordinator._hold`): a clearing over the task's max_price or the budget
+        left waits for approval, decided at once by the ``approve`` policy; True when it was
+        rejected (the task is then cancelled with the bid it held)."""
+        held = sum(self.tasks[t - 1].price or 0 for a in self.agents for t in a.queue)
+        why = needs_approval(price, task.max_price, budget_left(self.budget, self.paid, held),
+                             task.approved)
+        if why is None:
+            return False
+        self._event(APPROVAL_REQUESTED, task.task_id, winner)
+        asked = Task(task_id=task.task_id, description=task.description,
+                     status=AWAITING_APPROVAL, assigned_agent=winner, price_sats=price,
+                     attempts=task.attempts, reason=f"awaiting approval: {why}",
+                     created_at=task.created_at)
+        if decide(self.approve, asked, price):
+            self._event(APPROVED, task.task_id, winner)
+            task.reason = None
+            return False
+        self._event(REJECTED, task.task_id, winner)
+        task.status, task.agent, task.price = CANCELLED, winner, price
+        task.reason, task.completed_at = rejected_reason(why), self.now
+        self._event(TASK_CANCELLED, task.task_id, winner)
+        return True
 
     def _start(self, agent: _Agent) -> None:
         task = self.tasks[agent.queue[0] - 1]
@@ -289,6 +341,7 @@ class Simulator:
                 self.reputation.record(agent_id, SUCCESS)
                 task.status, task.completed_at, task.reason = "completed", self.now, None
                 agent.earned += task.price or 0
+                self.paid += task.price or 0
                 self.rows.add("ledger", None, task.task_id, task.attempts, agent_id,
                               task.price or 0, verdict is not None, self.now)
                 self._event("task_completed", task.task_id, agent_id)
@@ -373,21 +426,26 @@ class Simulator:
 
     # -- drivers ------------------------------------------------------------
     def run_sequential(self, descriptions: Iterable[str], progress=None,
-                       verify: Sequence[str | None] | None = None) -> None:
+                       verify: Sequence[str | None] | None = None,
+                       max_price: Sequence[int | None] | None = None) -> None:
         """Post each description when the previous one has finished (live: post, wait);
-        ``verify``: each one's verify spec (or None)."""
+        ``verify``: each one's verify spec (or None); ``max_price`` each one's (or None)."""
         for i, description in enumerate(descriptions):
-            task = self.post(description, None if verify is None else verify[i])
-            while task.status not in ("completed", "failed"):
+            task = self.post(description, None if verify is None else verify[i],
+                             None if max_price is None else max_price[i])
+            while task.status not in ("completed", "failed", CANCELLED):
                 self._step()
             if progress is not None:
                 progress.update(1)
 
     def run_arrivals(self, arrivals: Sequence[Arrival], progress=None,
-                     verify: Sequence[str | None] | None = None) -> None:
-        """Tasks arrive on the virtual clock; runners queue what they win; ``verify`` as
-        for `run_sequential` (in the order of ``arrivals``)."""
+                     verify: Sequence[str | None] | None = None,
+                     max_price: Sequence[int | None] | None = None) -> None:
+        """Tasks arrive on the virtual clock; runners queue what they win; ``verify`` and
+        ``max_price`` as for `run_sequential` (in the order of ``arrivals``)."""
         specs = {id(a): None if verify is None else verify[i] for i, a in enumerate(arrivals)}
+        limits = {id(a): None if max_price is None else max_price[i]
+                  for i, a in enumerate(arrivals)}
         def step() -> None:
             task = self._step()
             if task is not None and task.status in ("completed", "failed") and progress:
@@ -397,7 +455,7 @@ class Simulator:
             while self.clock and self.clock[0][0] <= arrival.at:
                 step()
             self.now = max(self.now, arrival.at)
-            self.post(arrival.description, specs[id(arrival)])
+            self.post(arrival.description, specs[id(arrival)], limits[id(arrival)])
         while self.clock:
             step()
 
@@ -514,7 +572,9 @@ def simulate(workload: Sequence[str] | Sequence[Arrival], *, personas=None, seed
              crash_rate: float = 0.0, restart_seconds: float = 0.5, progress: bool = False,
              out: str | Path | None = None,
              engine: str = "auto", verify: str | Sequence[str | None] | None = None,
-             verify_timeout: float = DEFAULT_TIMEOUT) -> SimRun:
+             verify_timeout: float = DEFAULT_TIMEOUT, budget: int | None = None,
+             max_price: int | Sequence[int | None] | None = None,
+             approve="all") -> SimRun:
     """Run ``workload`` through a simulated swarm with the live rules; returns a `SimRun`.
 
     ``workload``: descriptions (posted one at a time, as a live ``post``/``wait`` loop)
@@ -545,6 +605,13 @@ def simulate(workload: Sequence[str] | Sequence[Arrival], *, personas=None, seed
     what a live simulated runner returns) must pass it to be paid, else the task is
     auctioned again without that agent. Each paid task writes a ``ledger`` row, as live.
     The compiled engine does not verify: "auto" then runs the Python engine.
+
+    ``budget`` (sats) and ``max_price`` (sats, for every task or one per item) as
+    ``Swarm(budget=)`` and ``post(..., max_price=)``: a clearing over the task's max_price
+    or the budget left waits for approval (`timmy.market.budgets`), which ``approve``
+    decides at once: "all" (assigned at the held price, as ``swarm.approve``), "none"
+    (cancelled, as ``swarm.reject``) or a callable ``(task, price) -> bool``. The compiled
+    engine has no budgets: "auto" then runs the Python engine.
     """
     items = list(workload)
     sequential = all(isinstance(i, str) for i in items)
@@ -556,10 +623,12 @@ def simulate(workload: Sequence[str] | Sequence[Arrival], *, personas=None, seed
         raise ConfigError(f"unknown simulation engine {engine!r}",
                           hint='use "auto", "python" or "compiled"')
     specs = _verify_specs(verify, len(items))
+    limits = _max_prices(max_price, len(items))
     sim = Simulator(personas=personas, seed=seed, rule=rule, runners=runners,
                     task_seconds=task_seconds, max_attempts=max_attempts,
                     runner_queue=runner_queue, crash_rate=crash_rate,
-                    restart_seconds=restart_seconds, verify_timeout=verify_timeout)
+                    restart_seconds=restart_seconds, verify_timeout=verify_timeout,
+                    budget=budget, approve=approve)
     if crash_rate and engine == "compiled":
         raise ConfigError("the compiled engine does not simulate runner crashes",
                           hint='use engine="python" (or "auto") with crash_rate')
@@ -573,10 +642,14 @@ def simulate(workload: Sequence[str] | Sequence[Arrival], *, personas=None, seed
         raise ConfigError(f"the compiled engine does not know the clearing rule {rule!r}",
                           hint=f'use engine="python" (or "auto") with it; the compiled engine '
                           f'clears {", ".join(sorted(COMPILED_RULES))}')
+    if (budget is not None or limits is not None) and engine == "compiled":
+        raise ConfigError("the compiled engine has no budgets or max_price",
+                          hint='use engine="python" (or "auto") with budget/max_price')
     if specs is not None and engine == "compiled":
         raise ConfigError("the compiled engine does not verify results",
                           hint='use engine="python" (or "auto") with verify')
     compiled = (sequential and not crash_rate and not strategies and specs is None
+                and budget is None and limits is None
                 and engine != "python" and rule in COMPILED_RULES and _numba_available(engine))
     sink = Sink(out)
     bar = None
@@ -594,9 +667,9 @@ def simulate(workload: Sequence[str] | Sequence[Arrival], *, personas=None, seed
                                 max_attempts=max_attempts, sink=sink, progress=bar)
         else:
             if sequential:
-                sim.run_sequential(items, bar, specs)
+                sim.run_sequential(items, bar, specs, limits)
             else:
-                sim.run_arrivals(items, bar, specs)
+                sim.run_arrivals(items, bar, specs, limits)
             sim.result(sink)
     finally:
         if bar is not None:
@@ -621,6 +694,23 @@ def _verify_specs(verify, n: int) -> list[str | None] | None:
         if spec is not None and spec not in checked:
             checked[spec] = check_spec(spec)
     return specs if checked else None
+
+
+def _max_prices(max_price, n: int) -> list[int | None] | None:
+    """``simulate``'s ``max_price``: None, one for all, or one per item; each checked as a
+    live post checks it."""
+    if max_price is None:
+        return None
+    if isinstance(max_price, Sequence) and not isinstance(max_price, str):
+        limits = list(max_price)
+        if len(limits) != n:
+            raise ConfigError(f"max_price has {len(limits)} values for {n} workload items",
+                              hint="pass one max_price for every task, or one per item "
+                                   "(None: none)")
+    else:
+        limits = [max_price] * n
+    limits = [check_sats("max_price", m) for m in limits]
+    return limits if any(m is not None for m in limits) else None
 
 
 def _numba_available(engine: str) -> bool:

@@ -14,7 +14,7 @@ import msgspec
 import sqlalchemy as sa
 
 from timmy.errors import StoreError, TaskNotFound, TimmyError
-from timmy.market.lifecycle import FAILED, Action, after_coordinator_restart
+from timmy.market.lifecycle import FAILED, Action, after_coordinator_restart, keeps_waiting
 from timmy.market.models import ACTIVE_STATES, QUEUED, AgentInfo, Event, Task
 from timmy.paging import page_limit
 from timmy.storage.address import DatabaseAddress, safe_url
@@ -40,6 +40,7 @@ from timmy.storage.tables import (
     meta_table,
     metadata,
     reputation_table,
+    task_limits_table,
     task_verify_table,
     tasks_table,
 )
@@ -52,7 +53,7 @@ __all__ = [
     "OWNER_EPOCH", "SCHEMA_VERSION", "TASK_COLUMNS", "TASK_UPDATE_COLUMNS", "WAL_SIZE_LIMIT",
     "Batch", "Store", "_engines", "address_of", "agents_table", "bids_table", "events_table",
     "explain", "get_engine", "ledger_table", "meta_table", "metadata", "safe_url",
-    "task_verify_table", "tasks_table",
+    "task_limits_table", "task_verify_table", "tasks_table",
 ]
 
 
@@ -161,6 +162,13 @@ class Store(Writer):
                 for table in metadata.sorted_tables:
                     for index in table.indexes:
                         index.create(conn, checkfirst=True)
+            if self.create and self._server:   # tasks.status was 16 wide: widened for
+                status = tasks_table.c.status     # "awaiting_approval" (timmy.market.budgets)
+                width = next((c["type"].length for c in sa.inspect(conn).get_columns("tasks")
+                              if c["name"] == "status"), None)
+                if width is not None and width < status.type.length:
+                    conn.execute(sa.text(f"ALTER TABLE tasks ALTER COLUMN status TYPE "
+                                         f"VARCHAR({status.type.length})"))
             row = conn.execute(
                 sa.select(meta_table.c.value).where(meta_table.c.key == "schema_version")
             ).first()
@@ -200,7 +208,8 @@ class Store(Writer):
                 owner: str = "a timmy swarm") -> tuple[list[Task], list[Task], list[Task]]:
         """Take over what a previous coordinator left unfinished, in one transaction.
 
-        Returns (waiting, requeued, failed): tasks still queued; tasks it left bidding,
+        Returns (waiting, requeued, failed): tasks still queued or awaiting approval (with
+        their held agent and price, as they were); tasks it left bidding,
         assigned or running, now queued again; and those whose attempts were used up,
         now failed with a reason. Agents it left alive are marked "lost". On a server
         database it first opens a new ownership epoch for ``owner`` (fencing: see the
@@ -213,10 +222,11 @@ class Store(Writer):
                 unfinished = [_task(r) for r in conn.execute(
                     sa.select(tasks_table).where(tasks_table.c.status.in_(ACTIVE_STATES))
                     .order_by(tasks_table.c.task_id))]
-                waiting = [t for t in unfinished if t.status == QUEUED]
+                # queued ones, and those awaiting approval with their held bid
+                waiting = [t for t in unfinished if keeps_waiting(t.status)]
                 requeued, failed = [], []
                 for t in unfinished:
-                    if t.status == QUEUED:
+                    if keeps_waiting(t.status):
                         continue
                     decision = after_coordinator_restart(t.status, t.attempts, max_attempts)
                     t.reason = decision.reason
@@ -336,6 +346,21 @@ class Store(Writer):
             out.update(self._read(sa.select(task_verify_table.c.task_id, task_verify_table.c.spec)
                                   .where(task_verify_table.c.task_id.in_(chunk))))
         return out
+
+    def max_prices(self, task_ids: Sequence[int]) -> dict[int, int]:
+        """The max_price of these tasks (those posted with one: `timmy.market.budgets`)."""
+        out: dict[int, int] = {}
+        ids = [i for i in task_ids if 0 < i <= self._max_id]
+        c = task_limits_table.c
+        for lo in range(0, len(ids), 500):
+            out.update(self._read(sa.select(c.task_id, c.max_price)
+                                  .where(c.task_id.in_(ids[lo:lo + 500]))))
+        return {k: int(v) for k, v in out.items()}
+
+    def paid_total(self) -> int:
+        """Every sat the ledger has paid (a budget's spend starts from it)."""
+        return int(self._read(sa.select(sa.func.coalesce(sa.func.sum(ledger_table.c.sats), 0)))
+                   [0][0])
 
     def agents(self, limit: int | None = None, after: str | None = None) -> list[AgentInfo]:
         """One page of agents by agent_id: the first ``limit``, or those after ``after``."""

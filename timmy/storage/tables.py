@@ -32,7 +32,9 @@ tasks_table = sa.Table(
     "tasks", metadata,
     sa.Column("task_id", sa.Integer, primary_key=True, autoincrement=True),
     sa.Column("description", sa.Text, nullable=False),
-    sa.Column("status", sa.String(16), nullable=False, index=True),
+    # 32: "awaiting_approval" is 17 characters (a server database made with 16 is widened
+    # as it opens: `Store._migrate`)
+    sa.Column("status", sa.String(32), nullable=False, index=True),
     sa.Column("assigned_agent", sa.String(64)),
     sa.Column("price_sats", sa.Integer),
     sa.Column("attempts", sa.Integer, nullable=False, default=0),
@@ -99,6 +101,13 @@ reputation_table = sa.Table(
     sa.Column("on_time", sa.Integer, nullable=False, default=0),
     sa.Column("late", sa.Integer, nullable=False, default=0),
     sa.Column("updated_at", sa.Float, nullable=False),
+)
+#: A task's max_price in sats (`timmy.market.budgets`), written with the task when it is
+#: posted with one: a side table as task_verify (created as a database of schema 2 opens).
+task_limits_table = sa.Table(
+    "task_limits", metadata,
+    sa.Column("task_id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("max_price", sa.BigInteger, nullable=False),
 )
 #: The tables every timmy database has had; the others are created as it opens.
 CORE_TABLES = ("timmy_meta", "agents", "tasks", "bids", "events")

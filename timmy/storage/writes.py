@@ -30,6 +30,7 @@ from timmy.storage.tables import (
     ledger_table,
     meta_table,
     reputation_table,
+    task_limits_table,
     task_verify_table,
     tasks_table,
 )
@@ -120,16 +121,20 @@ class Writer:
         ).returning(tasks_table.c.task_id)
 
     def insert_tasks(self, descriptions: Sequence[str], created_at: float,
-                     verify: Sequence[str | None] | None = None) -> list[Task]:
+                     verify: Sequence[str | None] | None = None,
+                     max_prices: Sequence[int | None] | None = None) -> list[Task]:
         """Persist new queued tasks; returns them with their ids (in order). ``verify``:
-        each task's verify spec (or None), stored in the same transaction."""
+        each task's verify spec (or None), ``max_prices`` each one's max_price (or None),
+        stored in the same transaction."""
         rows = [{"description": d, "status": QUEUED, "attempts": 0, "created_at": created_at}
                 for d in descriptions]
         specs = list(verify) if verify is not None and any(v is not None for v in verify) \
             else None
+        limits = list(max_prices) if max_prices is not None and \
+            any(m is not None for m in max_prices) else None
 
         def run() -> list[int]:
-            if len(rows) == 1 and specs is None:
+            if len(rows) == 1 and specs is None and limits is None:
                 return [self._insert_one(rows[0])]
             with self.engine.begin() as conn:
                 self._fence_before(conn)
@@ -141,6 +146,10 @@ class Writer:
                     conn.execute(task_verify_table.insert(),
                                  [{"task_id": i, "spec": v}
                                   for i, v in zip(ids, specs, strict=True) if v is not None])
+                if limits is not None:
+                    conn.execute(task_limits_table.insert(),
+                                 [{"task_id": i, "max_price": m}
+                                  for i, m in zip(ids, limits, strict=True) if m is not None])
                 self._fence_after(conn)
                 return ids
 

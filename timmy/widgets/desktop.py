@@ -41,6 +41,9 @@ class DesktopConsole(Console):
         from timmy.widgets.inspector import Inspector
 
         self.inspector = Inspector(swarm)
+        from timmy.widgets.approvals import ApprovalsPanel
+
+        self.approvals = ApprovalsPanel(self)
         controls = w.VBox([self.post_box(),
                            w.HBox([self.persona_pick, self.spawn_button,
                                    self.agent_pick, self.stop_button]),
@@ -48,7 +51,8 @@ class DesktopConsole(Console):
         left = w.VBox([w.HTML("<h4>Agents</h4>"), self.agents_html,
                        w.HTML("<h4>Open auctions</h4>"), self.auctions_html],
                       layout=w.Layout(width="50%"))
-        right = w.VBox([w.HTML("<h4>Live</h4>"), self.charts_html, controls],
+        right = w.VBox([w.HTML("<h4>Live</h4>"), self.charts_html, controls,
+                        w.HTML("<h4>Awaiting approval</h4>"), self.approvals.box],
                        layout=w.Layout(width="50%"))
         tasks = w.VBox([self.status_filter, self.tasks_html])
         tabs = w.Tab(children=[tasks, self.inspector.box])
@@ -86,6 +90,11 @@ class DesktopConsole(Console):
                 s.rows(None if status == ALL else status, self.task_rows))),
             (self.charts_html, charts),
         ]
+
+    def _redraw(self) -> None:
+        super()._redraw()
+        if self.ready:
+            self.approvals.refresh()
 
     def _on_spawn(self, _button=None) -> None:
         self._act(lambda: self.swarm.spawn(self.persona_pick.value), "spawned")

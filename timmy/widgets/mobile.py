@@ -30,8 +30,12 @@ class MobileConsole(Console):
         for widget, name in ((self.header, "header"), (self.feed, "feed"),
                              (self.results, "results")):
             widget.add_class(f"timmy-{name}")   # stable hooks for CSS and browser tests
+        from timmy.widgets.approvals import ApprovalsPanel
+
+        self.approvals = ApprovalsPanel(self, full_width=True)   # big Approve / Reject
         self.box = console_box()(
-            [self.header, self.post_box(full_width=True), self.speak_toggle(full_width=True),
+            [self.header, w.HTML("<b>Awaiting approval</b>"), self.approvals.box,
+             self.post_box(full_width=True), self.speak_toggle(full_width=True),
              w.HTML("<b>Latest results</b>"), self.results,
              w.HTML("<b>Live</b>"), self.feed],
             layout=w.Layout(width="100%", max_width="100vw", overflow="hidden auto"))
@@ -65,6 +69,8 @@ class MobileConsole(Console):
         if self.ready:
             self._fetch_results()
         super()._redraw()
+        if self.ready:
+            self.approvals.refresh()
 
     def _fetch_results(self) -> None:
         """Result text for the newest completed tasks not fetched yet (outside the lock)."""

@@ -116,6 +116,9 @@ class SwarmState:
                 self.prices.append(data["price_sats"])
             elif row.status not in TERMINAL_STATES:
                 self._set_status(row, "queued")   # nobody could take it: back in the queue
+        elif kind == "approval_requested":   # the winning bid held (timmy.market.budgets)
+            row.agent, row.price_sats = aid, data.get("price_sats")
+            row.reason = f"awaiting approval: {data.get('reason')}"
         elif kind == "task_assigned":
             row.agent, row.price_sats = aid, data.get("price_sats")
             row.attempts = data.get("attempt", row.attempts)
