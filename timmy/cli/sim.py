@@ -72,17 +72,20 @@ def simulate_cmd(n_tasks: int, rule: str, seed: int, runners: int, task_seconds:
                    "else a local cluster.")
 @click.option("--out", default=None, metavar="FILE", type=click.Path(path_type=Path),
               help="Also write the results to FILE (.csv or .parquet).")
-def sweep_cmd(grid_file: Path, scheduler: str | None, out: Path | None) -> None:
+@plugin_option
+def sweep_cmd(grid_file: Path, scheduler: str | None, out: Path | None,
+              plugins: tuple[str, ...] = ()) -> None:
     """Run every combination of GRID.toml's parameters as a simulation, on Dask.
 
     GRID.toml has a [grid] table (rule, jitter, load, runners, seed: lists or
     {start, stop, step} ranges) and an optional [settings] table (tasks,
     task_seconds, max_attempts, runner_queue). See examples/grid.toml.
+    ``--plugin MODULE`` is imported here and on every Dask worker (on its PYTHONPATH).
     """
     from timmy.sim.sweeps import GRID_PARAMETERS, load_grid, sweep
 
     grid = load_grid(grid_file)
-    results = sweep(grid, scheduler=scheduler, progress=True)
+    results = sweep(grid, scheduler=scheduler, progress=True, plugins=plugins)
     varying = [p for p in GRID_PARAMETERS if len(grid.get(p, ())) > 1]
     shown = [*varying, "mean_price", "specialist_share", "success_rate", "latency_p95_s",
              "makespan_s"]

@@ -149,12 +149,16 @@ def measure(run, metrics: Sequence[str] = tuple(METRICS)) -> dict[str, float]:
 
 
 def run_replication(workload: list, variant: Mapping[str, Any], seed: int,
-                    metrics: Sequence[str]) -> dict[str, float]:
+                    metrics: Sequence[str], plugins: tuple[str, ...] = ()) -> dict[str, float]:
     """Simulate one variant on one replication's workload and seed; its metrics.
 
-    A plain top-level function, so Dask can send it to any worker.
+    A plain top-level function, so Dask can send it to any worker; ``plugins``: modules
+    imported first (`timmy.sim.plugins.import_plugins`).
     """
+    from timmy.sim.plugins import import_plugins
     from timmy.sim.simulator import simulate
+
+    import_plugins(plugins)
 
     return measure(simulate(workload, seed=seed, **variant), metrics)
 
@@ -249,7 +253,7 @@ def _check_metrics(metrics: Sequence[str], allowed: Sequence[str] = tuple(METRIC
 def experiment(workload, variants: Mapping[str, Mapping[str, Any]], *, replications: int = 10,
                seed: int = 0, metrics: Sequence[str] | None = None, test: str = "t",
                confidence: float = 0.95, alpha: float = 0.05, scheduler: str | None = None,
-               client=None, progress: bool = True) -> Experiment:
+               client=None, progress: bool = True, plugins=()) -> Experiment:
     """Run every variant ``replications`` times with common random numbers; an `Experiment`.
 
     ``workload``: a list of descriptions or of `Arrival` items (the same in every
@@ -270,14 +274,21 @@ def experiment(workload, variants: Mapping[str, Mapping[str, Any]], *, replicati
     Where the runs go: ``client=`` a ``dask.distributed.Client``; ``scheduler=`` the
     address of a Dask scheduler, or ``"local"`` for `local_cluster()` started for this
     call; else serially in this process. Each run is a pure function of its variant,
-    workload and seed, so the numbers are the same on Dask and serially.
+    workload and seed, so the numbers are the same on Dask and serially. ``plugins``:
+    modules imported here and on each worker before its runs (ones that register
+    mechanisms or verifiers, see `timmy.sim.plugins`); a registered rule or verifier
+    defined in ``__main__`` (a notebook) is a `ConfigError` before anything runs on Dask.
 
         exp = experiment(lambda s: demo_descriptions(1000, s),
                          {"lowest": {"rule": "lowest"}, "specialist": {}},
                          replications=30, seed=1)
         exp.summary; exp.comparisons; exp.plot()
     """
+    from timmy.sim.plugins import check_plugins, import_plugins, worker_plugins
+
     pd = require("pandas", "analysis")
+    plugins = check_plugins(plugins)
+    import_plugins(plugins)
     stats = require("scipy.stats", "analysis")
     multitest = require("statsmodels.stats.multitest", "analysis")
     chosen = _check_variants(variants)
@@ -305,12 +316,14 @@ def experiment(workload, variants: Mapping[str, Mapping[str, Any]], *, replicati
             raise ConfigError(f"variant {name!r}: {exc.message}", hint=exc.hint) from None
 
     seeds = [replication_seed(seed, r) for r in range(replications)]
+    if client is not None or scheduler is not None:
+        plugins = _worker_plugins(worker_plugins, plugins, chosen)
     bar = _bar(len(chosen) * replications, progress)
     try:
         if client is None and scheduler is None:
             values = _run_serial(make, chosen, seeds, names, bar)
         else:
-            values = _run_on_dask(make, chosen, seeds, names, bar, client, scheduler)
+            values = _run_on_dask(make, chosen, seeds, names, bar, client, scheduler, plugins)
     finally:
         bar.close()
 
@@ -341,7 +354,18 @@ def _run_serial(make, variants, seeds, metrics, bar) -> dict:
     return values
 
 
-def _run_on_dask(make, variants, seeds, metrics, bar, client, scheduler) -> dict:
+def _worker_plugins(worker_plugins, plugins, variants) -> tuple[str, ...]:
+    """The modules each run on a worker imports: the variants' rules and verifiers'."""
+    rules, specs = [], []
+    for spec in variants.values():
+        rules.append(spec.get("rule", "specialist_first"))
+        verify = spec.get("verify")
+        specs.extend([verify] if verify is None or isinstance(verify, str) else verify)
+    return worker_plugins(plugins, rules=rules, verifiers=specs)
+
+
+def _run_on_dask(make, variants, seeds, metrics, bar, client, scheduler,
+                 plugins: tuple[str, ...] = ()) -> dict:
     from timmy.sim.sweeps import _connect, local_cluster
 
     distributed = require("dask.distributed", "analysis")
@@ -360,7 +384,8 @@ def _run_on_dask(make, variants, seeds, metrics, bar, client, scheduler) -> dict
             # drawn once here and sent once: every variant's run gets the very same list
             [items] = client.scatter([_draw(make, s)], broadcast=False)
             for name, spec in variants.items():
-                f = client.submit(run_replication, items, spec, s, metrics, pure=False)
+                f = client.submit(run_replication, items, spec, s, metrics, plugins,
+                                  pure=False)
                 futures.append(f)
                 where[f.key] = (name, r)
         values = {}

@@ -246,12 +246,17 @@ def jittered_personas(factor: float) -> dict:
             for pid, p in PERSONAS.items()}
 
 
-def run_point(point: Mapping[str, Any], settings: Mapping[str, Any]) -> dict[str, Any]:
+def run_point(point: Mapping[str, Any], settings: Mapping[str, Any],
+              plugins: tuple[str, ...] = ()) -> dict[str, Any]:
     """Simulate one grid point: its parameters, then `METRICS` (see `SimRun.metrics`).
 
-    A plain top-level function, so Dask can send it to any worker.
+    A plain top-level function, so Dask can send it to any worker; ``plugins``: modules
+    imported first (`timmy.sim.plugins.import_plugins`), e.g. ones registering mechanisms.
     """
+    from timmy.sim.plugins import import_plugins
     from timmy.sim.simulator import simulate
+
+    import_plugins(plugins)
     from timmy.sim.workloads import poisson_arrivals
 
     p = {**GRID_PARAMETERS, **point}
@@ -266,7 +271,7 @@ def run_point(point: Mapping[str, Any], settings: Mapping[str, Any]) -> dict[str
 # -- many points -------------------------------------------------------------------------
 
 def sweep(grid: Mapping[str, object], *, client=None, scheduler: str | None = None,
-          progress: bool = True, serial: bool = False, **settings):
+          progress: bool = True, serial: bool = False, plugins=(), **settings):
     """Run every point of ``grid`` (see `check_grid`) and return a DataFrame, a row a point.
 
     Rows are sorted by the grid parameters; columns are `GRID_PARAMETERS` then
@@ -291,13 +296,24 @@ def sweep(grid: Mapping[str, object], *, client=None, scheduler: str | None = No
     scaled by ``jitter``. A point is a pure function of its parameters and the settings,
     so a sweep gives the same numbers serially, on a local cluster or on a remote one
     (remote workers need timmy installed).
+
+    ``plugins``: modules imported here and on each worker before its points (ones that
+    register mechanisms, see `timmy.sim.plugins`); a registered rule defined in an
+    importable module is found by itself, one defined in ``__main__`` (a notebook) is a
+    `ConfigError` before anything runs on Dask.
     """
+    from timmy.sim.plugins import check_plugins, import_plugins, worker_plugins
+
     pd = require("pandas", "analysis")
+    plugins = check_plugins(plugins)
+    import_plugins(plugins)
     checked = check_grid(grid, where=getattr(grid, "source", "grid"))
     from_file = check_settings(checked.settings, where=f"{checked.source} [settings]")
     from_call = check_settings(settings, where="sweep()")
     chosen = {**from_file, **{name: from_call[name] for name in settings}}
     points = grid_points(checked)
+    if not serial:
+        plugins = worker_plugins(plugins, rules=checked.get("rule", [GRID_PARAMETERS["rule"]]))
     bar = _bar(len(points), progress)
     try:
         if serial:
@@ -306,7 +322,7 @@ def sweep(grid: Mapping[str, object], *, client=None, scheduler: str | None = No
                 rows.append(run_point(point, chosen))
                 bar.update(1)
         else:
-            rows = _run_on_dask(points, chosen, client, scheduler, bar)
+            rows = _run_on_dask(points, chosen, client, scheduler, bar, plugins)
     finally:
         bar.close()
     df = pd.DataFrame(rows, columns=[*GRID_PARAMETERS, *METRICS])
@@ -338,7 +354,7 @@ def _bar(total: int, show: bool):
 
 
 def _run_on_dask(points: list[dict], settings: dict, client, scheduler: str | None,
-                 bar) -> list[dict]:
+                 bar, plugins: tuple[str, ...] = ()) -> list[dict]:
     distributed = require("dask.distributed", "analysis")
     owned = []   # what this call started or connected, closed in reverse order at the end
     try:
@@ -351,7 +367,7 @@ def _run_on_dask(points: list[dict], settings: dict, client, scheduler: str | No
             else:
                 client = _connect(distributed, address, from_env=scheduler is None)
             owned.append(client)
-        futures = client.map(run_point, points, settings=settings, pure=False)
+        futures = client.map(run_point, points, settings=settings, plugins=plugins, pure=False)
         rows = []
         try:
             for future in distributed.as_completed(futures):
