@@ -273,7 +273,8 @@ def test_export_to_csv(tmp_path, small_db):
 
 
 def test_personas_shows_the_nine_builtins():
-    result = CliRunner().invoke(cli, ["personas"], terminal_width=200)
+    # rich reads COLUMNS (captured output is otherwise 120 wide, and keywords would wrap)
+    result = CliRunner(env={"COLUMNS": "200"}).invoke(cli, ["personas"], terminal_width=200)
     assert result.exit_code == 0, result.output
     assert "9 personas built in" in result.output
     for p in PERSONAS.values():
@@ -290,6 +291,22 @@ def test_personas_from_a_file(tmp_path):
     assert "2 personas from" in result.output
     assert "Trail Scout" in result.output and "dinner breakfast" in result.output
     assert "forge" not in result.output
+
+
+def test_personas_shows_each_personas_strategy(tmp_path):
+    result = CliRunner().invoke(cli, ["personas"], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    header = next(line for line in result.output.splitlines() if "keywords" in line)
+    assert "strategy" in header
+    assert result.output.count("│ adaptive │") == len(PERSONAS)   # the default, shown
+    path = tmp_path / "camp.toml"
+    path.write_text(PERSONA_TOML.replace('role = "Camp Cook"',
+                                         'role = "Camp Cook"\nstrategy = "shade:0.2"'))
+    result = CliRunner().invoke(cli, ["personas", "--file", str(path)], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    cook = next(line for line in result.output.splitlines() if "Camp Cook" in line)
+    scout = next(line for line in result.output.splitlines() if "Trail Scout" in line)
+    assert "shade:0.2" in cook and "adaptive" in scout
 
 
 # -- bad input: one line, a hint, exit code 2 -------------------------------------------------

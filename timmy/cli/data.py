@@ -59,7 +59,7 @@ def _size(n: int) -> str:
               help="A TOML ([[persona]] tables) or JSON (a list) persona file to show "
                    "instead of the built-ins; it is validated first.")
 def personas_cmd(file: Path | None) -> None:
-    """Show the persona catalog: id, role, rate, bid base, jitter and keywords."""
+    """Show the persona catalog: id, role, rate, bid base, jitter, strategy and keywords."""
     from rich.table import Table
 
     from timmy.market.personas import PERSONAS
@@ -72,11 +72,12 @@ def personas_cmd(file: Path | None) -> None:
     table.add_column("role")
     for name in ("rate", "bid_base", "jitter"):
         table.add_column(name, justify="right")
+    table.add_column("strategy")
     table.add_column("keywords")
     for p in catalog.values():
         keywords = " ".join(f'"{k}"' if " " in k else k for k in p.preferred_keywords)
         table.add_row(text(p.id), text(p.role), str(p.rate_sats), str(p.bid_base),
-                      str(p.bid_jitter), text(keywords))
+                      str(p.bid_jitter), text(p.strategy), text(keywords))
     make_console().print(table)
 
 
