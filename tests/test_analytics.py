@@ -127,7 +127,7 @@ def test_reports_lists_every_query_with_a_docstring_and_a_title():
     assert list(analytics.REPORTS) == [
         "win_rate_by_persona", "earnings_by_persona", "price_by_keyword", "price_by_spec",
         "latency_percentiles", "reauctions_and_failures", "bids_per_auction",
-        "price_over_time", "balances"]
+        "price_over_time", "balances", "reputation"]
     for name, query in analytics.REPORTS.items():
         assert query.__name__ == name and len(query.__doc__) > 100
         assert 10 < len(analytics.title(name)) < 90

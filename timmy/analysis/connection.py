@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 TABLES = ("tasks", "bids", "agents", "events")
 #: Tables a newer export has: read when there, else an empty view of their columns (an
 #: export made before they existed still works).
-OPTIONAL_TABLES = ("ledger",)
+OPTIONAL_TABLES = ("ledger", "reputation")
 EXPORT_HINT = "export one with swarm.export(dir) or `timmy export DB DIR`"
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 # No DuckDB extension may be fetched from the network, even by a user's own query.
@@ -79,9 +79,11 @@ def connect(source: str | os.PathLike | Any, *,
             else:
                 _snapshot_store(con, url)
         elif all(hasattr(source, name) for name in TABLES):
-            names = TABLES + tuple(n for n in OPTIONAL_TABLES if hasattr(source, n))
-            _register(con, {name: getattr(source, name) for name in names},
-                      f"the {type(source).__name__}")
+            tables = {n: getattr(source, n) for n in TABLES + OPTIONAL_TABLES
+                      if hasattr(source, n)}
+            if isinstance(tables.get("reputation"), Mapping | type(None)):
+                _reputation_frame(tables)   # a SimRun's: agent_id -> counters (or None)
+            _register(con, tables, f"the {type(source).__name__}")
         else:
             raise ConfigError(f"cannot analyse a {type(source).__name__}",
                               hint="pass an export directory, a SQLite file or URL, or a "
@@ -250,6 +252,16 @@ def _snapshot_store(con: duckdb.DuckDBPyConnection, url: str) -> None:
     finally:
         store.dispose()
     _view_export(con, Path(tmp))
+
+
+def _reputation_frame(tables: dict[str, Any]) -> None:
+    """A SimRun's ``reputation`` (agent_id -> counters, as `Swarm.reputation` shows them) as
+    a ``reputation`` table, as its export writes it; left out (then empty) when None."""
+    from timmy.storage.export import reputation_arrow
+
+    records = tables.pop("reputation")
+    if records is not None:
+        tables["reputation"] = reputation_arrow(records)
 
 
 def _register(con: duckdb.DuckDBPyConnection, tables: Mapping[str, Any], where: str) -> None:

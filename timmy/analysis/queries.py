@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
 __all__ = ["EXPORT_HINT", "REPORTS", "TABLES", "balances", "bids_per_auction", "connect",
            "earnings_by_persona", "export_files", "latency_percentiles", "price_by_keyword",
-           "price_by_spec", "price_over_time", "reauctions_and_failures", "title",
+           "price_by_spec", "price_over_time", "reauctions_and_failures", "reputation", "title",
            "win_rate_by_persona"]
 
 
@@ -292,6 +292,36 @@ def balances(source) -> pd.DataFrame:
         ORDER BY sats DESC, agent_id""")
 
 
+def reputation(source) -> pd.DataFrame:
+    """Reputation by agent: verified outcomes, reliability and timeliness.
+
+    One row per agent with a record in the ``reputation`` table (`timmy.market.reputation`):
+    ``successes`` (results paid), ``failures`` (results its runner reported failed),
+    ``verification_failures``, ``outcomes`` (their sum), ``reliability`` (the Laplace
+    estimate (successes + 1) / (outcomes + 2) the ``reputation`` and ``score`` mechanisms
+    read), ``on_time`` and ``late`` (results against a task's deadline) and ``timeliness``
+    (on_time / (on_time + late), empty with no deadline). Most reliable first.
+
+    A live export or store has the table (``reputation.parquet``). A simulated run (a
+    `SimRun`, its ``export`` or ``simulate(out=)``) has ``SimRun.reputation`` as that
+    table when its Python engine ran (it has no deadlines: on_time and late are 0); the
+    compiled engine keeps no reputation, so there, as in an export made before reputation
+    existed, this table is empty.
+    """
+    return _frame(source, """
+        SELECT r.agent_id,
+               coalesce(a.persona, regexp_replace(r.agent_id, '-[0-9]+$', '')) AS persona,
+               r.successes::BIGINT AS successes, r.failures::BIGINT AS failures,
+               r.verification_failures::BIGINT AS verification_failures,
+               (r.successes + r.failures + r.verification_failures)::BIGINT AS outcomes,
+               (r.successes + 1)::DOUBLE
+                   / (r.successes + r.failures + r.verification_failures + 2) AS reliability,
+               r.on_time::BIGINT AS on_time, r.late::BIGINT AS late,
+               r.on_time::DOUBLE / nullif(r.on_time + r.late, 0) AS timeliness
+        FROM reputation r LEFT JOIN agents a USING (agent_id)
+        ORDER BY reliability DESC, r.agent_id""")
+
+
 #: Every canned query by name, in the order ``timmy report`` prints them.
 REPORTS: dict[str, Callable[..., pd.DataFrame]] = {
     "win_rate_by_persona": win_rate_by_persona,
@@ -303,6 +333,7 @@ REPORTS: dict[str, Callable[..., pd.DataFrame]] = {
     "bids_per_auction": bids_per_auction,
     "price_over_time": price_over_time,
     "balances": balances,
+    "reputation": reputation,
 }
 
 

@@ -553,7 +553,8 @@ class SimRun:
         }
 
     def export(self, out_dir: str | Path) -> dict[str, Path]:
-        """Write tasks, bids, agents, events and ledger as Parquet files, like `Swarm.export`."""
+        """Write tasks, bids, agents, events and ledger as Parquet files, like `Swarm.export`
+        (and reputation, but from the compiled engine, which keeps none)."""
         import pyarrow.parquet as pq
 
         out = Path(out_dir)
@@ -563,6 +564,8 @@ class SimRun:
             path = out / f"{name}.parquet"
             pq.write_table(self.table(name), path)
             written[name] = path
+        if self.reputation is not None:   # the Python engine's, as a live export has it
+            written["reputation"] = _write_reputation(self.reputation, out)
         return written
 
 
@@ -677,7 +680,18 @@ def simulate(workload: Sequence[str] | Sequence[Arrival], *, personas=None, seed
     run = sink.close()
     if not compiled:
         run.reputation = sim.reputation.snapshot(a.agent_id for a in sim.agents)
+        if out is not None:   # streamed: its reputation beside the tables, as export writes
+            _write_reputation(run.reputation, Path(out))
     return run
+
+
+def _write_reputation(records: dict, out: Path) -> Path:
+    import pyarrow.parquet as pq
+
+    from timmy.storage.export import reputation_arrow
+
+    pq.write_table(reputation_arrow(records), out / "reputation.parquet")
+    return out / "reputation.parquet"
 
 
 def _verify_specs(verify, n: int) -> list[str | None] | None:

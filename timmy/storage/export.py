@@ -79,6 +79,20 @@ def read_tables(store: Store) -> dict[str, pa.Table]:
     return store.guard(run)
 
 
+def reputation_arrow(records) -> pa.Table:
+    """A simulated run's reputation (agent_id -> counters, as ``SimRun.reputation``) as an
+    Arrow table with the export's ``reputation`` schema, a row per agent with an outcome
+    (as a live store keeps them); ``updated_at`` is NaN: the simulator records no time."""
+    pa = require("pyarrow", "analysis")
+    counters = [c.name for c in reputation_table.columns][1:-1]
+    rows = [(a, r) for a, r in sorted((records or {}).items())
+            if any(int(r.get(c) or 0) for c in counters)]
+    columns = {"agent_id": [a for a, _ in rows],
+               **{c: [int(r.get(c) or 0) for _, r in rows] for c in counters},
+               "updated_at": [float("nan")] * len(rows)}
+    return pa.table(columns, schema=_schema(pa, reputation_table))
+
+
 def _schema(pa, table: sa.Table):
     return pa.schema([(c.name, _arrow_type(pa, c)) for c in table.columns])
 
