@@ -366,3 +366,39 @@ def test_mobile_approve_button_assigns_a_task_awaiting_approval(browser, stack):
         timeout=CHANGE)
     swarm.close()
     page.context.close()
+
+
+def test_desktop_approvals_panel_approves_a_task_over_its_max_price(browser, stack):
+    """Budgets with approval on the desktop: a task posted over its max_price to the real
+    service shows in the desktop page's "Awaiting approval" panel with the held agent and
+    price; clicking Approve assigns it at that price, and it completes."""
+    swarm = attach(stack)
+    if not [a for a in swarm.agents() if a.status in ("idle", "busy")]:
+        swarm.spawn("forge")
+    held = swarm.post("fix the desktop approval bug", max_price=1)
+    deadline = time.monotonic() + CHANGE / 1000
+    while swarm.task(held.task_id).status != "awaiting_approval":
+        assert time.monotonic() < deadline, "the task never awaited approval"
+        time.sleep(0.1)
+    waiting = swarm.task(held.task_id)
+    assert waiting.price_sats > 1   # the winning bid, held: over the task's max_price
+    page = open_page(browser, stack.running.desktop_url, DESKTOP)
+    panel = page.locator(".timmy-approvals")
+    row = panel.locator(f".timmy-approval-{held.task_id}")
+    row.wait_for(timeout=CHANGE)
+    text = row.inner_text()
+    assert "fix the desktop approval bug" in text
+    assert waiting.assigned_agent in text and f"{waiting.price_sats} sats" in text
+    task_row(page, held.task_id).get_by_text("awaiting_approval", exact=True).wait_for(
+        timeout=CHANGE)
+    shot(page, "desktop-approvals")
+    row.locator(".timmy-approve button, button.timmy-approve").click()
+    done = swarm.wait(held.task_id, timeout=CHANGE / 1000)
+    assert (done.status, done.assigned_agent, done.price_sats) == \
+        ("completed", waiting.assigned_agent, waiting.price_sats)
+    panel.locator(".timmy-approval-message").get_by_text(
+        f"approved task #{held.task_id}").wait_for(timeout=CHANGE)
+    task_row(page, held.task_id).get_by_text("completed", exact=True).wait_for(timeout=CHANGE)
+    assert panel.locator(f".timmy-approval-{held.task_id}").count() == 0
+    swarm.close()
+    page.context.close()
