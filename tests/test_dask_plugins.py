@@ -11,7 +11,6 @@ import sys
 import pandas as pd
 import pytest
 
-import timmy
 from timmy.errors import ConfigError
 from timmy.market.mechanisms import unregister_mechanism
 from timmy.market.verification import unregister_verifier
@@ -22,7 +21,6 @@ pytestmark = pytest.mark.timeout(120)
 
 PLUGIN = "timmy_test_dearest"
 SOURCE = '''
-import timmy
 
 
 def dearest(bids, ctx):
@@ -138,4 +136,3 @@ def test_timmy_sweep_plugin_runs_a_plugin_rule_on_a_scheduler(cluster, tmp_path)
     assert out.returncode == 0, out.stderr
     results = pd.read_csv(tmp_path / "r.csv")
     assert sorted(results["rule"]) == ["dearest", "lowest"]
-    _ = timmy  # the public API the plugin module registers through
