@@ -21,6 +21,7 @@ pytestmark = pytest.mark.timeout(120)
 
 PLUGIN = "timmy_test_dearest"
 SOURCE = '''
+import timmy
 
 
 def dearest(bids, ctx):
