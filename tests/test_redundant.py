@@ -189,7 +189,7 @@ def test_live_a_verifier_failing_one_copy_pays_the_other_and_all_failing_reaucti
     # fail the best copy of task 1 only, and both copies of task 2 (attempt 1)
     (a1, b1), (a2, b2) = ([b.agent_id for b in first[(i, 1)]] for i in (1, 2))
     spec = f"regex:^(?!{a1} did: forge|{a2} did: draft|{b2} did: draft)"
-    tasks, bids, events, ledger, rep, agents = live(tmp_path, work, verify=spec, seed=seed,
+    tasks, bids, events, ledger, rep, _ = live(tmp_path, work, verify=spec, seed=seed,
                                                     task_seconds=0, rule="redundant")
     one, two = tasks[0], tasks[1]
     assert one.status == "completed" and one.assigned_agent == b1 and one.attempts == 1

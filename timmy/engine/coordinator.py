@@ -60,7 +60,7 @@ from timmy.market.models import (
 )
 from timmy.market.personas import Persona
 from timmy.market.redundancy import FAILED as COPY_FAILED
-from timmy.market.redundancy import PASSED, REJECTED, Copies, Outcome, lost
+from timmy.market.redundancy import PASSED, UNVERIFIED, Copies, Outcome, lost
 from timmy.market.reputation import FAILURE, SUCCESS, VERIFICATION_FAILURE, Reputation
 from timmy.progress import progress_bar
 from timmy.storage.store import Store
@@ -82,14 +82,14 @@ def _matched(persona: Persona, description: str) -> tuple[str, ...]:
 
 
 #: A copy's outcome -> what it counts in its agent's reputation (a lost copy: nothing).
-_COPY_RATING = {PASSED: SUCCESS, COPY_FAILED: FAILURE, REJECTED: VERIFICATION_FAILURE}
+_COPY_RATING = {PASSED: SUCCESS, COPY_FAILED: FAILURE, UNVERIFIED: VERIFICATION_FAILURE}
 
 
 def _copy_outcome(output: str, verdict, measured: dict) -> Outcome:
     """A copy's ok result, passed (no verifier: ``verdict`` None) or judged by its verdict."""
     if verdict is None or verdict.ok:
         return Outcome(PASSED, output, measured=measured)
-    return Outcome(REJECTED, output, why=verdict.reason, measured=measured)
+    return Outcome(UNVERIFIED, output, why=verdict.reason, measured=measured)
 
 
 class Coordinator:
@@ -725,7 +725,7 @@ class Coordinator:
         for aid, o in copies.reported():   # every copy's outcome counts; the paid one in _pay
             if aid == paid or o.kind not in _COPY_RATING:
                 continue
-            if o.kind == REJECTED:
+            if o.kind == UNVERIFIED:
                 self._excluded.setdefault(task.task_id, set()).add(aid)
                 self._emit(VERIFICATION_FAILED, task.task_id, aid, attempt=task.attempts,
                            reason=o.why)

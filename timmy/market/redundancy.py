@@ -44,12 +44,12 @@ from timmy.market.lifecycle import (
 )
 
 #: A copy's outcomes.
-PASSED, FAILED, REJECTED, LOST = "passed", "failed", "rejected", "lost"
+PASSED, FAILED, UNVERIFIED, LOST = "passed", "failed", "unverified", "lost"
 
 
 @dataclass(slots=True)
 class Outcome:
-    """What one copy came to: `PASSED`, `FAILED` (the run failed), `REJECTED` (its result
+    """What one copy came to: `PASSED`, `FAILED` (the run failed), `UNVERIFIED` (its result
     failed verification) or `LOST` (its runner ended or timed out without a result)."""
 
     kind: str
@@ -91,7 +91,7 @@ class Copies:
 
     def rejected(self) -> list[str]:
         """The agents whose result failed verification (excluded from later auctions)."""
-        return [a for a, o in self.reported() if o.kind == REJECTED]
+        return [a for a, o in self.reported() if o.kind == UNVERIFIED]
 
     def decision(self, attempts: int, max_attempts: int, others: int | None = None
                  ) -> Decision:
@@ -123,7 +123,7 @@ def reason_of(attempts: int, reported: list[tuple[str, Outcome]]) -> str:
     """The reason of a task none of whose copies passed: each copy's, in bid order."""
     parts = []
     for agent_id, o in reported:
-        if o.kind == REJECTED:
+        if o.kind == UNVERIFIED:
             parts.append(f"{agent_id}: {VERIFY_FAILED}: {o.why[:80]}")
         elif o.kind == FAILED:
             parts.append(f"{agent_id} failed: {o.output[:80]}")

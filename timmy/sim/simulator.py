@@ -46,7 +46,7 @@ from timmy.market.mechanisms import MECHANISM_FAILED, after_mechanism_failure
 from timmy.market.models import Task
 from timmy.market.personas import PERSONAS, Persona
 from timmy.market.redundancy import FAILED as COPY_FAILED
-from timmy.market.redundancy import PASSED, REJECTED, Copies, Outcome, lost
+from timmy.market.redundancy import PASSED, UNVERIFIED, Copies, Outcome, lost
 from timmy.market.reputation import FAILURE, SUCCESS, VERIFICATION_FAILURE, Reputation
 from timmy.market.strategies import record_auction
 from timmy.sim.workloads import Arrival
@@ -406,7 +406,7 @@ class Simulator:
             verdict = None if task.verify is None else \
                 verify_sync(task.verify, output, self.verify_timeout)
             outcome = Outcome(PASSED, output) if verdict is None or verdict.ok else \
-                Outcome(REJECTED, output, why=verdict.reason)
+                Outcome(UNVERIFIED, output, why=verdict.reason)
         else:
             outcome = Outcome(COPY_FAILED, f"simulated failure "
                               f"({'on' if on_spec else 'off'}-spec task)")
@@ -422,11 +422,11 @@ class Simulator:
             return
         task.copies, task.plans = None, None
         paid = copies.paid()
-        ratings = {PASSED: SUCCESS, COPY_FAILED: FAILURE, REJECTED: VERIFICATION_FAILURE}
+        ratings = {PASSED: SUCCESS, COPY_FAILED: FAILURE, UNVERIFIED: VERIFICATION_FAILURE}
         for aid, o in copies.reported():
             if aid == paid or o.kind not in ratings:
                 continue
-            if o.kind == REJECTED:
+            if o.kind == UNVERIFIED:
                 if task.excluded is None:
                     task.excluded = set()
                 task.excluded.add(aid)
