@@ -204,3 +204,39 @@ def test_live_a_verifier_failing_one_copy_pays_the_other_and_all_failing_reaucti
     assert all(r["verified"] for r in ledger)
     run = simulate(work, seed=seed, task_seconds=0, rule="redundant", verify=spec)
     same(tasks, run)
+
+
+@pytest.mark.timeout(120)
+def test_live_a_copy_whose_runner_dies_counts_nothing_and_the_other_copy_is_paid(make_swarm,
+                                                                                   eventually):
+    work = ["forge a parser for the build"]
+    for seed in range(1, 200):   # one whose best copy runs long enough to be killed first
+        run = simulate(work, seed=seed, rule="redundant", task_seconds=1.0,
+                       runners={"forge": 1, "quill": 1})
+        won, lost_ = run.bids[run.bids.won].iloc[0], run.bids[~run.bids.won].iloc[0]
+        if simulated_plan(seed, won.agent_id, 1, 1, bool(won.on_spec), 1.0).seconds > 3 \
+                and simulated_plan(seed, lost_.agent_id, 1, 1, bool(lost_.on_spec), 1.0).ok:
+            break
+    else:
+        pytest.fail("no seed gives the best copy a long run")
+    swarm = make_swarm(rule="redundant", task_seconds=1.0, seed=seed)
+    swarm.spawn_all(["forge", "quill"])
+    eventually(lambda: sum(a.status == "idle" for a in swarm.agents()) == 2, timeout=30)
+    tid = swarm.post("forge a parser for the build").task_id
+
+    def copies():
+        return [e.agent_id for e in swarm.events(limit=100) if e.kind == "task_assigned"
+                and e.task_id == tid]
+
+    eventually(lambda: len(copies()) == 2, timeout=30)
+    best = swarm.task(tid).assigned_agent
+    other = next(a for a in copies() if a != best)
+    swarm.kill(best)
+    task = swarm.wait(tid, timeout=60)
+    bid = next(b for b in swarm.bids(tid) if b["agent_id"] == other and b["attempt"] == 1)
+    assert best == won.agent_id
+    assert other == lost_.agent_id and bid["sats"] == lost_.sats
+    assert (task.status, task.assigned_agent, task.attempts) == ("completed", other, 1)
+    assert [(r["task_id"], r["agent_id"]) for r in swarm.ledger()] == [(tid, other)]
+    rep = swarm.reputation()
+    assert rep.get(best, {}).get("outcomes", 0) == 0     # a lost copy counts nothing
