@@ -59,6 +59,8 @@ from timmy.market.models import (
     copy,
 )
 from timmy.market.personas import Persona
+from timmy.market.redundancy import FAILED as COPY_FAILED
+from timmy.market.redundancy import PASSED, UNVERIFIED, Copies, Outcome, lost
 from timmy.market.reputation import FAILURE, SUCCESS, VERIFICATION_FAILURE, Reputation
 from timmy.progress import progress_bar
 from timmy.storage.store import Store
@@ -77,6 +79,17 @@ def _matched(persona: Persona, description: str) -> tuple[str, ...]:
     """A persona's keywords in a description, cached: workloads repeat descriptions, and
     this runs for every result on the engine's hot path."""
     return tuple(persona.matched_keywords(description))
+
+
+#: A copy's outcome -> what it counts in its agent's reputation (a lost copy: nothing).
+_COPY_RATING = {PASSED: SUCCESS, COPY_FAILED: FAILURE, UNVERIFIED: VERIFICATION_FAILURE}
+
+
+def _copy_outcome(output: str, verdict, measured: dict) -> Outcome:
+    """A copy's ok result, passed (no verifier: ``verdict`` None) or judged by its verdict."""
+    if verdict is None or verdict.ok:
+        return Outcome(PASSED, output, measured=measured)
+    return Outcome(UNVERIFIED, output, why=verdict.reason, measured=measured)
 
 
 class Coordinator:
@@ -117,6 +130,10 @@ class Coordinator:
         self._verify: dict[int, str] = {}
         self._excluded: dict[int, set[str]] = {}
         self._verifying: set[int] = set()
+        # Tasks cleared by ``redundant`` with k > 1 (`timmy.market.redundancy`): the copies
+        # each winner runs, until every one has reported. The task's assigned_agent is the
+        # best winner until a copy is paid, then the paid one.
+        self._copies: dict[int, Copies] = {}
         # Budgets with approval (`timmy.market.budgets`): the budget, what was paid, each
         # task's max_price and approved ceilings.
         self.approvals = Approvals(config.budget)
@@ -312,6 +329,7 @@ class Coordinator:
         self._verify.pop(task.task_id, None)
         self._excluded.pop(task.task_id, None)
         self._verifying.discard(task.task_id)
+        self._copies.pop(task.task_id, None)
         self.approvals.forget(task.task_id)
         self.finished[task.task_id] = task
         if len(self.finished) > FINISHED_CACHE:
@@ -403,6 +421,10 @@ class Coordinator:
             return False
         if self.approvals.active and self._hold(task, winner, clearing.price_sats):
             return True
+        if clearing.copies:   # redundant: every winner runs a copy; the best one assigned last
+            self._copies[tid] = Copies(clearing.copies)
+            for aid in reversed(clearing.copies[1:]):
+                self._assign(task, self.agents[aid], clearing.price_sats, open_.attempt, now)
         self._assign(task, self.agents[winner], clearing.price_sats, open_.attempt, now)
         return True
 
@@ -509,6 +531,11 @@ class Coordinator:
                    attempt=task.attempts if task is not None else None, queued_behind=len(held) - 1)
         for i in reversed(range(len(held))):  # requeue at the front, keeping their order
             task = self.active.get(held[i])
+            if task is not None and self._copies and held[i] in self._copies:
+                self._copy_report(task, agent_id, lost(
+                    task.attempts, self.cfg.max_attempts, f"gave no result within {limit:g}s",
+                    running=False, first=i == 0, crashed=True))
+                continue
             if task is None or task.status not in (ASSIGNED, RUNNING) \
                     or task.assigned_agent != agent_id:
                 continue
@@ -567,7 +594,10 @@ class Coordinator:
         if not agent.tasks:
             agent.info.status = "idle"
         task = self.active.get(tid)
-        if task is not None and task.status in (ASSIGNED, RUNNING) \
+        if self._copies and tid in self._copies:   # one of a redundant task's copies
+            if task is not None:
+                self._copy_result(task, agent, result, output)
+        elif task is not None and task.status in (ASSIGNED, RUNNING) \
                 and task.assigned_agent == agent.info.agent_id:
             # How long it took, and what a model-backed execution used: into the event.
             measured = {"elapsed_s": round(result.elapsed_s, 6)}
@@ -656,6 +686,65 @@ class Coordinator:
         self._decided(task, after_verification_failure(
             task.attempts, self.cfg.max_attempts, agent_id, verdict.reason, others), **measured)
 
+    # -- redundant copies (timmy.market.redundancy) ---------------------------
+    def _copy_result(self, task: Task, agent: Agent, result: p.Result, output: str) -> None:
+        """A copy's result: failed, passed (no verifier), or verified (at once, or in the
+        background as `_check_result` does) before it is reported."""
+        measured = {"elapsed_s": round(result.elapsed_s, 6)}
+        agent_id = agent.info.agent_id
+        if not result.ok:
+            self._copy_report(task, agent_id, Outcome(COPY_FAILED, output,
+                                                      permanent=result.permanent,
+                                                      measured=measured))
+            return
+        spec = self._verify.get(task.task_id)
+        verdict = None if spec is None else check_now(spec, output)
+        if spec is None or verdict is not None:
+            self._copy_report(task, agent_id, _copy_outcome(output, verdict, measured))
+            return
+        tid, attempt = task.task_id, task.attempts
+
+        async def later() -> None:
+            got = await verify(spec, output, self.cfg.verify_timeout)
+            if self.active.get(tid) is not task or task.attempts != attempt \
+                    or tid not in self._copies or self.closed:
+                return   # cancelled (or the swarm stopped) meanwhile
+            self._copy_report(task, agent_id, _copy_outcome(output, got, measured))
+            self._pump()
+
+        self._tg.start_soon(later)
+
+    def _copy_report(self, task: Task, agent_id: str, outcome: Outcome) -> None:
+        """Record a copy's outcome; once every copy has one, decide the task: pay the first
+        passing copy in bid order, or spend the attempt (`Copies.decision`)."""
+        copies = self._copies.get(task.task_id)
+        if copies is None or not copies.report(agent_id, outcome):
+            return
+        del self._copies[task.task_id]
+        paid = copies.paid()
+        for aid, o in copies.reported():   # every copy's outcome counts; the paid one in _pay
+            if aid == paid or o.kind not in _COPY_RATING:
+                continue
+            if o.kind == UNVERIFIED:
+                self._excluded.setdefault(task.task_id, set()).add(aid)
+                self._emit(VERIFICATION_FAILED, task.task_id, aid, attempt=task.attempts,
+                           reason=o.why)
+            record = self.reputation.record(aid, _COPY_RATING[o.kind])
+            self.journal.rated(aid, record.counters())
+        if paid is not None:
+            o = copies.outcomes[paid]
+            task.assigned_agent = paid
+            self._pay(task, self.agents[paid], o.output, task.task_id in self._verify,
+                      dict(o.measured, copies=len(copies.agents)))
+            return
+        excluded = self._excluded.get(task.task_id, ())
+        others = sum(1 for a in self.agents.values()
+                     if a.info.agent_id not in excluded and a.info.status in AGENT_WORKING_STATES)
+        first = copies.outcomes[copies.agents[0]]
+        task.result = first.output or None
+        self._decided(task, copies.decision(task.attempts, self.cfg.max_attempts, others),
+                      copies=len(copies.agents))
+
     def _on_garbage(self, agent_id: str, exc: p.ProtocolError) -> None:
         self.garbage_lines += 1
         log.warning("runner %s sent a bad line: %s", agent_id, exc.message)
@@ -684,6 +773,11 @@ class Coordinator:
         for i in reversed(range(len(held))):  # requeue at the front, keeping their order
             task = self.active.get(held[i])
             if task is None or task.status not in (ASSIGNED, RUNNING):
+                continue
+            if self._copies and held[i] in self._copies:
+                self._copy_report(task, agent_id, lost(
+                    task.attempts, self.cfg.max_attempts, how, running=False, first=i == 0,
+                    crashed=crashed))
                 continue
             self._decided(task, after_runner_exit(
                 task.attempts, self.cfg.max_attempts, agent_id, how,

@@ -48,6 +48,9 @@ class Clearing:
     reason: str
     #: Set when the rule's mechanism raised or lied (then ``winner`` is None): what it did.
     error: str | None = None
+    #: Under ``redundant`` (k > 1): every winner, best first (``winner`` is the first);
+    #: each runs a copy of the task (`timmy.market.redundancy`). Empty under other rules.
+    copies: tuple[str, ...] = ()
 
     @property
     def winning_bid(self) -> Bid | None:
@@ -84,6 +87,9 @@ def clear(task_id: int, bids: Iterable[Bid], rule: str = SPECIALIST_FIRST, *,
     if rule not in RULES:
         winner, price, why, error = mechanisms.decide(rule, bids, task_id, description,
                                                       reputation)
+        if error is None and rule.startswith(mechanisms.REDUNDANT):
+            return Clearing(task_id, rule, winner, price, bids, why, error,
+                            mechanisms.redundant_copies(rule, bids))
         return Clearing(task_id, rule, winner, price, bids, why, error)
     if rule == LOWEST:
         best = bids[0]

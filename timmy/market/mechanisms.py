@@ -131,12 +131,55 @@ def score(bids, ctx: Context) -> Award:
                  f"{best.sats} sats) under {ctx.rule}")
 
 
+#: The rule whose k best bids all win and run the task (see `redundant`).
+REDUNDANT = "redundant"
+
+
+def redundant_k(params: Mapping[str, Any]) -> int:
+    """``redundant``'s k (default 2), checked: a whole number >= 1; raises `ConfigError`."""
+    k = params.get("k", 2)
+    if isinstance(k, bool) or not isinstance(k, numbers.Real) or k != int(k) or k < 1:
+        raise ConfigError(f"rule 'redundant' needs k, a whole number >= 1, not {k!r}",
+                          hint='e.g. "redundant:k=3" (k copies of the task run; a k above '
+                               "the number of bidders runs one copy per bidder)")
+    return int(k)
+
+
+def copies(bids: Sequence[Any], k: int) -> tuple[Any, ...]:
+    """The k best of ``bids`` in specialist_first's order: on-spec first, then price, then
+    agent_id (all of them when fewer than k bid)."""
+    return tuple(sorted(bids, key=lambda b: (not b.on_spec, b.sats, b.agent_id))[:k])
+
+
+def redundant_copies(rule: str, bids: Sequence[Any]) -> tuple[str, ...]:
+    """Under ``redundant`` with k > 1 (and more than one bid): the agent_ids of every
+    winner, best first; else () (one winner, the single-winner path)."""
+    name, params = split_rule(rule)
+    if name != REDUNDANT:
+        return ()
+    won = copies(bids, redundant_k(params))
+    return tuple(b.agent_id for b in won) if len(won) > 1 else ()
+
+
+def redundant(bids, ctx: Context) -> Award:
+    """The k best bids (`copies`: specialist_first's order) all win and run the task; the
+    award names the best of them (the task's ``assigned_agent`` until a copy is paid) at the
+    price every copy is offered: the highest of the k winning bids (a uniform price, so the
+    copy that is paid gets the same whichever it is, and never less than it bid). Who is
+    paid is decided when every copy has reported (`timmy.market.redundancy`)."""
+    won = copies(bids, redundant_k(ctx.params))
+    price = max(b.sats for b in won)
+    return Award(won[0].agent_id, price,
+                 f"{len(won)} best bids ({', '.join(b.agent_id for b in won)}) each run a "
+                 f"copy at {price} sats under {ctx.rule}")
+
+
 #: Built-in mechanisms beside `LEGACY`, and the parameters each takes (None: any).
 BUILTIN: dict[str, Mechanism] = {"first_price": first_price, "reputation": reputation,
-                                 "score": score}
+                                 "score": score, REDUNDANT: redundant}
 _BUILTIN_PARAMS: dict[str, tuple[str, ...]] = {
     "specialist_first": (), "lowest": (), "second_price": (), "first_price": (),
-    "reputation": (), "score": tuple(SCORE_PARAMS)}
+    "reputation": (), "score": tuple(SCORE_PARAMS), REDUNDANT: ("k",)}
 _registered: dict[str, Mechanism] = {}
 
 
@@ -207,6 +250,8 @@ def check_rule(rule: str) -> str:
             if not isinstance(value, float):
                 raise ConfigError(f"rule {name!r} parameter {key}={value!r} is not a number",
                                   hint=f'e.g. "{name}:{key}=0.5"')
+    if name == REDUNDANT:
+        redundant_k(params)
     return rule
 
 

@@ -45,6 +45,8 @@ from timmy.market.lifecycle import (
 from timmy.market.mechanisms import MECHANISM_FAILED, after_mechanism_failure
 from timmy.market.models import Task
 from timmy.market.personas import PERSONAS, Persona
+from timmy.market.redundancy import FAILED as COPY_FAILED
+from timmy.market.redundancy import PASSED, UNVERIFIED, Copies, Outcome, lost
 from timmy.market.reputation import FAILURE, SUCCESS, VERIFICATION_FAILURE, Reputation
 from timmy.market.strategies import record_auction
 from timmy.sim.workloads import Arrival
@@ -88,6 +90,8 @@ class _Task:
     excluded: set[str] | None = None           # agents whose result failed it
     max_price: int | None = None               # over it a clearing waits for approval
     approved: int | None = None                # a ceiling approved (live: held agent busy)
+    copies: Copies | None = None               # redundant: its copies, until decided
+    plans: dict | None = None                  # redundant: agent -> (on_spec, keywords, ok)
 
 
 class _Rows:
@@ -202,6 +206,7 @@ class Simulator:
         self._event_id = 0
         self._matches: dict[str, dict[str, tuple[str, ...]]] = {}
         self.rows = _Rows()
+        self._asked = False   # set by _rejected: this clearing asked for approval
         # agent_id -> reliability for the mechanisms that use it, counted from each result
         # at the point the live coordinator counts it (`Coordinator._rate`)
         self.reputation = Reputation()
@@ -276,14 +281,28 @@ class Simulator:
             self._decided(task, after_mechanism_failure(attempt, self.max_attempts, self.rule,
                                                         clearing.error), None)
             return
+        self._asked = False
         if self.limited and self._rejected(task, winner, clearing.price_sats):
             return
+        if clearing.copies and not self._asked:   # as live: a held clearing runs one copy
+            task.copies, task.plans = Copies(clearing.copies), {}
+            for aid in clearing.copies[1:]:
+                task.plans[aid] = (quotes[aid].on_spec, quotes[aid].keywords, None)
+                self.by_id[aid].won += 1
+            task.plans[winner] = (quotes[winner].on_spec, quotes[winner].keywords, None)
         agent = self.by_id[winner]
         q = quotes[winner]
         task.status, task.agent, task.price = "assigned", winner, clearing.price_sats
         task.attempts, task.assigned_at = attempt, self.now
         task.on_spec, task.keywords = q.on_spec, q.keywords
         agent.won += 1
+        if task.copies is not None:   # as live: the other copies' task_assigned come first
+            for aid in reversed(task.copies.agents[1:]):
+                other = self.by_id[aid]
+                other.queue.append(task.task_id)
+                self._event("task_assigned", task.task_id, aid)
+                if len(other.queue) == 1:
+                    self._start(other)
         agent.queue.append(task.task_id)
         self._event("task_assigned", task.task_id, winner)
         if len(agent.queue) == 1:
@@ -293,12 +312,14 @@ class Simulator:
         """As live (`Coordinator._hold`): a clearing over the task's max_price or the budget
         left waits for approval, decided at once by the ``approve`` policy; True when it was
         rejected (the task is then cancelled with the bid it held)."""
-        held = sum(self.tasks[t - 1].price or 0 for a in self.agents for t in a.queue)
+        held = sum(self.tasks[t - 1].price or 0
+                   for t in {t for a in self.agents for t in a.queue})   # a copy counts once
         why = needs_approval(price, task.max_price, budget_left(self.budget, self.paid, held),
                              task.approved)
         if why is None:
             return False
         self._event(APPROVAL_REQUESTED, task.task_id, winner)
+        self._asked = True
         asked = Task(task_id=task.task_id, description=task.description,
                      status=AWAITING_APPROVAL, assigned_agent=winner, price_sats=price,
                      attempts=task.attempts, reason=f"awaiting approval: {why}",
@@ -316,9 +337,15 @@ class Simulator:
     def _start(self, agent: _Agent) -> None:
         task = self.tasks[agent.queue[0] - 1]
         task.status = "running"
-        plan = simulated_plan(self.seed, agent.agent_id, task.task_id, task.attempts,
-                              task.on_spec, self.task_seconds)
-        task.result = "ok" if plan.ok else None
+        if task.plans is not None:   # a redundant copy: its own kind of work and outcome
+            on_spec, keywords, _ = task.plans[agent.agent_id]
+            plan = simulated_plan(self.seed, agent.agent_id, task.task_id, task.attempts,
+                                  on_spec, self.task_seconds)
+            task.plans[agent.agent_id] = (on_spec, keywords, plan.ok)
+        else:
+            plan = simulated_plan(self.seed, agent.agent_id, task.task_id, task.attempts,
+                                  task.on_spec, self.task_seconds)
+            task.result = "ok" if plan.ok else None
         if self.crash_rate:
             draw = bid_rng(self.seed, agent.agent_id, task.task_id, task.attempts, STREAM_CRASH)
             if draw.random() < self.crash_rate:   # the runner dies part-way through
@@ -328,6 +355,8 @@ class Simulator:
 
     def _finish(self, task_id: int, agent_id: str) -> _Task:
         agent, task = self.by_id[agent_id], self.tasks[task_id - 1]
+        if task.copies is not None:
+            return self._copy_done(task, agent)
         agent.queue.popleft()
         ok = task.result == "ok"
         agent.stats.record_result(ok, task.keywords)
@@ -363,6 +392,62 @@ class Simulator:
         self._drain()
         return task
 
+    # -- redundant copies (timmy.market.redundancy), as live -----------------------
+    def _copy_done(self, task: _Task, agent: _Agent) -> _Task:
+        """A copy's result (`Coordinator._copy_result`): reported, and the task decided once
+        every copy has reported."""
+        agent.queue.popleft()
+        on_spec, keywords, ok = task.plans[agent.agent_id]
+        agent.stats.record_result(ok, keywords)
+        if agent.queue:
+            self._start(agent)
+        if ok:
+            output = f"{agent.agent_id} did: {task.description[:200]}"
+            verdict = None if task.verify is None else \
+                verify_sync(task.verify, output, self.verify_timeout)
+            outcome = Outcome(PASSED, output) if verdict is None or verdict.ok else \
+                Outcome(UNVERIFIED, output, why=verdict.reason)
+        else:
+            outcome = Outcome(COPY_FAILED, f"simulated failure "
+                              f"({'on' if on_spec else 'off'}-spec task)")
+        self._copy_report(task, agent.agent_id, outcome)
+        self._drain()
+        return task
+
+    def _copy_report(self, task: _Task, agent_id: str, outcome: Outcome) -> None:
+        """As `Coordinator._copy_report`: pay the first passing copy in bid order, or spend
+        the attempt."""
+        copies = task.copies
+        if not copies.report(agent_id, outcome):
+            return
+        task.copies, task.plans = None, None
+        paid = copies.paid()
+        ratings = {PASSED: SUCCESS, COPY_FAILED: FAILURE, UNVERIFIED: VERIFICATION_FAILURE}
+        for aid, o in copies.reported():
+            if aid == paid or o.kind not in ratings:
+                continue
+            if o.kind == UNVERIFIED:
+                if task.excluded is None:
+                    task.excluded = set()
+                task.excluded.add(aid)
+                self._event(VERIFICATION_FAILED, task.task_id, aid)
+            self.reputation.record(aid, ratings[o.kind])
+        if paid is not None:
+            self.reputation.record(paid, SUCCESS)
+            task.agent, task.result = paid, copies.outcomes[paid].output
+            task.status, task.completed_at, task.reason = "completed", self.now, None
+            self.by_id[paid].earned += task.price or 0
+            self.paid += task.price or 0
+            self.rows.add("ledger", None, task.task_id, task.attempts, paid, task.price or 0,
+                          task.verify is not None, self.now)
+            self._event("task_completed", task.task_id, paid)
+            return
+        others = sum(1 for a in self.agents
+                     if not task.excluded or a.agent_id not in task.excluded)
+        task.result = copies.outcomes[copies.agents[0]].output or None
+        self._decided(task, copies.decision(task.attempts, self.max_attempts, others),
+                      copies.agents[0])
+
     def _decided(self, task: _Task, decision: Decision, agent_id: str) -> None:
         """As live: what `timmy.market.lifecycle` decided after an attempt without a result."""
         task.attempts, task.reason = decision.attempts, decision.reason
@@ -396,6 +481,11 @@ class Simulator:
         self._at(self.now + self.restart_seconds, "restart", 0, agent)
         for i, task_id in enumerate(held):
             task = self.tasks[task_id - 1]
+            if task.copies is not None:
+                self._copy_report(task, agent.agent_id, lost(
+                    task.attempts, self.max_attempts, "died", running=False, first=i == 0,
+                    crashed=True))
+                continue
             decision = after_runner_exit(task.attempts, self.max_attempts, agent.agent_id,
                                          "died", running=task.status == RUNNING, first=i == 0,
                                          crashed=True)
