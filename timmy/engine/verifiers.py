@@ -121,6 +121,17 @@ def _hung(spec: Spec, timeout: float) -> Verdict:
     return Verdict(False, f"verifier {spec.arg!r} gave no answer within {timeout:g}s")
 
 
+def _first_look(spec: str, text: str | None) -> tuple[Spec | Verdict, str]:
+    """The parsed spec and the text to check, or already the verdict: a spec that does not
+    parse fails, and nonempty/regex need nothing but the text."""
+    text = text or ""
+    parsed = _parsed(spec)
+    if isinstance(parsed, Verdict):
+        return parsed, text
+    now = check_pure(parsed, text)
+    return (parsed if now is None else now), text
+
+
 def check_now(spec: str, text: str | None) -> Verdict | None:
     """The verdict if it needs nothing but the text (nonempty, regex), else None."""
     parsed = _parsed(spec)
@@ -133,13 +144,9 @@ async def verify(spec: str, text: str | None, timeout: float = DEFAULT_TIMEOUT) 
     """Verify ``text`` against ``spec`` without blocking the event loop: commands and
     callables run in a worker thread; one that hangs past ``timeout`` is abandoned (a
     command's process group is killed) and fails."""
-    parsed = _parsed(spec)
+    parsed, text = _first_look(spec, text)
     if isinstance(parsed, Verdict):
         return parsed
-    text = text or ""
-    now = check_pure(parsed, text)
-    if now is not None:
-        return now
     if parsed.kind == COMMAND:
         return await anyio.to_thread.run_sync(run_command, parsed.arg, text, timeout)
     with anyio.move_on_after(timeout):
@@ -149,13 +156,9 @@ async def verify(spec: str, text: str | None, timeout: float = DEFAULT_TIMEOUT) 
 
 def verify_sync(spec: str, text: str | None, timeout: float = DEFAULT_TIMEOUT) -> Verdict:
     """`verify`, blocking (the simulator's): the same verdicts."""
-    parsed = _parsed(spec)
+    parsed, text = _first_look(spec, text)
     if isinstance(parsed, Verdict):
         return parsed
-    text = text or ""
-    now = check_pure(parsed, text)
-    if now is not None:
-        return now
     if parsed.kind == COMMAND:
         return run_command(parsed.arg, text, timeout)
     if parsed.kind == REGISTERED or parsed.kind == JSON_SCHEMA:

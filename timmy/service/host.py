@@ -4,14 +4,13 @@ signal; `run_service` is what ``timmy serve`` calls."""
 from __future__ import annotations
 
 import asyncio
-import importlib
 import ipaddress
-import traceback
 from collections.abc import Callable, Iterable
 from typing import Any
 
 from timmy.engine.protocol import MAX_LINE
 from timmy.errors import ConfigError
+from timmy.plugins import import_plugins
 from timmy.service.server import (
     FIRST_LINE_TIMEOUT,
     MAX_CONNECTIONS,
@@ -47,19 +46,8 @@ def load_plugins(modules: Iterable[str]) -> list[str]:
     """Import each module (``timmy serve --plugin MODULE``): one that registers clearing
     mechanisms with `timmy.register_mechanism` as it is imported. Returns their names;
     a module that cannot be imported is a `ConfigError` saying why."""
-    loaded = []
-    for name in modules:
-        try:
-            importlib.import_module(name)
-        except Exception as exc:  # any error of a plugin is the user's to fix
-            where = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
-            at = f" ({where.filename}:{where.lineno})" if where else ""
-            raise ConfigError(f"plugin {name!r} failed to import: {type(exc).__name__}: {exc}"
-                              f"{at}",
-                              hint="name an importable module (on PYTHONPATH, or installed) "
-                                   "that calls timmy.register_mechanism(name, fn)") from exc
-        loaded.append(name)
-    return loaded
+    return import_plugins(modules, hint="name an importable module (on PYTHONPATH, or "
+                                        "installed) that calls timmy.register_mechanism(name, fn)")
 
 
 async def serve(db: str, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, token: str,

@@ -1,26 +1,15 @@
-"""Plugins on Dask workers: the modules a sweep's or an experiment's runs import first.
-
-A mechanism registered with `timmy.register_mechanism` (or a verifier registered with
-`timmy.register_verifier`) lives in the registry of the process that registered it; a Dask
-worker is another process. ``sweep(..., plugins=["my_rules"])`` and
-``experiment(..., plugins=[...])`` import each module in this process and, before every run,
-on the worker that runs it (`import_plugins`: idempotent, a module is imported once per
-process), so a module that registers its mechanisms when imported works on any worker that
-can import it (on its ``PYTHONPATH``, or installed).
-
-`worker_plugins` adds the module each registered mechanism or verifier named by the runs was
-defined in (when that module can be imported by name), and refuses, before anything runs, one
-defined where no worker can import it (a notebook cell or a script: ``__main__``).
-"""
+"""Plugins on Dask workers: the modules a sweep's or an experiment's runs import first, since
+a mechanism or verifier registered in this process is unknown to a worker process until the
+module that registers it is imported there (`import_plugins`, `worker_plugins`)."""
 
 from __future__ import annotations
 
 import importlib
 import importlib.util
-import traceback
 from collections.abc import Iterable
 
 from timmy.errors import ConfigError
+from timmy.plugins import import_plugins as load
 
 _PLUGIN_HINT = ("define it in a module that registers it when imported (timmy.register_mechanism"
                 " / timmy.register_verifier at the module's top level), put the module on the "
@@ -48,16 +37,8 @@ def check_plugins(plugins: Iterable[str] | None) -> tuple[str, ...]:
 def import_plugins(plugins: Iterable[str]) -> None:
     """Import each module (already imported: nothing to do); a module that fails to import
     is a `ConfigError` naming it and why (on a worker: that worker's reason)."""
-    for name in plugins:
-        try:
-            importlib.import_module(name)
-        except Exception as exc:  # any error of a plugin is the user's to fix
-            where = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
-            at = f" ({where.filename}:{where.lineno})" if where else ""
-            raise ConfigError(f"plugin {name!r} failed to import: {type(exc).__name__}: "
-                              f"{exc}{at}",
-                              hint="name an importable module (on the PYTHONPATH of this "
-                                   "process and of every Dask worker, or installed)") from exc
+    load(plugins, hint="name an importable module (on the PYTHONPATH of this process and of "
+                       "every Dask worker, or installed)")
 
 
 def _home(fn: object) -> str | None:
