@@ -94,7 +94,7 @@ def test_mechanisms_benchmark_prints_simulated_auctions_per_second_per_mechanism
     out = run("mechanisms.py", "--tasks", "2000", "--reference-tasks", "200")
     rows = {line.split()[0]: line.split()[1:] for line in out.splitlines()[2:]}
     assert set(rows) == {"specialist_first", "lowest", "second_price", "first_price",
-                         "reputation", "score"}
+                         "reputation", "score", "redundant"}
     assert all(cells[0].replace(",", "").isdigit() for cells in rows.values())
     assert rows["lowest"][1].replace(",", "").isdigit()   # compiled where it clears the rule
     assert rows["score"][1:] == ["-", "(rule:", "python", "only)"]
