@@ -3,7 +3,9 @@
 #   make dashboards    the swarm service on data/timmy.db (nine personas) and Voilà on loopback;
 #                      prints the desktop and mobile URLs; Ctrl-C or `make stop` stops both
 #   make stop          stop what `make dashboards` started (from another shell)
-#   make venv          .venv with timmy installed editable with every extra (fast when done)
+#   make venv          .venv with timmy installed editable with every extra (fast when done): by
+#                      uv when it can (tools/venv.py; TIMMY_INSTALLER=pip forces pip), one line
+#                      per phase
 #   make system-deps   the Debian packages in DEBIAN_PACKAGES (apt-get, as root, if missing)
 #   make test          ruff, the import-linter contracts of pyproject.toml (layers, no cycles),
 #                      the docs build (links checked), then pytest (all but tests marked slow)
@@ -39,12 +41,12 @@ venv: system-deps $(STAMP)
 
 # Re-installs only when pyproject.toml changed since the last successful install.
 $(STAMP): pyproject.toml
-	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[all]'
+	@$(PYTHON) tools/venv.py $(VENV)
 	@touch $@
 
 system-deps:
-	@missing=""; \
+	@echo "system-deps: checking Debian packages ($(DEBIAN_PACKAGES))"; \
+	missing=""; \
 	for pkg in $(DEBIAN_PACKAGES); do \
 	  dpkg -s "$$pkg" >/dev/null 2>&1 || missing="$$missing $$pkg"; \
 	done; \
