@@ -75,7 +75,7 @@ demo: venv
 	$(BIN)/timmy demo $(DEMO_ARGS)
 
 dashboards: venv
-	$(BIN)/timmy dashboards --db data/timmy.db $(DASHBOARD_ARGS)
+	$(BIN)/timmy dashboards --db data/timmy.db --create $(DASHBOARD_ARGS)
 
 stop:
 	@if [ -x $(BIN)/timmy ]; then $(BIN)/timmy dashboards --db data/timmy.db --stop; \

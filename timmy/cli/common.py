@@ -181,3 +181,49 @@ def cell(column: str, value: Any):
             return f"{value:,.3f}"
         return f"{value:,.2f}" if column.endswith("_ms") else f"{value:,.1f}"
     return text(value)
+
+
+def create_option(command):
+    """``--create``: make the missing directories of a ``--db`` SQLite file (`check_db_dir`)."""
+    return click.option("--create", is_flag=True,
+                        help="Create the missing directories of the --db SQLite file (without "
+                             "it, a --db in a directory that does not exist is refused).")(command)
+
+
+def check_db_dir(db: str, create: bool = False) -> None:
+    """Refuse a ``--db`` SQLite file whose directory does not exist, unless ``create``.
+
+    A --db given on the command line never has directories made for it silently: without
+    --create it is a `ConfigError` that says which directory is missing. The command's own
+    default database (data/timmy.db) gets its directory made, and this says so on stderr.
+    A server URL, an in-memory database or a URL timmy cannot read is left to the store.
+    """
+    from click.core import ParameterSource
+
+    from timmy.storage.address import DatabaseAddress
+
+    try:
+        path = DatabaseAddress.parse(db).file
+    except ConfigError:
+        return                                   # the store says what is wrong with it
+    if path is None or str(path) in ("", ":memory:") or str(path).startswith("file:"):
+        return
+    parent = path.expanduser().absolute().parent
+    if parent.exists():
+        return                                   # a directory, or something the store refuses
+    ctx = click.get_current_context(silent=True)
+    given = ctx is not None and ctx.get_parameter_source("db") not in (
+        None, ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP)
+    if given and not create:
+        raise ConfigError(f"--db {db}: the directory {parent} does not exist",
+                          hint=f"create it (mkdir -p {parent}) or pass --create to have timmy "
+                               "make it")
+    from timmy.storage.private import private_dirs
+
+    try:
+        private_dirs(parent)
+    except OSError as exc:
+        raise ConfigError(f"cannot create the directory {parent} for --db {db}: "
+                          f"{exc.strerror or exc}",
+                          hint="pass --db with a path you can write to") from exc
+    click.echo(clean(f"created the directory {parent} for the database"), err=True)

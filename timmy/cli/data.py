@@ -82,19 +82,29 @@ def personas_cmd(file: Path | None) -> None:
 
 
 @click.command(context_settings=CONTEXT_SETTINGS,
-               short_help="Print the canned analytics tables of an export or a database.")
+               short_help="Summarise an export or a database; --all prints every table.")
 @click.argument("source", metavar="DIR", required=False)
 @click.option("--db", default=None, metavar="URL",
               help="Read this database (SQLAlchemy URL or SQLite path) on the fly instead "
                    "of DIR.")
-def report_cmd(source: str | None, db: str | None) -> None:
-    """Print the canned analytics tables of an export directory or a database.
+@click.option("--all", "show_all", is_flag=True,
+              help="Print every canned table instead of the summary.")
+@click.option("--table", "tables", multiple=True, metavar="NAME",
+              help="Print this canned table (repeatable); one of: "
+                   "win_rate_by_persona, earnings_by_persona, price_by_keyword, price_by_spec, "
+                   "latency_percentiles, reauctions_and_failures, bids_per_auction, "
+                   "price_over_time, balances, reputation.")
+def report_cmd(source: str | None, db: str | None, show_all: bool = False,
+               tables: tuple[str, ...] = ()) -> None:
+    """Summarise an export directory or a database; print its canned tables on request.
 
     DIR is an export directory (written by `timmy export`, swarm.export or
-    SimRun.export) or a timmy SQLite file, which is read on the fly. The
-    tables are those of timmy.analysis.queries: win rate and earnings by persona,
-    price by keyword and on/off-spec, latency percentiles, re-auctions and
-    failures, bids per auction, price over time.
+    SimRun.export) or a timmy SQLite file, which is read on the fly. By
+    default a short summary: tasks by state, on/off-spec wins, latency, and
+    the personas that earned most. --all prints every table of
+    timmy.analysis.queries (win rate and earnings by persona, price by keyword
+    and on/off-spec, latency percentiles, re-auctions and failures, bids per
+    auction, price over time, balances, reputation); --table NAME one of them.
     """
     from rich.text import Text
 
@@ -105,6 +115,13 @@ def report_cmd(source: str | None, db: str | None) -> None:
                           "(not both)" if source else "nothing to report on",
                           hint="e.g. `timmy report data/demo-export` or "
                                "`timmy report --db sqlite:///data/timmy.db`")
+    unknown = [name for name in tables if name not in analytics.REPORTS]
+    if unknown:
+        raise ConfigError(f"--table {unknown[0]}: no such table",
+                          hint=f"tables: {', '.join(analytics.REPORTS)}")
+    if show_all and tables:
+        raise ConfigError("pass --all or --table, not both",
+                          hint="--all prints every table; --table NAME the ones named")
     con = analytics.connect(db_url(db) if db is not None else source)
     try:
         tasks, bids, auctions, agents = con.execute(
@@ -115,10 +132,51 @@ def report_cmd(source: str | None, db: str | None) -> None:
         where = describe_db(db_url(db)) if db is not None else str(Path(source).resolve())
         console.print(text(f"report on {where}: {tasks:,} tasks, {auctions:,} auctions, "
                            f"{bids:,} bids, {agents:,} agents"))
-        for name, query in analytics.REPORTS.items():
+        names = list(analytics.REPORTS) if show_all else list(dict.fromkeys(tables))
+        if not names:
+            console.print()
+            console.print(Text("Summary", style="bold"))
+            console.print(frame_table(report_summary(con)))
+            console.print()
+            console.print(text("every table: add --all; one: --table NAME ("
+                               + ", ".join(analytics.REPORTS) + ")"))
+        for name in names:
             # The title above the table, not in it: rich would wrap it to the table's width.
             console.print()
             console.print(Text(analytics.title(name), style="bold"))
-            console.print(frame_table(query(con)))
+            console.print(frame_table(analytics.REPORTS[name](con)))
     finally:
         con.close()
+
+
+def report_summary(con, top: int = 3):
+    """The summary `timmy report` prints: one row per figure (``figure``, ``value``), read
+    from the canned tables so the two always agree."""
+    import pandas as pd
+
+    from timmy.analysis import queries as analytics
+
+    rows: list[tuple[str, str]] = []
+    outcomes = analytics.reauctions_and_failures(con)
+    states = outcomes[outcomes.what == "status"]
+    by_state = zip(states.value, states.tasks, strict=True)
+    rows.append(("tasks by state", ", ".join(f"{int(n):,} {s}" for s, n in by_state) or "none"))
+    again = outcomes[outcomes.what == "re-auctioned"].tasks.sum()
+    rows.append(("re-auctioned tasks", f"{int(again):,}"))
+    spec = analytics.price_by_spec(con).set_index("spec")
+    for name in ("on-spec", "off-spec"):
+        if name in spec.index:
+            r = spec.loc[name]
+            price = "-" if pd.isna(r.mean_price) else f"{r.mean_price:.1f} sats"
+            rows.append((f"{name} wins", f"{int(r.wins):,} (mean price paid {price})"))
+    latency = analytics.latency_percentiles(con).set_index("stage")
+    for stage in ("post -> assign", "post -> complete"):
+        r = latency.loc[stage]
+        rows.append((f"{stage} p50 / p90", "-" if not r.tasks else
+                     f"{r.p50_ms:,.1f} / {r.p90_ms:,.1f} ms"))
+    earnings = analytics.earnings_by_persona(con)
+    earnings = earnings[earnings.completed > 0].head(top)
+    top_rows = zip(earnings.persona, earnings.sats_earned, earnings.earnings_share, strict=True)
+    rows.append((f"top {top} earners", ", ".join(
+        f"{p} {int(s):,} sats ({share:.0%})" for p, s, share in top_rows) or "none"))
+    return pd.DataFrame(rows, columns=["figure", "value"])

@@ -12,6 +12,8 @@ from timmy.cli.common import (
     CONTEXT_SETTINGS,
     RUN_DB,
     SEQUENTIAL_HELP,
+    check_db_dir,
+    create_option,
     make_console,
     model_option,
     plugin_option,
@@ -44,6 +46,22 @@ def remove_sqlite(path: Path) -> bool:
                              hint="stop whatever holds it, or pass --db with another file") \
                 from exc
     return removed
+
+
+def demo_export_dir(db: str | None) -> Path:
+    """Where `timmy demo` exports by default: ``X-export`` beside a --db SQLite file ``X.db``
+    (so a demo on another database leaves data/demo-export alone), else data/demo-export."""
+    from timmy.storage.address import DatabaseAddress
+
+    if db is not None:
+        try:
+            path = DatabaseAddress.parse(db).file
+        except ConfigError:
+            path = None
+        if path is not None and str(path) not in ("", ":memory:") \
+                and not str(path).startswith("file:"):
+            return path.expanduser().with_name(f"{path.stem}-export")
+    return Path(DEMO_EXPORT)
 
 
 def read_tasks_file(path: Path) -> list[str]:
@@ -188,13 +206,15 @@ def report_run(swarm, results: Sequence, catalog: dict, title: str, mark: int = 
               help=f"SQLAlchemy URL or SQLite path. Default: {DEMO_DB}, deleted and "
                    "recreated on every run so ids and results start fresh; a --db you "
                    "give is kept and added to.")
+@create_option
 @click.option("--tasks", "n_tasks", default=200, show_default=True,
               type=click.IntRange(1, 1_000_000), help="How many tasks the workload has.")
 @click.option("--seed", default=1, show_default=True, type=int,
               help="Seeds the workload, the bids and the simulated executions.")
-@click.option("--out", default=DEMO_EXPORT, show_default=True, metavar="DIR",
+@click.option("--out", default=None, metavar="DIR",
               type=click.Path(file_okay=False, path_type=Path),
-              help="Directory for the Parquet export (tasks, bids, agents, events).")
+              help=f"Directory for the Parquet export (tasks, bids, agents, events). Default: "
+                   f"{DEMO_EXPORT}; with --db X.db, X-export beside it.")
 @rule_option
 @plugin_option
 @click.option("--task-seconds", default=0.01, show_default=True,
@@ -204,9 +224,10 @@ def report_run(swarm, results: Sequence, catalog: dict, title: str, mark: int = 
 @click.option("--sequential/--concurrent", default=True, show_default=True,
               help=SEQUENTIAL_HELP)
 @task_timeout_option
-def demo_cmd(db: str | None, n_tasks: int, seed: int, out: Path, rule: str, task_seconds: float,
-         timeout: float, sequential: bool, task_timeout: float | None = None,
-         plugins: tuple[str, ...] = ()) -> None:
+def demo_cmd(db: str | None, n_tasks: int, seed: int, out: Path | None, rule: str,
+         task_seconds: float, timeout: float, sequential: bool,
+         task_timeout: float | None = None, plugins: tuple[str, ...] = (),
+         create: bool = False) -> None:
     """Run a seeded workload through a live nine-persona swarm and show who won what.
 
     Starts one runner process per built-in persona on an embedded SQLite
@@ -223,7 +244,10 @@ def demo_cmd(db: str | None, n_tasks: int, seed: int, out: Path, rule: str, task
         url = f"sqlite:///{DEMO_DB}"
         remove_sqlite(Path(DEMO_DB))
     else:
+        check_db_dir(db, create)
         url = db_url(db)
+    if out is None:
+        out = demo_export_dir(db)
     descriptions = demo_descriptions(n_tasks, seed)
     click.echo(clean(f"timmy demo: {n_tasks} tasks, seed {seed}, rule {rule}, "
                      f"database {describe_db(url)}"), err=True)
@@ -246,6 +270,7 @@ def demo_cmd(db: str | None, n_tasks: int, seed: int, out: Path, rule: str, task
 @click.argument("tasks_file", metavar="TASKS.txt", type=click.Path(path_type=Path))
 @click.option("--db", default=RUN_DB, show_default=True, metavar="URL",
               help="SQLAlchemy URL or SQLite path; the tasks are added to what it holds.")
+@create_option
 @swarm_options
 @click.option("--timeout", default=600.0, show_default=True, type=click.FloatRange(min=0.001),
               help="Seconds to wait for all the tasks.")
@@ -259,7 +284,7 @@ def demo_cmd(db: str | None, n_tasks: int, seed: int, out: Path, rule: str, task
 def run_cmd(tasks_file: Path, db: str, seed: int, rule: str, executor: str, task_seconds: float,
         models: tuple[str, ...], timeout: float, personas_file: Path | None, show: int,
         sequential: bool, task_timeout: float | None = None,
-        plugins: tuple[str, ...] = ()) -> None:
+        plugins: tuple[str, ...] = (), create: bool = False) -> None:
     """Run the tasks in TASKS.txt through a live swarm, one task per line.
 
     Empty lines and lines starting with # are skipped. One runner per persona
@@ -273,6 +298,7 @@ def run_cmd(tasks_file: Path, db: str, seed: int, rule: str, executor: str, task
     from timmy.storage.persona_files import load_personas
 
     descriptions = read_tasks_file(tasks_file)
+    check_db_dir(db, create)
     catalog = load_personas(personas_file) if personas_file is not None else dict(PERSONAS)
     url = db_url(db)
     with Swarm(url, seed=seed, executor=executor, task_seconds=task_seconds, rule=rule,

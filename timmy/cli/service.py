@@ -14,6 +14,8 @@ import click
 from timmy.cli.common import (
     CONTEXT_SETTINGS,
     RUN_DB,
+    check_db_dir,
+    create_option,
     make_console,
     model_option,
     say_executor,
@@ -70,6 +72,7 @@ def _token_not_in_argv(token: str | None) -> str | None:
                short_help="Host one swarm as a service that dashboards and notebooks attach to.")
 @click.option("--db", default=RUN_DB, show_default=True, metavar="URL",
               help="SQLAlchemy URL or SQLite path of the swarm's database.")
+@create_option
 @click.option("--host", default=DEFAULT_HOST, show_default=True,
               help="Address to listen on; a non-loopback one needs --allow-remote.")
 @click.option("--port", default=DEFAULT_PORT, show_default=True, type=click.IntRange(0, 65535),
@@ -132,7 +135,8 @@ def serve_cmd(db: str, host: str, port: int, token: str | None, allow_remote: bo
               send_timeout: float, first_line_timeout: float, max_restarts: int,
               max_queued: int, hello_timeout: float, task_timeout: float | None = None,
               ping_interval: float = 5.0, ping_timeout: float = 30.0,
-              plugins: tuple[str, ...] = (), budget: int | None = None) -> None:
+              plugins: tuple[str, ...] = (), budget: int | None = None,
+              create: bool = False) -> None:
     """Host one swarm until Ctrl-C or SIGTERM; `timmy.Swarm.attach(url)` talks to it.
 
     ``--plugin MODULE`` imports a module before the swarm starts: one that registers the
@@ -153,6 +157,7 @@ def serve_cmd(db: str, host: str, port: int, token: str | None, allow_remote: bo
     if allow_remote and host not in ("127.0.0.1", "::1", "localhost"):
         click.echo(f"warning: listening on {host}: anyone who reaches it with the token "
                    "controls this swarm, and requests travel unencrypted", err=True)
+    check_db_dir(db, create)
     url = db_url(db)
     token = _token_not_in_argv(token)
     if token is None:
@@ -339,6 +344,7 @@ def spawn_cmd(personas: tuple[str, ...], url: str | None, token: str | None,
                short_help="Start the swarm service and the Voilà dashboards (desktop, mobile).")
 @click.option("--db", default=RUN_DB, show_default=True, metavar="URL",
               help="SQLAlchemy URL or SQLite path of the swarm's database.")
+@create_option
 @click.option("--host", default=DEFAULT_HOST, show_default=True,
               help="Address both listen on (loopback; a phone on your network needs "
                    "--allow-remote and a --host it can reach).")
@@ -357,7 +363,7 @@ def spawn_cmd(personas: tuple[str, ...], url: str | None, token: str | None,
               help="Kernels per notebook that Voilà starts ahead of a visit (the page then "
                    "shows sooner); 0 starts a kernel per visit instead.")
 def dashboards_cmd(db: str, host: str, port: int, voila_port: int, notebooks: Path,
-                   allow_remote: bool, stop: bool, preheat: int) -> None:
+                   allow_remote: bool, stop: bool, preheat: int, create: bool = False) -> None:
     """Run the swarm service on --db (spawning the nine personas) and Voilà on loopback,
     print the desktop and mobile URLs, and keep both up until Ctrl-C, SIGTERM or
     `timmy dashboards --stop`. Stopping stops Voilà, then the service and its runners;
@@ -379,6 +385,7 @@ def dashboards_cmd(db: str, host: str, port: int, voila_port: int, notebooks: Pa
                              f"pid {was.running.launcher_pid})"))
         return
     check_bind(host, allow_remote)
+    check_db_dir(db, create)
     serve_args = ("--allow-remote",) if allow_remote else ()
     dash = Dashboards(url, notebooks, host=host, port=port, voila_port=voila_port,
                       serve_args=serve_args, echo=lambda line: click.echo(clean(line)),
