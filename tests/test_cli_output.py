@@ -99,7 +99,7 @@ def test_the_report_prints_stored_strings_inert(tmp_path):
         con.execute(f"CREATE TABLE a AS SELECT * REPLACE (persona || '{evil}' AS persona) "
                     f"FROM read_parquet('{agents}')")
         con.execute(f"COPY a TO '{agents}' (FORMAT parquet)")
-    proc = timmy("report", "out", cwd=tmp_path)
+    proc = timmy("report", "out", "--all", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert_inert(proc.stdout)
     assert "forge\\x1b]0;totally safe\\a" in proc.stdout

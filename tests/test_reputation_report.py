@@ -50,7 +50,8 @@ def test_the_reputation_report_of_a_live_export_and_store_is_swarm_reputation(tm
     assert report.set_index("agent_id").persona["quill-1"] == "quill"
     pd.testing.assert_frame_equal(analytics.reputation(db), report)   # the store, read live
 
-    proc = subprocess.run([sys.executable, "-m", "timmy", "report", str(tmp_path / "export")],
+    proc = subprocess.run([sys.executable, "-m", "timmy", "report", str(tmp_path / "export"),
+                           "--table", "reputation"],
                           capture_output=True, text=True, timeout=60,
                           env={**os.environ, "COLUMNS": "200"})
     assert proc.returncode == 0, proc.stderr
