@@ -176,7 +176,7 @@ def test_demo_with_the_same_seed_prints_the_same_table_on_a_fresh_database(tmp_p
 
 def test_demo_concurrent_with_another_rule_db_and_export_dir(tmp_path):
     proc = timmy("demo", "--tasks", "15", "--concurrent", "--rule", "lowest",
-                 "--db", "runs/mine.db", "--out", "runs/export", cwd=tmp_path)
+                 "--db", "runs/mine.db", "--create", "--out", "runs/export", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "rule lowest" in proc.stdout
     assert sqlite_rows(tmp_path / "runs" / "mine.db", "select count(*) from tasks") == [(15,)]

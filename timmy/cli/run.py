@@ -298,8 +298,8 @@ def run_cmd(tasks_file: Path, db: str, seed: int, rule: str, executor: str, task
     from timmy.storage.persona_files import load_personas
 
     descriptions = read_tasks_file(tasks_file)
-    check_db_dir(db, create)
     catalog = load_personas(personas_file) if personas_file is not None else dict(PERSONAS)
+    check_db_dir(db, create)   # after every other check: nothing is made for a refused run
     url = db_url(db)
     with Swarm(url, seed=seed, executor=executor, task_seconds=task_seconds, rule=rule,
                personas=catalog, model=model_option(models, catalog),
