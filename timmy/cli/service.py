@@ -121,6 +121,10 @@ def _token_not_in_argv(token: str | None) -> str | None:
 @click.option("--ping-interval", default=5.0, show_default=True,
               type=click.FloatRange(0.01, 3600), metavar="SECONDS",
               help="Seconds between pings to each runner.")
+@click.option("--metrics-port", default=None, type=click.IntRange(0, 65535), metavar="PORT",
+              help="Serve Prometheus metrics at http://HOST:PORT/metrics (0: any free port, "
+                   "printed on start; needs prometheus-client, extra `metrics`). See "
+                   "docs/metrics.md.")
 @click.option("--ping-timeout", default=30.0, show_default=True,
               type=click.FloatRange(0.1, 86400), metavar="SECONDS",
               help="Restart a runner silent this long while the service was awake (a stall "
@@ -132,7 +136,8 @@ def serve_cmd(db: str, host: str, port: int, token: str | None, allow_remote: bo
               send_timeout: float, first_line_timeout: float, max_restarts: int,
               max_queued: int, hello_timeout: float, task_timeout: float | None = None,
               ping_interval: float = 5.0, ping_timeout: float = 30.0,
-              plugins: tuple[str, ...] = (), budget: int | None = None) -> None:
+              plugins: tuple[str, ...] = (), budget: int | None = None,
+              metrics_port: int | None = None) -> None:
     """Host one swarm until Ctrl-C or SIGTERM; `timmy.Swarm.attach(url)` talks to it.
 
     ``--plugin MODULE`` imports a module before the swarm starts: one that registers the
@@ -196,7 +201,9 @@ def serve_cmd(db: str, host: str, port: int, token: str | None, allow_remote: bo
                 max_handshakes=max_handshakes,
                 first_line_timeout=first_line_timeout, on_ready=ready, seed=seed,
                 rule=rule, executor=executor, task_seconds=task_seconds,
-                runner_token=runner_token, plugins=plugins, **options)
+                runner_token=runner_token, plugins=plugins, metrics_port=metrics_port,
+                on_metrics=lambda u: click.echo(clean(f"timmy serve: metrics at {u}")),
+                **options)
     click.echo("timmy serve: stopped (runners stopped, everything saved)")
 
 
@@ -356,8 +363,13 @@ def spawn_cmd(personas: tuple[str, ...], url: str | None, token: str | None,
 @click.option("--preheat", default=1, show_default=True, type=click.IntRange(0, 8),
               help="Kernels per notebook that Voilà starts ahead of a visit (the page then "
                    "shows sooner); 0 starts a kernel per visit instead.")
+@click.option("--metrics-port", default=None, type=click.IntRange(0, 65535), metavar="PORT",
+              help="Serve Prometheus metrics at http://HOST:PORT/metrics (0: any free port, "
+                   "printed on start; needs prometheus-client, extra `metrics`). See "
+                   "docs/metrics.md.")
 def dashboards_cmd(db: str, host: str, port: int, voila_port: int, notebooks: Path,
-                   allow_remote: bool, stop: bool, preheat: int) -> None:
+                   allow_remote: bool, stop: bool, preheat: int,
+                   metrics_port: int | None = None) -> None:
     """Run the swarm service on --db (spawning the nine personas) and Voilà on loopback,
     print the desktop and mobile URLs, and keep both up until Ctrl-C, SIGTERM or
     `timmy dashboards --stop`. Stopping stops Voilà, then the service and its runners;
@@ -380,6 +392,8 @@ def dashboards_cmd(db: str, host: str, port: int, voila_port: int, notebooks: Pa
         return
     check_bind(host, allow_remote)
     serve_args = ("--allow-remote",) if allow_remote else ()
+    if metrics_port is not None:
+        serve_args += ("--metrics-port", str(metrics_port))
     dash = Dashboards(url, notebooks, host=host, port=port, voila_port=voila_port,
                       serve_args=serve_args, echo=lambda line: click.echo(clean(line)),
                       preheat=preheat)

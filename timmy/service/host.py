@@ -58,11 +58,16 @@ async def serve(db: str, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, 
                 on_ready: Callable[[str, Any], None] | None = None,
                 stop: asyncio.Event | None = None, mmap_threshold: int | None = None,
                 runner_token: str | None = None, plugins: Iterable[str] = (),
+                metrics_port: int | None = None,
+                on_metrics: Callable[[str], None] | None = None,
                 **swarm_options: Any) -> None:
     """Host one swarm on ``db`` until SIGINT/SIGTERM (or ``stop``); stops its runners on exit.
 
     ``plugins``: modules imported before the swarm starts (`load_plugins`), e.g. ones that
     register the clearing mechanism named by ``rule``.
+
+    ``metrics_port`` (if given) serves Prometheus metrics at ``/metrics`` on ``host`` and
+    that port (`timmy.service.metrics`); ``on_metrics(url)`` is told where.
 
     ``token`` allows every op; ``runner_token`` (if given) only joining as a remote runner.
 
@@ -85,10 +90,20 @@ async def serve(db: str, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, 
                           first_line_timeout=first_line_timeout, max_handshakes=max_handshakes,
                           runner_token=runner_token)
         service.mmap_threshold = mmap_threshold
+        endpoint = None
+        if metrics_port is not None:
+            from timmy.service.metrics import MetricsEndpoint, SwarmMetrics
+
+            endpoint = MetricsEndpoint(SwarmMetrics(swarm, service))
+            metrics_url = await endpoint.start(host, metrics_port)
+            if on_metrics is not None:
+                on_metrics(metrics_url)
         try:
             server = await asyncio.start_server(service.handle, host, port,
                                                 limit=MAX_LINE + 1, backlog=256)
         except OSError as exc:
+            if endpoint is not None:
+                await endpoint.close()
             raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}",
                               hint="another `timmy serve` may use that port: stop it or pass "
                                    "--port") from exc
@@ -109,6 +124,8 @@ async def serve(db: str, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, 
                         tg.cancel_scope.cancel()
         finally:
             server.close()
+            if endpoint is not None:
+                await endpoint.close()
             await service.close()
 
 
