@@ -95,7 +95,7 @@ def test_metrics_move_when_tasks_run_and_labels_stay_bounded(service):
     before = service.scrape()
     with service.attach() as swarm:
         results = swarm.run([f"write the docs for module {i}" for i in range(12)], timeout=60)
-        agent_ids = set(swarm.agents())
+        agent_ids = {a.agent_id for a in swarm.agents()}
     assert all(t.status == "completed" for t in results)
     after = service.scrape()
     done = '{state="completed"}'
