@@ -207,3 +207,41 @@ def test_grafana_dashboard_queries_only_metrics_that_exist(service):
     assert queried, "the dashboard queries no timmy metric"
     missing = sorted(queried - names)
     assert not missing, f"the dashboard queries metrics /metrics does not serve: {missing}"
+
+
+# -- OpenTelemetry ---------------------------------------------------------------------
+
+
+def test_otel_one_span_per_task_with_its_auction_as_child(db_url):
+    pytest.importorskip("opentelemetry.sdk")
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from timmy.service.tracing import TaskTracer
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    with timmy.Swarm(db_url, seed=3, task_seconds=0) as swarm:
+        swarm.spawn_all()
+        tracer = TaskTracer(swarm, provider)
+        results = swarm.run([f"write the docs for module {i}" for i in range(4)], timeout=60)
+        tracer.close()
+    spans = exporter.get_finished_spans()
+    tasks = {s.attributes["timmy.task_id"]: s for s in spans if s.name == "task"}
+    auctions = [s for s in spans if s.name == "auction"]
+    assert set(tasks) == {t.task_id for t in results}
+    for t in results:
+        root = tasks[t.task_id]
+        assert root.parent is None
+        assert root.attributes["timmy.status"] == "completed"
+        assert root.attributes["timmy.price_sats"] == t.price_sats
+        mine = [a for a in auctions if a.attributes["timmy.task_id"] == t.task_id]
+        assert mine, f"task {t.task_id} has no auction span"
+        for a in mine:
+            assert a.parent.span_id == root.context.span_id
+            assert a.context.trace_id == root.context.trace_id
+            assert root.start_time <= a.start_time <= a.end_time <= root.end_time
+        assert mine[-1].attributes["timmy.winner"] == t.assigned_agent
+        assert mine[-1].attributes["timmy.bids"] >= 1

@@ -66,6 +66,16 @@ def _token_not_in_argv(token: str | None) -> str | None:
     return os.environ.get("TIMMY_TOKEN") or None
 
 
+def _otel_provider():
+    try:
+        from timmy.service.tracing import default_provider
+
+        return default_provider()
+    except ImportError as exc:
+        raise ConfigError("--otel needs opentelemetry-sdk, which is not installed",
+                          hint="pip install 'timmy[otel]'") from exc
+
+
 @click.command(context_settings=CONTEXT_SETTINGS,
                short_help="Host one swarm as a service that dashboards and notebooks attach to.")
 @click.option("--db", default=RUN_DB, show_default=True, metavar="URL",
@@ -121,6 +131,10 @@ def _token_not_in_argv(token: str | None) -> str | None:
 @click.option("--ping-interval", default=5.0, show_default=True,
               type=click.FloatRange(0.01, 3600), metavar="SECONDS",
               help="Seconds between pings to each runner.")
+@click.option("--otel", is_flag=True,
+              help="Record OpenTelemetry traces: one span per task, its auctions as children "
+                   "(OTLP when opentelemetry-exporter-otlp is installed, else JSON on stderr; "
+                   "extra `otel`).")
 @click.option("--metrics-port", default=None, type=click.IntRange(0, 65535), metavar="PORT",
               help="Serve Prometheus metrics at http://HOST:PORT/metrics (0: any free port, "
                    "printed on start; needs prometheus-client, extra `metrics`). See "
@@ -137,7 +151,7 @@ def serve_cmd(db: str, host: str, port: int, token: str | None, allow_remote: bo
               max_queued: int, hello_timeout: float, task_timeout: float | None = None,
               ping_interval: float = 5.0, ping_timeout: float = 30.0,
               plugins: tuple[str, ...] = (), budget: int | None = None,
-              metrics_port: int | None = None) -> None:
+              metrics_port: int | None = None, otel: bool = False) -> None:
     """Host one swarm until Ctrl-C or SIGTERM; `timmy.Swarm.attach(url)` talks to it.
 
     ``--plugin MODULE`` imports a module before the swarm starts: one that registers the
@@ -203,6 +217,7 @@ def serve_cmd(db: str, host: str, port: int, token: str | None, allow_remote: bo
                 rule=rule, executor=executor, task_seconds=task_seconds,
                 runner_token=runner_token, plugins=plugins, metrics_port=metrics_port,
                 on_metrics=lambda u: click.echo(clean(f"timmy serve: metrics at {u}")),
+                tracer_provider=_otel_provider() if otel else None,
                 **options)
     click.echo("timmy serve: stopped (runners stopped, everything saved)")
 

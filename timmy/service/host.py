@@ -4,6 +4,7 @@ signal; `run_service` is what ``timmy serve`` calls."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -60,6 +61,7 @@ async def serve(db: str, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, 
                 runner_token: str | None = None, plugins: Iterable[str] = (),
                 metrics_port: int | None = None,
                 on_metrics: Callable[[str], None] | None = None,
+                tracer_provider: Any = None,
                 **swarm_options: Any) -> None:
     """Host one swarm on ``db`` until SIGINT/SIGTERM (or ``stop``); stops its runners on exit.
 
@@ -68,6 +70,8 @@ async def serve(db: str, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, 
 
     ``metrics_port`` (if given) serves Prometheus metrics at ``/metrics`` on ``host`` and
     that port (`timmy.service.metrics`); ``on_metrics(url)`` is told where.
+    ``tracer_provider`` (an OpenTelemetry one) records one span per task, its auctions as
+    children (`timmy.service.tracing`).
 
     ``token`` allows every op; ``runner_token`` (if given) only joining as a remote runner.
 
@@ -90,7 +94,11 @@ async def serve(db: str, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, 
                           first_line_timeout=first_line_timeout, max_handshakes=max_handshakes,
                           runner_token=runner_token)
         service.mmap_threshold = mmap_threshold
-        endpoint = None
+        endpoint = tracer = None
+        if tracer_provider is not None:
+            from timmy.service.tracing import TaskTracer
+
+            tracer = TaskTracer(swarm, tracer_provider)
         if metrics_port is not None:
             from timmy.service.metrics import MetricsEndpoint, SwarmMetrics
 
@@ -127,6 +135,10 @@ async def serve(db: str, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, 
             if endpoint is not None:
                 await endpoint.close()
             await service.close()
+            if tracer is not None:
+                tracer.close()
+                with contextlib.suppress(Exception):
+                    tracer_provider.shutdown()
 
 
 def run_service(db: str, **options: Any) -> None:
