@@ -157,10 +157,11 @@ def test_a_real_prometheus_scrapes_the_service_and_sees_completions_move(service
                       "scrape_configs:\n  - job_name: timmy\n"
                       f"    static_configs:\n      - targets: ['{target}']\n")
     port = _free_port()
-    proc = subprocess.Popen(
-        [binary, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'data'}",
-         f"--web.listen-address=127.0.0.1:{port}"],
-        stdout=subprocess.DEVNULL, stderr=open(tmp_path / "prometheus.log", "w"))
+    with open(tmp_path / "prometheus.log", "w") as log:
+        proc = subprocess.Popen(
+            [binary, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'data'}",
+             f"--web.listen-address=127.0.0.1:{port}"],
+            stdout=subprocess.DEVNULL, stderr=log)
     api = f"http://127.0.0.1:{port}/api/v1/query?query="
 
     def query(expr: str) -> float | None:

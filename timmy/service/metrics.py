@@ -48,7 +48,7 @@ def _prometheus():
 class Histogram:
     """Cumulative-at-scrape histogram kept as plain bucket counts (no locks, no labels)."""
 
-    __slots__ = ("bounds", "counts", "total", "n")
+    __slots__ = ("bounds", "counts", "n", "total")
 
     def __init__(self, bounds: tuple[float, ...]) -> None:
         self.bounds = bounds
