@@ -27,8 +27,9 @@ STAMP := $(VENV)/.installed
 
 # Debian packages timmy needs on the machine: chromium (the dashboards' browser tests, driven by
 # Playwright; fonts for readable screenshots), espeak-ng (the voice pyttsx3 drives) and
-# postgresql (initdb and pg_ctl: the tests start a throwaway PostgreSQL server of their own).
-DEBIAN_PACKAGES ?= chromium fonts-dejavu-core espeak-ng postgresql
+# postgresql (initdb and pg_ctl: the tests start a throwaway PostgreSQL server of their own) and
+# prometheus (tests/test_metrics.py scrapes a live `timmy serve --metrics-port` with it).
+DEBIAN_PACKAGES ?= chromium fonts-dejavu-core espeak-ng postgresql prometheus
 
 DEMO_ARGS ?=
 DASHBOARD_ARGS ?=

@@ -68,6 +68,16 @@ def _token_not_in_argv(token: str | None) -> str | None:
     return os.environ.get("TIMMY_TOKEN") or None
 
 
+def _otel_provider():
+    try:
+        from timmy.service.tracing import default_provider
+
+        return default_provider()
+    except ImportError as exc:
+        raise ConfigError("--otel needs opentelemetry-sdk, which is not installed",
+                          hint="pip install 'timmy[otel]'") from exc
+
+
 @click.command(context_settings=CONTEXT_SETTINGS,
                short_help="Host one swarm as a service that dashboards and notebooks attach to.")
 @click.option("--db", default=RUN_DB, show_default=True, metavar="URL",
@@ -124,6 +134,14 @@ def _token_not_in_argv(token: str | None) -> str | None:
 @click.option("--ping-interval", default=5.0, show_default=True,
               type=click.FloatRange(0.01, 3600), metavar="SECONDS",
               help="Seconds between pings to each runner.")
+@click.option("--otel", is_flag=True,
+              help="Record OpenTelemetry traces: one span per task, its auctions as children "
+                   "(OTLP when opentelemetry-exporter-otlp is installed, else JSON on stderr; "
+                   "extra `otel`).")
+@click.option("--metrics-port", default=None, type=click.IntRange(0, 65535), metavar="PORT",
+              help="Serve Prometheus metrics at http://HOST:PORT/metrics (0: any free port, "
+                   "printed on start; needs prometheus-client, extra `metrics`). See "
+                   "docs/metrics.md.")
 @click.option("--ping-timeout", default=30.0, show_default=True,
               type=click.FloatRange(0.1, 86400), metavar="SECONDS",
               help="Restart a runner silent this long while the service was awake (a stall "
@@ -136,7 +154,8 @@ def serve_cmd(db: str, host: str, port: int, token: str | None, allow_remote: bo
               max_queued: int, hello_timeout: float, task_timeout: float | None = None,
               ping_interval: float = 5.0, ping_timeout: float = 30.0,
               plugins: tuple[str, ...] = (), budget: int | None = None,
-              create: bool = False) -> None:
+              create: bool = False, metrics_port: int | None = None,
+              otel: bool = False) -> None:
     """Host one swarm until Ctrl-C or SIGTERM; `timmy.Swarm.attach(url)` talks to it.
 
     ``--plugin MODULE`` imports a module before the swarm starts: one that registers the
@@ -201,7 +220,10 @@ def serve_cmd(db: str, host: str, port: int, token: str | None, allow_remote: bo
                 max_handshakes=max_handshakes,
                 first_line_timeout=first_line_timeout, on_ready=ready, seed=seed,
                 rule=rule, executor=executor, task_seconds=task_seconds,
-                runner_token=runner_token, plugins=plugins, **options)
+                runner_token=runner_token, plugins=plugins, metrics_port=metrics_port,
+                on_metrics=lambda u: click.echo(clean(f"timmy serve: metrics at {u}")),
+                tracer_provider=_otel_provider() if otel else None,
+                **options)
     click.echo("timmy serve: stopped (runners stopped, everything saved)")
 
 
@@ -362,8 +384,13 @@ def spawn_cmd(personas: tuple[str, ...], url: str | None, token: str | None,
 @click.option("--preheat", default=1, show_default=True, type=click.IntRange(0, 8),
               help="Kernels per notebook that Voilà starts ahead of a visit (the page then "
                    "shows sooner); 0 starts a kernel per visit instead.")
+@click.option("--metrics-port", default=None, type=click.IntRange(0, 65535), metavar="PORT",
+              help="Serve Prometheus metrics at http://HOST:PORT/metrics (0: any free port, "
+                   "printed on start; needs prometheus-client, extra `metrics`). See "
+                   "docs/metrics.md.")
 def dashboards_cmd(db: str, host: str, port: int, voila_port: int, notebooks: Path,
-                   allow_remote: bool, stop: bool, preheat: int, create: bool = False) -> None:
+                   allow_remote: bool, stop: bool, preheat: int, create: bool = False,
+                   metrics_port: int | None = None) -> None:
     """Run the swarm service on --db (spawning the nine personas) and Voilà on loopback,
     print the desktop and mobile URLs, and keep both up until Ctrl-C, SIGTERM or
     `timmy dashboards --stop`. Stopping stops Voilà, then the service and its runners;
@@ -387,6 +414,8 @@ def dashboards_cmd(db: str, host: str, port: int, voila_port: int, notebooks: Pa
     check_bind(host, allow_remote)
     check_db_dir(db, create)
     serve_args = ("--allow-remote",) if allow_remote else ()
+    if metrics_port is not None:
+        serve_args += ("--metrics-port", str(metrics_port))
     dash = Dashboards(url, notebooks, host=host, port=port, voila_port=voila_port,
                       serve_args=serve_args, echo=lambda line: click.echo(clean(line)),
                       preheat=preheat)

@@ -26,6 +26,8 @@ EXTRAS = {
     "notebooks": ("ipywidgets", "jupyterlab", "voila", "ipykernel"),
     "postgres": ("psycopg",),
     "verify": ("jsonschema",),
+    "metrics": ("prometheus_client",),
+    "otel": ("opentelemetry.sdk",),
     "dev": ("pytest", "pytest_timeout", "hypothesis", "nbval", "ruff", "psutil", "pyinstrument",
             "mkdocs", "material"),
 }

@@ -53,6 +53,8 @@ class Journal:
         self._writer = anyio.CapacityLimiter(1)
         self._last_checkpoint = time.monotonic()
         self._tg: TaskGroup | None = None
+        #: Told (seconds, rows) after each batch written, e.g. by `timmy.service.metrics`.
+        self.on_write: Callable[[float, int], None] | None = None
 
     async def open(self) -> None:
         """Continue the store's event ids."""
@@ -141,6 +143,7 @@ class Journal:
             if not self.batch:
                 return
             batch, self.batch = self.batch, Batch()
+            started = time.perf_counter()
             try:
                 refused = await self.write(self.store.apply, batch)
             except OwnershipLost:
@@ -148,6 +151,8 @@ class Journal:
             except StoreError:
                 self.batch = self.batch.merge_into(batch)
                 raise
+            if self.on_write is not None:
+                self.on_write(time.perf_counter() - started, batch.rows())
             if refused:
                 self._quarantine(refused)
 

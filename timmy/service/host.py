@@ -4,6 +4,7 @@ signal; `run_service` is what ``timmy serve`` calls."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -58,11 +59,19 @@ async def serve(db: str, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, 
                 on_ready: Callable[[str, Any], None] | None = None,
                 stop: asyncio.Event | None = None, mmap_threshold: int | None = None,
                 runner_token: str | None = None, plugins: Iterable[str] = (),
+                metrics_port: int | None = None,
+                on_metrics: Callable[[str], None] | None = None,
+                tracer_provider: Any = None,
                 **swarm_options: Any) -> None:
     """Host one swarm on ``db`` until SIGINT/SIGTERM (or ``stop``); stops its runners on exit.
 
     ``plugins``: modules imported before the swarm starts (`load_plugins`), e.g. ones that
     register the clearing mechanism named by ``rule``.
+
+    ``metrics_port`` (if given) serves Prometheus metrics at ``/metrics`` on ``host`` and
+    that port (`timmy.service.metrics`); ``on_metrics(url)`` is told where.
+    ``tracer_provider`` (an OpenTelemetry one) records one span per task, its auctions as
+    children (`timmy.service.tracing`).
 
     ``token`` allows every op; ``runner_token`` (if given) only joining as a remote runner.
 
@@ -85,10 +94,24 @@ async def serve(db: str, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, 
                           first_line_timeout=first_line_timeout, max_handshakes=max_handshakes,
                           runner_token=runner_token)
         service.mmap_threshold = mmap_threshold
+        endpoint = tracer = None
+        if tracer_provider is not None:
+            from timmy.service.tracing import TaskTracer
+
+            tracer = TaskTracer(swarm, tracer_provider)
+        if metrics_port is not None:
+            from timmy.service.metrics import MetricsEndpoint, SwarmMetrics
+
+            endpoint = MetricsEndpoint(SwarmMetrics(swarm, service))
+            metrics_url = await endpoint.start(host, metrics_port)
+            if on_metrics is not None:
+                on_metrics(metrics_url)
         try:
             server = await asyncio.start_server(service.handle, host, port,
                                                 limit=MAX_LINE + 1, backlog=256)
         except OSError as exc:
+            if endpoint is not None:
+                await endpoint.close()
             raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}",
                               hint="another `timmy serve` may use that port: stop it or pass "
                                    "--port") from exc
@@ -109,7 +132,13 @@ async def serve(db: str, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, 
                         tg.cancel_scope.cancel()
         finally:
             server.close()
+            if endpoint is not None:
+                await endpoint.close()
             await service.close()
+            if tracer is not None:
+                tracer.close()
+                with contextlib.suppress(Exception):
+                    tracer_provider.shutdown()
 
 
 def run_service(db: str, **options: Any) -> None:

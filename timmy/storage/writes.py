@@ -58,6 +58,11 @@ class Batch:
         return bool(self.tasks or self.bids or self.events or self.agents or self.ledger
                     or self.reputation)
 
+    def rows(self) -> int:
+        """How many rows this batch writes (tasks, bids, events, agents, ledger, reputation)."""
+        return (len(self.tasks) + len(self.bids) + len(self.events) + len(self.agents)
+                + len(self.ledger) + len(self.reputation))
+
     def merge_into(self, older: Batch) -> Batch:
         """Put this batch's changes on top of ``older`` (used to retry a failed write)."""
         older.tasks.update(self.tasks)

@@ -1,0 +1,305 @@
+"""Prometheus metrics of a hosted swarm: ``timmy serve --metrics-port PORT`` serves
+``/metrics`` (prometheus-client's text format; extra ``metrics``).
+
+The hot path stays cheap: `SwarmMetrics` subscribes to the swarm's events and only bumps
+plain integers and histogram buckets; everything else (tasks by state, runners, spend,
+subscribers) is read from what the engine and the service already keep, at scrape time,
+by a custom collector. `MetricsEndpoint` answers scrapes on the service's own event loop,
+so a scrape never reads the engine from another thread. Labels are bounded: states,
+rules, outcomes, never a task or agent id. docs/metrics.md lists every metric.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import contextlib
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+from timmy.errors import ConfigError
+
+log = logging.getLogger("timmy")
+
+#: Seconds from post to assignment, and from post to a final state.
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                   10.0, 30.0, 60.0, 300.0)
+#: Seconds one store transaction (a batch of changes) takes.
+WRITE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0)
+#: Rows in one batch.
+BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 5000)
+_FINAL = {"task_completed": "completed", "task_failed": "failed",
+          "task_cancelled": "cancelled"}
+_RUNNER_EVENTS = {"agent_restarted": "restarted", "agent_reconnected": "reconnected",
+                  "agent_crashed": "crashed", "agent_failed": "failed",
+                  "agent_disconnected": "disconnected", "agent_hung": "hung"}
+
+
+def _prometheus():
+    try:
+        import prometheus_client
+    except ImportError as exc:
+        raise ConfigError("--metrics-port needs prometheus-client, which is not installed",
+                          hint="pip install 'timmy[metrics]' (or prometheus-client)") from exc
+    return prometheus_client
+
+
+class Histogram:
+    """Cumulative-at-scrape histogram kept as plain bucket counts (no locks, no labels)."""
+
+    __slots__ = ("bounds", "counts", "n", "total")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)
+        self.total = 0.0
+        self.n = 0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+        self.total += value
+        self.n += 1
+
+    def buckets(self) -> list[tuple[str, int]]:
+        out, running = [], 0
+        for bound, count in zip((*self.bounds, float("inf")), self.counts, strict=True):
+            running += count
+            out.append(("+Inf" if bound == float("inf") else repr(float(bound)), running))
+        return out
+
+
+class SwarmMetrics:
+    """What a swarm's events tell, counted; `collect` is prometheus-client's collector.
+
+    ``swarm`` is an `AsyncSwarm`; ``service`` (optional) the `Service` hosting it, for its
+    connections, subscribers and dropped clients. Call `close` to unsubscribe.
+    """
+
+    def __init__(self, swarm: Any, service: Any = None) -> None:
+        self.swarm, self.service = swarm, service
+        self.engine = swarm.engine
+        self.auctions: dict[tuple[str, str], int] = {}
+        self.bids: dict[bool, int] = {True: 0, False: 0}
+        self.runner_events: dict[str, int] = dict.fromkeys(_RUNNER_EVENTS.values(), 0)
+        self.finished: dict[str, int] = dict.fromkeys(_FINAL.values(), 0)
+        self.paid_sats = 0
+        self.post_to_assign = Histogram(LATENCY_BUCKETS)
+        self.post_to_done = {state: Histogram(LATENCY_BUCKETS) for state in _FINAL.values()}
+        self.store_write = Histogram(WRITE_BUCKETS)
+        self.batch_rows = Histogram(BATCH_BUCKETS)
+        self.events = 0
+        self._unsubscribe = swarm.subscribe(self._on_event)
+        self.engine.journal.on_write = self._on_write
+
+    def close(self) -> None:
+        self._unsubscribe()
+        if self.engine.journal.on_write == self._on_write:
+            self.engine.journal.on_write = None
+
+    # -- the hot path: one call per event, a few integer bumps -----------------
+    def _posted_at(self, task_id: int | None) -> float | None:
+        task = self.engine.active.get(task_id) or self.engine.finished.get(task_id)
+        return task.created_at if task is not None and task.created_at else None
+
+    def _on_event(self, event) -> None:
+        self.events += 1
+        kind = event.kind
+        if kind == "bid":
+            on_spec = bool(event.data.get("on_spec"))
+            self.bids[on_spec] += 1
+        elif kind == "auction_closed":
+            data = event.data
+            outcome = "won" if event.agent_id is not None else "no_winner"
+            key = (str(data.get("rule")), outcome)
+            self.auctions[key] = self.auctions.get(key, 0) + 1
+        elif kind == "mechanism_failed":
+            key = (str(event.data.get("rule")), "mechanism_failed")
+            self.auctions[key] = self.auctions.get(key, 0) + 1
+        elif kind == "task_assigned":
+            posted = self._posted_at(event.task_id)
+            if posted is not None:
+                self.post_to_assign.observe(max(0.0, event.ts - posted))
+        elif kind in _FINAL:
+            state = _FINAL[kind]
+            self.finished[state] += 1
+            if state == "completed":
+                self.paid_sats += event.data.get("price_sats") or 0
+            posted = self._posted_at(event.task_id)
+            if posted is not None:
+                self.post_to_done[state].observe(max(0.0, event.ts - posted))
+        elif kind in _RUNNER_EVENTS:
+            self.runner_events[_RUNNER_EVENTS[kind]] += 1
+
+    def _on_write(self, seconds: float, rows: int) -> None:
+        self.store_write.observe(seconds)
+        self.batch_rows.observe(rows)
+
+    # -- at scrape time ----------------------------------------------------------
+    def describe(self) -> list:
+        return []   # no describe-time collection: the registry calls collect() when scraped
+
+    def collect(self) -> Iterator:
+        from prometheus_client.core import (
+            CounterMetricFamily,
+            GaugeMetricFamily,
+            HistogramMetricFamily,
+        )
+
+        engine = self.engine
+        status = engine.status(engine.task_counts())
+        g = GaugeMetricFamily("timmy_tasks", "Tasks by state (unfinished live, finished counted "
+                              "since the swarm started)", labels=["state"])
+        for state, n in sorted(status["tasks"].items()):
+            g.add_metric([state], n)
+        yield g
+        c = CounterMetricFamily("timmy_tasks_finished", "Tasks that reached a final state "
+                                "while this service ran", labels=["state"])
+        for state, n in self.finished.items():
+            c.add_metric([state], n)
+        yield c
+        yield GaugeMetricFamily("timmy_queue_depth", "Tasks waiting in memory for an auction",
+                                value=status["queued_in_memory"])
+        yield GaugeMetricFamily("timmy_open_auctions", "Auctions open now",
+                                value=status["open_auctions"])
+        c = CounterMetricFamily("timmy_auctions", "Auctions closed, by clearing rule and "
+                                "outcome (won, no_winner, mechanism_failed)",
+                                labels=["rule", "outcome"])
+        for (rule, outcome), n in sorted(self.auctions.items()):
+            c.add_metric([rule, outcome], n)
+        yield c
+        c = CounterMetricFamily("timmy_bids", "Bids accepted into auctions", labels=["on_spec"])
+        c.add_metric(["true"], self.bids[True])
+        c.add_metric(["false"], self.bids[False])
+        yield c
+        yield CounterMetricFamily("timmy_bids_refused", "Bids refused (outside the persona's "
+                                  "range)", value=status["bids_refused"])
+        yield _histogram(HistogramMetricFamily, "timmy_post_to_assign_seconds",
+                         "Seconds from a task's post to its assignment", self.post_to_assign)
+        h = HistogramMetricFamily("timmy_post_to_done_seconds", "Seconds from a task's post to "
+                                  "its final state", labels=["state"])
+        for state, hist in self.post_to_done.items():
+            h.add_metric([state], hist.buckets(), hist.total)
+        yield h
+        g = GaugeMetricFamily("timmy_runners", "Runners by status", labels=["status"])
+        for state, n in sorted(status["agents"].items()):
+            g.add_metric([state], n)
+        yield g
+        yield GaugeMetricFamily("timmy_runners_live", "Runners alive", value=status["runners_live"])
+        yield GaugeMetricFamily("timmy_runners_free", "Live runners holding no task",
+                                value=status["runners_free"])
+        c = CounterMetricFamily("timmy_runner_events", "Runner restarts, crashes, hangs, "
+                                "reconnections, failures and disconnections", labels=["event"])
+        for kind, n in self.runner_events.items():
+            c.add_metric([kind], n)
+        yield c
+        yield CounterMetricFamily("timmy_runner_restarts", "Runner processes started again "
+                                  "(after a crash or a hang)",
+                                  value=self.runner_events["restarted"])
+        yield CounterMetricFamily("timmy_runner_hangs", "Runners found silent past the ping "
+                                  "timeout", value=self.runner_events["hung"])
+        yield CounterMetricFamily("timmy_protocol_errors", "Lines from runners that broke the "
+                                  "protocol", value=status["protocol_errors"])
+        yield CounterMetricFamily("timmy_rows_quarantined", "Rows the database refused",
+                                  value=status["rows_quarantined"])
+        yield CounterMetricFamily("timmy_events", "Events recorded while this service ran",
+                                  value=self.events)
+        yield CounterMetricFamily("timmy_paid_sats", "Sats paid for tasks completed while this "
+                                  "service ran", value=self.paid_sats)
+        g = GaugeMetricFamily("timmy_spend_sats", "Sats spent against the budget: paid, and "
+                              "held by tasks not yet done", labels=["kind"])
+        g.add_metric(["paid"], status["paid_sats"])
+        g.add_metric(["held"], status["held_sats"])
+        yield g
+        if status.get("budget") is not None:
+            yield GaugeMetricFamily("timmy_budget_sats", "The swarm's budget",
+                                    value=status["budget"])
+            yield GaugeMetricFamily("timmy_budget_left_sats", "What is left of the budget",
+                                    value=status["budget_left"])
+        yield _histogram(HistogramMetricFamily, "timmy_store_write_seconds",
+                         "Seconds per store transaction (one batch)", self.store_write)
+        yield _histogram(HistogramMetricFamily, "timmy_store_batch_rows",
+                         "Rows written per store transaction", self.batch_rows)
+        service = self.service
+        if service is not None:
+            yield GaugeMetricFamily("timmy_service_subscribers", "Clients following the event "
+                                    "stream", value=service.subscribers)
+            yield GaugeMetricFamily("timmy_service_connections", "Authenticated connections",
+                                    value=service.connections)
+            yield CounterMetricFamily("timmy_service_requests", "Requests answered",
+                                      value=service.requests)
+            yield CounterMetricFamily("timmy_service_refused", "Connections refused",
+                                      value=service.refused)
+            yield CounterMetricFamily("timmy_events_dropped", "Subscribers (and the events "
+                                      "queued for them) dropped for not reading",
+                                      value=service.dropped)
+
+
+def _histogram(family, name: str, doc: str, hist: Histogram):
+    h = family(name, doc)
+    h.add_metric([], hist.buckets(), hist.total)
+    return h
+
+
+class MetricsEndpoint:
+    """``GET /metrics`` on the service's event loop: a tiny HTTP/1.0 server (no thread, so
+    the collector reads the engine between two of its steps)."""
+
+    def __init__(self, metrics: SwarmMetrics) -> None:
+        prometheus = _prometheus()
+        self.metrics = metrics
+        self.registry = prometheus.CollectorRegistry(auto_describe=False)
+        self.registry.register(metrics)
+        self._generate = prometheus.generate_latest
+        self._content_type = prometheus.CONTENT_TYPE_LATEST
+        self.server: asyncio.base_events.Server | None = None
+        self.url: str | None = None
+
+    def render(self) -> bytes:
+        return self._generate(self.registry)
+
+    async def start(self, host: str, port: int) -> str:
+        from timmy.service.wire import url_host
+
+        try:
+            self.server = await asyncio.start_server(self._handle, host, port)
+        except OSError as exc:
+            raise ConfigError(f"cannot serve metrics on {host}:{port}: {exc.strerror or exc}",
+                              hint="pick another --metrics-port (0: any free one)") from exc
+        sock = self.server.sockets[0].getsockname()
+        self.url = f"http://{url_host(sock[0])}:{sock[1]}/metrics"
+        return self.url
+
+    async def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            with contextlib.suppress(Exception):
+                await self.server.wait_closed()
+        self.metrics.close()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            request = await asyncio.wait_for(reader.readline(), 10)
+            while True:   # headers, up to the blank line
+                line = await asyncio.wait_for(reader.readline(), 10)
+                if line in (b"\r\n", b"\n", b""):
+                    break
+            parts = request.split()
+            path = parts[1].split(b"?")[0] if len(parts) > 1 else b""
+            if parts[:1] == [b"GET"] and path in (b"/metrics", b"/"):
+                body, status, ctype = self.render(), b"200 OK", self._content_type.encode()
+            else:
+                body, status, ctype = b"only GET /metrics here\n", b"404 Not Found", \
+                    b"text/plain"
+            writer.write(b"HTTP/1.1 " + status + b"\r\nContent-Type: " + ctype +
+                         b"\r\nContent-Length: " + str(len(body)).encode() +
+                         b"\r\nConnection: close\r\n\r\n" + body)
+            await writer.drain()
+        except (TimeoutError, ConnectionError, asyncio.IncompleteReadError):
+            pass
+        except Exception:
+            log.exception("metrics scrape failed")
+        finally:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
