@@ -7,11 +7,12 @@ from __future__ import annotations
 import html
 from collections.abc import Iterable, Sequence
 
-from timmy.market.models import ACTIVE_STATES, AGENT_WORKING_STATES
+from timmy.market.models import ACTIVE_STATES, AGENT_WORKING_STATES, TASK_STATES
 
 STATUS_COLOURS = {"completed": "#2e7d32", "failed": "#c62828", "cancelled": "#757575",
                   "running": "#1565c0", "assigned": "#6a1b9a", "bidding": "#ef6c00",
-                  "queued": "#455a64", "idle": "#2e7d32", "busy": "#1565c0",
+                  "queued": "#455a64", "awaiting_approval": "#f9a825",
+                  "idle": "#2e7d32", "busy": "#1565c0",
                   "restarting": "#ef6c00", "disconnected": "#ef6c00", "stopped": "#757575"}
 TABLE = ('<table style="border-collapse:collapse;width:100%;font-size:13px">'
          '<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>')
@@ -129,8 +130,7 @@ def sparkline(values: Sequence[float], title: str, width: int = 240, height: int
 
 def status_line(counts, agents) -> str:
     """The header: tasks by state and agents by state."""
-    order = ("queued", "bidding", "assigned", "running", "completed", "failed", "cancelled")
-    tasks = " · ".join(f"{esc(k)} {counts[k]}" for k in order if counts.get(k))
+    tasks = " · ".join(f"{esc(k)} {counts[k]}" for k in TASK_STATES if counts.get(k))
     live = sum(a.status in ("idle", "busy") for a in agents)
     busy = sum(a.status == "busy" for a in agents)
     line = (f'<div style="font-size:14px"><b>{live} runners</b> ({busy} busy) · '
