@@ -8,6 +8,7 @@ import html
 from collections.abc import Iterable, Sequence
 
 from timmy.market.models import ACTIVE_STATES, AGENT_WORKING_STATES, TASK_STATES
+from timmy.widgets.teach import TIPS
 
 STATUS_COLOURS = {"completed": "#2e7d32", "failed": "#c62828", "cancelled": "#757575",
                   "running": "#1565c0", "assigned": "#6a1b9a", "bidding": "#ef6c00",
@@ -36,9 +37,10 @@ def badge(status: str) -> str:
 
 
 def table(head: Sequence[str], rows: Iterable[Sequence[str]], empty: str = "nothing yet") -> str:
-    """A table of already-escaped cells (use `esc` on every value you pass in)."""
-    th = "".join(f'<th style="text-align:left;border-bottom:1px solid #ccc;padding:2px 6px">'
-                 f"{esc(h)}</th>" for h in head)
+    """A table of already-escaped cells (use `esc` on every value you pass in); each header
+    known to `timmy.widgets.teach.TIPS` carries its tooltip."""
+    th = "".join(f'<th title="{esc(TIPS.get(h, ""))}" style="text-align:left;'
+                 f'border-bottom:1px solid #ccc;padding:2px 6px">{esc(h)}</th>' for h in head)
     body = "".join("<tr>" + "".join(f'<td style="padding:2px 6px">{c}</td>' for c in row)
                    + "</tr>" for row in rows)
     if not body:
@@ -76,12 +78,12 @@ def auctions_html(auctions, limit: int = 10) -> str:
     return '<ul style="margin:0;padding-left:18px;font-size:13px">' + "".join(items) + "</ul>"
 
 
-def tasks_table(rows) -> str:
+def tasks_table(rows, empty: str = "no tasks") -> str:
     body = [(esc(r.task_id), esc(clip(r.description)), badge(r.status), esc(r.agent),
              esc(r.price_sats), esc(r.attempts), esc(clip(r.reason or r.why, 60)))
             for r in rows]
     return table(("task", "description", "status", "winner", "price", "attempt", "why / reason"),
-                 body, empty="no tasks")
+                 body, empty=empty)
 
 
 def describe_event(event) -> str:
