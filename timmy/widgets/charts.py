@@ -34,9 +34,9 @@ class MarketCharts:
         self.fig_flow = self._figure(
             "Throughput and queue depth", [self.throughput, self.depth],
             [bq.Axis(scale=time_x, label="time"),
-             bq.Axis(scale=self.throughput.scales["y"], orientation="vertical",
+             bq.Axis(scale=self.throughput.scales["y"], side="left",
                      label="completions per second", tick_format=".2f"),
-             bq.Axis(scale=self.depth.scales["y"], orientation="vertical", side="right",
+             bq.Axis(scale=self.depth.scales["y"], side="right",
                      label="tasks waiting", tick_format="d")])
         persona_x, price_y = bq.OrdinalScale(), bq.LinearScale(min=0)
         scales = {"x": persona_x, "y": price_y}
@@ -49,7 +49,7 @@ class MarketCharts:
         self.fig_prices = self._figure(
             "Clearing prices by persona", [self.on_spec, self.off_spec],
             [bq.Axis(scale=persona_x, label="winning persona"),
-             bq.Axis(scale=price_y, orientation="vertical", label="price (sats)",
+             bq.Axis(scale=price_y, side="left", label="price (sats)",
                      tick_format="d")])
         bars_x = bq.OrdinalScale()
         self.earned = bq.Bars(x=[], y=[], scales={"x": bars_x, "y": bq.LinearScale(min=0)},
@@ -61,9 +61,9 @@ class MarketCharts:
         self.fig_personas = self._figure(
             "Earnings and win share by persona", [self.earned, self.share],
             [bq.Axis(scale=bars_x, label="persona"),
-             bq.Axis(scale=self.earned.scales["y"], orientation="vertical",
+             bq.Axis(scale=self.earned.scales["y"], side="left",
                      label="earned (sats)", tick_format="d"),
-             bq.Axis(scale=self.share.scales["y"], orientation="vertical", side="right",
+             bq.Axis(scale=self.share.scales["y"], side="right",
                      label="win share (%)", tick_format="d")])
         self.data_line = w.HTML()
         self.data_line.add_class("timmy-chart-data")
