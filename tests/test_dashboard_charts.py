@@ -10,15 +10,10 @@ from __future__ import annotations
 import re
 import time
 
-from test_dashboards import (  # noqa: F401  (browser, stack: pytest fixtures)
-    CHANGE,
-    DESKTOP,
-    attach,
-    browser,
-    open_page,
-    shot,
-    stack,
-)
+import test_dashboards as base
+from test_dashboards import CHANGE, DESKTOP, attach, open_page, shot
+
+browser, stack = base.browser, base.stack   # the same fixtures: Chromium, service + Voilà
 
 AXES = ("time", "completions per second", "tasks waiting", "winning persona", "price (sats)",
         "persona", "earned (sats)", "win share (%)")

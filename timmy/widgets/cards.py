@@ -47,8 +47,9 @@ def cards_html(state, market, status: dict | None, now: float) -> str:
         card("latency", "post → done p50", seconds(p50), f"p95 {esc(seconds(p95))}"),
     ]
     status = status or {}
-    spent = status.get("spent_sats", market.paid_sats)
-    left = status.get("budget_left")
-    out.append(card("spend", "spent (sats)", spent,
-                    f"budget left {esc(left)}" if left is not None else "no budget set"))
+    if status.get("budget") is not None:   # the swarm's ledger of paid and held sats
+        out.append(card("spend", "spent (sats)", status.get("spent_sats", 0),
+                        f"budget left {esc(status.get('budget_left'))}"))
+    else:   # no budget: what the stored window of events paid
+        out.append(card("spend", "paid (sats)", market.paid_sats, "no budget set"))
     return '<div class="timmy-cards">' + "".join(out) + "</div>"

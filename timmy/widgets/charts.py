@@ -26,7 +26,7 @@ class MarketCharts:
         time_x = bq.DateScale()
         self.throughput = bq.Lines(x=[], y=[], scales={"x": time_x, "y": bq.LinearScale(min=0)},
                                    labels=["completed / s"], display_legend=True,
-                                   colors=["#1565c0"])
+                                   colors=["#1565c0"], marker="circle", marker_size=16)
         self.depth = bq.Lines(x=[], y=[], scales={"x": time_x,
                                                   "y": bq.LinearScale(min=0)},
                               labels=["queued or bidding"], display_legend=True,
@@ -76,9 +76,9 @@ class MarketCharts:
         self._last: tuple | None = None
 
     def _figure(self, title: str, marks, axes):
-        fig = bqplot().Figure(marks=marks, axes=axes, title=title, legend_location="top-left",
+        fig = bqplot().Figure(marks=marks, axes=axes, title=title, legend_location="top-right",
                               fig_margin={"top": 40, "bottom": 45, "left": 60, "right": 60},
-                              layout=self.w.Layout(width="420px", height=HEIGHT))
+                              layout=self.w.Layout(width="400px", height=HEIGHT))
         fig.add_class("timmy-chart")
         return fig
 

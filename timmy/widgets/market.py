@@ -15,6 +15,7 @@ HISTORY = 10_000   # stored events a page starts from: one page (timmy.paging.MA
 BUCKET = 5         # seconds per point of the throughput and queue-depth charts
 POINTS = 120       # points those charts keep (10 minutes at 5 s)
 PRICES = 500       # clearing prices kept (the newest)
+MIN_POINTS = 23    # the time axis spans at least this many buckets before now
 WAITING = ("queued", "bidding")
 
 
@@ -149,8 +150,8 @@ class MarketHistory:
         to now."""
         end = self._bucket(now)
         start = end - (self.points - 1) * self.bucket
-        if self.first_ts is not None:
-            start = max(start, self._bucket(self.first_ts))
+        if self.first_ts is not None:   # from the first stored event, two minutes at least
+            start = min(max(start, self._bucket(self.first_ts)), end - MIN_POINTS * self.bucket)
         return list(range(min(start, end), end + 1, self.bucket))
 
     def throughput(self, now: float) -> tuple[list[int], list[float]]:
