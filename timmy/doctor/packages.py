@@ -23,7 +23,7 @@ EXTRAS = {
                  "statsmodels"),
     "voice": ("pyttsx3",),
     "llm": ("ollama",),
-    "notebooks": ("ipywidgets", "jupyterlab", "voila", "ipykernel"),
+    "notebooks": ("ipywidgets", "jupyterlab", "voila", "ipykernel", "bqplot"),
     "postgres": ("psycopg",),
     "verify": ("jsonschema",),
     "metrics": ("prometheus_client",),

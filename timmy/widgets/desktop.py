@@ -4,21 +4,34 @@
 
 from __future__ import annotations
 
+import contextlib
+import time
+
 from timmy.errors import TimmyError
 from timmy.market.models import TASK_STATES
 from timmy.widgets import render
+from timmy.widgets.cards import cards_html
 from timmy.widgets.console import TOUCH, Console, console_box, error_html
 from timmy.widgets.render import esc
+from timmy.widgets.teach import EMPTY_FILTERED, EMPTY_TASKS
 
 ALL = "all"
+STATUS_EVERY = 1.0   # seconds between status() calls for the spend card
 
 
 class DesktopConsole(Console):
     """Builds the desktop widgets; `render` fills them from the state."""
 
+    status: dict | None = None        # the swarm's last status() (spend, budget left)
+    _status_at = float("-inf")
+
     def __init__(self, swarm, interval: float = 0.25, task_rows: int = 100) -> None:
+        from timmy.widgets.market import MarketHistory
+
+        self.market = MarketHistory()   # the cards' and charts' history (timmy.widgets.market)
         super().__init__(swarm, interval=interval)
         w = self.w
+        self._load_market()
         self.task_rows = task_rows
         self.header = w.HTML()
         self.agents_html = w.HTML()
@@ -62,7 +75,16 @@ class DesktopConsole(Console):
                              (self.auctions_html, "auctions"), (self.tasks_html, "tasks"),
                              (self.charts_html, "charts")):
             widget.add_class(f"timmy-{name}")   # stable hooks for CSS and browser tests
-        self.box = console_box()([self.header, w.HBox([left, right]), tabs])
+        from timmy.widgets.charts import MarketCharts
+        from timmy.widgets.teach import HOW
+
+        self.cards_html = w.HTML()
+        self.cards_html.add_class("timmy-stat-cards")
+        self.charts = MarketCharts(w)
+        self.how = w.HTML(HOW)
+        self.how.add_class("timmy-teach")
+        self.box = console_box()([self.header, self.how, self.cards_html, self.charts.box,
+                                  w.HBox([left, right]), tabs])
         self.box.console = self
         self.ready = True
         self.redraw_now()
@@ -73,6 +95,7 @@ class DesktopConsole(Console):
         return sorted(PERSONAS)
 
     def render(self):
+        now = time.time()
         s = self.state
         status = self.status_filter.value
         agents = list(s.agents.values())
@@ -87,13 +110,44 @@ class DesktopConsole(Console):
             (self.agents_html, render.agents_table(agents)),
             (self.auctions_html, render.auctions_html(list(s.auctions.values()))),
             (self.tasks_html, render.tasks_table(
-                s.rows(None if status == ALL else status, self.task_rows))),
+                s.rows(None if status == ALL else status, self.task_rows),
+                empty=EMPTY_TASKS if status == ALL else EMPTY_FILTERED)),
             (self.charts_html, charts),
+            (self.cards_html, cards_html(s, self.market, self.status, now)),
         ]
 
+    def on_event(self, event) -> None:
+        with self.lock:
+            self.market.apply(event)
+        super().on_event(event)
+
+    def _load_market(self) -> None:
+        """The charts start from the stored events (one page, the newest) and status()."""
+        from timmy.widgets.market import HISTORY
+
+        try:
+            events = self.swarm.events(limit=HISTORY)
+        except (TimmyError, OSError):
+            events = []   # the charts then start from the live events
+        with self.lock:
+            self.market.load(events)
+        self._refresh_status(force=True)
+
+    def _refresh_status(self, force: bool = False) -> None:
+        """``swarm.status()`` (spend, budget left) at most every `STATUS_EVERY` seconds."""
+        if not force and time.monotonic() - self._status_at < STATUS_EVERY:
+            return
+        self._status_at = time.monotonic()
+        with contextlib.suppress(TimmyError, OSError):   # keep the last: the banner says why
+            self.status = self.swarm.status()
+
     def _redraw(self) -> None:
+        if self.ready:
+            self._refresh_status()
         super()._redraw()
         if self.ready:
+            with self.lock:
+                self.charts.update(self.market, time.time())
             self.approvals.refresh()
 
     def _on_spawn(self, _button=None) -> None:

@@ -7,11 +7,13 @@ from __future__ import annotations
 import html
 from collections.abc import Iterable, Sequence
 
-from timmy.market.models import ACTIVE_STATES, AGENT_WORKING_STATES
+from timmy.market.models import ACTIVE_STATES, AGENT_WORKING_STATES, TASK_STATES
+from timmy.widgets.teach import TIPS
 
 STATUS_COLOURS = {"completed": "#2e7d32", "failed": "#c62828", "cancelled": "#757575",
                   "running": "#1565c0", "assigned": "#6a1b9a", "bidding": "#ef6c00",
-                  "queued": "#455a64", "idle": "#2e7d32", "busy": "#1565c0",
+                  "queued": "#455a64", "awaiting_approval": "#f9a825",
+                  "idle": "#2e7d32", "busy": "#1565c0",
                   "restarting": "#ef6c00", "disconnected": "#ef6c00", "stopped": "#757575"}
 TABLE = ('<table style="border-collapse:collapse;width:100%;font-size:13px">'
          '<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>')
@@ -35,9 +37,10 @@ def badge(status: str) -> str:
 
 
 def table(head: Sequence[str], rows: Iterable[Sequence[str]], empty: str = "nothing yet") -> str:
-    """A table of already-escaped cells (use `esc` on every value you pass in)."""
-    th = "".join(f'<th style="text-align:left;border-bottom:1px solid #ccc;padding:2px 6px">'
-                 f"{esc(h)}</th>" for h in head)
+    """A table of already-escaped cells (use `esc` on every value you pass in); each header
+    known to `timmy.widgets.teach.TIPS` carries its tooltip."""
+    th = "".join(f'<th title="{esc(TIPS.get(h, ""))}" style="text-align:left;'
+                 f'border-bottom:1px solid #ccc;padding:2px 6px">{esc(h)}</th>' for h in head)
     body = "".join("<tr>" + "".join(f'<td style="padding:2px 6px">{c}</td>' for c in row)
                    + "</tr>" for row in rows)
     if not body:
@@ -75,12 +78,12 @@ def auctions_html(auctions, limit: int = 10) -> str:
     return '<ul style="margin:0;padding-left:18px;font-size:13px">' + "".join(items) + "</ul>"
 
 
-def tasks_table(rows) -> str:
+def tasks_table(rows, empty: str = "no tasks") -> str:
     body = [(esc(r.task_id), esc(clip(r.description)), badge(r.status), esc(r.agent),
              esc(r.price_sats), esc(r.attempts), esc(clip(r.reason or r.why, 60)))
             for r in rows]
     return table(("task", "description", "status", "winner", "price", "attempt", "why / reason"),
-                 body, empty="no tasks")
+                 body, empty=empty)
 
 
 def describe_event(event) -> str:
@@ -129,8 +132,7 @@ def sparkline(values: Sequence[float], title: str, width: int = 240, height: int
 
 def status_line(counts, agents) -> str:
     """The header: tasks by state and agents by state."""
-    order = ("queued", "bidding", "assigned", "running", "completed", "failed", "cancelled")
-    tasks = " · ".join(f"{esc(k)} {counts[k]}" for k in order if counts.get(k))
+    tasks = " · ".join(f"{esc(k)} {counts[k]}" for k in TASK_STATES if counts.get(k))
     live = sum(a.status in ("idle", "busy") for a in agents)
     busy = sum(a.status == "busy" for a in agents)
     line = (f'<div style="font-size:14px"><b>{live} runners</b> ({busy} busy) · '

@@ -1,0 +1,107 @@
+"""The desktop page's market at a glance in a real browser: ``timmy serve`` and Voilà (the
+fixtures of tests/test_dashboards.py), headless Chromium via Playwright. Stat cards, bqplot
+charts with axes that show the same data after a reload, the teaching panel, empty states.
+
+Screenshots go to ``test-artifacts/dashboards/``; under ``CI=true`` a missing Chromium fails.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+
+import test_dashboards as base
+from test_dashboards import CHANGE, DESKTOP, attach, open_page, shot
+
+browser, stack = base.browser, base.stack   # the same fixtures: Chromium, service + Voilà
+
+AXES = ("time", "completions per second", "tasks waiting", "winning persona", "price (sats)",
+        "persona", "earned (sats)", "win share (%)")
+
+
+def chart_data(page) -> str:
+    return page.locator(".timmy-chart-data").text_content()
+
+
+def test_a_fresh_swarm_teaches_and_says_what_to_do(browser, stack):
+    page = open_page(browser, stack.running.desktop_url, DESKTOP)
+    page.locator(".timmy-tasks").get_by_text("post a task above", exact=False) \
+        .wait_for(timeout=CHANGE)
+    page.locator(".timmy-charts-empty").get_by_text("no completed tasks yet", exact=False) \
+        .wait_for(timeout=CHANGE)
+    how = page.locator(".timmy-teach details")
+    how.locator("summary").click()
+    for word in ("Task", "bid", "On-spec", "clearing rule", "sats", "Where the numbers come"):
+        assert word in how.inner_text()
+    price = page.locator(".timmy-tasks th", has_text="price")
+    assert "sats" in price.get_attribute("title")
+    assert page.locator(".timmy-stat-cards .timmy-card").count() >= 6
+    shot(page, "desktop-fresh-teaching")
+    page.context.close()
+
+
+def test_cards_and_charts_show_the_market_and_survive_a_reload(browser, stack):
+    swarm = attach(stack)
+    if not [a for a in swarm.agents() if a.status in ("idle", "busy")]:
+        swarm.spawn("forge")
+        swarm.spawn("quill")
+    page = open_page(browser, stack.running.desktop_url, DESKTOP)
+    done = swarm.run(["fix the parser bug", "write the cli docs", "fix the api client",
+                      "write the guide"], timeout=60)
+    assert {t.status for t in done} == {"completed"}
+    completed = len(swarm.tasks("completed"))
+    live = len([a for a in swarm.agents() if a.status in ("idle", "busy")])
+    page.locator(".timmy-chart-data").get_by_text(
+        f"completed {completed};", exact=False).wait_for(timeout=CHANGE, state="attached")
+    runners = page.locator(".timmy-card-runners .timmy-card-value")
+    page.wait_for_function(
+        "n => document.querySelector('.timmy-card-runners .timmy-card-value')"
+        "?.textContent === String(n)", arg=live, timeout=CHANGE)
+    assert runners.inner_text() == str(live)
+    tasks_card = page.locator(".timmy-card-tasks").inner_text()
+    assert f"completed {completed}" in tasks_card
+    assert re.search(r"\d+(\.\d+)? (ms|s)", page.locator(".timmy-card-latency").inner_text())
+    assert page.locator(".timmy-chart svg").count() >= 3
+    page.wait_for_function("() => document.querySelectorAll('.timmy-chart .dot').length > 0",
+                           timeout=CHANGE)
+    for label in AXES:
+        assert page.locator(".timmy-chart text", has_text=label).count() >= 1, label
+    for legend in ("on-spec", "sats earned", "completed / s"):
+        assert page.locator(".timmy-chart .legendtext", has_text=legend).count() >= 1, legend
+    before = chart_data(page)
+    dots = page.locator(".timmy-chart .dot").count()
+    bars = page.locator(".timmy-chart .bar").count()
+    shot(page, "desktop-charts")
+
+    page.reload()
+    page.wait_for_selector(".timmy-header", timeout=CHANGE * 3)
+    page.locator(".timmy-chart-data").get_by_text(
+        f"completed {completed};", exact=False).wait_for(timeout=CHANGE, state="attached")
+    page.wait_for_function("n => document.querySelectorAll('.timmy-chart .dot').length === n",
+                           arg=dots, timeout=CHANGE)
+    assert chart_data(page) == before
+    assert page.locator(".timmy-chart .bar").count() == bars
+    for label in AXES:
+        assert page.locator(".timmy-chart text", has_text=label).count() >= 1, label
+    shot(page, "desktop-charts-after-reload")
+    swarm.close()
+    page.context.close()
+
+
+def test_header_counts_tasks_awaiting_approval(browser, stack):
+    swarm = attach(stack)
+    if not [a for a in swarm.agents() if a.status in ("idle", "busy")]:
+        swarm.spawn("forge")
+    held = swarm.post("fix the held bug", max_price=0)
+    deadline = time.monotonic() + CHANGE / 1000
+    while swarm.task(held.task_id).status != "awaiting_approval":
+        assert time.monotonic() < deadline, "the task never awaited approval"
+        time.sleep(0.1)
+    waiting = len(swarm.tasks("awaiting_approval"))
+    page = open_page(browser, stack.running.desktop_url, DESKTOP)
+    page.locator(".timmy-header").get_by_text(f"awaiting_approval {waiting}", exact=False) \
+        .wait_for(timeout=CHANGE)
+    assert page.locator(".timmy-card-awaiting .timmy-card-value").inner_text() == str(waiting)
+    swarm.reject(held.task_id)
+    swarm.close()
+    page.context.close()
