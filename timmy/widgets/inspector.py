@@ -180,7 +180,7 @@ class Inspector:
             return
         self.descriptions = {t.task_id: t for t in tasks}
         self.tasks = {t.task_id: (t.status, t.description) for t in tasks}
-        options = self._options()
+        options = self._options(keep)
         self.pick.options = options
         if keep in self.descriptions:
             if self.pick.value != keep:
@@ -190,13 +190,18 @@ class Inspector:
         elif options:
             self.show(self.pick.value)
 
-    def _options(self) -> list[tuple[str, int]]:
-        """The picker's choices, newest first, those matching the search only."""
+    def _options(self, keep: int | None = None) -> list[tuple[str, int]]:
+        """The picker's choices, newest first, those matching the search only (and
+        ``keep``, an older task asked for, last)."""
         q = self.search.value
         # Dropdown labels are text, not HTML: the browser shows them as typed
-        return [(f"#{tid} [{status}] {render.clip(text, 60)}", tid)
-                for tid, (status, text) in sorted(list(self.tasks.items()), reverse=True)
-                if matches(tid, text, q)][:CHOICES]
+        out = [(f"#{tid} [{status}] {render.clip(text, 60)}", tid)
+               for tid, (status, text) in sorted(list(self.tasks.items()), reverse=True)
+               if matches(tid, text, q)][:CHOICES]
+        if keep in self.tasks and keep not in {o[1] for o in out}:
+            status, text = self.tasks[keep]
+            out.append((f"#{keep} [{status}] {render.clip(text, 60)}", keep))
+        return out
 
     def follow(self, rows) -> None:
         """New tasks (and new statuses) from the live state (`TaskRow` s, newest first):
@@ -214,9 +219,9 @@ class Inspector:
                 self.tasks.pop(min(self.tasks))
             self._set_options()
 
-    def _set_options(self) -> None:
-        keep = self.pick.value
-        options = self._options()
+    def _set_options(self, keep: int | None = None) -> None:
+        keep = self.pick.value if keep is None else keep
+        options = self._options(keep if not self.search.value.strip() else None)
         if [tuple(o) for o in options] == [tuple(o) for o in self.pick.options]:
             return
         with self.pick.hold_trait_notifications():
@@ -248,7 +253,7 @@ class Inspector:
             except (TimmyError, OSError) as exc:
                 self.output.value = error_html(exc)
                 return
-        self._set_options()
+        self._set_options(task_id)
         if self.pick.value != task_id:
             self.pick.value = task_id    # observe() calls show()
         else:
