@@ -16,7 +16,7 @@ from timmy.engine.agents import Agent
 from timmy.engine.config import Config
 from timmy.engine.journal import Journal
 from timmy.engine.supervisor import Supervisor
-from timmy.market.auction import Auction, Bid, Clearing
+from timmy.market.auction import RULES, Auction, Bid, Clearing
 from timmy.market.mechanisms import MECHANISM_FAILED
 from timmy.market.models import BIDDING, Task
 from timmy.market.personas import Words
@@ -183,9 +183,13 @@ class Auctions:
         clearing = auction.close(unavailable=unavailable, reputation=self.reputation)
         winner = clearing.winner
         self.record(open_, auction.bids.values(), winner)
+        # A mechanism is handed the bidders' reliability: it goes with the event (rounded as
+        # the inspector shows it), so "why this bid won" reads the same from the stored data.
+        terms = {} if self.cfg.rule in RULES else {"reliability": {
+            a: round(float(self.reputation.get(a, 1.0)), 4) for a in sorted(auction.bids)}}
         self.journal.emit("auction_closed", tid, winner, price_sats=clearing.price_sats,
                           rule=self.cfg.rule, why=clearing.reason, bids=len(auction.bids),
-                          closed_by=reason, attempt=open_.attempt)
+                          closed_by=reason, attempt=open_.attempt, **terms)
         if clearing.error is not None:   # the coordinator re-queues the task
             log.warning("clearing mechanism %r failed on task %s (attempt %s): %s",
                         self.cfg.rule, tid, open_.attempt, clearing.error)

@@ -134,11 +134,15 @@ class Console(SpeakMixin):
         try:
             tasks, agents = swarm.tasks(limit=WINDOW), swarm.agents()
             reputation = _reputation(swarm)
+            from timmy.widgets.recent import load_history
+
+            history = load_history(swarm)   # the newest stored events: feed, auctions, why
         except BaseException:
             self.detach()
             raise
         with self.lock:
             self.state.load(tasks, agents, reputation)
+            self.state.load_history(history)
             for event in self._pending:
                 self.state.apply(event)
             self._pending = None

@@ -53,7 +53,10 @@ class DesktopConsole(Console):
         self.control_message = w.HTML()
         from timmy.widgets.inspector import Inspector
 
-        self.inspector = Inspector(swarm)
+        self.inspector = Inspector(swarm, recent=self.state.recent)
+        from timmy.widgets.recent import RecentPanel
+
+        self.recent = RecentPanel(w, self._open_auction)   # replaces "open auctions"
         from timmy.widgets.approvals import ApprovalsPanel
 
         self.approvals = ApprovalsPanel(self)
@@ -62,13 +65,13 @@ class DesktopConsole(Console):
                                    self.agent_pick, self.stop_button]),
                            self.control_message, self.speak_toggle()])
         left = w.VBox([w.HTML("<h4>Agents</h4>"), self.agents_html,
-                       w.HTML("<h4>Open auctions</h4>"), self.auctions_html],
+                       w.HTML("<h4>Recent auctions</h4>"), self.recent.box],
                       layout=w.Layout(width="50%"))
         right = w.VBox([w.HTML("<h4>Live</h4>"), self.charts_html, controls,
                         w.HTML("<h4>Awaiting approval</h4>"), self.approvals.box],
                        layout=w.Layout(width="50%"))
         tasks = w.VBox([self.status_filter, self.tasks_html])
-        tabs = w.Tab(children=[tasks, self.inspector.box])
+        self.tabs = tabs = w.Tab(children=[tasks, self.inspector.box])
         tabs.set_title(0, "Tasks")
         tabs.set_title(1, "Auction inspector")
         for widget, name in ((self.header, "header"), (self.agents_html, "agents"),
@@ -149,6 +152,16 @@ class DesktopConsole(Console):
             with self.lock:
                 self.charts.update(self.market, time.time())
             self.approvals.refresh()
+            with self.lock:
+                recent = self.state.recent.newest()
+                rows = self.state.rows(limit=50)
+            self.recent.update(recent)
+            self.inspector.follow(rows)
+
+    def _open_auction(self, task_id: int) -> None:
+        """A click in the recent auctions: that task in the inspector's tab."""
+        self.tabs.selected_index = 1
+        self.inspector.open(task_id)
 
     def _on_spawn(self, _button=None) -> None:
         self._act(lambda: self.swarm.spawn(self.persona_pick.value), "spawned")

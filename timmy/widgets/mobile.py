@@ -5,7 +5,7 @@ column at 100% width with buttons at least 44 px tall (a thumb's touch target).
 from __future__ import annotations
 
 from timmy.errors import TimmyError
-from timmy.widgets import render
+from timmy.widgets import mobile_cards, render
 from timmy.widgets.console import Console, console_box
 from timmy.widgets.render import esc
 
@@ -27,17 +27,20 @@ class MobileConsole(Console):
         self.header = w.HTML(layout=full)
         self.feed = w.HTML(layout=w.Layout(width="100%", max_height="40vh", overflow="auto"))
         self.results = w.HTML(layout=full)
+        self.cards = w.HTML(layout=full)   # stat cards and a chart (`mobile_cards`)
+        self.chart = w.HTML(layout=full)
         for widget, name in ((self.header, "header"), (self.feed, "feed"),
-                             (self.results, "results")):
+                             (self.results, "results"), (self.cards, "cards"),
+                             (self.chart, "price-chart")):
             widget.add_class(f"timmy-{name}")   # stable hooks for CSS and browser tests
         from timmy.widgets.approvals import ApprovalsPanel
 
         self.approvals = ApprovalsPanel(self, full_width=True)   # big Approve / Reject
         self.box = console_box()(
-            [self.header, w.HTML("<b>Awaiting approval</b>"), self.approvals.box,
+            [self.header, self.cards, w.HTML("<b>Awaiting approval</b>"), self.approvals.box,
              self.post_box(full_width=True), self.speak_toggle(full_width=True),
              w.HTML("<b>Latest results</b>"), self.results,
-             w.HTML("<b>Live</b>"), self.feed],
+             w.HTML("<b>Live</b>"), self.feed, self.chart],
             layout=w.Layout(width="100%", max_width="100vw", overflow="hidden auto"))
         self.box.console = self
         self.ready = True
@@ -63,6 +66,8 @@ class MobileConsole(Console):
              + render.status_line(s.counts, list(s.agents.values()))),
             (self.feed, render.feed_html(s.feed, self.feed_lines)),
             (self.results, "".join(items) or "<i>no results yet</i>"),
+            (self.cards, mobile_cards.cards_html(s)),
+            (self.chart, mobile_cards.price_chart(mobile_cards.prices(s))),
         ]
 
     def _redraw(self) -> None:

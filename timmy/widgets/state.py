@@ -9,6 +9,7 @@ from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass, field
 
 from timmy.market.lifecycle import AGENT_EVENT_STATUS, TASK_EVENT_STATUS, TERMINAL_STATES
+from timmy.widgets.recent import RecentAuctions
 
 AGENT_STATUS = AGENT_EVENT_STATUS   # the status each event implies: the lifecycle's
 TASK_STATUS = TASK_EVENT_STATUS
@@ -63,6 +64,8 @@ class SwarmState:
         self.events_seen = 0
         self.last_event_id = 0
         self.max_tasks = max_tasks
+        self.recent = RecentAuctions()   # the last auctions and each task's recorded "why"
+        self.history_upto = 0            # events up to this id came from the stored history
 
     # -- the snapshot -------------------------------------------------------
     def load(self, tasks, agents, reputation: dict | None = None) -> None:
@@ -85,12 +88,28 @@ class SwarmState:
             if row.agent in self.agents and row.status in ("assigned", "running"):
                 self.agents[row.agent].held.add(row.task_id)
 
+    def load_history(self, events) -> None:
+        """Stored events (oldest first, `timmy.widgets.recent.load_history`): the feed, the
+        recent auctions and each loaded task's "why" start from them, so a reload shows
+        what the page showed (counters stay the snapshot's: nothing is counted twice)."""
+        events = list(events)
+        self.recent.load(events)
+        for event in events[-(self.feed.maxlen or 0):]:
+            self.feed.append(event)
+        if events:
+            self.history_upto = events[-1].event_id
+        for task_id, why in self.recent.why.items():
+            if task_id in self.tasks:
+                self.tasks[task_id].why = why
+
     # -- events -------------------------------------------------------------
     def apply(self, event) -> None:
         """Fold one event in (any order relative to the snapshot: a finished task stays so)."""
         self.events_seen += 1
         self.last_event_id = max(self.last_event_id, event.event_id)
-        self.feed.append(event)
+        if event.event_id > self.history_upto:   # not already in the feed from the history
+            self.feed.append(event)
+        self.recent.apply(event)
         kind, data, tid, aid = event.kind, event.data or {}, event.task_id, event.agent_id
         if kind in AGENT_STATUS:
             agent = self._agent(aid, data.get("persona"))
