@@ -247,7 +247,7 @@ def test_timmy_dashboards_command_starts_both_and_ctrl_c_stops_both(tmp_path):
     """The `make dashboards` command itself: URLs printed, pages served, SIGINT stops all."""
     db = tmp_path / "data" / "timmy.db"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "timmy", "dashboards", "--db", str(db), "--port", "0",
+        [sys.executable, "-m", "timmy", "dashboards", "--db", str(db), "--create", "--port", "0",
          "--voila-port", str(free_port()), "--notebooks", str(ROOT / "dashboards")],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path)
     urls: dict[str, str] = {}

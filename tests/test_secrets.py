@@ -67,7 +67,7 @@ def test_no_token_on_any_command_line_of_the_dashboards(tmp_path):
     Voilà still refuses a page without its token."""
     db = tmp_path / "data" / "timmy.db"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "timmy", "dashboards", "--db", str(db), "--port", "0",
+        [sys.executable, "-m", "timmy", "dashboards", "--db", str(db), "--create", "--port", "0",
          "--voila-port", str(free_port()), "--notebooks", str(ROOT / "dashboards")],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path,
         preexec_fn=lambda: os.umask(0o022))   # files 0644 unless made otherwise
