@@ -97,8 +97,11 @@ def main(venv: str) -> int:
             say(f"{why}; pip installs instead")
         else:
             say("installing timmy and its extras with uv (first run only, about a minute)")
-            proc = subprocess.run([uv, "pip", "install", "--quiet", "--python", python,
-                                   "-e", target], env=env)
+            # --compile-bytecode: uv writes no .pyc by default, and where PYTHONDONTWRITEBYTECODE
+            # is set (CI images) none is ever written: every runner and kernel would compile
+            # pandas, SQLAlchemy ... from source again (imports measured 2.3x slower)
+            proc = subprocess.run([uv, "pip", "install", "--quiet", "--compile-bytecode",
+                                   "--python", python, "-e", target], env=env)
             if proc.returncode == 0:
                 how = "uv"
             else:
