@@ -302,3 +302,20 @@ def eventually(predicate: Callable[[], object], timeout: float = 5.0,
         if time.monotonic() > deadline:
             pytest.fail(f"{what} not reached within {timeout}s (last value: {value!r})")
         time.sleep(interval)
+
+
+@pytest.fixture(params=["local", "attached"])
+def swarm(request, make_swarm, tmp_path):
+    """A local `timmy.Swarm`, or the same swarm behind ``timmy serve`` (`Swarm.attach`)."""
+    if request.param == "local":
+        swarm = make_swarm()
+        swarm.spawn_all()
+        yield swarm
+        return
+    from test_service import ServiceProcess
+
+    svc = ServiceProcess(tmp_path / "served.db")
+    swarm = svc.attach()
+    yield swarm
+    swarm.close()
+    svc.stop()

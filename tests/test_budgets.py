@@ -6,13 +6,10 @@ a restart; spend in status(); the simulator decides the same with an approval po
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from test_service import ServiceProcess
 
 import timmy
 from timmy.cli.app import cli
@@ -178,25 +175,13 @@ def test_a_restart_keeps_tasks_awaiting_approval(db_url, eventually):
 
 # -- the CLI against a real service ---------------------------------------------------------
 
-LISTENING = re.compile(r"listening on (tcp://[\d.]+:(\d+))")
 
 
 @pytest.mark.timeout(120)
 def test_cli_approve_and_reject_against_timmy_serve(tmp_path, eventually):
-    db = tmp_path / "swarm.db"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "timmy", "serve", "--db", str(db), "--port", "0",
-         "--task-seconds", "0", "--seed", "1", "--budget", "0"],
-        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    svc = ServiceProcess(tmp_path / "swarm.db", 0, "--budget", "0")
+    url, token = svc.url, svc.token
     try:
-        deadline, url = time.monotonic() + 30, None
-        while time.monotonic() < deadline and url is None:
-            line = proc.stdout.readline()
-            if not line:
-                raise AssertionError(f"timmy serve ended: {proc.stderr.read()}")
-            if m := LISTENING.search(line):
-                url = m.group(1)
-        token = Path(f"{db}.token").read_text().strip()
         runner = CliRunner()
         common = ["--url", url, "--token", token]
         ids = []
@@ -222,8 +207,7 @@ def test_cli_approve_and_reject_against_timmy_serve(tmp_path, eventually):
         out = runner.invoke(cli, ["post", CODE, "--max-price", "-5", *common])
         assert out.exit_code != 0 and "max_price" in out.output and "hint" in out.output
     finally:
-        proc.terminate()
-        proc.communicate(timeout=30)
+        svc.stop()
 
 
 def test_serve_refuses_a_negative_budget(tmp_path):

@@ -12,26 +12,11 @@ import pytest
 pytest.importorskip("ipywidgets")
 pytest.importorskip("bqplot")
 
+
 from timmy.market.models import Event
 from timmy.widgets import desktop
 from timmy.widgets.market import MarketHistory, percentile
 from timmy.widgets.teach import EMPTY_CHARTS, EMPTY_TASKS, TIPS
-
-
-@pytest.fixture(params=["local", "attached"])
-def swarm(request, make_swarm, tmp_path):
-    if request.param == "local":
-        swarm = make_swarm()
-        swarm.spawn_all()
-        yield swarm
-        return
-    from test_service import ServiceProcess
-
-    svc = ServiceProcess(tmp_path / "served.db")
-    swarm = svc.attach()
-    yield swarm
-    swarm.close()
-    svc.stop()
 
 
 def ev(i, kind, task=None, agent=None, ts=None, **data):

@@ -4,15 +4,14 @@
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from test_service import ServiceProcess
 
 import timmy
 from timmy.cli.app import cli
@@ -361,13 +360,17 @@ def test_cli_rule_takes_registered_names_and_refuses_unknown_ones(tmp_path, monk
     assert out.exit_code == 2 and "no_such_plugin_mod" in out.output and "hint" in out.output
 
 
-LISTENING = re.compile(r"listening on (tcp://[\d.]+:(\d+))")
-
-
-def start_service(db: Path, plugin_dir: Path, *extra: str) -> subprocess.Popen:
+def plugin_env(plugin_dir: Path) -> dict:
+    """This environment with ``plugin_dir`` first on PYTHONPATH."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(plugin_dir),
                                                       env.get("PYTHONPATH", "")]))
+    return env
+
+
+def start_service(db: Path, plugin_dir: Path, *extra: str) -> subprocess.Popen:
+    """``timmy serve`` that is expected to refuse to start (ServiceProcess waits for a URL)."""
+    env = plugin_env(plugin_dir)
     return subprocess.Popen(
         [sys.executable, "-m", "timmy", "serve", "--db", str(db), "--port", "0",
          "--task-seconds", "0", "--seed", "1", *extra],
@@ -379,17 +382,10 @@ def test_serve_with_a_plugin_clears_with_its_mechanism(tmp_path):
     (tmp_path / "plugins").mkdir()
     plugins = write_plugin(tmp_path / "plugins")
     db = tmp_path / "swarm.db"
-    proc = start_service(db, plugins, "--plugin", "myplugin", "--rule", "plugged")
+    svc = ServiceProcess(db, 0, "--plugin", "myplugin", "--rule", "plugged",
+                         env=plugin_env(plugins))
     try:
-        deadline, url = time.monotonic() + 30, None
-        while time.monotonic() < deadline and url is None:
-            line = proc.stdout.readline()
-            if not line:
-                raise AssertionError(f"timmy serve ended: {proc.stderr.read()}")
-            if m := LISTENING.search(line):
-                url = m.group(1)
-        token = Path(f"{db}.token").read_text().strip()
-        with timmy.Swarm.attach(url, token=token) as swarm:
+        with svc.attach() as swarm:
             assert swarm.status()["rule"] == "plugged"
             done = [swarm.wait(swarm.post(d).task_id, timeout=20)
                     for d in demo_descriptions(6, seed=1)]
@@ -402,8 +398,7 @@ def test_serve_with_a_plugin_clears_with_its_mechanism(tmp_path):
             won = [b for b in mine if b["won"]]
             assert won[0]["sats"] == max(b["sats"] for b in mine)
     finally:
-        proc.terminate()
-        proc.communicate(timeout=30)
+        svc.stop()
 
 
 def test_serve_with_a_plugin_that_fails_to_import_says_so(tmp_path):

@@ -26,12 +26,12 @@ LISTENING = re.compile(r"listening on (tcp://[\d.]+:(\d+))")
 class ServiceProcess:
     """``timmy serve`` in a subprocess: started, waited for, stopped."""
 
-    def __init__(self, db: Path, port: int = 0, *extra: str) -> None:
+    def __init__(self, db: Path, port: int = 0, *extra: str, env: dict | None = None) -> None:
         self.db, self.extra = db, extra
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "timmy", "serve", "--db", str(db), "--port", str(port),
              "--task-seconds", "0", "--seed", "1", *extra],
-            cwd=db.parent, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            cwd=db.parent, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
         self.lines: list[str] = []
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:

@@ -26,23 +26,6 @@ from timmy.widgets.throttle import Throttle
 SCRIPT = "<script>alert('x')</script> fix the bug in the api client"
 
 
-@pytest.fixture(params=["local", "attached"])
-def swarm(request, make_swarm, tmp_path):
-    """A local `timmy.Swarm`, or the same swarm behind ``timmy serve`` (`Swarm.attach`)."""
-    if request.param == "local":
-        swarm = make_swarm()
-        swarm.spawn_all()
-        yield swarm
-        return
-    from test_service import ServiceProcess
-
-    svc = ServiceProcess(tmp_path / "served.db")
-    swarm = svc.attach()
-    yield swarm
-    swarm.close()
-    svc.stop()
-
-
 def html_values(widget) -> list[str]:
     """Every HTML string a widget tree shows (HTML widgets, nested boxes and tabs)."""
     import ipywidgets as w
