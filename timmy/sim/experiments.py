@@ -366,19 +366,9 @@ def _worker_plugins(worker_plugins, plugins, variants) -> tuple[str, ...]:
 
 def _run_on_dask(make, variants, seeds, metrics, bar, client, scheduler,
                  plugins: tuple[str, ...] = ()) -> dict:
-    from timmy.sim.sweeps import _connect, local_cluster
+    from timmy.sim.sweeps import dask_client, gather
 
-    distributed = require("dask.distributed", "analysis")
-    owned = []
-    try:
-        if client is None:
-            if scheduler == "local":
-                cluster = local_cluster()
-                owned.append(cluster)
-                client = distributed.Client(cluster)
-            else:
-                client = _connect(distributed, scheduler, from_env=False)
-            owned.append(client)
+    with dask_client(client, scheduler) as client:
         futures, where = [], {}
         for r, s in enumerate(seeds):
             # drawn once here and sent once: every variant's run gets the very same list
@@ -388,18 +378,7 @@ def _run_on_dask(make, variants, seeds, metrics, bar, client, scheduler,
                                   pure=False)
                 futures.append(f)
                 where[f.key] = (name, r)
-        values = {}
-        try:
-            for f in distributed.as_completed(futures):
-                values[where[f.key]] = f.result()
-                bar.update(1)
-        except BaseException:
-            client.cancel(futures)
-            raise
-        return values
-    finally:
-        for thing in reversed(owned):
-            thing.close()
+        return {where[f.key]: value for f, value in gather(client, futures, bar)}
 
 
 def _interval(stats, values, confidence: float) -> tuple[float, float, float, int]:

@@ -5,10 +5,11 @@ Dask is imported only inside `sweep`.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -353,33 +354,42 @@ def _bar(total: int, show: bool):
     return tqdm(total=total, desc="sweep", unit="point", disable=not show)
 
 
+@contextlib.contextmanager
+def dask_client(client, address: str | None, *, from_env: bool = False):
+    """``client`` itself, or one this call starts: on a `local_cluster` when ``address`` is
+    None or "local", else connected to the scheduler at ``address``; what it started is
+    closed when the block ends."""
+    if client is not None:
+        yield client
+        return
+    distributed = require("dask.distributed", "analysis")
+    with contextlib.ExitStack() as owned:
+        if address in (None, "local"):
+            cluster = owned.enter_context(local_cluster())
+            yield owned.enter_context(distributed.Client(cluster))
+        else:
+            yield owned.enter_context(_connect(distributed, address, from_env=from_env))
+
+
+def gather(client, futures: list, bar) -> Iterator:
+    """``(future, result)`` as each finishes, advancing ``bar``; on any error (or Ctrl-C)
+    the futures still running are cancelled."""
+    distributed = require("dask.distributed", "analysis")
+    try:
+        for future in distributed.as_completed(futures):
+            yield future, future.result()
+            bar.update(1)
+    except BaseException:
+        client.cancel(futures)
+        raise
+
+
 def _run_on_dask(points: list[dict], settings: dict, client, scheduler: str | None,
                  bar, plugins: tuple[str, ...] = ()) -> list[dict]:
-    distributed = require("dask.distributed", "analysis")
-    owned = []   # what this call started or connected, closed in reverse order at the end
-    try:
-        if client is None:
-            address = scheduler or os.environ.get(SCHEDULER_ENV) or None
-            if address is None:
-                cluster = local_cluster()
-                owned.append(cluster)
-                client = distributed.Client(cluster)
-            else:
-                client = _connect(distributed, address, from_env=scheduler is None)
-            owned.append(client)
+    address = scheduler or os.environ.get(SCHEDULER_ENV) or None
+    with dask_client(client, address, from_env=scheduler is None) as client:
         futures = client.map(run_point, points, settings=settings, plugins=plugins, pure=False)
-        rows = []
-        try:
-            for future in distributed.as_completed(futures):
-                rows.append(future.result())
-                bar.update(1)
-        except BaseException:
-            client.cancel(futures)
-            raise
-        return rows
-    finally:
-        for thing in reversed(owned):
-            thing.close()
+        return [row for _, row in gather(client, futures, bar)]
 
 
 def _connect(distributed, address: str, *, from_env: bool):
