@@ -322,7 +322,9 @@ def test_speak_events_toggle_plays_speech_in_the_browser(browser, stack):
     page.click("button:has-text('Speak events')")
     page.wait_for_selector(".timmy-speech :text('speaking events')", timeout=CHANGE)
     swarm.run(["fix the bug in the parser", "write the docs"], timeout=30)
-    page.locator(".timmy-speech").get_by_text("🔊", exact=False).wait_for(timeout=CHANGE)
+    line = page.locator(".timmy-speech")
+    line.get_by_text(re.compile("🔊|voice stopped")).wait_for(timeout=CHANGE)
+    assert "🔊" in line.inner_text(), line.inner_text()     # else: why the voice stopped
     duration = page.wait_for_function(
         "() => { const a = document.querySelector('audio.timmy-audio, .timmy-audio audio');"
         " return a && a.duration > 0 && a.duration; }", timeout=CHANGE).json_value()

@@ -400,6 +400,38 @@ def test_speak_events_plays_real_speech_in_the_page(make_swarm, eventually):
     box.close()
 
 
+def test_speak_events_says_when_the_voice_stops(make_swarm, eventually, tmp_path):
+    """Announcements that keep failing (here their folder is gone) turn the toggle off and
+    say why, instead of "speaking events" over silence."""
+    import shutil
+
+    from timmy.errors import VoiceUnavailable
+    from timmy.voice import check
+
+    try:
+        check()
+    except VoiceUnavailable as exc:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"voice is required under CI=true: {exc.hint}")
+        pytest.skip(f"no voice here: {exc.hint}")
+    swarm = make_swarm()
+    swarm.spawn_all(["forge"])
+    box = desktop(swarm, interval=0.05)
+    console = box.console
+    console.speak_button.value = True
+    console.announcer.min_interval = 0
+    shutil.rmtree(console._voice_dir.name)
+    for i in range(4):
+        swarm.run([f"fix the bug number {i} in the api client"], timeout=20)
+        if not console.speak_button.value:
+            break
+    eventually(lambda: not console.speak_button.value, timeout=20, what="the toggle off")
+    assert "voice stopped" in console.speak_line.value
+    assert "timmy doctor" in console.speak_line.value        # the hint
+    assert console.announcer is None
+    box.close()
+
+
 def test_speak_events_without_pyttsx3_says_how_to_fix_it(tmp_path):
     code = f"""
 import sys

@@ -44,8 +44,15 @@ class Announcer:
 
     Counters: ``heard`` (events worth announcing), ``announced`` (of those, covered by
     something said), ``spoken`` (utterances), ``dropped`` (not said: voice unavailable,
-    or closed before it could speak). ``said`` keeps the last 100 sentences, ``silenced``
-    why the announcer went quiet (None while it can speak).
+    an utterance that failed, or closed before it could speak). ``said`` keeps the last 100
+    sentences, ``silenced`` why the announcer went quiet (None while it can speak).
+
+    A voice that cannot start (no pyttsx3, no espeak-ng, no audio device) silences the
+    announcer at once. One utterance that fails (a full disk, a speech engine that
+    hiccups) only drops what it covered: the announcer goes quiet after ``max_failures``
+    failures in a row. ``on_silenced(error)`` is called once when it does, with a
+    `VoiceUnavailable` (its message and hint): a dashboard says so instead of showing
+    "speaking events" over silence.
 
     Its callback runs on the engine's thread and only counts the event under a lock: no
     I/O, no speech, no queue that can grow, so speech never slows an auction and never
@@ -54,15 +61,23 @@ class Announcer:
     """
 
     def __init__(self, to: str | Path | None = None, *, min_interval: float = 2.0,
-                 on_said: Callable[[str, Path | None], None] | None = None) -> None:
+                 on_said: Callable[[str, Path | None], None] | None = None,
+                 on_silenced: Callable[[VoiceUnavailable], None] | None = None,
+                 max_failures: int = 3) -> None:
         if min_interval < 0:
             raise ConfigError(f"min_interval must be >= 0, not {min_interval}",
                               hint="pass the fewest seconds between two announcements")
+        if max_failures < 1:
+            raise ConfigError(f"max_failures must be >= 1, not {max_failures}",
+                              hint="pass how many failed utterances in a row silence it")
         self.to = Path(to) if to is not None else None
         if self.to is not None:
             self.to.mkdir(parents=True, exist_ok=True)
         self.min_interval = min_interval
         self.on_said = on_said      # called with (sentence, WAV path or None) after each one
+        self.on_silenced = on_silenced
+        self.max_failures = max_failures
+        self.failures = 0           # utterances that failed in a row
         self.heard = self.announced = self.spoken = self.dropped = 0
         self.said: deque[str] = deque(maxlen=100)
         self.silenced: str | None = None
@@ -149,18 +164,23 @@ class Announcer:
             next_at = time.monotonic() + self.min_interval
             try:
                 self._say(text)
-            except VoiceUnavailable as exc:
-                with self._lock:
-                    self.dropped += n
-                self._silence(exc)
-                return
             except Exception as exc:  # an engine error must not kill the announcer silently
                 with self._lock:
                     self.dropped += n
-                self._silence(VoiceUnavailable(f"speech failed: {one_line(exc)}",
-                                               hint="run `timmy doctor`"))
-                return
+                    self.failures += 1
+                    failures = self.failures
+                if not isinstance(exc, VoiceUnavailable):
+                    exc = VoiceUnavailable(f"speech failed: {one_line(exc)}",
+                                           hint="run `timmy doctor`")
+                if failures >= self.max_failures:
+                    self._silence(exc)
+                    return
+                log.warning("an announcement was not said (%d of %d failures in a row "
+                            "before the voice goes quiet): %s", failures, self.max_failures,
+                            one_line(exc))
+                continue
             with self._lock:
+                self.failures = 0
                 self.spoken += 1
                 self.announced += n
                 self.said.append(text)
@@ -189,15 +209,24 @@ class Announcer:
             self.dropped += sum(self._pending.values())
             self._pending = Counter()
         _warn_once(exc)
+        if self.on_silenced is not None:
+            try:
+                self.on_silenced(exc)
+            except Exception:
+                log.exception("on_silenced callback failed")
 
 
 def announcer(to: str | Path | None = None, *, min_interval: float = 2.0,
-              on_said: Callable[[str, Path | None], None] | None = None) -> Announcer:
+              on_said: Callable[[str, Path | None], None] | None = None,
+              on_silenced: Callable[[VoiceUnavailable], None] | None = None,
+              max_failures: int = 3) -> Announcer:
     """An `Announcer` to pass to ``swarm.subscribe``: speaks (or, with ``to=DIR``, saves)
     auction winners and completions, rate-limited and merged, off the swarm's thread.
     ``on_said(sentence, wav_path_or_None)`` is called after each announcement (a
-    dashboard plays the WAV in the browser)."""
-    return Announcer(to, min_interval=min_interval, on_said=on_said)
+    dashboard plays the WAV in the browser); ``on_silenced(error)`` once if the voice
+    goes quiet (``max_failures`` failed utterances in a row, or no voice at all)."""
+    return Announcer(to, min_interval=min_interval, on_said=on_said,
+                     on_silenced=on_silenced, max_failures=max_failures)
 
 
 # At exit, announcers still running say what is pending (bounded): a script's last summary.

@@ -138,8 +138,31 @@ def _start_engine() -> Any:
 
 def _synthesise(voice: _VoiceThread, text: str, path: str) -> None:
     engine = _engine(voice)
+    _settle(engine)
     engine.save_to_file(text, path)
     engine.runAndWait()
+
+
+def _settle(engine: Any) -> None:
+    """Start each synthesis with espeak-ng idle and no stop request pending in the driver.
+
+    pyttsx3 2.99's espeak driver asks espeak-ng to stop whenever its run loop ends while
+    espeak-ng says it is playing (it says so right after it starts, before anything was
+    synthesised). The request is only cleared by a loop turn that comes before the end of
+    the message is called back, so it can outlive its utterance and cancel the next one:
+    espeak-ng then reports that message finished with no audio, and the WAV is empty (seen
+    in about 1 process in 12: the second save, often the first announcement after
+    `check`). So, first: wait for espeak-ng's thread to be idle (the driver then sees
+    nothing playing, and asks for no stop), and drop a request left over.
+    """
+    if not _linux():
+        return
+    espeak = sys.modules.get("pyttsx3.drivers._espeak")
+    if espeak is not None:
+        espeak.Synchronize()
+    driver = getattr(getattr(engine, "proxy", None), "_driver", None)
+    if getattr(driver, "_stopping", None) is True:
+        driver._stopping = False
 
 
 def _speak_job(voice: _VoiceThread, text: str) -> None:

@@ -82,7 +82,8 @@ class SpeakMixin:
             self.speak_line.value = error_html(exc)
             return
         self._voice_dir = tempfile.TemporaryDirectory(prefix="timmy-speech-")
-        self.announcer = voice.announcer(to=self._voice_dir.name, on_said=self._play)
+        self.announcer = voice.announcer(to=self._voice_dir.name, on_said=self._play,
+                                         on_silenced=self._silenced)
         self._unsubscribe_voice = self.swarm.subscribe(self.announcer)
         self.speak_line.value = "<i>speaking events: winners and completions</i>"
 
@@ -97,6 +98,12 @@ class SpeakMixin:
         self.audio.layout.display = None
         self.audio.value = data
         self.speak_line.value = f"🔊 {esc(sentence)}"
+
+    def _silenced(self, exc: TimmyError) -> None:
+        """The announcer went quiet (on its thread): turn the toggle off and say why."""
+        self.speak_button.value = False      # (clears the line: say why after it)
+        self.speak_line.value = error_html(type(exc)(f"voice stopped: {exc.message}",
+                                                     hint=exc.hint))
 
     def _stop_speaking(self) -> None:
         unsubscribe, self._unsubscribe_voice = self._unsubscribe_voice, None
