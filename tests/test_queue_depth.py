@@ -168,5 +168,6 @@ def test_the_chart_starts_from_the_true_queue_after_a_reload_of_a_long_history(m
     again = desktop(swarm)   # a reload: the window moved by the three cancels
     starts = before_window()   # all of them still queued when the window begins
     assert first_and_last(again.console) == (starts, queued - 3, queued - 3)
+    assert again.console.charts.depth.scales["y"].max == queued - 3   # its axis' top
     box.close()
     again.close()

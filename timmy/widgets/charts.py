@@ -14,6 +14,7 @@ from timmy.widgets.teach import EMPTY_CHARTS
 
 HEIGHT = "230px"
 WIDTH = "400px"
+MIN_DEPTH_TOP = 5   # the queue-depth axis reaches at least this many tasks
 LEGEND = ('<span class="timmy-legend-item" style="margin-right:14px;white-space:nowrap">'
           '<span style="color:{colour};font-weight:bold">{symbol}</span> {label}</span>')
 
@@ -124,6 +125,9 @@ class MarketCharts:
         with self.throughput.hold_sync(), self.depth.hold_sync():
             self.throughput.x, self.throughput.y = times, np.array(rate, dtype=float)
             self.depth.x, self.depth.y = times, np.array(depth, dtype=float)
+        # a scale from 0 to the top (an empty queue at 0, not halfway up as bqplot puts a flat
+        # line): whole tasks
+        self.depth.scales["y"].max = float(max(max(depth, default=0), MIN_DEPTH_TOP))
         for mark, points in ((self.on_spec, on), (self.off_spec, off)):
             with mark.hold_sync():
                 mark.x = [p.persona for p in points]
