@@ -72,6 +72,7 @@ class DesktopConsole(Console):
         self.tabs = tabs = w.Tab(children=[tasks, self.inspector.box])
         tabs.set_title(0, "Tasks")
         tabs.set_title(1, "Auction inspector")
+        tabs.observe(lambda _change: self.redraw_now(), names="selected_index")
         for widget, name in ((self.header, "header"), (self.agents_html, "agents"),
                              (self.tasks_html, "tasks")):
             widget.add_class(f"timmy-{name}")   # stable hooks for CSS and browser tests
@@ -102,15 +103,17 @@ class DesktopConsole(Console):
         live = sorted(a.agent_id for a in agents if a.status in ("idle", "busy", "starting"))
         if list(self.agent_pick.options) != live:
             self.agent_pick.options = live
-        return [
+        out = [
             (self.header, self.connection_banner() + render.status_line(s.counts, agents)
              + f'<div style="font-size:11px;color:#888">{s.events_seen} events seen</div>'),
             (self.agents_html, render.agents_table(agents)),
-            (self.tasks_html, render.tasks_table(
-                s.rows(None if status == ALL else status, self.task_rows),
-                empty=EMPTY_TASKS if status == ALL else EMPTY_FILTERED)),
             (self.cards_html, cards_html(s, self.market, self.status, now)),
         ]
+        if self.tabs.selected_index == 0:   # the task table only while its tab shows
+            out.append((self.tasks_html, render.tasks_table(
+                s.rows(None if status == ALL else status, self.task_rows),
+                empty=EMPTY_TASKS if status == ALL else EMPTY_FILTERED)))
+        return out
 
     def on_event(self, event) -> None:
         with self.lock:
