@@ -136,6 +136,15 @@ def test_a_task_waiting_since_before_the_window_leaves_the_queue_when_cancelled(
     assert m.queue_depth(1004.0)[1][-1] == 1   # 9 is bidding: still waiting
 
 
+def test_a_task_approved_at_the_window_start_was_not_waiting():
+    def e(i, kind, agent=None):
+        return Event(event_id=i, ts=1000.0 + i, kind=kind, task_id=5, agent_id=agent, data={})
+
+    m = MarketHistory()   # held for approval before the window; approved, assigned in it
+    m.load([e(1, "approved", "forge-1"), e(2, "task_assigned", "forge-1")], waiting=0)
+    assert m.start_depth == 0 and m.queue_depth(1003.0)[1] == [0] * len(m.axis(1003.0))
+
+
 def test_the_chart_starts_from_the_true_queue_after_a_reload_of_a_long_history(make_swarm,
                                                                                 eventually):
     """More stored events than a page reads (tasks posted with no runner: all still

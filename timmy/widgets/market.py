@@ -27,6 +27,9 @@ WAITING = ("queued", "bidding")
 #: A task first seen through one of these events was waiting (queued or bidding) before it.
 WAITED_BEFORE = frozenset({"auction_opened", "bid", "auction_closed", "approval_requested",
                            "task_assigned"})
+#: The status of a task first seen through an event that moves nothing itself.
+STATUS_SEEN = {"bid": "bidding", "approved": "awaiting_approval",
+               "rejected": "awaiting_approval"}
 
 
 def waited_before(kind: str, agent_id: str | None) -> bool:
@@ -177,8 +180,8 @@ class MarketHistory:
         status = status_after(kind, aid)
         if status is not None:
             self._move(tid, status, ts, kind, aid)
-        elif kind == "bid" and tid not in self._status and tid not in self._known:
-            self._move(tid, "bidding", ts, kind, aid)   # bidding since before the window
+        elif kind in STATUS_SEEN and tid not in self._status and tid not in self._known:
+            self._move(tid, STATUS_SEEN[kind], ts, kind, aid)   # so since before the window
 
     def _move(self, tid: int, status: str, ts: float, kind: str = "",
               agent_id: str | None = None) -> None:
