@@ -7,6 +7,7 @@ Screenshots go to ``test-artifacts/dashboards/``; under ``CI=true`` a missing Ch
 
 from __future__ import annotations
 
+import itertools
 import re
 import time
 
@@ -82,8 +83,8 @@ def test_cards_and_charts_show_the_market_and_survive_a_reload(browser, stack):
         "n => document.querySelector('.timmy-card-runners .timmy-card-value')"
         "?.textContent === String(n)", arg=live, timeout=CHANGE)
     assert runners.inner_text() == str(live)
-    tasks_card = page.locator(".timmy-card-tasks").inner_text()
-    assert f"completed {completed}" in tasks_card
+    page.locator(".timmy-card-tasks").get_by_text(   # a redraw after the charts' may be due
+        f"completed {completed}", exact=False).wait_for(timeout=CHANGE)
     assert re.search(r"\d+(\.\d+)? (ms|s)", page.locator(".timmy-card-latency").inner_text())
     assert page.locator(".timmy-chart svg").count() >= 3
     page.wait_for_function("() => document.querySelectorAll('.timmy-chart .dot').length > 0",
@@ -147,6 +148,12 @@ def test_legends_leave_the_data_visible_on_a_desktop_and_a_phone(browser, stack)
             "() => document.querySelectorAll('.timmy-chart .dot').length > 0", timeout=CHANGE)
         page.locator(".timmy-chart-box").first.scroll_into_view_if_needed()
         assert legends_over_plots(page) == [], name
+        ticks = page.evaluate("""() => [...document.querySelectorAll('.timmy-chart .axis')]
+            .filter(a => a.querySelector('.axislabel')?.textContent === 'tasks waiting')
+            .map(a => [...a.querySelectorAll('.tick text')].map(t => t.textContent))""")
+        assert len(ticks) == 1, ticks
+        whole = sorted(int(t.replace(",", "")) for t in ticks[0])   # whole tasks, evenly
+        assert whole[0] == 0 and len({b - a for a, b in itertools.pairwise(whole)}) == 1, ticks
         shot(page, f"desktop-chart-legends-{name}")
         page.context.close()
     swarm.close()

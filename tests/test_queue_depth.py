@@ -177,6 +177,16 @@ def test_the_chart_starts_from_the_true_queue_after_a_reload_of_a_long_history(m
     again = desktop(swarm)   # a reload: the window moved by the three cancels
     starts = before_window()   # all of them still queued when the window begins
     assert first_and_last(again.console) == (starts, queued - 3, queued - 3)
-    assert again.console.charts.depth.scales["y"].max == queued - 3   # its axis' top
+    top, ticks = again.console.charts.depth.scales["y"].max, again.console.charts.depth_axis
+    assert list(ticks.tick_values) == list(range(0, 15_001, 5000)) and top == 15_000
     box.close()
     again.close()
+
+
+@pytest.mark.parametrize(("top", "ticks"), [(0, [0, 1]), (5, [0, 1, 2, 3, 4, 5]),
+                                            (7, [0, 2, 4, 6, 8]), (48, [0, 10, 20, 30, 40, 50]),
+                                            (10_047, [0, 5000, 10_000, 15_000])])
+def test_the_depth_axis_has_whole_ticks_from_zero_past_the_top(top, ticks):
+    from timmy.widgets.charts import whole_ticks
+
+    assert whole_ticks(top) == ticks

@@ -26,6 +26,16 @@ def legend_html(items) -> str:
                       for label, colour, symbol in items) + "</div>")
 
 
+def whole_ticks(top: int, n: int = 5) -> list[int]:
+    """About ``n`` ticks of whole numbers from 0 past ``top``, a step of 1, 2 or 5 x 10^k."""
+    import math
+
+    raw = max(top, 1) / n
+    mag = 10 ** math.floor(math.log10(raw)) if raw >= 1 else 1
+    step = next(m * mag for m in (1, 2, 5, 10) if m * mag >= raw)
+    return list(range(0, math.ceil(max(top, 1) / step) * step + 1, step))
+
+
 def bqplot():
     return require("bqplot", "notebooks")
 
@@ -51,8 +61,7 @@ class MarketCharts:
             [bq.Axis(scale=time_x, label="time"),
              bq.Axis(scale=self.throughput.scales["y"], side="left",
                      label="completions per second", tick_format=".2f"),
-             bq.Axis(scale=self.depth.scales["y"], side="right",
-                     label="tasks waiting", tick_format="d")])
+             self._depth_axis(bq)])
         persona_x, price_y = bq.OrdinalScale(), bq.LinearScale(min=0)
         scales = {"x": persona_x, "y": price_y}
         self.on_spec = bq.Scatter(x=[], y=[], scales=scales, marker="circle",
@@ -92,6 +101,11 @@ class MarketCharts:
         self.box.add_class("timmy-market-charts")
         self._last: tuple | None = None
 
+    def _depth_axis(self, bq):
+        self.depth_axis = bq.Axis(scale=self.depth.scales["y"], side="right",
+                                  label="tasks waiting", tick_format="d")
+        return self.depth_axis
+
     def _figure(self, title: str, marks, legend, axes):
         """A figure; it and its legend under it join `chart_boxes` (at most the page's width)."""
         w = self.w
@@ -125,9 +139,10 @@ class MarketCharts:
         with self.throughput.hold_sync(), self.depth.hold_sync():
             self.throughput.x, self.throughput.y = times, np.array(rate, dtype=float)
             self.depth.x, self.depth.y = times, np.array(depth, dtype=float)
-        # a scale from 0 to the top (an empty queue at 0, not halfway up as bqplot puts a flat
-        # line): whole tasks
-        self.depth.scales["y"].max = float(max(max(depth, default=0), MIN_DEPTH_TOP))
+        ticks = whole_ticks(max(max(depth, default=0), MIN_DEPTH_TOP))
+        with self.depth_axis.hold_sync():   # from 0 (a flat line sits halfway up otherwise)
+            self.depth.scales["y"].max = float(ticks[-1])
+            self.depth_axis.tick_values = np.array(ticks, dtype=float)
         for mark, points in ((self.on_spec, on), (self.off_spec, off)):
             with mark.hold_sync():
                 mark.x = [p.persona for p in points]
