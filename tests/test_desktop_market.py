@@ -97,9 +97,12 @@ def test_cards_charts_and_teaching_on_a_real_swarm(swarm):
                if e.kind == "auction_closed" and e.agent_id is not None]
     assert len(console.charts.on_spec.x) + len(console.charts.off_spec.x) == len(cleared)
     assert sum(console.charts.earned.y) == sum(t.price_sats for t in swarm.tasks())
-    for fig in (console.charts.fig_flow, console.charts.fig_prices, console.charts.fig_personas):
+    figures = (console.charts.fig_flow, console.charts.fig_prices, console.charts.fig_personas)
+    for fig, box in zip(figures, console.charts.chart_boxes, strict=True):
         assert all(axis.label for axis in fig.axes)
-        assert all(mark.labels and mark.display_legend for mark in fig.marks)
+        legend = box.children[1].value   # under the plot, not over it (bqplot's own is off)
+        assert all(mark.labels and mark.labels[0] in legend and not mark.display_legend
+                   for mark in fig.marks)
 
     again = desktop(swarm).console   # a reload: the stored events, the same picture
     assert again.market.summary() == console.market.summary()

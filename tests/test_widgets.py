@@ -238,10 +238,15 @@ def test_a_flood_of_events_redraws_a_few_times_and_ends_up_right(make_swarm, eve
     assert 2 <= redraws <= 2 + elapsed / console.throttle.interval, (redraws, elapsed)
     state = console.state
     assert all(state.tasks[t].status == "completed" for t in range(1_000_000, 1_000_715))
-    assert state.counts["completed"] == 715 and not state.auctions
+    assert state.counts["completed"] == 715
     assert state.agents["forge-1"].earned_sats == earned_before + 715 * 30
-    assert len(state.prices) == min(715, state.prices.maxlen)
+    newest = state.recent.newest(1)[0]   # the recent auctions (replaced "open auctions")
+    assert (newest.task_id, newest.winner, newest.price_sats) == (1_000_714, "forge-1", 30)
+    assert len(state.recent.records) == min(715, state.recent.records.maxlen)
     if make_console is desktop:
+        prices = console.market.prices   # the price chart's (replaced the sparkline's)
+        assert len(prices) == min(715, prices.maxlen)
+        assert prices[-1].sats == 30 and prices[-1].on_spec
         assert "synthetic 1000714 &lt;b&gt;" in console.tasks_html.value
         assert "completed 715" in console.header.value
     else:

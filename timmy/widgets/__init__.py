@@ -3,8 +3,8 @@ is loaded only when a console is built). Each updates from ``swarm.subscribe``, 
 every ``interval`` seconds, and unsubscribes when its box is closed:
 
 =====================================  ==============================================
-``timmy.widgets.desktop(swarm)``       agents, open auctions and their bids, tasks with
-                                       a status filter, post / spawn / stop, live charts
+``timmy.widgets.desktop(swarm)``       stat cards and charts, agents, recent auctions,
+                                       tasks with a status filter, post / spawn / stop
                                        and an auction inspector
 ``timmy.widgets.mobile(swarm)``        status header, live feed, post box, latest results
 ``timmy.widgets.inspect(swarm, id)``   every bid of a task's auctions, the rule, the

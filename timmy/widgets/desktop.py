@@ -1,4 +1,4 @@
-"""The desktop console: agents, open auctions, tasks, controls, live charts and an inspector;
+"""The desktop console: agents, recent auctions, tasks, controls, live charts and an inspector;
 ``timmy.widgets.desktop(swarm)`` in a notebook cell, on a local swarm or an attached client.
 """
 
@@ -35,9 +35,7 @@ class DesktopConsole(Console):
         self.task_rows = task_rows
         self.header = w.HTML()
         self.agents_html = w.HTML()
-        self.auctions_html = w.HTML()
         self.tasks_html = w.HTML()
-        self.charts_html = w.HTML()
         self.status_filter = w.Dropdown(options=[ALL, *TASK_STATES], value=ALL,
                                         description="status", layout=w.Layout(width="220px"))
         self.status_filter.observe(lambda _change: self.redraw_now(), names="value")
@@ -67,16 +65,16 @@ class DesktopConsole(Console):
         left = w.VBox([w.HTML("<h4>Agents</h4>"), self.agents_html,
                        w.HTML("<h4>Recent auctions</h4>"), self.recent.box],
                       layout=w.Layout(width="50%"))
-        right = w.VBox([w.HTML("<h4>Live</h4>"), self.charts_html, controls,
+        right = w.VBox([w.HTML("<h4>Controls</h4>"), controls,
                         w.HTML("<h4>Awaiting approval</h4>"), self.approvals.box],
                        layout=w.Layout(width="50%"))
         tasks = w.VBox([self.status_filter, self.tasks_html])
         self.tabs = tabs = w.Tab(children=[tasks, self.inspector.box])
         tabs.set_title(0, "Tasks")
         tabs.set_title(1, "Auction inspector")
+        tabs.observe(lambda _change: self.redraw_now(), names="selected_index")
         for widget, name in ((self.header, "header"), (self.agents_html, "agents"),
-                             (self.auctions_html, "auctions"), (self.tasks_html, "tasks"),
-                             (self.charts_html, "charts")):
+                             (self.tasks_html, "tasks")):
             widget.add_class(f"timmy-{name}")   # stable hooks for CSS and browser tests
         from timmy.widgets.charts import MarketCharts
         from timmy.widgets.teach import HOW
@@ -105,19 +103,17 @@ class DesktopConsole(Console):
         live = sorted(a.agent_id for a in agents if a.status in ("idle", "busy", "starting"))
         if list(self.agent_pick.options) != live:
             self.agent_pick.options = live
-        charts = (render.sparkline(s.throughput(60), "completed per second (60 s)")
-                  + render.sparkline(list(s.prices), "clearing price, sats (last auctions)"))
-        return [
+        out = [
             (self.header, self.connection_banner() + render.status_line(s.counts, agents)
              + f'<div style="font-size:11px;color:#888">{s.events_seen} events seen</div>'),
             (self.agents_html, render.agents_table(agents)),
-            (self.auctions_html, render.auctions_html(list(s.auctions.values()))),
-            (self.tasks_html, render.tasks_table(
-                s.rows(None if status == ALL else status, self.task_rows),
-                empty=EMPTY_TASKS if status == ALL else EMPTY_FILTERED)),
-            (self.charts_html, charts),
             (self.cards_html, cards_html(s, self.market, self.status, now)),
         ]
+        if self.tabs.selected_index == 0:   # the task table only while its tab shows
+            out.append((self.tasks_html, render.tasks_table(
+                s.rows(None if status == ALL else status, self.task_rows),
+                empty=EMPTY_TASKS if status == ALL else EMPTY_FILTERED)))
+        return out
 
     def on_event(self, event) -> None:
         with self.lock:
@@ -125,16 +121,18 @@ class DesktopConsole(Console):
         super().on_event(event)
 
     def _load_market(self) -> None:
-        """The charts start from the stored events (one page, the newest) and status()."""
-        from timmy.widgets.market import HISTORY
+        """The charts start from the stored events (one page, the newest) and status();
+        queue depth from the store's count of tasks waiting (`MarketHistory.load`)."""
+        from timmy.widgets.market import HISTORY, waiting_now
 
         try:
             events = self.swarm.events(limit=HISTORY)
         except (TimmyError, OSError):
             events = []   # the charts then start from the live events
-        with self.lock:
-            self.market.load(events)
         self._refresh_status(force=True)
+        with self.lock:
+            statuses = {tid: row.status for tid, row in self.state.tasks.items()}
+            self.market.load(events, statuses, waiting_now(self.status))
 
     def _refresh_status(self, force: bool = False) -> None:
         """``swarm.status()`` (spend, budget left) at most every `STATUS_EVERY` seconds."""

@@ -1,6 +1,13 @@
 """`MarketHistory`: what the desktop's stat cards and charts draw, folded from the stored
 events (the newest `HISTORY` of them, one page from the swarm) and then from the live stream;
 pure (no widgets, no I/O), so a reload that reads the same stored events draws the same picture.
+
+Queue depth needs more than the window: tasks that waited before its first event are in no
+stored event of it. `MarketHistory.load` is given the true number waiting now (the store's
+counts) and the tasks' statuses (the console's snapshot); the depth at the window's start is
+that number minus the net change the window's events made, and each task first seen in the
+window counts as waiting before its first event when that event says so (an auction opened
+for it, a bid, ...), so the chart is right from its first point and follows events after.
 """
 
 from __future__ import annotations
@@ -17,6 +24,21 @@ POINTS = 120       # points those charts keep (10 minutes at 5 s)
 PRICES = 500       # clearing prices kept (the newest)
 MIN_POINTS = 23    # the time axis spans at least this many buckets before now
 WAITING = ("queued", "bidding")
+#: A task first seen through one of these events was waiting (queued or bidding) before it.
+WAITED_BEFORE = frozenset({"auction_opened", "bid", "auction_closed", "approval_requested",
+                           "task_assigned"})
+#: The status of a task first seen through an event that moves nothing itself.
+STATUS_SEEN = {"bid": "bidding", "approved": "awaiting_approval",
+               "rejected": "awaiting_approval"}
+
+
+def waited_before(kind: str, agent_id: str | None) -> bool:
+    """Whether a task whose first known event is (``kind``, ``agent_id``) was waiting before
+    it: a cancel or failure with no agent holding the task took it from the queue or its
+    auction (`timmy.engine.coordinator` names the holder on every finish event)."""
+    if kind in ("task_cancelled", "task_failed"):
+        return agent_id is None
+    return kind in WAITED_BEFORE
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +50,14 @@ class Price:
     persona: str
     sats: int
     on_spec: bool
+
+
+def waiting_now(status: dict | None) -> int | None:
+    """Tasks queued or bidding by a swarm's ``status()`` (None: it does not say)."""
+    tasks = (status or {}).get("tasks")
+    if not isinstance(tasks, dict):
+        return None
+    return sum(tasks.get(k, 0) for k in WAITING)
 
 
 def persona_of(agent_id: str | None, known: dict[str, str] | None = None) -> str:
@@ -68,18 +98,42 @@ class MarketHistory:
         self._status: OrderedDict[int, str] = OrderedDict()
         self._bids: dict[tuple[int, str], bool] = {}      # (task, agent) -> on_spec, open only
         self.waiting = 0
+        self.start_depth = 0   # tasks waiting before the first depth point kept
+        self._known: dict[int, str] = {}   # task -> status, from the snapshot (`load`)
         self.first_ts: float | None = None
         self.last_ts: float | None = None
 
     # -- loading ------------------------------------------------------------
-    def load(self, events) -> None:
-        """Fold the stored events in, then the live ones that arrived meanwhile (once each)."""
+    def load(self, events, statuses: dict[int, str] | None = None,
+             waiting: int | None = None) -> None:
+        """Fold the stored events in, then the live ones that arrived meanwhile (once each).
+
+        ``waiting``: tasks queued or bidding now, by the store (``status()["tasks"]``);
+        ``statuses``: task -> status now, of the tasks the console knows (the snapshot). With
+        either, queue depth starts from the truth instead of from the window's first event.
+        """
         for event in sorted(events, key=lambda e: e.event_id):
             self._fold(event)
         pending, self._pending = self._pending, None
         for event in sorted(pending, key=lambda e: e.event_id):
             self._fold(event)
+        statuses = statuses or {}
+        if waiting is None and statuses:
+            waiting = sum(s in WAITING for s in statuses.values())
+        if waiting is not None:
+            self._seed(waiting)
+        self._known = {t: s for t, s in statuses.items() if t not in self._status}
         self.loaded = True
+
+    def _seed(self, waiting: int) -> None:
+        """Shift the depth so that it ends at ``waiting``: the tasks that waited through the
+        whole window (and those that waited before their first event in it) were counted
+        from zero until now."""
+        offset = waiting - self.waiting
+        self.waiting += offset
+        self.start_depth += offset
+        for key in self.depth:
+            self.depth[key] += offset
 
     def apply(self, event) -> None:
         """One live event (kept aside until `load` has the stored ones)."""
@@ -125,21 +179,25 @@ class MarketHistory:
                 self.latencies.append(ts - self._posted.pop(tid))
         status = status_after(kind, aid)
         if status is not None:
-            self._move(tid, status, ts)
+            self._move(tid, status, ts, kind, aid)
+        elif kind in STATUS_SEEN and tid not in self._status and tid not in self._known:
+            self._move(tid, STATUS_SEEN[kind], ts, kind, aid)   # so since before the window
 
-    def _move(self, tid: int, status: str, ts: float) -> None:
-        before = self._status.get(tid)
+    def _move(self, tid: int, status: str, ts: float, kind: str = "",
+              agent_id: str | None = None) -> None:
+        before = self._status.get(tid) or self._known.pop(tid, None)
         if before in ("completed", "failed", "cancelled"):
             return
-        self.waiting += (status in WAITING) - (before in WAITING)
+        was = before in WAITING if before is not None else waited_before(kind, agent_id)
+        self.waiting += (status in WAITING) - was
         self._status[tid] = status
         self._status.move_to_end(tid)
         if len(self._status) > self.max_tasks:
-            _, old = self._status.popitem(last=False)
-            self.waiting -= old in WAITING
+            self._status.popitem(last=False)   # forgotten, still counted: its next event
+            #                                    says whether it was waiting (waited_before)
         self.depth[self._bucket(ts)] = self.waiting
         while len(self.depth) > self.points:
-            self.depth.popitem(last=False)
+            _, self.start_depth = self.depth.popitem(last=False)
 
     def _bucket(self, ts: float) -> int:
         return int(ts // self.bucket) * self.bucket
@@ -162,14 +220,14 @@ class MarketHistory:
     def queue_depth(self, now: float) -> tuple[list[int], list[int]]:
         """(bucket starts, tasks queued or bidding at the end of each): carried forward."""
         xs = self.axis(now)
-        ys, last = [], 0
+        ys, last = [], self.start_depth
         known = sorted(self.depth.items())
         i = 0
         for x in xs:
             while i < len(known) and known[i][0] <= x:
                 last = known[i][1]
                 i += 1
-            ys.append(last)
+            ys.append(max(last, 0))
         return xs, ys
 
     def rate(self, now: float, seconds: int = 60) -> float:

@@ -1,4 +1,4 @@
-"""HTML for the consoles: tables, the live feed, sparklines; pure functions, strings out, and
+"""HTML for the consoles: tables, the live feed, the header; pure functions, strings out, and
 everything that came from a user or an agent goes through `esc`.
 """
 
@@ -62,22 +62,6 @@ def reliability(agent) -> str:
     return "–" if r is None else esc(f"{r:.2f}")
 
 
-def auctions_html(auctions, limit: int = 10) -> str:
-    """Open auctions, newest first, each with the sealed bids that arrived so far."""
-    items = []
-    for a in sorted(auctions, key=lambda a: -a.task_id)[:limit]:
-        bids = ", ".join(f"{esc(agent)} {esc(sats)}{'★' if on_spec else ''}"
-                         for agent, sats, on_spec in sorted(a.bids, key=lambda b: b[1]))
-        items.append(f"<li>task {esc(a.task_id)} (attempt {esc(a.attempt)}): "
-                     f"{len(a.bids)}/{esc(a.eligible)} bids{': ' + bids if bids else ''}</li>")
-    more = len(auctions) - limit
-    if more > 0:
-        items.append(f"<li>… and {more} more</li>")
-    if not items:
-        return '<div style="color:#888">no open auctions</div>'
-    return '<ul style="margin:0;padding-left:18px;font-size:13px">' + "".join(items) + "</ul>"
-
-
 def tasks_table(rows, empty: str = "no tasks") -> str:
     body = [(esc(r.task_id), esc(clip(r.description)), badge(r.status), esc(r.agent),
              esc(r.price_sats), esc(r.attempts), esc(clip(r.reason or r.why, 60)))
@@ -111,23 +95,6 @@ def feed_html(events, limit: int = 20) -> str:
         return '<div style="color:#888">waiting for events…</div>'
     return ('<div style="font-family:monospace;font-size:12px;line-height:1.5">'
             + "<br>".join(lines) + "</div>")
-
-
-def sparkline(values: Sequence[float], title: str, width: int = 240, height: int = 40) -> str:
-    """An inline SVG line of ``values`` with its title and last value (no matplotlib)."""
-    values = list(values)
-    last = values[-1] if values else None
-    top = max(values) if values else 0
-    if len(values) >= 2 and top > 0:
-        step = width / (len(values) - 1)
-        points = " ".join(f"{i * step:.1f},{height - 2 - (v / top) * (height - 4):.1f}"
-                          for i, v in enumerate(values))
-        line = f'<polyline fill="none" stroke="#1565c0" stroke-width="1.5" points="{points}"/>'
-    else:
-        line = ""
-    return (f'<div style="display:inline-block;margin-right:16px;font-size:12px">'
-            f"{esc(title)}: <b>{esc(last)}</b> (max {esc(top)})<br>"
-            f'<svg width="{width}" height="{height}" style="background:#f5f5f5">{line}</svg></div>')
 
 
 def status_line(counts, agents) -> str:

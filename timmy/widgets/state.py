@@ -4,7 +4,6 @@ folded in by `SwarmState.apply` in O(1); pure (no widgets, no I/O).
 
 from __future__ import annotations
 
-import time
 from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass, field
 
@@ -40,26 +39,15 @@ class AgentRow:
     reliability: float | None = None   # `timmy.market.reputation`; None: not known yet
 
 
-@dataclass(slots=True)
-class OpenAuction:
-    task_id: int
-    attempt: int
-    eligible: int
-    bids: list[tuple[str, int, bool]] = field(default_factory=list)
-
-
 class SwarmState:
-    """Agents, tasks (the newest ``max_tasks``), open auctions, the last ``feed_size`` events,
-    completions per second and recent clearing prices."""
+    """Agents, tasks (the newest ``max_tasks``), the last ``feed_size`` events and the recent
+    auctions (the desktop's charts and cards fold their own `timmy.widgets.market`)."""
 
-    def __init__(self, feed_size: int = 50, max_tasks: int = 5000, series: int = 120) -> None:
+    def __init__(self, feed_size: int = 50, max_tasks: int = 5000) -> None:
         self.agents: dict[str, AgentRow] = {}
         self.tasks: OrderedDict[int, TaskRow] = OrderedDict()
         self.counts: Counter[str] = Counter()
-        self.auctions: dict[int, OpenAuction] = {}
         self.feed: deque = deque(maxlen=feed_size)
-        self.prices: deque[int] = deque(maxlen=series)
-        self.completions: deque[float] = deque(maxlen=10_000)
         self.completed_ids: deque[int] = deque(maxlen=feed_size)
         self.events_seen = 0
         self.last_event_id = 0
@@ -116,24 +104,15 @@ class SwarmState:
             agent.status = AGENT_STATUS[kind]
             agent.restarts = data.get("restarts", agent.restarts)
             return
-        if tid is None:
-            return
-        if kind == "bid":
-            auction = self.auctions.get(tid)
-            if auction is not None:
-                auction.bids.append((aid, data.get("sats"), bool(data.get("on_spec"))))
+        if tid is None or kind == "bid":
             return
         row = self._task(tid)
         if kind == "task_posted":
             row.description = data.get("description", row.description)
-        elif kind == "auction_opened":
-            self.auctions[tid] = OpenAuction(tid, data.get("attempt", 1), data.get("eligible", 0))
         elif kind == "auction_closed":
-            self.auctions.pop(tid, None)
             row.why = data.get("why")
-            if aid is not None and data.get("price_sats") is not None:
-                self.prices.append(data["price_sats"])
-            elif row.status not in TERMINAL_STATES:
+            if (aid is None or data.get("price_sats") is None) \
+                    and row.status not in TERMINAL_STATES:
                 self._set_status(row, "queued")   # nobody could take it: back in the queue
         elif kind == "approval_requested":   # the winning bid held (timmy.market.budgets)
             row.agent, row.price_sats = aid, data.get("price_sats")
@@ -157,7 +136,6 @@ class SwarmState:
             if kind == "task_completed" and row.status not in TERMINAL_STATES:
                 if holder is not None:
                     holder.earned_sats += data.get("price_sats") or 0
-                self.completions.append(event.ts)
                 self.completed_ids.append(tid)
             if kind == "task_requeued" and row.status not in TERMINAL_STATES:
                 row.agent, row.price_sats = None, None
@@ -165,17 +143,6 @@ class SwarmState:
             self._set_status(row, TASK_STATUS[kind])
 
     # -- reads for the views ------------------------------------------------
-    def throughput(self, seconds: int = 60, now: float | None = None) -> list[int]:
-        """Completions in each of the last ``seconds`` one-second buckets, oldest first."""
-        now = time.time() if now is None else now
-        buckets = [0] * seconds
-        for ts in reversed(self.completions):
-            age = int(now - ts)
-            if age >= seconds:
-                break
-            buckets[seconds - 1 - max(age, 0)] += 1
-        return buckets
-
     def rows(self, status: str | None = None, limit: int = 100) -> list[TaskRow]:
         """The newest ``limit`` tasks (in ``status`` if given), newest first."""
         out = []
