@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -11,9 +13,9 @@ import pytest
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
 
 
-def run(script: str, *args: str) -> str:
+def run(script: str, *args: str, timeout: float = 120) -> str:
     out = subprocess.run([sys.executable, str(BENCH / script), *args], capture_output=True,
-                         text=True, timeout=120)
+                         text=True, timeout=timeout)
     assert out.returncode == 0, out.stderr[-2000:]
     return out.stdout
 
@@ -60,11 +62,40 @@ def test_service_benchmark_prints_its_figures():
     assert "requests/s" in out and "p99" in out and "events/s" in out
 
 
-@pytest.mark.timeout(150)
+def need_browser() -> None:
+    """Playwright and Chromium, as tests/test_dashboards.py: a skip, but a failure under CI."""
+    from timmy.errors import MissingDependency
+    from timmy.ops.browser import chromium_path
+
+    try:
+        import playwright.sync_api  # noqa: F401
+        chromium_path()
+    except (ImportError, MissingDependency) as exc:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"playwright and chromium are required under CI=true: {exc}")
+        pytest.skip(f"playwright or chromium missing: {exc}")
+
+
+FIGURE = r"request -> {what}: median ([0-9.]+)s \(min ([0-9.]+)s, max ([0-9.]+)s, 1 loads\)"
+
+
+@pytest.mark.timeout(300)
 def test_dashboard_benchmark_prints_its_figures():
-    out = run("dashboard.py", "--loads", "1", "--tasks", "5", "--modes", "preheated")
-    assert "desktop  request -> first swarm table: median" in out
-    assert "mobile   request -> first swarm table: median" in out
+    need_browser()
+    out = run("dashboard.py", "--loads", "1", "--tasks", "5", "--modes", "preheated",
+              timeout=280)
+    for kind in ("desktop", "mobile"):
+        trivial = re.search(r"preheated trivial  " + FIGURE.format(
+            what=re.escape(f"its table ({kind} size)")), out)
+        assert trivial, out
+        assert all(float(t) > 0 for t in trivial.groups())
+        for what in ("first swarm table", "first chart"):
+            found = re.search(f"preheated {kind:8} " + FIGURE.format(what=what)
+                              + r"; ([0-9.]+)x the trivial page", out)
+            assert found, (kind, what, out)
+            median, *_, ratio = map(float, found.groups())
+            assert median > 0 and ratio > 0
+            assert ratio == pytest.approx(median / float(trivial.group(1)), abs=0.03)  # rounding
 
 
 @pytest.mark.timeout(150)
