@@ -12,7 +12,6 @@ task's next ``task_completed`` or ``verification_failed`` (a result), ``task_req
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -177,7 +176,7 @@ def calibrate(source, *, min_tasks: int = MIN_TASKS) -> Model:
     runs = rebuild_runs(tables)
     persona_of = _personas(tables["agents"])
     runners: dict[str, int] = {}
-    for aid, persona in persona_of.items():
+    for persona in persona_of.values():
         runners[persona] = runners.get(persona, 0) + 1
     done = [r for r in runs if r.outcome in ("ok", "failed")]
     if len(done) < 2:
