@@ -24,6 +24,7 @@ from timmy.sim.model import (
     OverheadModel,
     PersonaModel,
     fit_durations,
+    round_sig,
 )
 
 #: Completed tasks a calibration needs by default.
@@ -73,9 +74,16 @@ def read_tables(source) -> dict:
         return {n: getattr(source, n) for n in names}
     con = connect(source)
     try:
-        return {n: con.execute(f"SELECT * FROM {n}").df() for n in names}
+        # via Arrow, as a SimRun's: missing numbers are NaN, not pandas.NA
+        return {n: _arrow(con.sql(f"SELECT * FROM {n}")).to_pandas() for n in names}
     finally:
         con.close()
+
+
+def _arrow(relation):
+    """A DuckDB relation as an Arrow table (the method's name changed in DuckDB 2)."""
+    fetch = getattr(relation, "to_arrow_table", None) or relation.arrow
+    return fetch()
 
 
 def rebuild_runs(tables: dict) -> list[Run]:
@@ -261,7 +269,7 @@ def _overhead(events) -> OverheadModel:
         slope, base = 0.0, float(y.mean())
     residuals = y - (base + slope * x)
     return OverheadModel(base=base, per_queued=slope, n=len(y),
-                         residuals=[float(v) for v in np.quantile(residuals, QUANTILES)])
+                         residuals=[round_sig(v) for v in np.quantile(residuals, QUANTILES)])
 
 
 def _restart_gaps(events, persona_of: dict[str, str]) -> dict[str, list[float]]:

@@ -359,7 +359,7 @@ def fit_durations(values) -> DurationFit:
     stats = require("scipy.stats", "analysis")
     x = np.sort(np.asarray(values, dtype=float))
     x = x[np.isfinite(x)]
-    quantiles = [float(v) for v in np.quantile(x, QUANTILES)]
+    quantiles = [round_sig(v) for v in np.quantile(x, QUANTILES)]
     fit = DurationFit(n=len(x), mean=float(x.mean()), quantiles=quantiles)
     if len(x) > 5000:   # the fit on an even subsample: as good, much faster
         x = x[np.linspace(0, len(x) - 1, 5000).astype(int)]
@@ -475,6 +475,11 @@ def _mean_success(p: PersonaModel) -> float:
     if runs <= 0:
         return p.success(True)
     return (p.on_spec_runs * p.success(True) + p.off_spec_runs * p.success(False)) / runs
+
+
+def round_sig(value) -> float:
+    """``value`` to 6 significant digits: what a model file keeps of a quantile."""
+    return float(f"{float(value):.6g}")
 
 
 def _rate(value: float | None) -> str:
