@@ -130,7 +130,7 @@ def calibrate_cmd(source: str, out: Path, min_tasks: int) -> None:
     speciality, crashes; the arrivals; the coordinator's overhead. Simulate with it:
     `timmy simulate --model FILE`.
     """
-    from timmy.sim.calibrate import calibrate
+    from timmy.sim.calibration import calibrate
 
     model = calibrate(source, min_tasks=min_tasks)
     model.save(out)

@@ -1,4 +1,4 @@
-"""A digital twin's model of a swarm (`Model`), fitted by `timmy.sim.calibrate.calibrate` from
+"""A digital twin's model of a swarm (`Model`), fitted by `timmy.sim.calibration.calibrate` from
 what a run recorded and used by ``simulate(..., model=)``: per persona the distribution of
 execution time (a scipy family and the empirical quantiles), success on and off its speciality,
 crashes and restarts; the arrivals of the recorded posts; the coordinator's own overhead from

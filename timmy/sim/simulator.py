@@ -665,8 +665,8 @@ class SimRun:
 
     def summary(self) -> dict:
         """The run's figures: throughput, post-to-done p50/p95/p99, cost per task,
-        utilisation per runner, queue over time (`timmy.sim.calibrate.summarize`)."""
-        from timmy.sim.calibrate import summarize_tables
+        utilisation per runner, queue over time (`timmy.sim.calibration.summarize`)."""
+        from timmy.sim.calibration import summarize_tables
 
         return summarize_tables({n: getattr(self, n) for n in TABLES})
 
