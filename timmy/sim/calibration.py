@@ -215,7 +215,7 @@ def calibrate(source, *, min_tasks: int = MIN_TASKS) -> Model:
             share=(len(results) + crashes) / total if total else 0.0)
     rules = tables["bids"]["rule"]
     return Model(personas=personas, arrivals=_arrivals(tasks),
-                 overhead=_overhead(events), source=_name(source), tasks=len(tasks),
+                 overhead=_overhead(tasks, events), source=_name(source), tasks=len(tasks),
                  rule=str(rules.mode().iloc[0]) if len(rules) else "")
 
 
@@ -238,35 +238,28 @@ def _arrivals(tasks) -> ArrivalModel:
     return ArrivalModel(rate=rate, burstiness=cv, n=len(posted), mix=mix)
 
 
-def _overhead(events) -> OverheadModel:
-    """Post to first assignment against the tasks posted and not yet assigned at the post."""
+def _overhead(tasks, events) -> OverheadModel:
+    """Post (the task's ``created_at``) to its first assignment, against the tasks posted
+    before it and not yet assigned (nor ended) when it was posted."""
     np = require("numpy", "analysis")
-    ev = events.sort_values("event_id", kind="stable")
-    posted: dict[int, tuple[float, int]] = {}
-    waiting = 0
-    xs, ys = [], []
-    for ts, kind, tid in zip(ev["ts"], ev["kind"], ev["task_id"], strict=True):
-        if tid is None or tid != tid:
-            continue
-        tid = int(tid)
-        if kind == "task_posted":
-            posted[tid] = (float(ts), waiting)
-            waiting += 1
-        elif kind in ("task_assigned", "task_cancelled", "task_failed") and tid in posted:
-            at, queued = posted.pop(tid)
-            waiting -= 1
-            if kind == "task_assigned":
-                xs.append(queued)
-                ys.append(float(ts) - at)
-    if not ys:
+    ev = events[events["kind"].isin(("task_assigned", "task_cancelled", "task_failed"))]
+    first = ev.groupby("task_id")["ts"].min()
+    assigned = set(events.loc[events["kind"] == "task_assigned", "task_id"].dropna()
+                   .astype(int))
+    ids = tasks["task_id"].to_numpy(dtype=int)
+    created = tasks["created_at"].to_numpy(dtype=float)
+    left = first.reindex(ids).to_numpy(dtype=float)   # NaN: never assigned nor ended
+    order = np.argsort(created, kind="stable")
+    left_sorted = np.sort(np.where(np.isnan(left), np.inf, left))
+    # posted before it (its rank) minus those already gone when it was posted
+    queued = order.argsort(kind="stable") - np.searchsorted(left_sorted, created, "right")
+    keep = np.array([int(t) in assigned for t in ids]) & ~np.isnan(left)
+    x = np.maximum(queued[keep], 0).astype(float)
+    y = left[keep] - created[keep]
+    if not len(y):
         return OverheadModel()
-    x, y = np.asarray(xs, dtype=float), np.asarray(ys, dtype=float)
-    if len(y) > 2 and x.std() > 0:
-        slope, base = np.polyfit(x, y, 1)
-        slope = max(float(slope), 0.0)
-        base = float(np.mean(y - slope * x))
-    else:
-        slope, base = 0.0, float(y.mean())
+    slope = max(float(np.polyfit(x, y, 1)[0]), 0.0) if len(y) > 2 and x.std() > 0 else 0.0
+    base = float(np.mean(y - slope * x))
     residuals = y - (base + slope * x)
     return OverheadModel(base=base, per_queued=slope, n=len(y),
                          residuals=[round_sig(v) for v in np.quantile(residuals, QUANTILES)])
