@@ -262,7 +262,24 @@ def _overhead(tasks, events) -> OverheadModel:
     base = float(np.mean(y - slope * x))
     residuals = y - (base + slope * x)
     return OverheadModel(base=base, per_queued=slope, n=len(y),
-                         residuals=[round_sig(v) for v in np.quantile(residuals, QUANTILES)])
+                         residuals=[round_sig(v) for v in np.quantile(residuals, QUANTILES)],
+                         requeue=_requeue_gap(events))
+
+
+def _requeue_gap(events) -> float:
+    """The mean time from a task's ``task_requeued`` to its next ``task_assigned``."""
+    ev = events[events["kind"].isin(("task_requeued", "task_assigned"))].sort_values(
+        "event_id", kind="stable")
+    since: dict[int, float] = {}
+    gaps = []
+    for ts, kind, tid in zip(ev["ts"], ev["kind"], ev["task_id"], strict=True):
+        if tid != tid or tid is None:
+            continue
+        if kind == "task_requeued":
+            since[int(tid)] = float(ts)
+        elif int(tid) in since:
+            gaps.append(float(ts) - since.pop(int(tid)))
+    return sum(gaps) / len(gaps) if gaps else 0.0
 
 
 def _restart_gaps(events, persona_of: dict[str, str]) -> dict[str, list[float]]:

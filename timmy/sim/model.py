@@ -128,12 +128,14 @@ class OverheadModel:
     """The coordinator's time from a task's post to its first assignment (seconds):
     ``base + per_queued * queued``, ``queued`` the tasks posted before it and not yet
     assigned, fitted by least squares over ``n`` tasks; ``residuals`` the empirical
-    quantiles (at `QUANTILES`) of what the line does not explain, added to draws."""
+    quantiles (at `QUANTILES`) of what the line does not explain, added to draws;
+    ``requeue``: the mean time from a task's requeue to its next assignment."""
 
     base: float = 0.0
     per_queued: float = 0.0
     n: int = 0
     residuals: list[float] = field(default_factory=list)
+    requeue: float = 0.0
 
     def mean(self, queued: int) -> float:
         return max(0.0, self.base + self.per_queued * queued)
@@ -278,7 +280,7 @@ class Model:
                  f"arrivals: {a.rate:.4g} tasks/s, burstiness (CV of gaps) {a.burstiness:.3g}"
                  f", {a.n} posts",
                  f"overhead post->assign: {o.base * 1000:.3g} ms + {o.per_queued * 1000:.3g} ms"
-                 f" per queued task ({o.n} tasks)",
+                 f" per queued task ({o.n} tasks); requeue->assign {o.requeue * 1000:.3g} ms",
                  f"capacity of the recorded runners: {self.capacity():.4g} tasks/s",
                  "persona   runners  runs  mean s   p50 s    p95 s    best fit        "
                  "ok on   ok off  crash/run"]
