@@ -199,6 +199,13 @@ def test_the_commands_calibrate_and_simulate_with_a_model(recorded, tmp_path):
                 "--runners", "quill=2,forge=1", "--rate", "10")
     assert out.returncode == 0, out.stderr
     assert "tasks/s" in out.stdout and "p95" in out.stdout and "sats per task" in out.stdout
+    out = timmy("simulate", "--tasks", "50", "--model", str(tmp_path / "m.toml"),
+                "--runners", "quill=1", "--rate", "1000")
+    assert out.returncode == 2
+    assert "will not keep up" in out.stderr and "--overload" in out.stderr
+    out = timmy("simulate", "--tasks", "50", "--model", str(tmp_path / "m.toml"),
+                "--runners", "quill=1", "--rate", "1000", "--overload")
+    assert out.returncode == 0, out.stderr
     out = timmy("calibrate", str(tmp_path / "export"), "-o", str(tmp_path / "x.toml"),
                 "--min-tasks", "100000")
     assert out.returncode == 2

@@ -60,9 +60,12 @@ def _runners(_ctx, _param, value: str | None):
                    "drawn from it, tasks arriving as it recorded them.")
 @click.option("--rate", default=None, type=click.FloatRange(min=0, min_open=True),
               help="With --model: arrivals per second instead of the recorded rate.")
+@click.option("--overload", is_flag=True,
+              help="With --model: simulate a rate above the modelled capacity anyway.")
 def simulate_cmd(n_tasks: int, rule: str, seed: int, runners, task_seconds: float,
                  out: Path | None, engine: str, plugins: tuple[str, ...] = (),
-                 model_file: Path | None = None, rate: float | None = None) -> None:
+                 model_file: Path | None = None, rate: float | None = None,
+                 overload: bool = False) -> None:
     """Simulate the demo workload, one task at a time, with the live engine's rules.
 
     The same seed gives the same winners and prices as `timmy demo --sequential`
@@ -81,6 +84,8 @@ def simulate_cmd(n_tasks: int, rule: str, seed: int, runners, task_seconds: floa
         from timmy.sim.twin_draws import model_arrivals
 
         model = Model.load(model_file)
+        if not overload:   # a rate the runners cannot keep up with: said, unless asked for
+            model.check_rate(model.arrivals.rate if rate is None else rate, runners)
         work = model_arrivals(model, n_tasks, seed, rate=rate)
     else:
         if rate is not None:

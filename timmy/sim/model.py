@@ -195,7 +195,9 @@ class Model:
             raise ConfigError(
                 f"{rate:g} tasks/s is above the modelled capacity of {cap:.3g} tasks/s "
                 f"({rate / cap - 1:.0%} over): the runners will not keep up",
-                hint="add runners (runners={persona: count}) or lower the rate")
+                hint="add runners (runners={persona: count}, --runners quill=3,...) or lower "
+                     "the rate; to simulate the overload anyway: simulate(model=) runs it "
+                     "(timmy simulate --overload)")
 
     def scaled(self, factor: float) -> Model:
         """The same model with every persona's durations ``factor`` times as long."""
