@@ -15,6 +15,7 @@ import timmy.sim as sim
 from timmy.engine.executors import OFF_SPEC_SUCCESS, ON_SPEC_SUCCESS
 from timmy.errors import ConfigError
 from timmy.sim.workloads import demo_descriptions, poisson_arrivals
+from timmy.storage.address import safe_url
 
 TASK_SECONDS = 0.05
 # The simulated executor's durations: exponential, mean TASK_SECONDS, capped at 5x
@@ -160,6 +161,7 @@ def test_summary_gives_the_figures_of_a_run(recorded):
     assert s["queue"][-1][1] == 0   # everything finished
 
 
+@pytest.mark.postgres
 def test_calibrate_from_the_database_of_a_live_run(make_swarm, db_url, tmp_path):
     swarm = make_swarm(task_seconds=0.01)
     swarm.spawn_all(["quill", "forge"])
@@ -173,7 +175,7 @@ def test_calibrate_from_the_database_of_a_live_run(make_swarm, db_url, tmp_path)
         assert 0.001 < p.duration.mean < 1.0   # live time: the executor's plus messaging
     assert model.overhead.n >= 55 and model.overhead.base > 0   # live auctions take time
     assert model.arrivals.n == 60
-    assert model.source == db_url
+    assert model.source == safe_url(db_url)   # its password masked, if any
     assert sim.calibrate(tmp_path / "export", min_tasks=20).personas.keys() == \
         model.personas.keys()
     live = sim.summarize(db_url)

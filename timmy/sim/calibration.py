@@ -310,11 +310,9 @@ def _share(runs: list[Run]) -> float | None:
 
 def _name(source) -> str:
     if isinstance(source, str | Path):
-        text = str(source)
-        if "://" in text and "@" in text:   # no password in a model file
-            scheme, rest = text.split("://", 1)
-            text = f"{scheme}://{rest.rsplit('@', 1)[1]}"
-        return text
+        from timmy.storage.address import safe_url
+
+        return safe_url(str(source))   # no password in a model file
     return type(source).__name__
 
 
