@@ -217,3 +217,26 @@ def test_the_commands_calibrate_and_simulate_with_a_model(recorded, tmp_path):
 def _small_model():
     return sim.calibrate(sim.simulate(demo_descriptions(60, 1), seed=1, engine="python"),
                          min_tasks=10)
+
+
+def test_a_live_runner_killed_mid_task_counts_as_a_crash(make_swarm, eventually):
+    swarm = make_swarm(task_seconds=0.2)
+    swarm.spawn_all(["quill"])
+    posted = [swarm.post(d) for d in demo_descriptions(12, 5)]
+
+    def running():
+        return any(t.status == "running" for t in swarm.tasks())
+
+    for _ in range(2):   # twice, each while it runs a task
+        eventually(running, timeout=20)
+        swarm.kill("quill-1")
+        eventually(lambda: swarm.agents()[0].status in ("idle", "busy"), timeout=20)
+    for t in posted:
+        swarm.wait(t.task_id, timeout=60)
+    model = sim.calibrate(swarm.db, min_tasks=5)
+    quill = model.personas["quill"]
+    assert quill.crashes == 2
+    assert quill.crash_rate == pytest.approx(2 / (quill.tasks + 2))
+    assert 0 < quill.restart_seconds < 10
+    # the runs cut short are not durations: every one is about the executor's
+    assert quill.duration.quantiles[0] >= 0.0

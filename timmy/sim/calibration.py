@@ -12,6 +12,7 @@ task's next ``task_completed`` or ``verification_failed`` (a result), ``task_req
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -122,8 +123,9 @@ def rebuild_runs(tables: dict) -> list[Run]:
             free_at[aid] = ts
         runs.append(Run(tid, aid, assigned, start, ts, outcome, on_spec(tid, aid, event_id)))
 
-    for event_id, ts, kind, tid, aid in zip(events["event_id"], events["ts"], events["kind"],
-                                            events["task_id"], events["agent_id"], strict=True):
+    for event_id, ts, kind, tid, aid, data in zip(
+            events["event_id"], events["ts"], events["kind"], events["task_id"],
+            events["agent_id"], events["data"], strict=True):
         ts = float(ts)
         tid = None if tid is None or tid != tid else int(tid)
         aid = None if aid is None or aid != aid else str(aid)
@@ -138,8 +140,13 @@ def rebuild_runs(tables: dict) -> list[Run]:
         elif kind == "task_timed_out" and tid in held and aid in held[tid]:
             end(tid, aid, ts, "timeout")
         elif kind in ("task_requeued", "task_failed") and tid in held:
+            exited = _runner_exit(data)   # live: a runner's end requeues before it is told
             for other in list(held[tid]):
-                end(tid, other, ts, "failed")
+                if exited is None or exited[0] != other:
+                    end(tid, other, ts, "failed")
+                else:   # its head task was running: a crash; the ones behind it: no run
+                    head = by_agent.get(other, [tid])[0] == tid
+                    end(tid, other, ts, "crashed" if head and exited[1] else "cancelled")
         elif kind == "task_cancelled" and tid in held:
             for other in list(held[tid]):
                 end(tid, other, ts, "cancelled")
@@ -152,6 +159,26 @@ def rebuild_runs(tables: dict) -> list[Run]:
         elif kind in ("agent_restarted", "agent_reconnected") and aid is not None:
             free_at[aid] = ts
     return runs
+
+
+def _runner_exit(data) -> tuple[str, bool] | None:
+    """(agent_id, crashed) when an event's reason says a runner ended
+    (`timmy.market.lifecycle.after_runner_exit`: "runner forge-1 died (exit code -9) ...")."""
+    if not isinstance(data, str) or '"reason"' not in data:
+        return None
+    try:
+        reason = json.loads(data).get("reason") or ""
+    except (ValueError, AttributeError):
+        return None
+    words = reason.split(" ", 2)
+    if len(words) < 3 or words[0] != "runner":
+        return None
+    how = words[2]
+    if how.startswith(("died", "lost its connection")):
+        return words[1], True
+    if how.startswith("stopped"):
+        return words[1], False
+    return None
 
 
 # -- calibrating -----------------------------------------------------------------------
