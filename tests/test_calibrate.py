@@ -219,7 +219,7 @@ def _small_model():
                          min_tasks=10)
 
 
-def test_a_live_runner_killed_mid_task_counts_as_a_crash(make_swarm, eventually):
+def test_a_live_runner_killed_mid_task_counts_as_a_crash(make_swarm, eventually, rows_of):
     swarm = make_swarm(task_seconds=0.2)
     swarm.spawn_all(["quill"])
     posted = [swarm.post(d) for d in demo_descriptions(12, 5)]
@@ -235,8 +235,12 @@ def test_a_live_runner_killed_mid_task_counts_as_a_crash(make_swarm, eventually)
         swarm.wait(t.task_id, timeout=60)
     model = sim.calibrate(swarm.db, min_tasks=5)
     quill = model.personas["quill"]
-    assert quill.crashes == 2
-    assert quill.crash_rate == pytest.approx(2 / (quill.tasks + 2))
+    # a kill lands on a running task, or (rarely) just after it finished: what was written
+    cut = [r for r in rows_of(swarm.db, "SELECT data FROM events WHERE kind IN "
+                                        "('task_requeued', 'task_failed')")
+           if "died" in r[0] and ("during attempt" in r[0] or "before finishing" in r[0])]
+    assert quill.crashes == len(cut) and 1 <= len(cut) <= 2
+    assert quill.crash_rate == pytest.approx(len(cut) / (quill.tasks + len(cut)))
     assert 0 < quill.restart_seconds < 10
     # the runs cut short are not durations: every one is about the executor's
     assert quill.duration.quantiles[0] >= 0.0
