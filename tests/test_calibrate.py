@@ -147,6 +147,19 @@ def test_the_coordinators_overhead_delays_assignment(recorded):
     assert sim.calibrate(run, min_tasks=10).overhead.base == pytest.approx(0.2)
 
 
+def test_the_overhead_grows_with_the_queue_up_to_what_was_seen(recorded):
+    _, model = recorded
+    busy = sim.Model.from_dict({**model.to_dict(),
+                                "overhead": {"base": 0.05, "per_queued": 0.1, "n": 1,
+                                             "residuals": [], "max_queued": 2}})
+    burst = [sim.Arrival(0.0, d) for d in demo_descriptions(6, 3)]
+    run = sim.simulate(burst, seed=3, model=busy)
+    events = run.events
+    first = events[events["kind"] == "task_assigned"].groupby("task_id")["ts"].min()
+    # posted together: 0, 1, 2, 3... queued ahead, the line capped at 2 queued
+    assert list(first.sort_index().round(9)) == [0.05, 0.15, 0.25, 0.25, 0.25, 0.25]
+
+
 def test_summary_gives_the_figures_of_a_run(recorded):
     run, _ = recorded
     s = run.summary()

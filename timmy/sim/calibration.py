@@ -290,7 +290,7 @@ def _overhead(tasks, events) -> OverheadModel:
     residuals = y - (base + slope * x)
     return OverheadModel(base=base, per_queued=slope, n=len(y),
                          residuals=[round_sig(v) for v in np.quantile(residuals, QUANTILES)],
-                         requeue=_requeue_gap(events))
+                         requeue=_requeue_gap(events), max_queued=int(x.max()))
 
 
 def _requeue_gap(events) -> float:

@@ -129,20 +129,23 @@ class OverheadModel:
     ``base + per_queued * queued``, ``queued`` the tasks posted before it and not yet
     assigned, fitted by least squares over ``n`` tasks; ``residuals`` the empirical
     quantiles (at `QUANTILES`) of what the line does not explain, added to draws;
-    ``requeue``: the mean time from a task's requeue to its next assignment."""
+    ``requeue``: the mean time from a task's requeue to its next assignment. ``queued``
+    is capped at ``max_queued``, the most seen in the recorded run (no extrapolation: a
+    line fitted at light load must not compound into a runaway queue at heavy load)."""
 
     base: float = 0.0
     per_queued: float = 0.0
     n: int = 0
     residuals: list[float] = field(default_factory=list)
     requeue: float = 0.0
+    max_queued: int = 0
 
     def mean(self, queued: int) -> float:
-        return max(0.0, self.base + self.per_queued * queued)
+        return max(0.0, self.base + self.per_queued * min(queued, self.max_queued))
 
     def draw(self, queued: int, u: float) -> float:
         noise = _interpolate(self.residuals, u) if self.residuals else 0.0
-        return max(0.0, self.base + self.per_queued * queued + noise)
+        return max(0.0, self.base + self.per_queued * min(queued, self.max_queued) + noise)
 
 
 @dataclass
