@@ -53,6 +53,10 @@ class DurationFit:
     stats: dict[str, dict[str, float]] = field(default_factory=dict)
     sampler: str = "empirical"
 
+    def __repr__(self) -> str:   # short: the quantiles are 201 numbers
+        return (f"DurationFit({self.family}, n={self.n}, mean={self.mean:.4g} s, "
+                f"draws: {self.sampler})")
+
     @property
     def better(self) -> str:
         """Which fits the recorded durations better: the family's name or "empirical"."""
@@ -161,6 +165,10 @@ class Model:
     tasks: int = 0
     rule: str = ""
     version: int = MODEL_VERSION
+
+    def __repr__(self) -> str:   # short; str() / summary() is the readable whole
+        return (f"Model(v{self.version}, {len(self.personas)} personas, {self.tasks} tasks "
+                f"from {self.source or '?'}, {self.arrivals.rate:.4g} tasks/s)")
 
     # -- use ------------------------------------------------------------------------
     @property
