@@ -135,7 +135,9 @@ class OverheadModel:
     quantiles (at `QUANTILES`) of what the line does not explain, added to draws;
     ``requeue``: the mean time from a task's requeue to its next assignment. ``queued``
     is capped at ``max_queued``, the most seen in the recorded run (no extrapolation: a
-    line fitted at light load must not compound into a runaway queue at heavy load)."""
+    line fitted at light load must not compound into a runaway queue at heavy load).
+    ``dispatch``: what a run that starts on an idle runner takes longer than one its runner
+    goes straight on to (the message to the runner, its wake-up); durations exclude it."""
 
     base: float = 0.0
     per_queued: float = 0.0
@@ -143,6 +145,7 @@ class OverheadModel:
     residuals: list[float] = field(default_factory=list)
     requeue: float = 0.0
     max_queued: int = 0
+    dispatch: float = 0.0
 
     def mean(self, queued: int) -> float:
         return max(0.0, self.base + self.per_queued * min(queued, self.max_queued))
@@ -293,7 +296,8 @@ class Model:
                  f"arrivals: {a.rate:.4g} tasks/s, burstiness (CV of gaps) {a.burstiness:.3g}"
                  f", {a.n} posts",
                  f"overhead post->assign: {o.base * 1000:.3g} ms + {o.per_queued * 1000:.3g} ms"
-                 f" per queued task ({o.n} tasks); requeue->assign {o.requeue * 1000:.3g} ms",
+                 f" per queued task ({o.n} tasks); requeue->assign {o.requeue * 1000:.3g} ms;"
+                 f" dispatch to an idle runner {o.dispatch * 1000:.3g} ms",
                  f"capacity of the recorded runners: {self.capacity():.4g} tasks/s",
                  "persona   runners  runs  mean s   p50 s    p95 s    best fit        "
                  "ok on   ok off  crash/run"]
