@@ -271,3 +271,13 @@ def test_a_live_runner_killed_mid_task_counts_as_a_crash(make_swarm, eventually,
     assert 0 < quill.restart_seconds < 10
     # the runs cut short are not durations: every one is about the executor's
     assert quill.duration.quantiles[0] >= 0.0
+
+
+def test_an_experiment_compares_variants_of_a_model(recorded):
+    _, model = recorded
+    exp = sim.experiment(lambda seed: sim.model_arrivals(model, 150, seed, rate=20.0),
+                         {"now": {"model": model},
+                          "second": {"model": model, "rule": "second_price"}},
+                         replications=3, progress=False, metrics=["cost_per_task"])
+    prices = exp.table("cost_per_task")["mean"]["cost_per_task"]
+    assert prices["second"] > prices["now"]   # second price pays the runner-up's bid
