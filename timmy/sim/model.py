@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import statistics
+import warnings
 from bisect import bisect_right
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -384,15 +385,17 @@ def fit_durations(values) -> DurationFit:
         x = x[np.linspace(0, len(x) - 1, 5000).astype(int)]
     positive = x[x > 0]
     best = None
-    for family in FAMILIES:
+    distinct = len(np.unique(positive)) > 2   # else no family to fit: the quantiles draw
+    for family in FAMILIES if distinct else ():
         dist = getattr(stats, family)
         try:
-            with np.errstate(all="ignore"):
-                params = dist.fit(positive, floc=0.0) if len(positive) > 1 else None
-            if params is None or not all(map(math.isfinite, params)):
-                continue
-            ks = stats.kstest(x, dist.cdf, args=params)
-            loglik = float(np.sum(dist.logpdf(positive, *params)))
+            with np.errstate(all="ignore"), warnings.catch_warnings():
+                warnings.simplefilter("ignore")   # scipy's notes on a poor optimisation
+                params = dist.fit(positive, floc=0.0)
+                if not all(map(math.isfinite, params)):
+                    continue
+                ks = stats.kstest(x, dist.cdf, args=params)
+                loglik = float(np.sum(dist.logpdf(positive, *params)))
         except (ValueError, RuntimeError, FloatingPointError):
             continue
         k = len(params) - 1   # loc is fixed
