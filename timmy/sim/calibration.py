@@ -295,10 +295,10 @@ def _arrivals(tasks) -> ArrivalModel:
     rate = (len(posted) - 1) / span if span > 0 else math.inf
     cv = float(gaps.std() / gaps.mean()) if len(gaps) > 1 and gaps.mean() > 0 else 0.0
     counts: dict[str, int] = {}
-    for text in tasks["description"]:
+    for text, n in tasks["description"].value_counts().items():   # templates repeat
         owner = next((pid for pid, p in PERSONAS.items() if p.matched_keywords(str(text))),
                      "generic")
-        counts[owner] = counts.get(owner, 0) + 1
+        counts[owner] = counts.get(owner, 0) + int(n)
     n = sum(counts.values())
     mix = {k: v / n for k, v in sorted(counts.items())} if n else {}
     return ArrivalModel(rate=rate, burstiness=cv, n=len(posted), mix=mix)
