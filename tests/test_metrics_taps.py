@@ -55,7 +55,8 @@ def test_tapped_counts_match_the_stored_events_and_nothing_subscribes(db_url):
             metrics.close()
             assert journal.taps == {} and journal.on_write is None
             await swarm.run(["write a blog article"], timeout=30)
-            after_close = (metrics.bids[True] + metrics.bids[False], metrics.finished["completed"])
+            after_close = (metrics.bids[True] + metrics.bids[False],
+                           metrics.finished["completed"], metrics.events)
             return done, events, counted, text, after_close
 
     done, events, counted, text, after_close = anyio.run(main)
@@ -78,7 +79,8 @@ def test_tapped_counts_match_the_stored_events_and_nothing_subscribes(db_url):
     assert counted["runner"]["crashed"] == counted["runner"]["restarted"] == 1
     assert 'timmy_runner_restarts_total 1.0' in text
     assert f'timmy_events_total {float(len(events))}' in text
-    assert after_close == (bids[True] + bids[False], 20), "a closed collector still counts"
+    assert after_close == (bids[True] + bids[False], 20, len(events)), \
+        "a closed collector still counts"
 
 
 def _request(port: int, pieces: list[bytes], pause: float = 0.05) -> bytes:

@@ -96,6 +96,7 @@ class SwarmMetrics:
         self.store_write = Histogram(WRITE_BUCKETS)
         self.batch_rows = Histogram(BATCH_BUCKETS)
         self._first_event = journal.next_event
+        self._last_event: int | None = None    # the next event id when closed
         taps = {"bid": self._on_bid, "auction_closed": self._on_auction_closed,
                 MECHANISM_FAILED: self._on_mechanism_failed,
                 "task_assigned": self._on_assigned,
@@ -107,9 +108,13 @@ class SwarmMetrics:
     @property
     def events(self) -> int:
         """Events recorded since these metrics started (each takes the next event id)."""
-        return self.engine.journal.next_event - self._first_event
+        last = self._last_event if self._last_event is not None else \
+            self.engine.journal.next_event
+        return last - self._first_event
 
     def close(self) -> None:
+        if self._last_event is None:
+            self._last_event = self.engine.journal.next_event
         for untap in self._untap:
             untap()
         self._untap = []
