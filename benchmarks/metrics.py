@@ -5,7 +5,9 @@ SQLite file in a temporary directory) runs ``--tasks`` tasks posted by one attac
 three ways, alternated ``--runs`` times: without metrics (A), with ``--metrics-port`` and
 nobody scraping (B), and with a scraper fetching /metrics every ``--scrape-every`` seconds
 (C, much more often than Prometheus's usual 15 s). Prints tasks/s (median) for each and
-the ratio to A, and the median time of one scrape.
+the ratio to A, the service's CPU time per task (user + system, all its threads: what
+the metrics add, and a figure other work on a shared machine disturbs less than the
+wall clock), and the median time of one scrape.
 
     python benchmarks/metrics.py [--tasks 1000] [--runs 3] [--scrape-every 0.05]
 """
@@ -22,6 +24,8 @@ import urllib.request
 import uuid
 from pathlib import Path
 
+import psutil
+
 import timmy
 from timmy.ops.chaos import Service
 from timmy.sim.workloads import demo_descriptions
@@ -33,7 +37,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def one_run(tmp: Path, tasks: int, mode: str, scrape_every: float) -> tuple[float, list[float]]:
+def cpu_seconds(proc: psutil.Process) -> float:
+    times = proc.cpu_times()
+    return times.user + times.system
+
+
+def one_run(tmp: Path, tasks: int, mode: str,
+            scrape_every: float) -> tuple[float, float, list[float]]:
     db = tmp / f"{mode}-{uuid.uuid4().hex[:6]}.db"
     args = ["--task-seconds", "0", "--seed", "1"]
     port = None
@@ -60,15 +70,16 @@ def one_run(tmp: Path, tasks: int, mode: str, scrape_every: float) -> tuple[floa
             thread = threading.Thread(target=scraper, daemon=True)
             if mode == "C":
                 thread.start()
-            t0 = time.perf_counter()
+            proc = psutil.Process(svc.proc.pid)
+            cpu0, t0 = cpu_seconds(proc), time.perf_counter()
             swarm.run(descriptions, timeout=600)
-            elapsed = time.perf_counter() - t0
+            elapsed, cpu = time.perf_counter() - t0, cpu_seconds(proc) - cpu0
             stop.set()
             if mode == "C":
                 thread.join()
     finally:
         svc.stop()
-    return tasks / elapsed, scrapes
+    return tasks / elapsed, cpu / tasks, scrapes
 
 
 def main() -> None:
@@ -78,20 +89,23 @@ def main() -> None:
     ap.add_argument("--scrape-every", type=float, default=0.05)
     a = ap.parse_args()
     rates: dict[str, list[float]] = {"A": [], "B": [], "C": []}
+    cpus: dict[str, list[float]] = {"A": [], "B": [], "C": []}
     scrapes: list[float] = []
     with tempfile.TemporaryDirectory() as tmp:
         for _ in range(a.runs):
             for mode in rates:
-                rate, s = one_run(Path(tmp), a.tasks, mode, a.scrape_every)
+                rate, cpu, s = one_run(Path(tmp), a.tasks, mode, a.scrape_every)
                 rates[mode].append(rate)
+                cpus[mode].append(cpu)
                 scrapes += s
-    base = statistics.median(rates["A"])
+    base, base_cpu = statistics.median(rates["A"]), statistics.median(cpus["A"])
     names = {"A": "no metrics", "B": "--metrics-port, not scraped",
              "C": f"--metrics-port, scraped every {a.scrape_every:g}s"}
     print(f"{a.tasks:,} tasks per run, {a.runs} runs each (median), one client, 9 runners")
     for mode, label in names.items():
-        med = statistics.median(rates[mode])
-        print(f"  {mode} {label:<38} {med:8.1f} tasks/s  ({med / base:.2f}x of A)")
+        med, cpu = statistics.median(rates[mode]), statistics.median(cpus[mode])
+        print(f"  {mode} {label:<38} {med:8.1f} tasks/s  ({med / base:.2f}x of A); "
+              f"service CPU {cpu * 1e6:6.1f} us/task ({cpu / base_cpu:.2f}x)")
     if scrapes:
         print(f"  one scrape of /metrics: median {statistics.median(scrapes) * 1000:.2f} ms "
               f"({len(scrapes)} scrapes)")
