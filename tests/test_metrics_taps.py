@@ -121,3 +121,19 @@ def test_endpoint_answers_a_request_in_pieces_and_404s_the_rest(db_path):
     assert b"\ntimmy_runners_live 0.0\n" in body
     assert other.startswith(b"HTTP/1.1 404") and post.startswith(b"HTTP/1.1 404")
     assert half == b"", "a head cut short is not answered"
+
+
+@pytest.mark.timeout(150)
+def test_metrics_benchmark_prints_its_figures():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "metrics.py"
+    out = subprocess.run([sys.executable, str(script), "--tasks", "40", "--runs", "1",
+                          "--scrape-every", "0.001"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    for mode in ("A no metrics", "B --metrics-port, not scraped", "C --metrics-port, scraped"):
+        assert mode in out.stdout
+    assert out.stdout.count("us/task") == 3 and "one scrape of /metrics: median" in out.stdout
