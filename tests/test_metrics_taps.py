@@ -6,8 +6,11 @@ request that arrives in pieces, and drops one that never finishes its head."""
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
 import time
 from collections import Counter
+from pathlib import Path
 
 import anyio
 import pytest
@@ -125,10 +128,6 @@ def test_endpoint_answers_a_request_in_pieces_and_404s_the_rest(db_path):
 
 @pytest.mark.timeout(150)
 def test_metrics_benchmark_prints_its_figures():
-    import subprocess
-    import sys
-    from pathlib import Path
-
     script = Path(__file__).resolve().parent.parent / "benchmarks" / "metrics.py"
     out = subprocess.run([sys.executable, str(script), "--tasks", "40", "--runs", "1",
                           "--scrape-every", "0.001"],
