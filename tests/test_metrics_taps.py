@@ -130,9 +130,10 @@ def test_endpoint_answers_a_request_in_pieces_and_404s_the_rest(db_path):
 def test_metrics_benchmark_prints_its_figures():
     script = Path(__file__).resolve().parent.parent / "benchmarks" / "metrics.py"
     out = subprocess.run([sys.executable, str(script), "--tasks", "40", "--runs", "1",
-                          "--scrape-every", "0.001"],
+                          "--scrape-every", "0.001", "--engine-rounds", "3"],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     for mode in ("A no metrics", "B --metrics-port, not scraped", "C --metrics-port, scraped"):
         assert mode in out.stdout
     assert out.stdout.count("us/task") == 3 and "one scrape of /metrics: median" in out.stdout
+    assert "on the engine's thread, one task's 15 events" in out.stdout
