@@ -97,7 +97,7 @@ class Journal:
 
     def emit(self, kind: str, task_id: int | None = None, agent_id: str | None = None,
              **data: Any) -> int:
-        """Record an event, tell the subscribers; returns its event_id."""
+        """Record an event, tell the subscribers and its kind's taps; returns its event_id."""
         event_id = self.next_event
         self.next_event += 1
         ts = time.time()
