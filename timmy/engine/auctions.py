@@ -65,6 +65,7 @@ class Auctions:
         self.open: dict[int, OpenAuction] = {}
         self.supervisor: Supervisor | None = None
         self.refused = 0      # bids outside their persona's range (see bid)
+        self.accepted = [0, 0]   # bids accepted into auctions: [off-spec, on-spec]
         # agent_id -> reliability in [0, 1] for the mechanisms that use it; empty (everyone
         # 1.0) until agents have a reputation (issue 14, point 5, sets it here)
         self.reputation: Mapping[str, float] = {}
@@ -147,6 +148,7 @@ class Auctions:
                 f"{lo}..{hi}: refused", hint="bid what timmy.market.bidding.quote prices"))
             return open_.auction.decline(agent_id) and open_.auction.complete
         if open_.auction.submit(Bid(agent_id, sats, on_spec)):
+            self.accepted[on_spec] += 1
             self.journal.emit("bid", task.task_id, agent_id, sats=sats, on_spec=on_spec,
                               attempt=open_.attempt)
             return open_.auction.complete

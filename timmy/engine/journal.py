@@ -24,6 +24,8 @@ UNSTORABLE = "the database refused this task's row, so its result is not stored"
 FLUSH_DELAY = 0.002   # seconds a change may wait to join a batch
 CHECKPOINT_EVERY = 1.0  # seconds between SQLite WAL checkpoints while writing
 _json = msgspec.json.Encoder().encode
+#: A `Journal.tap` hook: (task_id, agent_id, ts, data) of one event.
+Tap = Callable[[int | None, str | None, float, dict[str, Any]], None]
 
 
 class Journal:
@@ -55,6 +57,8 @@ class Journal:
         self._tg: TaskGroup | None = None
         #: Told (seconds, rows) after each batch written, e.g. by `timmy.service.metrics`.
         self.on_write: Callable[[float, int], None] | None = None
+        #: kind -> hooks told (task_id, agent_id, ts, data) of each such event (see `tap`).
+        self.taps: dict[str, tuple[Tap, ...]] = {}
 
     async def open(self) -> None:
         """Continue the store's event ids."""
@@ -75,9 +79,25 @@ class Journal:
 
         return unsubscribe
 
+    def tap(self, kind: str, hook: Tap) -> Callable[[], None]:
+        """Call ``hook(task_id, agent_id, ts, data)`` for every event of ``kind`` from now
+        on; returns untap(). Unlike `subscribe`, no `Event` is built and other kinds cost
+        the hook nothing: what a counter (`timmy.service.metrics`) needs on the hot path.
+        ``data`` is the event's own dict: read it, never change it."""
+        self.taps[kind] = (*self.taps.get(kind, ()), hook)
+
+        def untap() -> None:
+            hooks = tuple(h for h in self.taps.get(kind, ()) if h is not hook)
+            if hooks:
+                self.taps[kind] = hooks
+            else:
+                self.taps.pop(kind, None)
+
+        return untap
+
     def emit(self, kind: str, task_id: int | None = None, agent_id: str | None = None,
              **data: Any) -> int:
-        """Record an event, tell the subscribers; returns its event_id."""
+        """Record an event, tell the subscribers and its kind's taps; returns its event_id."""
         event_id = self.next_event
         self.next_event += 1
         ts = time.time()
@@ -91,6 +111,12 @@ class Journal:
                     callback(event)
                 except Exception:
                     log.exception("subscriber %r failed on %s", callback, kind)
+        if self.taps and kind in self.taps:
+            for hook in self.taps[kind]:
+                try:
+                    hook(task_id, agent_id, ts, data)
+                except Exception:
+                    log.exception("tap %r failed on %s", hook, kind)
         self._wake.set()
         return event_id
 
