@@ -126,6 +126,47 @@ def test_endpoint_answers_a_request_in_pieces_and_404s_the_rest(db_path):
     assert half == b"", "a head cut short is not answered"
 
 
+@pytest.mark.timeout(60)
+def test_clients_that_send_nothing_cannot_hold_more_than_the_cap(db_path):
+    """Slow clients hold at most MAX_OPEN_SCRAPES connections (each for 10 s at most); one
+    more is closed at once, and a scrape works again as soon as one of them goes."""
+    from timmy.service.metrics import MAX_OPEN_SCRAPES
+
+    def crowd(port: int) -> tuple[bytes, bytes]:
+        idle = [socket.create_connection(("127.0.0.1", port), timeout=10)
+                for _ in range(MAX_OPEN_SCRAPES)]
+        try:
+            for s in idle:
+                s.sendall(b"GET /metrics HTTP/1.0\r\n")   # never the blank line
+            time.sleep(0.3)
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as extra:
+                extra.sendall(b"GET /metrics HTTP/1.0\r\n\r\n")
+                try:
+                    refused = extra.recv(100)
+                except ConnectionResetError:
+                    refused = b""
+            idle.pop().close()
+            time.sleep(0.3)
+            return refused, _request(port, [b"GET /metrics HTTP/1.0\r\n\r\n"])
+        finally:
+            for s in idle:
+                s.close()
+
+    async def main():
+        async with AsyncSwarm(str(db_path), seed=1, task_seconds=0) as swarm:
+            endpoint = MetricsEndpoint(SwarmMetrics(swarm))
+            url = await endpoint.start("127.0.0.1", 0)
+            port = int(url.rsplit(":", 1)[1].split("/")[0])
+            try:
+                return await anyio.to_thread.run_sync(crowd, port)
+            finally:
+                await endpoint.close()
+
+    refused, served = anyio.run(main)
+    assert refused == b"", "over the cap: closed without an answer"
+    assert served.startswith(b"HTTP/1.1 200 OK")
+
+
 @pytest.mark.timeout(150)
 def test_metrics_benchmark_prints_its_figures():
     script = Path(__file__).resolve().parent.parent / "benchmarks" / "metrics.py"

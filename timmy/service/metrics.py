@@ -281,6 +281,9 @@ def _histogram(family, name: str, doc: str, hist: Histogram):
     return h
 
 
+MAX_OPEN_SCRAPES = 64     # scrapes waiting for the rest of a request or to read the answer
+
+
 class MetricsEndpoint:
     """``GET /metrics`` on the service's event loop: a tiny HTTP/1.0 server (no thread, so
     the collector reads the engine between two of its steps).
@@ -363,6 +366,9 @@ class MetricsEndpoint:
             except OSError as exc:   # out of file descriptors...: the next turn tries again
                 log.warning("metrics: cannot accept a scrape: %s", exc)
                 return
+            if len(self._open) >= MAX_OPEN_SCRAPES:   # slow clients hold no more than this
+                sock.close()
+                continue
             sock.setblocking(False)
             _Scrape(self, sock).read()
 
