@@ -90,6 +90,7 @@ def _register_commands() -> None:
                           ("spawn", spawn_cmd), ("doctor", doctor_cmd),
                           ("approve", approve_cmd), ("reject", reject_cmd)]:
         cli.add_command(command, name)
+    cli.add_command(__import__("timmy.cli.plan", fromlist=["plan_cmd"]).plan_cmd, "plan")
 
 
 _register_commands()

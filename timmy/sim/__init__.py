@@ -15,12 +15,14 @@ _EXPORTS = {
     "sweep": "sweeps", "load_grid": "sweeps", "check_grid": "sweeps", "local_cluster": "sweeps",
     "Arrival": "workloads", "poisson_arrivals": "workloads", "bursts": "workloads",
     "demo_descriptions": "workloads", "demo_workload": "workloads", "keyword_mix": "workloads",
+    "plan": "plan", "CapacityPlan": "plan",
 }
 
 __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:
     from timmy.sim.experiments import Experiment, experiment
+    from timmy.sim.plan import CapacityPlan, plan
     from timmy.sim.replays import replay, replay_summary
     from timmy.sim.simulator import SimRun, Simulator, simulate
     from timmy.sim.sweeps import check_grid, load_grid, local_cluster, sweep

@@ -1,0 +1,327 @@
+"""The digital twin checked against reality: calibrate from live run A, predict run B, run B live,
+compare. Prints figures, asserts nothing.
+
+Both runs are real: a ``timmy serve`` service (its own process, a SQLite file) with real runner
+processes that answer through the Ollama executor, against the Ollama look-alike of
+tests/ollama_server.py run in a process of its own. Each persona's runners ask a model of
+their own, and the server makes each model wait a random time (a gamma law with mean
+``DELAYS[persona]`` and coefficient of variation ``--cv``, seeded): tens of milliseconds of
+"model time" that timmy never sees in advance. An open-loop poster posts a Poisson arrival
+workload (`timmy.sim.workloads.poisson_arrivals` over a `keyword_mix` of three personas) at the
+arrival times, whatever the swarm's state.
+
+1. Run A: mix ``MIX_A``, rule ``--rule-a``, at ``--load-a`` (60 %) of the mix's nominal
+   capacity (from the server's mean delays: the benchmark knows them, the model does not).
+2. Calibrate: `timmy.sim.calibrate` on A's export (the stored tables only).
+3. Predict B: ``MIX_B`` (another runner mix), ``--rule-b`` (another mechanism), at
+   ``--load-b`` (85 %) of B's nominal capacity: ``simulate(arrivals, model=model, ...)`` over
+   ``--replications`` seeds, mean and 95 % CI.
+4. Run B live with the same arrivals, and print predicted against measured: throughput,
+   post->done p50 and p95, cost per task, each with its relative error (target: 10 % for
+   throughput and p50, 20 % for p95).
+
+Figures of both sides come from the same function of the tables (`figures`): throughput =
+completed tasks / (last completion - first post); post->done = completed_at - created_at of
+completed tasks; cost per task = sats in the ledger / completed tasks.
+
+    python benchmarks/twin.py [--tasks-a 600] [--tasks-b 900] [--cv 0.5] [--keep DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import math
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+LISTENING = re.compile(r"listening on (tcp://[\d.]+:(\d+))")
+
+#: Mean "model time" per persona, seconds (the look-alike's per-model wait).
+DELAYS = {"forge": 0.08, "quill": 0.04, "echo": 0.12}
+#: The share of tasks written for each persona.
+WEIGHTS = {"forge": 2.0, "quill": 2.0, "echo": 1.0}
+MIX_A = {"forge": 2, "quill": 1, "echo": 1}
+MIX_B = {"forge": 2, "quill": 1, "echo": 2}
+
+
+def model_name(persona: str) -> str:
+    return f"{persona}-twin"
+
+
+def nominal_capacity(mix: Mapping[str, int], delays: Mapping[str, float] = DELAYS,
+                     weights: Mapping[str, float] = WEIGHTS) -> float:
+    """Tasks/s the mix keeps up with if every persona's tasks go to its own runners: the
+    bottleneck persona's runners / (its share of the posts x its mean time)."""
+    total = sum(weights.values())
+    return min(mix[p] / (weights[p] / total * delays[p]) for p in weights if weights[p] > 0)
+
+
+def arrivals(n: int, rate: float, seed: int, weights: Mapping[str, float] = WEIGHTS):
+    from timmy.sim.workloads import keyword_mix, poisson_arrivals
+
+    return poisson_arrivals(n, rate, seed, descriptions=keyword_mix(n, seed, dict(weights)))
+
+
+# -- the live side ------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def ollama_lookalike(delays: Mapping[str, float] = DELAYS, cv: float = 0.5,
+                     seed: int = 0) -> Iterator[str]:
+    """The Ollama look-alike in a process of its own, one model per persona; yields its URL."""
+    args = [sys.executable, str(HERE.parent / "tests" / "ollama_server.py"),
+            "--delay-cv", repr(cv), "--delay-seed", str(seed)]
+    for persona, seconds in delays.items():
+        args += ["--model-delay", f"{model_name(persona)}={seconds!r}"]
+    proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        url = proc.stdout.readline().strip()
+        if not url:
+            raise SystemExit("the loopback Ollama server did not start")
+        yield url
+    finally:
+        proc.stdin.close()    # it serves until its stdin closes
+        proc.wait(10)
+
+
+@contextlib.contextmanager
+def service(db: Path, *, ollama_url: str, rule: str, seed: int,
+            personas: Iterator[str]) -> Iterator:
+    """``timmy serve`` on ``db`` (no runners yet, the Ollama executor, one model per persona);
+    yields a `Swarm.attach` client. Stopped (SIGTERM) at the end."""
+    import signal
+
+    import timmy
+
+    models = [arg for p in personas for arg in ("--model", f"{p}={model_name(p)}")]
+    env = {**os.environ, "OLLAMA_HOST": ollama_url}
+    errors = db.with_suffix(".stderr")
+    with errors.open("w") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "timmy", "serve", "--db", str(db), "--port", "0",
+             "--no-spawn", "--seed", str(seed), "--rule", rule, "--executor", "ollama",
+             *models], cwd=db.parent, stdout=subprocess.PIPE, stderr=err, text=True, env=env)
+    try:
+        deadline = time.monotonic() + 60
+        url = None
+        while url is None and time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                raise SystemExit(f"timmy serve ended: {errors.read_text()[-2000:]}")
+            if m := LISTENING.search(line):
+                url = m.group(1)
+        if url is None:
+            raise SystemExit("timmy serve did not start in 60 s")
+        token = Path(f"{db}.token").read_text().strip()
+        with timmy.Swarm.attach(url, token=token) as swarm:
+            yield swarm
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=60)
+
+
+@dataclass
+class LiveRun:
+    """What one live run left: its export directory, its figures, how late the poster was."""
+
+    export: Path
+    figures: dict
+    late_p95: float
+    wall: float
+
+
+def post_open_loop(swarm, work, t0: float | None = None) -> tuple[list[int], list[float]]:
+    """Post each `Arrival` at its time (open loop: whatever the swarm's state); returns the
+    task ids and how late each post went out (s)."""
+    t0 = time.perf_counter() if t0 is None else t0
+    ids, late = [], []
+    for item in work:
+        wait = t0 + item.at - time.perf_counter()
+        if wait > 0:
+            time.sleep(wait)
+        late.append(max(0.0, -wait))
+        ids.append(swarm.post(item.description).task_id)
+    return ids, late
+
+
+def run_live(out: Path, work, mix: Mapping[str, int], *, rule: str, seed: int,
+             ollama_url: str, timeout: float = 300) -> LiveRun:
+    """Start a service, spawn ``mix``, post ``work`` open loop, wait for every task, export."""
+    out.mkdir(parents=True, exist_ok=True)
+    with service(out / "live.db", ollama_url=ollama_url, rule=rule, seed=seed,
+                 personas=list(mix)) as swarm:
+        for persona, count in mix.items():
+            for _ in range(count):
+                swarm.spawn(persona)
+        t0 = time.perf_counter()
+        ids, late = post_open_loop(swarm, work)
+        for task_id in ids:
+            swarm.wait(task_id, timeout=timeout)
+        wall = time.perf_counter() - t0
+        swarm.export(out / "export")
+    return LiveRun(out / "export", figures_of_export(out / "export"), pct(late, 0.95), wall)
+
+
+# -- figures --------------------------------------------------------------------------------
+
+
+def pct(xs, q: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(q * len(xs)))] if xs else math.nan
+
+
+def figures(tasks, ledger) -> dict:
+    """Throughput, post->done p50/p95 and cost per task from a run's tables (pandas frames
+    with the export's columns: a live export or a `SimRun`)."""
+    done = tasks[tasks["status"] == "completed"]
+    n = len(done)
+    if n == 0:
+        return {"tasks": len(tasks), "completed": 0, "throughput": 0.0, "p50": math.nan,
+                "p95": math.nan, "cost_per_task": math.nan}
+    span = float(done["completed_at"].max() - tasks["created_at"].min())
+    lat = (done["completed_at"] - done["created_at"]).to_numpy()
+    paid = float(ledger["sats"].sum()) if len(ledger) else 0.0
+    return {"tasks": len(tasks), "completed": n,
+            "throughput": n / span if span > 0 else math.nan,
+            "p50": float(_quantile(lat, 0.50)), "p95": float(_quantile(lat, 0.95)),
+            "cost_per_task": paid / n}
+
+
+def _quantile(xs, q: float) -> float:
+    import numpy as np
+
+    return float(np.quantile(np.asarray(xs, dtype=float), q))
+
+
+def figures_of_export(export: Path) -> dict:
+    import pandas as pd
+
+    return figures(pd.read_parquet(export / "tasks.parquet"),
+                   pd.read_parquet(export / "ledger.parquet"))
+
+
+FIGURES = (("throughput", "tasks/s", 1.0, 0.10), ("p50", "ms", 1e3, 0.10),
+           ("p95", "ms", 1e3, 0.20), ("cost_per_task", "sats", 1.0, None))
+
+
+def print_live(name: str, run: LiveRun) -> None:
+    f = run.figures
+    print(f"  live {name}: {f['completed']}/{f['tasks']} completed in {run.wall:.1f} s; "
+          f"{f['throughput']:.1f} tasks/s, post->done p50 {f['p50'] * 1e3:.1f} ms, "
+          f"p95 {f['p95'] * 1e3:.1f} ms, {f['cost_per_task']:.1f} sats/task "
+          f"(poster late p95 {run.late_p95 * 1e3:.1f} ms)")
+
+
+# -- the twin: calibrate, predict --------------------------------------------------------------
+
+
+def predict(model, work, mix: Mapping[str, int], *, rule: str, seed: int,
+            replications: int) -> dict[str, tuple[float, float, float]]:
+    """simulate(work, model=model) over ``replications`` seeds: {figure: (mean, low, high)}."""
+    import numpy as np
+    from scipy import stats
+
+    from timmy.sim import simulate
+
+    runs = []
+    for r in range(replications):
+        run = simulate(work, model=model, runners=dict(mix), rule=rule, seed=seed + r,
+                       engine="python")
+        runs.append(figures(run.tasks, run.ledger))
+    out = {}
+    for key, *_ in FIGURES:
+        x = np.array([f[key] for f in runs], dtype=float)
+        mean = float(x.mean())
+        if len(x) > 1 and x.std() > 0:
+            low, high = stats.t.interval(0.95, len(x) - 1, loc=mean, scale=stats.sem(x))
+        else:
+            low = high = mean
+        out[key] = (mean, float(low), float(high))
+    return out
+
+
+def compare(predicted: Mapping[str, tuple], measured: Mapping[str, float]) -> list[tuple]:
+    """Rows (figure, unit, predicted, CI low, CI high, measured, relative error, target)."""
+    rows = []
+    for key, unit, scale, target in FIGURES:
+        mean, low, high = predicted[key]
+        real = measured[key]
+        err = (mean - real) / real if real else math.nan
+        rows.append((key, unit, mean * scale, low * scale, high * scale, real * scale, err,
+                     target))
+    return rows
+
+
+def print_comparison(rows) -> None:
+    print(f"  {'figure':<14} {'predicted (95% CI)':>28} {'measured':>10} {'error':>8}  target")
+    for key, unit, mean, low, high, real, err, target in rows:
+        ok = "" if target is None else ("ok" if abs(err) <= target else "MISS")
+        tgt = "-" if target is None else f"{target:.0%} {ok}"
+        print(f"  {key + ' ' + unit:<14} {mean:>10.1f} ({low:>7.1f}-{high:>7.1f}) "
+              f"{real:>10.1f} {err:>+8.1%}  {tgt}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--tasks-a", type=int, default=600, help="tasks in live run A")
+    ap.add_argument("--tasks-b", type=int, default=900, help="tasks in live run B")
+    ap.add_argument("--load-a", type=float, default=0.60, help="A's rate / A's capacity")
+    ap.add_argument("--load-b", type=float, default=0.85, help="B's rate / B's capacity")
+    ap.add_argument("--rule-a", default="specialist_first")
+    ap.add_argument("--rule-b", default="second_price")
+    ap.add_argument("--cv", type=float, default=0.5,
+                    help="coefficient of variation of the model time (gamma law)")
+    ap.add_argument("--replications", type=int, default=5, help="simulated runs per prediction")
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--keep", type=Path, default=None,
+                    help="keep the databases, exports and model in this directory")
+    args = ap.parse_args()
+
+    from timmy.sim import calibrate
+
+    cap_a, cap_b = nominal_capacity(MIX_A), nominal_capacity(MIX_B)
+    rate_a, rate_b = args.load_a * cap_a, args.load_b * cap_b
+    print(f"twin: personas {', '.join(f'{p} {DELAYS[p] * 1e3:.0f} ms' for p in DELAYS)} "
+          f"(gamma, cv {args.cv:g}), posts {WEIGHTS}")
+    print(f"  A: mix {MIX_A}, {args.rule_a}, {rate_a:.1f} tasks/s "
+          f"({args.load_a:.0%} of nominal {cap_a:.1f}), {args.tasks_a} tasks")
+    print(f"  B: mix {MIX_B}, {args.rule_b}, {rate_b:.1f} tasks/s "
+          f"({args.load_b:.0%} of nominal {cap_b:.1f}), {args.tasks_b} tasks")
+    work_a = arrivals(args.tasks_a, rate_a, args.seed)
+    work_b = arrivals(args.tasks_b, rate_b, args.seed + 1)
+    with contextlib.ExitStack() as stack:
+        root = args.keep or Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        url = stack.enter_context(ollama_lookalike(cv=args.cv, seed=args.seed))
+        live_a = run_live(root / "A", work_a, MIX_A, rule=args.rule_a, seed=args.seed,
+                          ollama_url=url)
+        print_live("A", live_a)
+        t0 = time.perf_counter()
+        model = calibrate(live_a.export)
+        print(f"  calibrated in {time.perf_counter() - t0:.2f} s:")
+        print("    " + str(model).replace("\n", "\n    "))
+        model.save(root / "model.toml")
+        print(f"  model capacity: A {model.capacity(MIX_A):.1f} tasks/s, "
+              f"B {model.capacity(MIX_B):.1f} tasks/s (nominal {cap_a:.1f}, {cap_b:.1f})")
+        t0 = time.perf_counter()
+        predicted = predict(model, work_b, MIX_B, rule=args.rule_b, seed=args.seed,
+                            replications=args.replications)
+        print(f"  predicted B in {time.perf_counter() - t0:.1f} s ({args.replications} runs)")
+        live_b = run_live(root / "B", work_b, MIX_B, rule=args.rule_b, seed=args.seed,
+                          ollama_url=url)
+        print_live("B", live_b)
+    print("predicted vs measured, run B:")
+    print_comparison(compare(predicted, live_b.figures))
+
+
+if __name__ == "__main__":
+    main()
