@@ -15,17 +15,30 @@ _EXPORTS = {
     "sweep": "sweeps", "load_grid": "sweeps", "check_grid": "sweeps", "local_cluster": "sweeps",
     "Arrival": "workloads", "poisson_arrivals": "workloads", "bursts": "workloads",
     "demo_descriptions": "workloads", "demo_workload": "workloads", "keyword_mix": "workloads",
-    "plan": "plan", "CapacityPlan": "plan",
+    "calibrate": "calibrate", "summarize": "calibrate", "CalibrationError": "calibrate",
+    "Model": "model", "PersonaModel": "model", "DurationFit": "model", "ArrivalModel": "model",
+    "OverheadModel": "model", "ModelError": "model", "model_arrivals": "twin_draws",
+    "plan": "plan", "CapacityPlan": "plan", "PlanError": "plan",
 }
 
 __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:
+    from timmy.sim.calibrate import CalibrationError, calibrate, summarize
     from timmy.sim.experiments import Experiment, experiment
-    from timmy.sim.plan import CapacityPlan, plan
+    from timmy.sim.model import (
+        ArrivalModel,
+        DurationFit,
+        Model,
+        ModelError,
+        OverheadModel,
+        PersonaModel,
+    )
+    from timmy.sim.plan import CapacityPlan, PlanError, plan
     from timmy.sim.replays import replay, replay_summary
     from timmy.sim.simulator import SimRun, Simulator, simulate
     from timmy.sim.sweeps import check_grid, load_grid, local_cluster, sweep
+    from timmy.sim.twin_draws import model_arrivals
     from timmy.sim.workloads import (
         Arrival,
         bursts,

@@ -183,7 +183,9 @@ class Simulator:
                  runner_queue: int = 32, start: float = 0.0, crash_rate: float = 0.0,
                  restart_seconds: float = 0.5,
                  verify_timeout: float = DEFAULT_TIMEOUT, budget: int | None = None,
-                 approve="all") -> None:
+                 approve="all", twin=None) -> None:
+        #: A model's draws (`timmy.sim.twin_draws.TwinDraws`) when simulating with model=
+        self.twin, self._pending, self._last_auction = twin, 0, start
         self.catalog = dict(PERSONAS if personas is None else personas)
         self.seed, self.rule = seed, check_rule(rule)
         self.task_seconds, self.max_attempts = task_seconds, max_attempts
@@ -236,6 +238,14 @@ class Simulator:
         self.limited = self.limited or max_price is not None
         self.tasks.append(task)
         self._event("task_posted", task.task_id)
+        if self.twin is not None:   # the auction after the model's post->assign overhead
+            self._last_auction = max(self.now + self.twin.overhead(task.task_id, self._pending),
+                                     self._last_auction)
+            self._pending += 1
+            self._seq += 1
+            heapq.heappush(self.clock, (self._last_auction, self._seq, "auction", task.task_id,
+                                        "", 0))
+            return task
         self._auction(task)
         return task
 
@@ -339,19 +349,25 @@ class Simulator:
         task.status = "running"
         if task.plans is not None:   # a redundant copy: its own kind of work and outcome
             on_spec, keywords, _ = task.plans[agent.agent_id]
-            plan = simulated_plan(self.seed, agent.agent_id, task.task_id, task.attempts,
-                                  on_spec, self.task_seconds)
+            plan = self._plan(agent, task, on_spec)
             task.plans[agent.agent_id] = (on_spec, keywords, plan.ok)
         else:
-            plan = simulated_plan(self.seed, agent.agent_id, task.task_id, task.attempts,
-                                  task.on_spec, self.task_seconds)
+            plan = self._plan(agent, task, task.on_spec)
             task.result = "ok" if plan.ok else None
-        if self.crash_rate:
+        rate = self.crash_rate if self.twin is None else self.twin.crash_rate(agent.persona.id)
+        if rate:
             draw = bid_rng(self.seed, agent.agent_id, task.task_id, task.attempts, STREAM_CRASH)
-            if draw.random() < self.crash_rate:   # the runner dies part-way through
+            if draw.random() < rate:   # the runner dies part-way through
                 self._at(self.now + plan.seconds * draw.random(), "crash", task.task_id, agent)
                 return
         self._at(self.now + plan.seconds, "done", task.task_id, agent)
+
+    def _plan(self, agent: _Agent, task: _Task, on_spec: bool):
+        if self.twin is not None:   # drawn from a calibrated model
+            return self.twin.plan(agent.agent_id, agent.persona.id, task.task_id,
+                                  task.attempts, on_spec)
+        return simulated_plan(self.seed, agent.agent_id, task.task_id, task.attempts, on_spec,
+                              self.task_seconds)
 
     def _finish(self, task_id: int, agent_id: str) -> _Task:
         agent, task = self.by_id[agent_id], self.tasks[task_id - 1]
@@ -478,7 +494,8 @@ class Simulator:
         held = list(agent.queue)
         agent.queue.clear()
         self._event("agent_crashed", None, agent.agent_id)
-        self._at(self.now + self.restart_seconds, "restart", 0, agent)
+        self._at(self.now + (self.restart_seconds if self.twin is None else
+                             self.twin.restart_seconds(agent.persona.id)), "restart", 0, agent)
         for i, task_id in enumerate(held):
             task = self.tasks[task_id - 1]
             if task.copies is not None:
@@ -502,6 +519,10 @@ class Simulator:
     def _step(self) -> _Task | None:
         """Advance the clock to its next entry; the task it finished or failed, if any."""
         self.now, _, what, task_id, agent_id, life = heapq.heappop(self.clock)
+        if what == "auction":   # a model's overhead after the post has passed
+            self._pending -= 1
+            self._auction(self.tasks[task_id - 1])
+            return None
         agent = self.by_id[agent_id]
         if life != agent.life:
             return None   # the runner died since: its plans died with it
@@ -642,6 +663,13 @@ class SimRun:
             if n else nan,
         }
 
+    def summary(self) -> dict:
+        """The run's figures: throughput, post-to-done p50/p95/p99, cost per task,
+        utilisation per runner, queue over time (`timmy.sim.calibrate.summarize`)."""
+        from timmy.sim.calibrate import summarize_tables
+
+        return summarize_tables({n: getattr(self, n) for n in TABLES})
+
     def export(self, out_dir: str | Path) -> dict[str, Path]:
         """Write tasks, bids, agents, events and ledger as Parquet files, like `Swarm.export`
         (and reputation, but from the compiled engine, which keeps none)."""
@@ -667,7 +695,7 @@ def simulate(workload: Sequence[str] | Sequence[Arrival], *, personas=None, seed
              engine: str = "auto", verify: str | Sequence[str | None] | None = None,
              verify_timeout: float = DEFAULT_TIMEOUT, budget: int | None = None,
              max_price: int | Sequence[int | None] | None = None,
-             approve="all") -> SimRun:
+             approve="all", model=None) -> SimRun:
     """Run ``workload`` through a simulated swarm with the live rules; returns a `SimRun`.
 
     ``workload``: descriptions (posted one at a time, as a live ``post``/``wait`` loop)
@@ -705,7 +733,33 @@ def simulate(workload: Sequence[str] | Sequence[Arrival], *, personas=None, seed
     decides at once: "all" (assigned at the held price, as ``swarm.approve``), "none"
     (cancelled, as ``swarm.reject``) or a callable ``(task, price) -> bool``. The compiled
     engine has no budgets: "auto" then runs the Python engine.
+
+    ``model``: a calibrated `timmy.sim.Model` (or its file, see `timmy.sim.calibrate`): each
+    run's duration and success, crashes and restarts per persona, and the coordinator's
+    post-to-assign overhead are drawn from it (keyed by the seed, `timmy.sim.twin_draws`)
+    instead of ``task_seconds`` and the simulated executor's rates; ``crash_rate``, when
+    given, replaces the recorded ones. ``runners`` defaults to the recorded mix, and
+    ``workload`` may be a number of tasks to draw from the model's arrivals
+    (`timmy.sim.twin_draws.model_arrivals`). It runs on the Python engine.
     """
+    twin = None
+    if model is not None:
+        from timmy.sim.model import load_model
+        from timmy.sim.twin_draws import TwinDraws, model_arrivals
+
+        model = load_model(model)
+        if engine == "compiled":
+            raise ConfigError("the compiled engine does not simulate with a model",
+                              hint='use engine="python" (or "auto") with model=')
+        if isinstance(workload, int) and not isinstance(workload, bool):
+            workload = model_arrivals(model, workload, seed)
+        if runners is None:
+            runners = {p: n for p, n in model.runners.items() if n > 0}
+        twin = TwinDraws(model, seed, crash_rate or None)
+    elif isinstance(workload, int):
+        raise ConfigError("a number of tasks as the workload needs a model to draw them from",
+                          hint="pass model= (timmy.sim.calibrate(...)), or a list of "
+                               "descriptions or Arrival items")
     items = list(workload)
     sequential = all(isinstance(i, str) for i in items)
     if not sequential and not all(isinstance(i, Arrival) for i in items):
@@ -721,7 +775,7 @@ def simulate(workload: Sequence[str] | Sequence[Arrival], *, personas=None, seed
                     task_seconds=task_seconds, max_attempts=max_attempts,
                     runner_queue=runner_queue, crash_rate=crash_rate,
                     restart_seconds=restart_seconds, verify_timeout=verify_timeout,
-                    budget=budget, approve=approve)
+                    budget=budget, approve=approve, twin=twin)
     if crash_rate and engine == "compiled":
         raise ConfigError("the compiled engine does not simulate runner crashes",
                           hint='use engine="python" (or "auto") with crash_rate')
@@ -742,6 +796,7 @@ def simulate(workload: Sequence[str] | Sequence[Arrival], *, personas=None, seed
         raise ConfigError("the compiled engine does not verify results",
                           hint='use engine="python" (or "auto") with verify')
     compiled = (sequential and not crash_rate and not strategies and specs is None
+                and twin is None
                 and budget is None and limits is None
                 and engine != "python" and rule in COMPILED_RULES and _numba_available(engine))
     sink = Sink(out)
