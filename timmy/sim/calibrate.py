@@ -73,9 +73,14 @@ def read_tables(source) -> dict:
         return {n: getattr(source, n) for n in names}
     con = connect(source)
     try:
-        return {n: con.execute(f"SELECT * FROM {n}").df() for n in names}
+        frames = {n: con.execute(f"SELECT * FROM {n}").df() for n in names}
     finally:
         con.close()
+    for frame in frames.values():   # DuckDB gives nullable ints (pd.NA): NaN, as pandas reads
+        for column in frame.columns:
+            if str(frame[column].dtype).startswith("Int") and frame[column].hasnans:
+                frame[column] = frame[column].astype("float64")
+    return frames
 
 
 def rebuild_runs(tables: dict) -> list[Run]:
