@@ -219,12 +219,12 @@ FIGURES = (("throughput", "tasks/s", 1.0, 0.10), ("p50", "ms", 1e3, 0.10),
            ("p95", "ms", 1e3, 0.20), ("cost_per_task", "sats", 1.0, None))
 
 
-def print_live(name: str, run: LiveRun) -> None:
+def describe_live(name: str, run: LiveRun) -> str:
     f = run.figures
-    print(f"  live {name}: {f['completed']}/{f['tasks']} completed in {run.wall:.1f} s; "
-          f"{f['throughput']:.1f} tasks/s, post->done p50 {f['p50'] * 1e3:.1f} ms, "
-          f"p95 {f['p95'] * 1e3:.1f} ms, {f['cost_per_task']:.1f} sats/task "
-          f"(poster late p95 {run.late_p95 * 1e3:.1f} ms)")
+    return (f"  live {name}: {f['completed']}/{f['tasks']} completed in {run.wall:.1f} s; "
+            f"{f['throughput']:.1f} tasks/s, post->done p50 {f['p50'] * 1e3:.1f} ms, "
+            f"p95 {f['p95'] * 1e3:.1f} ms, {f['cost_per_task']:.1f} sats/task "
+            f"(poster late p95 {run.late_p95 * 1e3:.1f} ms)")
 
 
 # -- the twin: calibrate, predict --------------------------------------------------------------
@@ -276,6 +276,56 @@ def print_comparison(rows) -> None:
               f"{real:>10.1f} {err:>+8.1%}  {tgt}")
 
 
+@dataclass
+class Check:
+    """One twin check: A and B live, the model fitted from A, B predicted."""
+
+    live_a: LiveRun
+    model: object
+    rate_b: float
+    predicted: dict
+    live_b: LiveRun
+
+    def rows(self) -> list[tuple]:
+        return compare(self.predicted, self.live_b.figures)
+
+
+def check(root: Path, *, tasks_a: int = 600, tasks_b: int = 900, load_a: float = 0.60,
+          load_b: float = 0.85, rule_a: str = "specialist_first", rule_b: str = "second_price",
+          cv: float = 0.5, replications: int = 5, seed: int = 1, say=print) -> Check:
+    """Run A live, calibrate, predict B, run B live (in ``root``); ``say`` gets the story."""
+    from timmy.sim import calibrate
+
+    cap_a = nominal_capacity(MIX_A)
+    rate_a = load_a * cap_a
+    say(f"twin: personas {', '.join(f'{p} {DELAYS[p] * 1e3:.0f} ms' for p in DELAYS)} "
+        f"(gamma, cv {cv:g}), posts {WEIGHTS}")
+    say(f"  A: mix {MIX_A}, {rule_a}, {rate_a:.1f} tasks/s "
+        f"({load_a:.0%} of nominal {cap_a:.1f}), {tasks_a} tasks")
+    work_a = arrivals(tasks_a, rate_a, seed)
+    with ollama_lookalike(cv=cv, seed=seed) as url:
+        live_a = run_live(root / "A", work_a, MIX_A, rule=rule_a, seed=seed, ollama_url=url)
+        say(describe_live("A", live_a))
+        t0 = time.perf_counter()
+        model = calibrate(live_a.export)
+        say(f"  calibrated in {time.perf_counter() - t0:.2f} s:")
+        say("    " + str(model).replace("\n", "\n    "))
+        model.save(root / "model.toml")
+        cap_b = model.capacity(MIX_B)
+        rate_b = load_b * cap_b
+        say(f"  B: mix {MIX_B}, {rule_b}, {rate_b:.1f} tasks/s ({load_b:.0%} of the model's "
+            f"capacity {cap_b:.1f}; nominal {nominal_capacity(MIX_B):.1f}; A's by the model "
+            f"{model.capacity(MIX_A):.1f}), {tasks_b} tasks")
+        work_b = arrivals(tasks_b, rate_b, seed + 1)
+        t0 = time.perf_counter()
+        predicted = predict(model, work_b, MIX_B, rule=rule_b, seed=seed,
+                            replications=replications)
+        say(f"  predicted B in {time.perf_counter() - t0:.1f} s ({replications} runs)")
+        live_b = run_live(root / "B", work_b, MIX_B, rule=rule_b, seed=seed, ollama_url=url)
+        say(describe_live("B", live_b))
+    return Check(live_a, model, rate_b, predicted, live_b)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--tasks-a", type=int, default=600, help="tasks in live run A")
@@ -291,42 +341,13 @@ def main() -> None:
     ap.add_argument("--keep", type=Path, default=None,
                     help="keep the databases, exports and model in this directory")
     args = ap.parse_args()
-
-    from timmy.sim import calibrate
-
-    cap_a = nominal_capacity(MIX_A)
-    rate_a = args.load_a * cap_a
-    print(f"twin: personas {', '.join(f'{p} {DELAYS[p] * 1e3:.0f} ms' for p in DELAYS)} "
-          f"(gamma, cv {args.cv:g}), posts {WEIGHTS}")
-    print(f"  A: mix {MIX_A}, {args.rule_a}, {rate_a:.1f} tasks/s "
-          f"({args.load_a:.0%} of nominal {cap_a:.1f}), {args.tasks_a} tasks")
-    work_a = arrivals(args.tasks_a, rate_a, args.seed)
     with contextlib.ExitStack() as stack:
         root = args.keep or Path(stack.enter_context(tempfile.TemporaryDirectory()))
-        url = stack.enter_context(ollama_lookalike(cv=args.cv, seed=args.seed))
-        live_a = run_live(root / "A", work_a, MIX_A, rule=args.rule_a, seed=args.seed,
-                          ollama_url=url)
-        print_live("A", live_a)
-        t0 = time.perf_counter()
-        model = calibrate(live_a.export)
-        print(f"  calibrated in {time.perf_counter() - t0:.2f} s:")
-        print("    " + str(model).replace("\n", "\n    "))
-        model.save(root / "model.toml")
-        cap_b = model.capacity(MIX_B)
-        rate_b = args.load_b * cap_b
-        print(f"  B: mix {MIX_B}, {args.rule_b}, {rate_b:.1f} tasks/s ({args.load_b:.0%} of "
-              f"the model's capacity {cap_b:.1f}; nominal {nominal_capacity(MIX_B):.1f}; "
-              f"A's by the model {model.capacity(MIX_A):.1f}), {args.tasks_b} tasks")
-        work_b = arrivals(args.tasks_b, rate_b, args.seed + 1)
-        t0 = time.perf_counter()
-        predicted = predict(model, work_b, MIX_B, rule=args.rule_b, seed=args.seed,
-                            replications=args.replications)
-        print(f"  predicted B in {time.perf_counter() - t0:.1f} s ({args.replications} runs)")
-        live_b = run_live(root / "B", work_b, MIX_B, rule=args.rule_b, seed=args.seed,
-                          ollama_url=url)
-        print_live("B", live_b)
+        result = check(root, tasks_a=args.tasks_a, tasks_b=args.tasks_b, load_a=args.load_a,
+                       load_b=args.load_b, rule_a=args.rule_a, rule_b=args.rule_b, cv=args.cv,
+                       replications=args.replications, seed=args.seed)
     print("predicted vs measured, run B:")
-    print_comparison(compare(predicted, live_b.figures))
+    print_comparison(result.rows())
 
 
 if __name__ == "__main__":

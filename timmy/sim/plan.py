@@ -329,6 +329,8 @@ class _Search:
 
             self._dask = dask_client(client, None if scheduler == "local" else scheduler)
             self.client = self._dask.__enter__()
+            # sent once (a scatter per step would reuse the key while the last one is freed)
+            self._model = self.client.scatter(model, broadcast=True, hash=False)
 
     def close(self) -> None:
         if self._dask is not None:
@@ -347,8 +349,7 @@ class _Search:
         if self._dask is not None and points:
             from timmy.sim.sweeps import _bar, gather
 
-            model = self.client.scatter(self.model, broadcast=True)
-            futures = [self.client.submit(simulate_point, model, new[i][0], self.rule,
+            futures = [self.client.submit(simulate_point, self._model, new[i][0], self.rule,
                                           self.work[r], self.seeds[r], pure=False)
                        for i, r in points]
             index = {f.key: p for f, p in zip(futures, points, strict=True)}
