@@ -328,6 +328,13 @@ def check(root: Path, *, tasks_a: int = 600, tasks_b: int = 900, load_a: float =
     # what is left of the error is the model's, not the poster's
     replayed = predict(model, posted_arrivals(live_b.export), MIX_B, rule=rule_b, seed=seed,
                        replications=replications)
+    # did the machine run as fast in B as in A? (the model can only know A)
+    model_b = calibrate(live_b.export)
+    say("  run time per persona, A -> B (what B's own tables give): " + ", ".join(
+        f"{p} {model.personas[p].duration.mean * 1e3:.1f} -> "
+        f"{model_b.personas[p].duration.mean * 1e3:.1f} ms "
+        f"({model_b.personas[p].duration.mean / model.personas[p].duration.mean - 1:+.0%})"
+        for p in MIX_B if p in model.personas and p in model_b.personas))
     return Check(live_a, model, rate_b, predicted, live_b, replayed)
 
 
