@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
-import twin  # noqa: E402  (benchmarks/twin.py)
+import twin  # benchmarks/twin.py
 
 #: figure -> the relative error allowed here (the benchmark's targets are 10/10/20 %)
 TOLERANCE = {"throughput": 0.20, "p50": 0.50, "p95": 0.75, "cost_per_task": 0.15}
@@ -56,3 +56,12 @@ def test_a_wrong_model_misses_by_far_more(checked):
                          twin.MIX_B, rule="second_price", seed=3, replications=2)
     p50 = checked.live_b.figures["p50"]
     assert wrong["p50"][0] > p50 * (1 + TOLERANCE["p50"]) * 1.3
+
+
+def test_the_benchmark_prints_predicted_against_measured(checked, capsys):
+    twin.print_comparison(checked.rows())
+    twin.print_comparison(checked.rows(replayed=True))
+    out = capsys.readouterr().out
+    for name in ("throughput tasks/s", "p50 ms", "p95 ms", "cost_per_task sats"):
+        assert out.count(name) == 2
+    assert "%" in out and "live B: 300/300 completed" in twin.describe_live("B", checked.live_b)
