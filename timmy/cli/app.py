@@ -80,7 +80,7 @@ def _register_commands() -> None:
         spawn_cmd,
         status_cmd,
     )
-    from timmy.cli.sim import simulate_cmd, sweep_cmd
+    from timmy.cli.sim import calibrate_cmd, simulate_cmd, sweep_cmd
 
     for name, command in [("demo", demo_cmd), ("run", run_cmd), ("export", export_cmd),
                           ("personas", personas_cmd), ("report", report_cmd),
@@ -88,7 +88,8 @@ def _register_commands() -> None:
                           ("runner", runner_cmd), ("dashboards", dashboards_cmd),
                           ("serve", serve_cmd), ("status", status_cmd), ("post", post_cmd),
                           ("spawn", spawn_cmd), ("doctor", doctor_cmd),
-                          ("approve", approve_cmd), ("reject", reject_cmd)]:
+                          ("approve", approve_cmd), ("reject", reject_cmd),
+                          ("calibrate", calibrate_cmd)]:
         cli.add_command(command, name)
     cli.add_command(__import__("timmy.cli.plan", fromlist=["plan_cmd"]).plan_cmd, "plan")
 

@@ -15,7 +15,7 @@ _EXPORTS = {
     "sweep": "sweeps", "load_grid": "sweeps", "check_grid": "sweeps", "local_cluster": "sweeps",
     "Arrival": "workloads", "poisson_arrivals": "workloads", "bursts": "workloads",
     "demo_descriptions": "workloads", "demo_workload": "workloads", "keyword_mix": "workloads",
-    "calibrate": "calibrate", "summarize": "calibrate", "CalibrationError": "calibrate",
+    "calibrate": "calibration", "summarize": "calibration", "CalibrationError": "calibration",
     "Model": "model", "PersonaModel": "model", "DurationFit": "model", "ArrivalModel": "model",
     "OverheadModel": "model", "ModelError": "model", "model_arrivals": "twin_draws",
     "plan": "plan", "CapacityPlan": "plan", "PlanError": "plan",
@@ -24,7 +24,7 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:
-    from timmy.sim.calibrate import CalibrationError, calibrate, summarize
+    from timmy.sim.calibration import CalibrationError, calibrate, summarize
     from timmy.sim.experiments import Experiment, experiment
     from timmy.sim.model import (
         ArrivalModel,

@@ -1,4 +1,4 @@
-"""A digital twin's model of a swarm (`Model`), fitted by `timmy.sim.calibrate.calibrate` from
+"""A digital twin's model of a swarm (`Model`), fitted by `timmy.sim.calibration.calibrate` from
 what a run recorded and used by ``simulate(..., model=)``: per persona the distribution of
 execution time (a scipy family and the empirical quantiles), success on and off its speciality,
 crashes and restarts; the arrivals of the recorded posts; the coordinator's own overhead from
@@ -128,12 +128,14 @@ class OverheadModel:
     """The coordinator's time from a task's post to its first assignment (seconds):
     ``base + per_queued * queued``, ``queued`` the tasks posted before it and not yet
     assigned, fitted by least squares over ``n`` tasks; ``residuals`` the empirical
-    quantiles (at `QUANTILES`) of what the line does not explain, added to draws."""
+    quantiles (at `QUANTILES`) of what the line does not explain, added to draws;
+    ``requeue``: the mean time from a task's requeue to its next assignment."""
 
     base: float = 0.0
     per_queued: float = 0.0
     n: int = 0
     residuals: list[float] = field(default_factory=list)
+    requeue: float = 0.0
 
     def mean(self, queued: int) -> float:
         return max(0.0, self.base + self.per_queued * queued)
@@ -193,7 +195,9 @@ class Model:
             raise ConfigError(
                 f"{rate:g} tasks/s is above the modelled capacity of {cap:.3g} tasks/s "
                 f"({rate / cap - 1:.0%} over): the runners will not keep up",
-                hint="add runners (runners={persona: count}) or lower the rate")
+                hint="add runners (runners={persona: count}, --runners quill=3,...) or lower "
+                     "the rate; to simulate the overload anyway: simulate(model=) runs it "
+                     "(timmy simulate --overload)")
 
     def scaled(self, factor: float) -> Model:
         """The same model with every persona's durations ``factor`` times as long."""
@@ -278,7 +282,7 @@ class Model:
                  f"arrivals: {a.rate:.4g} tasks/s, burstiness (CV of gaps) {a.burstiness:.3g}"
                  f", {a.n} posts",
                  f"overhead post->assign: {o.base * 1000:.3g} ms + {o.per_queued * 1000:.3g} ms"
-                 f" per queued task ({o.n} tasks)",
+                 f" per queued task ({o.n} tasks); requeue->assign {o.requeue * 1000:.3g} ms",
                  f"capacity of the recorded runners: {self.capacity():.4g} tasks/s",
                  "persona   runners  runs  mean s   p50 s    p95 s    best fit        "
                  "ok on   ok off  crash/run"]
@@ -359,7 +363,7 @@ def fit_durations(values) -> DurationFit:
     stats = require("scipy.stats", "analysis")
     x = np.sort(np.asarray(values, dtype=float))
     x = x[np.isfinite(x)]
-    quantiles = [float(v) for v in np.quantile(x, QUANTILES)]
+    quantiles = [round_sig(v) for v in np.quantile(x, QUANTILES)]
     fit = DurationFit(n=len(x), mean=float(x.mean()), quantiles=quantiles)
     if len(x) > 5000:   # the fit on an even subsample: as good, much faster
         x = x[np.linspace(0, len(x) - 1, 5000).astype(int)]
@@ -475,6 +479,11 @@ def _mean_success(p: PersonaModel) -> float:
     if runs <= 0:
         return p.success(True)
     return (p.on_spec_runs * p.success(True) + p.off_spec_runs * p.success(False)) / runs
+
+
+def round_sig(value) -> float:
+    """``value`` to 6 significant digits: what a model file keeps of a quantile."""
+    return float(f"{float(value):.6g}")
 
 
 def _rate(value: float | None) -> str:

@@ -473,6 +473,13 @@ class Simulator:
         else:
             task.agent, task.price, task.assigned_at = None, None, None
             self._event(TASK_REQUEUED, task.task_id)
+            if self.twin is not None and self.twin.requeue > 0:   # the model's re-auction time
+                task.status = "queued"
+                self._pending += 1
+                self._seq += 1
+                heapq.heappush(self.clock, (self.now + self.twin.requeue, self._seq, "auction",
+                                            task.task_id, "", 0))
+                return
             self._auction(task)
 
     def _drain(self) -> None:
@@ -665,8 +672,8 @@ class SimRun:
 
     def summary(self) -> dict:
         """The run's figures: throughput, post-to-done p50/p95/p99, cost per task,
-        utilisation per runner, queue over time (`timmy.sim.calibrate.summarize`)."""
-        from timmy.sim.calibrate import summarize_tables
+        utilisation per runner, queue over time (`timmy.sim.calibration.summarize`)."""
+        from timmy.sim.calibration import summarize_tables
 
         return summarize_tables({n: getattr(self, n) for n in TABLES})
 

@@ -34,7 +34,8 @@ class TwinDraws:
         self.crash_override = crash_rate
         # a persona the recorded run had no runs of behaves as the busiest recorded one
         self.fallback = max(model.personas.values(), key=lambda p: (p.tasks, p.name))
-        self._scale: dict[str, float] = {}
+        #: seconds from a requeue to the task's next auction (the recorded mean)
+        self.requeue = model.overhead.requeue
 
     def persona(self, persona_id: str) -> PersonaModel:
         return self.model.personas.get(persona_id) or self.fallback

@@ -12,6 +12,7 @@ task's next ``task_completed`` or ``verification_failed`` (a result), ``task_req
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,7 @@ from timmy.sim.model import (
     OverheadModel,
     PersonaModel,
     fit_durations,
+    round_sig,
 )
 
 #: Completed tasks a calibration needs by default.
@@ -73,14 +75,16 @@ def read_tables(source) -> dict:
         return {n: getattr(source, n) for n in names}
     con = connect(source)
     try:
-        frames = {n: con.execute(f"SELECT * FROM {n}").df() for n in names}
+        # via Arrow, as a SimRun's: missing numbers are NaN, not pandas.NA
+        return {n: _arrow(con.sql(f"SELECT * FROM {n}")).to_pandas() for n in names}
     finally:
         con.close()
-    for frame in frames.values():   # DuckDB gives nullable ints (pd.NA): NaN, as pandas reads
-        for column in frame.columns:
-            if str(frame[column].dtype).startswith("Int") and frame[column].hasnans:
-                frame[column] = frame[column].astype("float64")
-    return frames
+
+
+def _arrow(relation):
+    """A DuckDB relation as an Arrow table (the method's name changed in DuckDB 2)."""
+    fetch = getattr(relation, "to_arrow_table", None) or relation.arrow
+    return fetch()
 
 
 def rebuild_runs(tables: dict) -> list[Run]:
@@ -119,8 +123,9 @@ def rebuild_runs(tables: dict) -> list[Run]:
             free_at[aid] = ts
         runs.append(Run(tid, aid, assigned, start, ts, outcome, on_spec(tid, aid, event_id)))
 
-    for event_id, ts, kind, tid, aid in zip(events["event_id"], events["ts"], events["kind"],
-                                            events["task_id"], events["agent_id"], strict=True):
+    for event_id, ts, kind, tid, aid, data in zip(
+            events["event_id"], events["ts"], events["kind"], events["task_id"],
+            events["agent_id"], events["data"], strict=True):
         ts = float(ts)
         tid = None if tid is None or tid != tid else int(tid)
         aid = None if aid is None or aid != aid else str(aid)
@@ -135,8 +140,13 @@ def rebuild_runs(tables: dict) -> list[Run]:
         elif kind == "task_timed_out" and tid in held and aid in held[tid]:
             end(tid, aid, ts, "timeout")
         elif kind in ("task_requeued", "task_failed") and tid in held:
+            exited = _runner_exit(data)   # live: a runner's end requeues before it is told
             for other in list(held[tid]):
-                end(tid, other, ts, "failed")
+                if exited is None or exited[0] != other:
+                    end(tid, other, ts, "failed")
+                else:   # its head task was running: a crash; the ones behind it: no run
+                    head = by_agent.get(other, [tid])[0] == tid
+                    end(tid, other, ts, "crashed" if head and exited[1] else "cancelled")
         elif kind == "task_cancelled" and tid in held:
             for other in list(held[tid]):
                 end(tid, other, ts, "cancelled")
@@ -149,6 +159,26 @@ def rebuild_runs(tables: dict) -> list[Run]:
         elif kind in ("agent_restarted", "agent_reconnected") and aid is not None:
             free_at[aid] = ts
     return runs
+
+
+def _runner_exit(data) -> tuple[str, bool] | None:
+    """(agent_id, crashed) when an event's reason says a runner ended
+    (`timmy.market.lifecycle.after_runner_exit`: "runner forge-1 died (exit code -9) ...")."""
+    if not isinstance(data, str) or '"reason"' not in data:
+        return None
+    try:
+        reason = json.loads(data).get("reason") or ""
+    except (ValueError, AttributeError):
+        return None
+    words = reason.split(" ", 2)
+    if len(words) < 3 or words[0] != "runner":
+        return None
+    how = words[2]
+    if how.startswith(("died", "lost its connection")):
+        return words[1], True
+    if how.startswith("stopped"):
+        return words[1], False
+    return None
 
 
 # -- calibrating -----------------------------------------------------------------------
@@ -212,7 +242,7 @@ def calibrate(source, *, min_tasks: int = MIN_TASKS) -> Model:
             share=(len(results) + crashes) / total if total else 0.0)
     rules = tables["bids"]["rule"]
     return Model(personas=personas, arrivals=_arrivals(tasks),
-                 overhead=_overhead(events), source=_name(source), tasks=len(tasks),
+                 overhead=_overhead(tasks, events), source=_name(source), tasks=len(tasks),
                  rule=str(rules.mode().iloc[0]) if len(rules) else "")
 
 
@@ -235,38 +265,48 @@ def _arrivals(tasks) -> ArrivalModel:
     return ArrivalModel(rate=rate, burstiness=cv, n=len(posted), mix=mix)
 
 
-def _overhead(events) -> OverheadModel:
-    """Post to first assignment against the tasks posted and not yet assigned at the post."""
+def _overhead(tasks, events) -> OverheadModel:
+    """Post (the task's ``created_at``) to its first assignment, against the tasks posted
+    before it and not yet assigned (nor ended) when it was posted."""
     np = require("numpy", "analysis")
-    ev = events.sort_values("event_id", kind="stable")
-    posted: dict[int, tuple[float, int]] = {}
-    waiting = 0
-    xs, ys = [], []
-    for ts, kind, tid in zip(ev["ts"], ev["kind"], ev["task_id"], strict=True):
-        if tid is None or tid != tid:
-            continue
-        tid = int(tid)
-        if kind == "task_posted":
-            posted[tid] = (float(ts), waiting)
-            waiting += 1
-        elif kind in ("task_assigned", "task_cancelled", "task_failed") and tid in posted:
-            at, queued = posted.pop(tid)
-            waiting -= 1
-            if kind == "task_assigned":
-                xs.append(queued)
-                ys.append(float(ts) - at)
-    if not ys:
+    ev = events[events["kind"].isin(("task_assigned", "task_cancelled", "task_failed"))]
+    first = ev.groupby("task_id")["ts"].min()
+    assigned = set(events.loc[events["kind"] == "task_assigned", "task_id"].dropna()
+                   .astype(int))
+    ids = tasks["task_id"].to_numpy(dtype=int)
+    created = tasks["created_at"].to_numpy(dtype=float)
+    left = first.reindex(ids).to_numpy(dtype=float)   # NaN: never assigned nor ended
+    order = np.argsort(created, kind="stable")
+    left_sorted = np.sort(np.where(np.isnan(left), np.inf, left))
+    # posted before it (its rank) minus those already gone when it was posted
+    queued = order.argsort(kind="stable") - np.searchsorted(left_sorted, created, "right")
+    keep = np.array([int(t) in assigned for t in ids]) & ~np.isnan(left)
+    x = np.maximum(queued[keep], 0).astype(float)
+    y = left[keep] - created[keep]
+    if not len(y):
         return OverheadModel()
-    x, y = np.asarray(xs, dtype=float), np.asarray(ys, dtype=float)
-    if len(y) > 2 and x.std() > 0:
-        slope, base = np.polyfit(x, y, 1)
-        slope = max(float(slope), 0.0)
-        base = float(np.mean(y - slope * x))
-    else:
-        slope, base = 0.0, float(y.mean())
+    slope = max(float(np.polyfit(x, y, 1)[0]), 0.0) if len(y) > 2 and x.std() > 0 else 0.0
+    base = float(np.mean(y - slope * x))
     residuals = y - (base + slope * x)
     return OverheadModel(base=base, per_queued=slope, n=len(y),
-                         residuals=[float(v) for v in np.quantile(residuals, QUANTILES)])
+                         residuals=[round_sig(v) for v in np.quantile(residuals, QUANTILES)],
+                         requeue=_requeue_gap(events))
+
+
+def _requeue_gap(events) -> float:
+    """The mean time from a task's ``task_requeued`` to its next ``task_assigned``."""
+    ev = events[events["kind"].isin(("task_requeued", "task_assigned"))].sort_values(
+        "event_id", kind="stable")
+    since: dict[int, float] = {}
+    gaps = []
+    for ts, kind, tid in zip(ev["ts"], ev["kind"], ev["task_id"], strict=True):
+        if tid != tid or tid is None:
+            continue
+        if kind == "task_requeued":
+            since[int(tid)] = float(ts)
+        elif int(tid) in since:
+            gaps.append(float(ts) - since.pop(int(tid)))
+    return sum(gaps) / len(gaps) if gaps else 0.0
 
 
 def _restart_gaps(events, persona_of: dict[str, str]) -> dict[str, list[float]]:
@@ -297,11 +337,9 @@ def _share(runs: list[Run]) -> float | None:
 
 def _name(source) -> str:
     if isinstance(source, str | Path):
-        text = str(source)
-        if "://" in text and "@" in text:   # no password in a model file
-            scheme, rest = text.split("://", 1)
-            text = f"{scheme}://{rest.rsplit('@', 1)[1]}"
-        return text
+        from timmy.storage.address import safe_url
+
+        return safe_url(str(source))   # no password in a model file
     return type(source).__name__
 
 
