@@ -17,13 +17,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 import twin  # benchmarks/twin.py
 
 #: figure -> the relative error allowed here (the benchmark's targets are 10/10/20 %)
-TOLERANCE = {"throughput": 0.20, "p50": 0.50, "p95": 0.75, "cost_per_task": 0.15}
+TOLERANCE = {"throughput": 0.20, "p50": 0.40, "p95": 0.60, "cost_per_task": 0.15}
+#: B's load here (the benchmark's is 85 %): near saturation a few % of machine speed moving
+#: between A and B on shared cores moves the waiting times by tens of %
+LOAD_B = 0.75
 
 
 @pytest.fixture(scope="module")
 def checked(tmp_path_factory):
     root = tmp_path_factory.mktemp("twin")
-    return twin.check(root, tasks_a=240, tasks_b=300, replications=3, seed=3,
+    return twin.check(root, tasks_a=240, tasks_b=300, load_b=LOAD_B, replications=3, seed=3,
                       say=lambda _line: None)
 
 
