@@ -67,4 +67,5 @@ def test_the_benchmark_prints_predicted_against_measured(checked, capsys):
     out = capsys.readouterr().out
     for name in ("throughput tasks/s", "p50 ms", "p95 ms", "cost_per_task sats"):
         assert out.count(name) == 2
-    assert "%" in out and "live B: 300/300 completed" in twin.describe_live("B", checked.live_b)
+    assert "one run's 95% PI" in out and ("inside" in out or "OUTSIDE" in out)
+    assert "live B: 300/300 completed" in twin.describe_live("B", checked.live_b)
