@@ -354,14 +354,38 @@ def check(root: Path, *, tasks_a: int = 600, tasks_b: int = 900, load_a: float =
     # what is left of the error is the model's, not the poster's
     replayed = predict(model, posted_arrivals(live_b.export), MIX_B, rule=rule_b, seed=seed,
                        replications=replications)
-    # did the machine run as fast in B as in A? (the model can only know A)
+    # did the machine run as fast in B as in A? (the model can only know A) The runner's
+    # own measure of each run (elapsed_s, in task_completed) against the calibrated means
     model_b = calibrate(live_b.export)
-    say("  run time per persona, A -> B (what B's own tables give): " + ", ".join(
+    own_a, own_b = runner_elapsed(live_a.export), runner_elapsed(live_b.export)
+    say("  mean run time per persona, A -> B: calibrated " + ", ".join(
         f"{p} {model.personas[p].duration.mean * 1e3:.1f} -> "
         f"{model_b.personas[p].duration.mean * 1e3:.1f} ms "
         f"({model_b.personas[p].duration.mean / model.personas[p].duration.mean - 1:+.0%})"
         for p in MIX_B if p in model.personas and p in model_b.personas))
+    say("    as the runners measured them (elapsed_s): " + ", ".join(
+        f"{p} {own_a[p] * 1e3:.1f} -> {own_b[p] * 1e3:.1f} ms ({own_b[p] / own_a[p] - 1:+.0%})"
+        for p in MIX_B if p in own_a and p in own_b))
     return Check(live_a, model, rate_b, predicted, live_b, replayed)
+
+
+def runner_elapsed(export: Path) -> dict[str, float]:
+    """Per persona, the mean time the runners measured for their completed runs (the
+    ``elapsed_s`` of ``task_completed`` events): the machine's speed, whatever the load."""
+    import json
+
+    import pandas as pd
+
+    events = pd.read_parquet(export / "events.parquet")
+    agents = pd.read_parquet(export / "agents.parquet")
+    persona = dict(zip(agents["agent_id"], agents["persona"], strict=True))
+    done = events[events["kind"] == "task_completed"]
+    times: dict[str, list[float]] = {}
+    for agent, data in zip(done["agent_id"], done["data"], strict=True):
+        elapsed = json.loads(data).get("elapsed_s")
+        if elapsed is not None and agent in persona:
+            times.setdefault(persona[agent], []).append(float(elapsed))
+    return {p: sum(v) / len(v) for p, v in times.items()}
 
 
 def posted_arrivals(export: Path):
