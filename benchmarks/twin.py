@@ -14,8 +14,9 @@ arrival times, whatever the swarm's state.
    capacity (from the server's mean delays: the benchmark knows them, the model does not).
 2. Calibrate: `timmy.sim.calibrate` on A's export (the stored tables only).
 3. Predict B: ``MIX_B`` (another runner mix), ``--rule-b`` (another mechanism), at
-   ``--load-b`` (85 %) of B's nominal capacity: ``simulate(arrivals, model=model, ...)`` over
-   ``--replications`` seeds, mean and 95 % CI.
+   ``--load-b`` (85 %) of the capacity the MODEL gives B's mix (`Model.capacity`):
+   ``simulate(arrivals, model=model, ...)`` over ``--replications`` seeds: the mean, its
+   95 % CI, and the 95 % prediction interval of one run.
 4. Run B live with the same arrivals, and print predicted against measured: throughput,
    post->done p50 and p95, cost per task, each with its relative error (target: 10 % for
    throughput and p50, 20 % for p95).
@@ -26,7 +27,8 @@ completed tasks; cost per task = sats in the ledger / completed tasks.
 
 Two diagnostics follow the comparison: the same prediction from the arrivals B actually got
 (the poster can run late on busy cores; a late poster posts what is due together), and each
-persona's mean run time in A against B's own calibration. Near saturation the waiting times
+persona's mean run time in A against B's own calibration and against what the runners
+measured themselves (``elapsed_s``). Near saturation the waiting times
 are very sensitive to the run times: a few % of machine speed moving between A and B (two
 cores shared with other work) moves p50 and p95 by tens of %. That, sampling (a p95 from a
 few hundred tasks), and the message latency the calibration counts in a run that starts on
