@@ -99,7 +99,8 @@ def test_doubling_the_durations_doubles_p50_and_halves_throughput(recorded):
     _, crashing = recorded
     # no crashes: a restart takes as long either way, which moves work between runners
     model = sim.Model(**{**vars(crashing), "personas": {
-        n: replace(p, crash_rate=0.0) for n, p in crashing.personas.items()}})
+        n: replace(p, crash_rate=0.0) for n, p in crashing.personas.items()},
+        "overhead": replace(crashing.overhead, dispatch=0.0)})   # messaging does not double
     work = demo_descriptions(400, 8)   # one at a time: no queueing to blur the scaling
     one = sim.simulate(work, seed=8, model=model).summary()
     two = sim.simulate(work, seed=8, model=model.scaled(2.0)).summary()
@@ -145,6 +146,32 @@ def test_the_coordinators_overhead_delays_assignment(recorded):
     assert run.summary()["p50"] >= 0.2
     # calibrated back from that run: the overhead found again
     assert sim.calibrate(run, min_tasks=10).overhead.base == pytest.approx(0.2)
+
+
+def test_the_overhead_grows_with_the_queue_up_to_what_was_seen(recorded):
+    _, model = recorded
+    busy = sim.Model.from_dict({**model.to_dict(),
+                                "overhead": {"base": 0.05, "per_queued": 0.1, "n": 1,
+                                             "residuals": [], "max_queued": 2}})
+    burst = [sim.Arrival(0.0, d) for d in demo_descriptions(6, 3)]
+    run = sim.simulate(burst, seed=3, model=busy)
+    events = run.events
+    first = events[events["kind"] == "task_assigned"].groupby("task_id")["ts"].min()
+    # posted together: 0, 1, 2, 3... queued ahead, the line capped at 2 queued
+    assert list(first.sort_index().round(9)) == [0.05, 0.15, 0.25, 0.25, 0.25, 0.25]
+
+
+def test_the_dispatch_to_an_idle_runner_is_found_again(recorded):
+    _, model = recorded
+    assert model.overhead.dispatch == pytest.approx(0.0, abs=0.006)   # none simulated
+    slow = sim.Model.from_dict({**model.to_dict(), "overhead": {
+        **model.to_dict()["overhead"], "dispatch": 0.02}})
+    run = sim.simulate(poisson_arrivals(3000, 40.0, 12), seed=12, model=slow)
+    again = sim.calibrate(run)
+    assert again.overhead.dispatch == pytest.approx(0.02, abs=0.006)
+    runs = sum(p.tasks for p in again.personas.values())
+    mean = sum(p.duration.mean * p.tasks for p in again.personas.values()) / runs
+    assert mean == pytest.approx(TRUE_MEAN, rel=0.08)   # the dispatch taken out again
 
 
 def test_summary_gives_the_figures_of_a_run(recorded):
@@ -244,3 +271,13 @@ def test_a_live_runner_killed_mid_task_counts_as_a_crash(make_swarm, eventually,
     assert 0 < quill.restart_seconds < 10
     # the runs cut short are not durations: every one is about the executor's
     assert quill.duration.quantiles[0] >= 0.0
+
+
+def test_an_experiment_compares_variants_of_a_model(recorded):
+    _, model = recorded
+    exp = sim.experiment(lambda seed: sim.model_arrivals(model, 150, seed, rate=20.0),
+                         {"now": {"model": model},
+                          "second": {"model": model, "rule": "second_price"}},
+                         replications=3, progress=False, metrics=["cost_per_task"])
+    prices = exp.table("cost_per_task")["mean"]["cost_per_task"]
+    assert prices["second"] > prices["now"]   # second price pays the runner-up's bid

@@ -85,6 +85,8 @@ def test_a_sample_no_family_fits_is_drawn_from_its_quantiles():
     fit = fit_durations(sample)
     assert fit.sampler == "empirical" and fit.better == "empirical"
     assert fit.ppf(0.1) == pytest.approx(0.01) and fit.ppf(0.9) == pytest.approx(1.0)
+    same = fit_durations([0.01] * 10)   # one value: nothing to fit, nothing to warn about
+    assert same.stats == {} and same.sampler == "empirical" and same.ppf(0.7) == 0.01
 
 
 def test_the_summary_names_every_persona_and_the_fits(model):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +33,8 @@ from timmy.sim.model import (
 MIN_TASKS = 50
 #: Runs with a result a persona needs for its own duration fit (fewer: the pooled one).
 MIN_RUNS = 5
+#: Runs of each kind (idle start, back to back) the dispatch estimate needs.
+MIN_DISPATCH = 20
 #: Restart time assumed when no restart was recorded (the simulator's default).
 DEFAULT_RESTART = 0.5
 #: The most (time, queue length) samples `summarize` returns.
@@ -217,7 +220,8 @@ def calibrate(source, *, min_tasks: int = MIN_TASKS) -> Model:
     if len(done) < 2:
         raise CalibrationError(f"{_name(source)} records too few runs to fit ({len(done)})",
                                hint="record a run with the events table (swarm.export)")
-    pooled = fit_durations([r.seconds for r in done])
+    dispatch = _dispatch(done, persona_of)
+    pooled = fit_durations([_execution(r, dispatch) for r in done])
     restarts = _restart_gaps(events, persona_of)
     personas: dict[str, PersonaModel] = {}
     total = sum(1 for r in runs if r.outcome in ("ok", "failed", "crashed"))
@@ -229,7 +233,8 @@ def calibrate(source, *, min_tasks: int = MIN_TASKS) -> Model:
         on = [r for r in results if r.on_spec]
         off = [r for r in results if r.on_spec is False]
         gaps = restarts.get(persona, [])
-        fit = fit_durations([r.seconds for r in results]) if len(results) >= MIN_RUNS \
+        fit = fit_durations([_execution(r, dispatch) for r in results]) \
+            if len(results) >= MIN_RUNS \
             else pooled
         personas[persona] = PersonaModel(
             name=persona, tasks=len(results), duration=fit,
@@ -241,9 +246,43 @@ def calibrate(source, *, min_tasks: int = MIN_TASKS) -> Model:
             runners=runners.get(persona, 0),
             share=(len(results) + crashes) / total if total else 0.0)
     rules = tables["bids"]["rule"]
+    overhead = _overhead(tasks, events)
+    overhead.dispatch = dispatch
     return Model(personas=personas, arrivals=_arrivals(tasks),
-                 overhead=_overhead(tasks, events), source=_name(source), tasks=len(tasks),
+                 overhead=overhead, source=_name(source), tasks=len(tasks),
                  rule=str(rules.mode().iloc[0]) if len(rules) else "")
+
+
+def _dispatch(runs: list[Run], persona_of: dict[str, str]) -> float:
+    """What a run that starts on an idle runner takes longer than one its runner goes
+    straight on to (live: the task's message to the runner and its wake-up): per persona, the
+    mean of its idle-start runs less the mean of its back-to-back ones, combined with inverse
+    variance weights; 0 unless that is more than twice its standard error (and each kind has
+    `MIN_DISPATCH` runs), so that noise is not taken for a delay."""
+    kinds: dict[str, tuple[list[float], list[float]]] = {}
+    for r in runs:
+        idle, busy = kinds.setdefault(persona_of.get(r.agent_id, _guess(r.agent_id)), ([], []))
+        (idle if r.start <= r.assigned else busy).append(r.seconds)
+    weighted = precision = 0.0
+    for idle, busy in kinds.values():
+        if min(len(idle), len(busy)) < 2:
+            continue
+        variance = statistics.variance(idle) / len(idle) + statistics.variance(busy) / len(busy)
+        if variance <= 0:
+            continue
+        weighted += (statistics.fmean(idle) - statistics.fmean(busy)) / variance
+        precision += 1 / variance
+    if not precision or sum(min(len(i), len(b)) for i, b in kinds.values()) < MIN_DISPATCH:
+        return 0.0
+    estimate, error = weighted / precision, precision ** -0.5
+    return estimate if estimate > 2 * error else 0.0
+
+
+def _execution(run: Run, dispatch: float) -> float:
+    """A run's execution time without the dispatch of an idle start."""
+    if run.start <= run.assigned:
+        return max(run.seconds - dispatch, 0.0)
+    return run.seconds
 
 
 def _arrivals(tasks) -> ArrivalModel:
@@ -256,10 +295,10 @@ def _arrivals(tasks) -> ArrivalModel:
     rate = (len(posted) - 1) / span if span > 0 else math.inf
     cv = float(gaps.std() / gaps.mean()) if len(gaps) > 1 and gaps.mean() > 0 else 0.0
     counts: dict[str, int] = {}
-    for text in tasks["description"]:
+    for text, n in tasks["description"].value_counts().items():   # templates repeat
         owner = next((pid for pid, p in PERSONAS.items() if p.matched_keywords(str(text))),
                      "generic")
-        counts[owner] = counts.get(owner, 0) + 1
+        counts[owner] = counts.get(owner, 0) + int(n)
     n = sum(counts.values())
     mix = {k: v / n for k, v in sorted(counts.items())} if n else {}
     return ArrivalModel(rate=rate, burstiness=cv, n=len(posted), mix=mix)
@@ -290,7 +329,7 @@ def _overhead(tasks, events) -> OverheadModel:
     residuals = y - (base + slope * x)
     return OverheadModel(base=base, per_queued=slope, n=len(y),
                          residuals=[round_sig(v) for v in np.quantile(residuals, QUANTILES)],
-                         requeue=_requeue_gap(events))
+                         requeue=_requeue_gap(events), max_queued=int(x.max()))
 
 
 def _requeue_gap(events) -> float:

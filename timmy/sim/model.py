@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import statistics
+import warnings
 from bisect import bisect_right
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -52,6 +53,10 @@ class DurationFit:
     quantiles: list[float] = field(default_factory=list)
     stats: dict[str, dict[str, float]] = field(default_factory=dict)
     sampler: str = "empirical"
+
+    def __repr__(self) -> str:   # short: the quantiles are 201 numbers
+        return (f"DurationFit({self.family}, n={self.n}, mean={self.mean:.4g} s, "
+                f"draws: {self.sampler})")
 
     @property
     def better(self) -> str:
@@ -129,20 +134,26 @@ class OverheadModel:
     ``base + per_queued * queued``, ``queued`` the tasks posted before it and not yet
     assigned, fitted by least squares over ``n`` tasks; ``residuals`` the empirical
     quantiles (at `QUANTILES`) of what the line does not explain, added to draws;
-    ``requeue``: the mean time from a task's requeue to its next assignment."""
+    ``requeue``: the mean time from a task's requeue to its next assignment. ``queued``
+    is capped at ``max_queued``, the most seen in the recorded run (no extrapolation: a
+    line fitted at light load must not compound into a runaway queue at heavy load).
+    ``dispatch``: what a run that starts on an idle runner takes longer than one its runner
+    goes straight on to (the message to the runner, its wake-up); durations exclude it."""
 
     base: float = 0.0
     per_queued: float = 0.0
     n: int = 0
     residuals: list[float] = field(default_factory=list)
     requeue: float = 0.0
+    max_queued: int = 0
+    dispatch: float = 0.0
 
     def mean(self, queued: int) -> float:
-        return max(0.0, self.base + self.per_queued * queued)
+        return max(0.0, self.base + self.per_queued * min(queued, self.max_queued))
 
     def draw(self, queued: int, u: float) -> float:
         noise = _interpolate(self.residuals, u) if self.residuals else 0.0
-        return max(0.0, self.base + self.per_queued * queued + noise)
+        return max(0.0, self.base + self.per_queued * min(queued, self.max_queued) + noise)
 
 
 @dataclass
@@ -158,6 +169,10 @@ class Model:
     tasks: int = 0
     rule: str = ""
     version: int = MODEL_VERSION
+
+    def __repr__(self) -> str:   # short; str() / summary() is the readable whole
+        return (f"Model(v{self.version}, {len(self.personas)} personas, {self.tasks} tasks "
+                f"from {self.source or '?'}, {self.arrivals.rate:.4g} tasks/s)")
 
     # -- use ------------------------------------------------------------------------
     @property
@@ -282,7 +297,8 @@ class Model:
                  f"arrivals: {a.rate:.4g} tasks/s, burstiness (CV of gaps) {a.burstiness:.3g}"
                  f", {a.n} posts",
                  f"overhead post->assign: {o.base * 1000:.3g} ms + {o.per_queued * 1000:.3g} ms"
-                 f" per queued task ({o.n} tasks); requeue->assign {o.requeue * 1000:.3g} ms",
+                 f" per queued task ({o.n} tasks); requeue->assign {o.requeue * 1000:.3g} ms;"
+                 f" dispatch to an idle runner {o.dispatch * 1000:.3g} ms",
                  f"capacity of the recorded runners: {self.capacity():.4g} tasks/s",
                  "persona   runners  runs  mean s   p50 s    p95 s    best fit        "
                  "ok on   ok off  crash/run"]
@@ -369,15 +385,17 @@ def fit_durations(values) -> DurationFit:
         x = x[np.linspace(0, len(x) - 1, 5000).astype(int)]
     positive = x[x > 0]
     best = None
-    for family in FAMILIES:
+    distinct = len(np.unique(positive)) > 2   # else no family to fit: the quantiles draw
+    for family in FAMILIES if distinct else ():
         dist = getattr(stats, family)
         try:
-            with np.errstate(all="ignore"):
-                params = dist.fit(positive, floc=0.0) if len(positive) > 1 else None
-            if params is None or not all(map(math.isfinite, params)):
-                continue
-            ks = stats.kstest(x, dist.cdf, args=params)
-            loglik = float(np.sum(dist.logpdf(positive, *params)))
+            with np.errstate(all="ignore"), warnings.catch_warnings():
+                warnings.simplefilter("ignore")   # scipy's notes on a poor optimisation
+                params = dist.fit(positive, floc=0.0)
+                if not all(map(math.isfinite, params)):
+                    continue
+                ks = stats.kstest(x, dist.cdf, args=params)
+                loglik = float(np.sum(dist.logpdf(positive, *params)))
         except (ValueError, RuntimeError, FloatingPointError):
             continue
         k = len(params) - 1   # loc is fixed

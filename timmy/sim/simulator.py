@@ -363,9 +363,9 @@ class Simulator:
         self._at(self.now + plan.seconds, "done", task.task_id, agent)
 
     def _plan(self, agent: _Agent, task: _Task, on_spec: bool):
-        if self.twin is not None:   # drawn from a calibrated model
+        if self.twin is not None:   # drawn from a calibrated model (idle: just assigned)
             return self.twin.plan(agent.agent_id, agent.persona.id, task.task_id,
-                                  task.attempts, on_spec)
+                                  task.attempts, on_spec, task.assigned_at == self.now)
         return simulated_plan(self.seed, agent.agent_id, task.task_id, task.attempts, on_spec,
                               self.task_seconds)
 

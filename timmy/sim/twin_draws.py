@@ -36,17 +36,19 @@ class TwinDraws:
         self.fallback = max(model.personas.values(), key=lambda p: (p.tasks, p.name))
         #: seconds from a requeue to the task's next auction (the recorded mean)
         self.requeue = model.overhead.requeue
+        self.dispatch = model.overhead.dispatch
 
     def persona(self, persona_id: str) -> PersonaModel:
         return self.model.personas.get(persona_id) or self.fallback
 
     def plan(self, agent_id: str, persona_id: str, task_id: int, attempt: int,
-             on_spec: bool) -> Plan:
-        """One run's success and duration (seconds)."""
+             on_spec: bool, idle: bool = False) -> Plan:
+        """One run's success and duration (seconds); ``idle``: its runner was idle (the
+        model's dispatch is added)."""
         p = self.persona(persona_id)
         rng = bid_rng(self.seed, agent_id, task_id, attempt, STREAM_TWIN)
         ok = rng.random() < p.success(on_spec)
-        return Plan(ok, p.duration.ppf(rng.random()))
+        return Plan(ok, p.duration.ppf(rng.random()) + (self.dispatch if idle else 0.0))
 
     def crash_rate(self, persona_id: str) -> float:
         if self.crash_override is not None:
