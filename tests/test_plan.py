@@ -96,6 +96,17 @@ def test_a_grid_search_finds_no_cheaper_mix_than_the_greedy_one(planned):
     assert grid.runners <= planned.runners
 
 
+@pytest.mark.timeout(300)
+def test_a_confident_plan_holds_the_interval_not_the_mean_to_the_target(planned):
+    sure = plan(known_model(), rate=RATE, target_p95=TARGET, replications=REPS, tasks=TASKS,
+                seed=SEED, max_runners=5, confident=True)
+    assert sure.met and sure.predicted["p95"].high <= TARGET
+    assert planned.predicted["p95"].high > TARGET   # the mean's plan would not do
+    assert sure.runners > planned.runners
+    assert all(c.meets == (c.figures["p95"].high <= TARGET) for c in sure.candidates)
+    assert "the CI's upper end of p95 <= 0.35" in str(sure)
+
+
 def test_a_rate_no_allowed_mix_keeps_up_with_says_by_how_much():
     with pytest.raises(PlanError) as caught:
         plan(known_model(), rate=500, target_p95=1.0, max_runners=4)

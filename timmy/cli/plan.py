@@ -34,13 +34,17 @@ from timmy.textsafe import text
                                       "every mix up to --max-runners.")
 @rule_option
 @plugin_option
+@click.option("--confident", is_flag=True,
+              help="Hold the upper end of p95's 95 % confidence interval to the target, not "
+                   "its mean.")
 @click.option("--seed", default=0, show_default=True, type=int,
               help="Seeds the arrivals and the simulations.")
 @click.option("--scheduler", default=None, metavar="ADDR",
               help="Simulate on Dask: a scheduler (tcp://host:8786) or 'local'.")
 def plan_cmd(model_file: Path, rate: float, target_p95: float, personas: tuple[str, ...],
              max_runners: int, replications: int, tasks: int, search: str, rule: str,
-             seed: int, scheduler: str | None, plugins: tuple[str, ...] = ()) -> None:
+             seed: int, scheduler: str | None, confident: bool = False,
+             plugins: tuple[str, ...] = ()) -> None:
     """Simulate runner mixes with a calibrated model and print the cheapest (fewest runners)
     whose mean p95 over the replications meets --target-p95 at --rate, with its predicted
     throughput, p50, p95 and cost per task (95 % confidence intervals) and every mix tried.
@@ -53,7 +57,8 @@ def plan_cmd(model_file: Path, rate: float, target_p95: float, personas: tuple[s
     result = plan(model_file, rate=rate, target_p95=target_p95,
                   personas=list(personas) or None, max_runners=max_runners,
                   replications=replications, tasks=tasks, rule=rule, search=search,
-                  seed=seed, scheduler=scheduler, progress=scheduler is not None)
+                  seed=seed, scheduler=scheduler, confident=confident,
+                  progress=scheduler is not None)
     console = make_console()
     table = result.table()
     shown = [c for c in table.columns if not c.endswith(("_low", "_high"))]

@@ -76,6 +76,7 @@ class CapacityPlan:
     mix: dict[str, int] | None
     predicted: dict[str, Estimate]
     candidates: list[Candidate] = field(default_factory=list)
+    confident: bool = False
 
     @property
     def met(self) -> bool:
@@ -109,8 +110,9 @@ class CapacityPlan:
         return pd.DataFrame(rows)
 
     def summary(self) -> str:
-        lines = [f"plan: {self.rate:g} tasks/s, p95 <= {self.target_p95:g} s, rule {self.rule}, "
-                 f"{self.tasks} tasks x {self.replications} replications, "
+        bound = "the CI's upper end of p95" if self.confident else "p95"
+        lines = [f"plan: {self.rate:g} tasks/s, {bound} <= {self.target_p95:g} s, "
+                 f"rule {self.rule}, {self.tasks} tasks x {self.replications} replications, "
                  f"{len(self.candidates)} mixes simulated"]
         if self.mix is None:
             best = self.best
@@ -138,7 +140,8 @@ def plan(model, *, rate: float, target_p95: float, personas: Sequence[str] | Non
          max_runners: int | Mapping[str, int] = 8, replications: int = 5, tasks: int = 500,
          rule: str = "specialist_first", search: str = "greedy", workload=None,
          scheduler: str | None = None, client=None, seed: int = 0,
-         confidence: float = 0.95, progress: bool = False) -> CapacityPlan:
+         confidence: float = 0.95, confident: bool = False,
+         progress: bool = False) -> CapacityPlan:
     """The cheapest runners per persona that keep post-to-done p95 at or under ``target_p95``
     seconds when ``rate`` tasks/s arrive; see the module docstring for the search.
 
@@ -149,7 +152,8 @@ def plan(model, *, rate: float, target_p95: float, personas: Sequence[str] | Non
     arrivals at ``rate`` written in the model's persona mix (``model.arrivals.mix``) or
     ``workload``: a callable ``seed -> list of descriptions``; replication r of every
     candidate uses the same arrivals and seed (common random numbers). A candidate meets the
-    target when its mean p95 over the replications does. ``scheduler`` (an address, or
+    target when its mean p95 over the replications does, or with ``confident=True`` when the
+    upper end of that mean's confidence interval does. ``scheduler`` (an address, or
     "local") or ``client``: the simulations of each step run on Dask.
 
     A rate above what ``max_runners`` of every persona can keep up with (the model's
@@ -176,7 +180,7 @@ def plan(model, *, rate: float, target_p95: float, personas: Sequence[str] | Non
     start = _start(model, rate, names, limits)
     make = _workload(model, workload, tasks, rate)
     search_state = _Search(model, rate, target_p95, rule, make, replications, seed,
-                           confidence, scheduler, client, progress)
+                           confidence, scheduler, client, progress, confident)
     try:
         if search == "grid":
             search_state.grid(start, limits)
@@ -189,7 +193,7 @@ def plan(model, *, rate: float, target_p95: float, personas: Sequence[str] | Non
                         replications=replications, confidence=confidence,
                         mix=None if chosen is None else dict(chosen.mix),
                         predicted={} if chosen is None else dict(chosen.figures),
-                        candidates=list(search_state.candidates))
+                        candidates=list(search_state.candidates), confident=confident)
 
 
 def _check_number(name: str, value: object) -> None:
@@ -313,11 +317,11 @@ class _Search:
     """The candidates simulated so far (each mix once) and how to simulate more."""
 
     def __init__(self, model, rate, target, rule, make, replications, seed, confidence,
-                 scheduler, client, progress) -> None:
+                 scheduler, client, progress, confident=False) -> None:
         from timmy.sim.experiments import replication_seed
 
         self.model, self.rate, self.target, self.rule = model, rate, target, rule
-        self.confidence = confidence
+        self.confidence, self.confident = confidence, confident
         self.seeds = [replication_seed(seed, r) for r in range(replications)]
         self.work = [make(s) for s in self.seeds]
         self.candidates: list[Candidate] = []
@@ -363,7 +367,7 @@ class _Search:
         for i, (mix, step) in enumerate(new):
             runs = [results[(i, r)] for r in range(len(self.seeds))]
             figures = {k: estimate([f[k] for f in runs], self.confidence) for k in FIGURES}
-            p95 = figures["p95"].mean
+            p95 = figures["p95"].high if self.confident else figures["p95"].mean
             cand = Candidate(mix, self.model.capacity(mix), figures,
                              meets=bool(p95 == p95 and p95 <= self.target), step=step)
             self.candidates.append(cand)
@@ -381,14 +385,14 @@ class _Search:
             if not steps:
                 return
             tried = self.evaluate(steps)
-            current = min(tried, key=lambda c: (_p95(c), c.figures["cost_per_task"].mean))
+            current = min(tried, key=lambda c: (self.p95(c), c.figures["cost_per_task"].mean))
         while True:   # take runners away while the target stays met
             steps = [({**current.mix, p: n - 1}, f"-{p}") for p, n in current.mix.items()
                      if n > 1 and self.keeps_up({**current.mix, p: n - 1})]
             met = [c for c in self.evaluate(steps) if c.meets] if steps else []
             if not met:
                 return
-            current = min(met, key=_p95)
+            current = min(met, key=self.p95)
 
     def grid(self, start: dict[str, int], limits: dict[str, int]) -> None:
         names = list(start)
@@ -398,9 +402,10 @@ class _Search:
 
     def cheapest(self) -> Candidate | None:
         met = [c for c in self.candidates if c.meets]
-        return min(met, key=lambda c: (c.runners, _p95(c))) if met else None
+        return min(met, key=lambda c: (c.runners, self.p95(c))) if met else None
 
-
-def _p95(c: Candidate) -> float:
-    p95 = c.figures["p95"].mean
-    return p95 if p95 == p95 else math.inf
+    def p95(self, c: Candidate) -> float:
+        """What the target is held against: the mean p95, or (confident) its CI's upper end."""
+        est = c.figures["p95"]
+        p95 = est.high if self.confident else est.mean
+        return p95 if p95 == p95 else math.inf
