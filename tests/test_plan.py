@@ -141,6 +141,14 @@ def test_bad_arguments_are_plan_errors_with_a_hint(kwargs, words):
     assert words in caught.value.message and caught.value.hint
 
 
+def test_an_unknown_mechanism_is_refused_before_anything_runs():
+    from timmy.errors import ConfigError
+
+    with pytest.raises(ConfigError) as caught:
+        plan(known_model(), rate=RATE, target_p95=TARGET, rule="nope")
+    assert "unknown clearing rule 'nope'" in caught.value.message and caught.value.hint
+
+
 @pytest.mark.timeout(300)
 def test_on_dask_the_plan_is_the_same_as_in_process(planned):
     distributed = pytest.importorskip("dask.distributed")

@@ -159,9 +159,11 @@ def plan(model, *, rate: float, target_p95: float, personas: Sequence[str] | Non
     A rate above what ``max_runners`` of every persona can keep up with (the model's
     `capacity`) is a `PlanError` that says by how much, and how many runners would.
     """
+    from timmy.market.mechanisms import check_rule
     from timmy.sim.model import load_model
 
     model = load_model(model)
+    rule = check_rule(rule)
     _check_number("rate", rate)
     _check_number("target_p95", target_p95)
     if isinstance(replications, bool) or not isinstance(replications, int) or replications < 2:
