@@ -16,6 +16,10 @@ and it has switches, settable at any time, for what a real server does on a bad 
     fail_status         answer every chat with this HTTP status and {"error": fail_message}
     error_after         send that many pieces, then an {"error": ...} line (fails mid-stream)
     disconnect_after    send that many pieces, then drop the connection
+    model_delays        {model: mean seconds}: a further wait before a chat with that model
+                        answers, drawn from a gamma law with coefficient of variation
+                        ``delay_cv`` (0: exactly the mean), seeded by ``delay_seed`` (each
+                        model has a "speed" of its own, that a client cannot know in advance)
 
 The answer is ``"<model> says: <the user's message>"``, one word a piece, so a test
 can tell which model answered what. Every chat request body is kept in ``requests``.
@@ -30,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import random
 import socket
 import threading
 import time
@@ -43,7 +48,9 @@ class FakeOllama:
     def __init__(self, models=("llama3.2:latest",), *, version: str = "0.6.5",
                  first_byte_delay: float = 0.0, chunk_delay: float = 0.0,
                  fail_status: int | None = None, fail_message: str = "server overloaded",
-                 error_after: int | None = None, disconnect_after: int | None = None) -> None:
+                 error_after: int | None = None, disconnect_after: int | None = None,
+                 model_delays: dict[str, float] | None = None, delay_cv: float = 0.0,
+                 delay_seed: int = 0) -> None:
         self.models = list(models)
         self.version = version
         self.first_byte_delay = first_byte_delay
@@ -52,6 +59,10 @@ class FakeOllama:
         self.fail_message = fail_message
         self.error_after = error_after
         self.disconnect_after = disconnect_after
+        self.model_delays = dict(model_delays or {})
+        self.delay_cv = delay_cv
+        self._delay_rng = random.Random(delay_seed)
+        self._delay_lock = threading.Lock()
         self.requests: list[dict] = []
         self._connections: set[socket.socket] = set()
         self._stopping = threading.Event()
@@ -111,6 +122,17 @@ class FakeOllama:
                      if m.get("role") == "user"), "")
         words = f"{model} says: {said}".split()
         return [w + " " for w in words[:-1]] + words[-1:]
+
+    def model_delay(self, model: str) -> float:
+        """This request's wait for ``model`` (`model_delays`; 0 for a model not in it)."""
+        mean = self.model_delays.get(model, self.model_delays.get(model.split(":")[0], 0.0))
+        if mean <= 0:
+            return 0.0
+        if self.delay_cv <= 0:
+            return mean
+        shape = 1.0 / self.delay_cv ** 2
+        with self._delay_lock:
+            return self._delay_rng.gammavariate(shape, mean / shape)
 
     def sleep(self, seconds: float) -> None:
         if seconds > 0:
@@ -189,6 +211,7 @@ class _Handler(BaseHTTPRequestHandler):
         if fake.fail_status is not None:
             self._send_json(fake.fail_status, {"error": fake.fail_message})
             return
+        fake.sleep(fake.model_delay(model))
         messages = body.get("messages") or []
         pieces = fake.reply(model, messages)
         prompt_tokens = sum(len(str(m.get("content", "")).split()) for m in messages)
@@ -253,9 +276,16 @@ def main() -> None:
     ap.add_argument("--delay", type=float, default=0.0, help="first_byte_delay, in seconds")
     ap.add_argument("--chunk-delay", type=float, default=0.0)
     ap.add_argument("--model", action="append", dest="models")
+    ap.add_argument("--model-delay", action="append", default=[], metavar="MODEL=SECONDS",
+                    help="a model's mean wait (model_delays); the model is served too")
+    ap.add_argument("--delay-cv", type=float, default=0.0)
+    ap.add_argument("--delay-seed", type=int, default=0)
     args = ap.parse_args()
-    with FakeOllama(models=args.models or ["llama3.2:latest"], first_byte_delay=args.delay,
-                    chunk_delay=args.chunk_delay) as server:
+    delays = {name: float(s) for name, s in (d.split("=", 1) for d in args.model_delay)}
+    models = (args.models or ([] if delays else ["llama3.2:latest"])) + list(delays)
+    with FakeOllama(models=models, first_byte_delay=args.delay, chunk_delay=args.chunk_delay,
+                    model_delays=delays, delay_cv=args.delay_cv,
+                    delay_seed=args.delay_seed) as server:
         print(server.url, flush=True)
         sys.stdin.read()
 

@@ -91,6 +91,7 @@ def _register_commands() -> None:
                           ("approve", approve_cmd), ("reject", reject_cmd),
                           ("calibrate", calibrate_cmd)]:
         cli.add_command(command, name)
+    cli.add_command(__import__("timmy.cli.plan", fromlist=["plan_cmd"]).plan_cmd, "plan")
 
 
 _register_commands()

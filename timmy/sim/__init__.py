@@ -18,6 +18,7 @@ _EXPORTS = {
     "calibrate": "calibration", "summarize": "calibration", "CalibrationError": "calibration",
     "Model": "model", "PersonaModel": "model", "DurationFit": "model", "ArrivalModel": "model",
     "OverheadModel": "model", "ModelError": "model", "model_arrivals": "twin_draws",
+    "plan": "plan", "CapacityPlan": "plan", "PlanError": "plan",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
         OverheadModel,
         PersonaModel,
     )
+    from timmy.sim.plan import CapacityPlan, PlanError, plan
     from timmy.sim.replays import replay, replay_summary
     from timmy.sim.simulator import SimRun, Simulator, simulate
     from timmy.sim.sweeps import check_grid, load_grid, local_cluster, sweep
