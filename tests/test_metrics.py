@@ -226,7 +226,10 @@ def test_otel_one_span_per_task_with_its_auction_as_child(db_url):
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     with timmy.Swarm(db_url, seed=3, task_seconds=0) as swarm:
         swarm.spawn_all()
+        journal = swarm._async.engine.journal
+        subscribers = len(journal.subscribers)
         tracer = TaskTracer(swarm, provider)
+        assert len(journal.subscribers) == subscribers, "tapped: no Event built per emit"
         results = swarm.run([f"write the docs for module {i}" for i in range(4)], timeout=60)
         tracer.close()
     spans = exporter.get_finished_spans()
