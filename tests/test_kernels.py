@@ -56,8 +56,10 @@ def steady(dash: Dashboards, swarm, timeout: float = 120.0) -> tuple[int, int]:
 
 @pytest.fixture
 def dash(tmp_path):
+    # culling as `timmy dashboards` does it, on a shorter clock (the defaults wait 45 + 10 s)
     d = Dashboards(f"sqlite:///{tmp_path / 'swarm.db'}", ROOT / "dashboards", port=0,
-                   voila_port=free_port(), serve_args=("--no-spawn",), echo=lambda line: None)
+                   voila_port=free_port(), serve_args=("--no-spawn",), echo=lambda line: None,
+                   cull_timeout=12, cull_interval=3)
     d.start()
     yield d
     d.stop()
