@@ -70,10 +70,11 @@ def ollama_arguments(ap: argparse.ArgumentParser) -> None:
 
 
 @contextlib.contextmanager
-def loopback_server(delay: float):
-    """The Ollama look-alike in a process of its own (so it takes no CPU from ours)."""
+def loopback_server(delay: float = 0.0, *args: str):
+    """The Ollama look-alike (tests/ollama_server.py, with its command-line ``args``) in a
+    process of its own, so it takes no CPU from ours; yields its URL."""
     proc = subprocess.Popen([sys.executable, str(HERE.parent / "tests" / "ollama_server.py"),
-                             "--delay", repr(delay)], stdin=subprocess.PIPE,
+                             "--delay", repr(delay), *args], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, text=True)
     try:
         url = proc.stdout.readline().strip()

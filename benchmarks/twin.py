@@ -89,23 +89,16 @@ def arrivals(n: int, rate: float, seed: int, weights: Mapping[str, float] = WEIG
 # -- the live side ------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
 def ollama_lookalike(delays: Mapping[str, float] = DELAYS, cv: float = 0.5,
-                     seed: int = 0) -> Iterator[str]:
-    """The Ollama look-alike in a process of its own, one model per persona; yields its URL."""
-    args = [sys.executable, str(HERE.parent / "tests" / "ollama_server.py"),
-            "--delay-cv", repr(cv), "--delay-seed", str(seed)]
+                     seed: int = 0):
+    """The Ollama look-alike in a process of its own, one model per persona; a context
+    manager that yields its URL."""
+    from executors import loopback_server  # benchmarks/executors.py
+
+    args = ["--delay-cv", repr(cv), "--delay-seed", str(seed)]
     for persona, seconds in delays.items():
         args += ["--model-delay", f"{model_name(persona)}={seconds!r}"]
-    proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    try:
-        url = proc.stdout.readline().strip()
-        if not url:
-            raise SystemExit("the loopback Ollama server did not start")
-        yield url
-    finally:
-        proc.stdin.close()    # it serves until its stdin closes
-        proc.wait(10)
+    return loopback_server(0.0, *args)
 
 
 @contextlib.contextmanager

@@ -98,26 +98,31 @@ def _request(port: int, pieces: list[bytes], pause: float = 0.05) -> bytes:
     return out
 
 
-@pytest.mark.timeout(60)
-def test_endpoint_answers_a_request_in_pieces_and_404s_the_rest(db_path):
+def _against_an_endpoint(db_path, client):
+    """``client(port)``, on a thread, against the metrics endpoint of a fresh local swarm."""
     async def main():
         async with AsyncSwarm(str(db_path), seed=1, task_seconds=0) as swarm:
             endpoint = MetricsEndpoint(SwarmMetrics(swarm))
             url = await endpoint.start("127.0.0.1", 0)
             port = int(url.rsplit(":", 1)[1].split("/")[0])
             try:
-                split = await anyio.to_thread.run_sync(_request, port, [
-                    b"GET /metr", b"ics?x=1 HTTP/1.1\r\nHost: a\r\n", b"Accept: */*\r\n\r\n"])
-                other = await anyio.to_thread.run_sync(
-                    _request, port, [b"GET /nope HTTP/1.0\r\n\r\n"])
-                post = await anyio.to_thread.run_sync(
-                    _request, port, [b"POST /metrics HTTP/1.0\r\n\r\n"])
-                half = await anyio.to_thread.run_sync(_request, port, [b"GET /metrics HTTP/1.0"])
+                return await anyio.to_thread.run_sync(client, port)
             finally:
                 await endpoint.close()
-            return split, other, post, half
 
-    split, other, post, half = anyio.run(main)
+    return anyio.run(main)
+
+
+@pytest.mark.timeout(60)
+def test_endpoint_answers_a_request_in_pieces_and_404s_the_rest(db_path):
+    def client(port: int) -> tuple[bytes, ...]:
+        return (_request(port, [b"GET /metr", b"ics?x=1 HTTP/1.1\r\nHost: a\r\n",
+                                b"Accept: */*\r\n\r\n"]),
+                _request(port, [b"GET /nope HTTP/1.0\r\n\r\n"]),
+                _request(port, [b"POST /metrics HTTP/1.0\r\n\r\n"]),
+                _request(port, [b"GET /metrics HTTP/1.0"]))
+
+    split, other, post, half = _against_an_endpoint(db_path, client)
     head, _, body = split.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 200 OK")
     assert int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0]) == len(body)
@@ -152,17 +157,7 @@ def test_clients_that_send_nothing_cannot_hold_more_than_the_cap(db_path):
             for s in idle:
                 s.close()
 
-    async def main():
-        async with AsyncSwarm(str(db_path), seed=1, task_seconds=0) as swarm:
-            endpoint = MetricsEndpoint(SwarmMetrics(swarm))
-            url = await endpoint.start("127.0.0.1", 0)
-            port = int(url.rsplit(":", 1)[1].split("/")[0])
-            try:
-                return await anyio.to_thread.run_sync(crowd, port)
-            finally:
-                await endpoint.close()
-
-    refused, served = anyio.run(main)
+    refused, served = _against_an_endpoint(db_path, crowd)
     assert refused == b"", "over the cap: closed without an answer"
     assert served.startswith(b"HTTP/1.1 200 OK")
 

@@ -369,12 +369,8 @@ def test_the_inspector_shows_an_llm_answer_escaped(make_swarm, monkeypatch):
         assert "<script" not in shown
 
 
-def test_speak_events_plays_real_speech_in_the_page(make_swarm, eventually):
-    """The toggle subscribes a voice announcer whose WAVs (pyttsx3 + espeak-ng, for real)
-    go to the page's Audio widget; turning it off unsubscribes."""
-    import io
-    import wave
-
+def need_voice() -> None:
+    """Skip without a voice here (pyttsx3 + espeak-ng), except under CI=true: fail."""
     from timmy.errors import VoiceUnavailable
     from timmy.voice import check
 
@@ -384,6 +380,15 @@ def test_speak_events_plays_real_speech_in_the_page(make_swarm, eventually):
         if os.environ.get("CI") == "true":
             pytest.fail(f"voice is required under CI=true: {exc.hint}")
         pytest.skip(f"no voice here: {exc.hint}")
+
+
+def test_speak_events_plays_real_speech_in_the_page(make_swarm, eventually):
+    """The toggle subscribes a voice announcer whose WAVs (pyttsx3 + espeak-ng, for real)
+    go to the page's Audio widget; turning it off unsubscribes."""
+    import io
+    import wave
+
+    need_voice()
     swarm = make_swarm()
     swarm.spawn_all()
     box = desktop(swarm, interval=0.05)
@@ -410,15 +415,7 @@ def test_speak_events_says_when_the_voice_stops(make_swarm, eventually, tmp_path
     say why, instead of "speaking events" over silence."""
     import shutil
 
-    from timmy.errors import VoiceUnavailable
-    from timmy.voice import check
-
-    try:
-        check()
-    except VoiceUnavailable as exc:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"voice is required under CI=true: {exc.hint}")
-        pytest.skip(f"no voice here: {exc.hint}")
+    need_voice()
     swarm = make_swarm()
     swarm.spawn_all(["forge"])
     box = desktop(swarm, interval=0.05)
