@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import itertools
 import re
-import time
 
 import test_dashboards as base
-from test_dashboards import CHANGE, DESKTOP, PHONE, attach, open_page, shot
+from test_dashboards import CHANGE, DESKTOP, PHONE, attach, await_approval, open_page, shot
 
 browser, stack = base.browser, base.stack   # the same fixtures: Chromium, service + Voilà
 
@@ -120,10 +119,7 @@ def test_header_counts_tasks_awaiting_approval(browser, stack):
     if not [a for a in swarm.agents() if a.status in ("idle", "busy")]:
         swarm.spawn("forge")
     held = swarm.post("fix the held bug", max_price=0)
-    deadline = time.monotonic() + CHANGE / 1000
-    while swarm.task(held.task_id).status != "awaiting_approval":
-        assert time.monotonic() < deadline, "the task never awaited approval"
-        time.sleep(0.1)
+    await_approval(swarm, held)
     waiting = len(swarm.tasks("awaiting_approval"))
     page = open_page(browser, stack.running.desktop_url, DESKTOP)
     page.locator(".timmy-header").get_by_text(f"awaiting_approval {waiting}", exact=False) \

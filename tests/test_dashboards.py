@@ -94,6 +94,14 @@ def task_row(page, task_id: int):
     return page.locator(".timmy-tasks tr", has=page.locator(f"td:text-is('{task_id}')"))
 
 
+def await_approval(swarm, *tasks) -> None:
+    """Wait (up to CHANGE) until every task in ``tasks`` awaits approval."""
+    deadline = time.monotonic() + CHANGE / 1000
+    while {swarm.task(t.task_id).status for t in tasks} != {"awaiting_approval"}:
+        assert time.monotonic() < deadline, "the tasks never awaited approval"
+        time.sleep(0.1)
+
+
 def horizontal_overflow(page) -> list[str]:
     """Elements that stick out to the right of the viewport, and the page's scroll width."""
     return page.evaluate("""() => {
@@ -342,10 +350,7 @@ def test_mobile_approve_button_assigns_a_task_awaiting_approval(browser, stack):
         swarm.spawn("quill")
     held = swarm.post("write the approval docs", max_price=0)
     rejected = swarm.post("write the rejected docs", max_price=0)
-    deadline = time.monotonic() + CHANGE / 1000
-    while {swarm.task(t.task_id).status for t in (held, rejected)} != {"awaiting_approval"}:
-        assert time.monotonic() < deadline, "the tasks never awaited approval"
-        time.sleep(0.1)
+    await_approval(swarm, held, rejected)
     waiting = swarm.task(held.task_id)
     page = open_page(browser, stack.running.mobile_url, PHONE, mobile=True)
     row = page.locator(f".timmy-approval-{held.task_id}")
@@ -375,13 +380,12 @@ def test_desktop_approvals_panel_approves_a_task_over_its_max_price(browser, sta
     service shows in the desktop page's "Awaiting approval" panel with the held agent and
     price; clicking Approve assigns it at that price, and it completes."""
     swarm = attach(stack)
-    if not [a for a in swarm.agents() if a.status in ("idle", "busy")]:
+    # forge, on-spec for a bug fix, wins and succeeds: an off-spec winner (the phone test's
+    # quill, when run alone) may fail the task, which is then held for approval again
+    if "forge" not in {a.persona for a in swarm.agents() if a.status in ("idle", "busy")}:
         swarm.spawn("forge")
     held = swarm.post("fix the desktop approval bug", max_price=1)
-    deadline = time.monotonic() + CHANGE / 1000
-    while swarm.task(held.task_id).status != "awaiting_approval":
-        assert time.monotonic() < deadline, "the task never awaited approval"
-        time.sleep(0.1)
+    await_approval(swarm, held)
     waiting = swarm.task(held.task_id)
     assert waiting.price_sats > 1   # the winning bid, held: over the task's max_price
     page = open_page(browser, stack.running.desktop_url, DESKTOP)
